@@ -1,0 +1,315 @@
+"""SliceStore: the one object that carries images through the workbench.
+
+On disk a store is a folder::
+
+    store/
+      images.npy        float32 array (N, C, H, W), values in [0, 1], read memory-mapped
+      manifest.parquet  one row per image (see MANIFEST_COLUMNS)
+      store.json        channels, image size, kind ("real" / "synthetic"), provenance
+
+Real training data, held-out test data and synthetic samples are all SliceStores, so the
+search, the analysis and the widgets never care where images came from.
+
+A store is written by :class:`StoreWriter`, which streams blocks of images into a temporary
+folder and renames it when complete, so a killed run never leaves a store that looks finished
+and building a store never needs the whole array in memory.  Reading is memory-mapped.
+
+Example
+-------
+>>> with StoreWriter("out/store", channels=["t1", "flair"], height=64, width=64) as w:  # doctest: +SKIP
+...     w.append(block, rows)            # block: (n, 2, 64, 64) float32, rows: list of dicts
+>>> store = SliceStore.open("out/store")                                                 # doctest: +SKIP
+>>> train = store.where(split="train")                                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StoreError
+from .atomic import atomic_dir
+
+FORMAT_VERSION = 1
+IMAGES = "images.npy"
+MANIFEST = "manifest.parquet"
+META = "store.json"
+
+#: Columns every manifest has. ``prev`` / ``next`` are the store rows of the z-1 / z+1 slice of
+#: the same subject (nullable: <NA> when that slice is not in the store).  Synthetic rows leave
+#: subject / source / z / prev / next empty and fill model / run / seed instead.
+MANIFEST_COLUMNS = {
+    "subject": "string",
+    "source": "string",
+    "z": "Int64",
+    "split": "string",
+    "label": "Int64",
+    "prev": "Int64",
+    "next": "Int64",
+    "model": "string",
+    "run": "string",
+    "seed": "Int64",
+}
+
+# The .npy header is written last (N is only known at the end), into a fixed 128-byte slot
+# reserved at the start of the file; the image data follows it.
+_HEADER_BYTES = 128
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
+    )
+    header = buf.getvalue()
+    if len(header) != _HEADER_BYTES:  # only for absurd shapes (> 10^15 images)
+        raise StoreError(f"cannot write a .npy header of {len(header)} bytes for shape {shape}")
+    return header
+
+
+def _normalise_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for col, dtype in MANIFEST_COLUMNS.items():
+        if col not in df.columns:
+            df[col] = pd.Series([pd.NA] * len(df), dtype=dtype)
+        else:
+            df[col] = df[col].astype(dtype)
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    return df[list(MANIFEST_COLUMNS) + extra].reset_index(drop=True)
+
+
+class StoreWriter:
+    """Stream image blocks and manifest rows into a new store; finished only on a clean exit.
+
+    Parameters
+    ----------
+    path : folder to create.
+    channels : channel names, in order (e.g. ``["t1", "t1ce", "t2", "flair", "seg"]``).
+    height, width : image size.
+    kind : ``"real"`` or ``"synthetic"``.
+    meta : extra provenance written into ``store.json`` (source folder, options, seed...).
+    overwrite : replace an existing store at ``path``.
+    """
+
+    def __init__(self, path, *, channels: Sequence[str], height: int, width: int,
+                 kind: str = "real", meta: dict | None = None, overwrite: bool = False):
+        self.path = Path(path)
+        self.channels = list(channels)
+        self.height, self.width = int(height), int(width)
+        self.kind = kind
+        self.meta = dict(meta or {})
+        self.overwrite = overwrite
+        self._rows: list[dict] = []
+        self._n = 0
+        self._ctx = None
+        self._tmp: Path | None = None
+        self._fh = None
+
+    def __enter__(self) -> "StoreWriter":
+        self._ctx = atomic_dir(self.path, overwrite=self.overwrite)
+        self._tmp = self._ctx.__enter__()
+        self._fh = open(self._tmp / IMAGES, "wb")
+        self._fh.write(b"\0" * _HEADER_BYTES)
+        return self
+
+    def append(self, images: np.ndarray, rows: Iterable[dict] | pd.DataFrame) -> range:
+        """Append a block ``(n, C, H, W)`` and its ``n`` manifest rows; returns their store rows."""
+        if self._fh is None:
+            raise RuntimeError("StoreWriter.append outside its `with` block")
+        images = np.asarray(images, dtype="<f4")
+        if images.ndim == 3:
+            images = images[None]
+        want = (len(self.channels), self.height, self.width)
+        if images.ndim != 4 or images.shape[1:] != want:
+            raise StoreError(f"{self.path}: block of shape {images.shape} does not match (n, {want})")
+        if not np.isfinite(images).all():
+            raise StoreError(f"{self.path}: block has non-finite pixels")
+        rows = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        if len(rows) != len(images):
+            raise StoreError(f"{self.path}: {len(images)} images but {len(rows)} manifest rows")
+        self._fh.write(np.ascontiguousarray(images).tobytes())
+        self._rows.extend(rows)
+        start = self._n
+        self._n += len(images)
+        return range(start, self._n)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                if self._n == 0:
+                    raise StoreError(f"{self.path}: no images were written; refusing to create an empty store")
+                shape = (self._n, len(self.channels), self.height, self.width)
+                self._fh.seek(0)
+                self._fh.write(_npy_header(shape))
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            if exc_type is None:
+                manifest = _normalise_manifest(pd.DataFrame(self._rows))
+                manifest.to_parquet(self._tmp / MANIFEST, index=False)
+                meta = {
+                    "format_version": FORMAT_VERSION,
+                    "kind": self.kind,
+                    "channels": self.channels,
+                    "shape": list(shape),
+                    "dtype": "float32",
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **self.meta,
+                }
+                (self._tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+        except BaseException as err:
+            self._ctx.__exit__(type(err), err, err.__traceback__)
+            raise
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+class SliceStore:
+    """A memory-mapped image array ``(N, C, H, W)`` plus its manifest, or a view of some rows.
+
+    Open one with :meth:`SliceStore.open`; take views with :meth:`where` / :meth:`take`.
+    A view keeps ``rows``: the store rows it holds, in order, so positions in the view map back
+    to store rows (and to the ``prev`` / ``next`` neighbour links, which are store rows).
+    """
+
+    def __init__(self, path: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict,
+                 rows: np.ndarray | None = None):
+        self.path = Path(path)
+        self._images = images
+        self._manifest = manifest
+        self.meta = meta
+        self.rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    # -- opening and checking ---------------------------------------------------------------
+    @classmethod
+    def open(cls, path) -> "SliceStore":
+        """Open a store folder, checking that its files agree with each other."""
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"{path}: no SliceStore here (folder does not exist)")
+        for name in (META, IMAGES, MANIFEST):
+            if not (path / name).is_file():
+                raise StoreError(f"{path}: missing {name}; the store is incomplete or was not written by the workbench")
+        try:
+            meta = json.loads((path / META).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise StoreError(f"{path / META}: unreadable ({err})") from None
+        try:
+            images = np.load(path / IMAGES, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{path / IMAGES}: unreadable or truncated ({err})") from None
+        try:
+            manifest = pd.read_parquet(path / MANIFEST)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise StoreError(f"{path / MANIFEST}: unreadable ({err})") from None
+        if images.ndim != 4 or images.dtype != np.float32:
+            raise StoreError(f"{path / IMAGES}: expected float32 (N, C, H, W), found {images.dtype} {images.shape}")
+        if list(images.shape) != list(meta.get("shape", [])):
+            raise StoreError(f"{path}: images.npy has shape {images.shape} but store.json says {meta.get('shape')}")
+        if len(manifest) != images.shape[0]:
+            raise StoreError(f"{path}: manifest has {len(manifest)} rows but images.npy holds {images.shape[0]} images")
+        if len(meta.get("channels", [])) != images.shape[1]:
+            raise StoreError(f"{path}: store.json names channels {meta.get('channels')} but images have {images.shape[1]}")
+        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+        if missing:
+            raise StoreError(f"{path / MANIFEST}: missing columns {missing}")
+        n = len(manifest)
+        for col in ("prev", "next"):
+            links = manifest[col].dropna()
+            if len(links) and (links.min() < 0 or links.max() >= n):
+                raise StoreError(f"{path / MANIFEST}: column {col!r} points outside the store (0..{n - 1})")
+        return cls(path, images, manifest, meta)
+
+    # -- basic properties --------------------------------------------------------------------
+    @property
+    def channels(self) -> list[str]:
+        return list(self.meta["channels"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._images.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self.image_shape)
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "real")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"SliceStore({str(self.path)!r}, {len(self)} images of {self.image_shape}, channels={self.channels})"
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        """Manifest rows of this view; the index is the store row."""
+        return self._manifest.iloc[self.rows]
+
+    # -- reading -------------------------------------------------------------------------------
+    def __getitem__(self, i) -> np.ndarray:
+        """Image(s) at view position(s) ``i`` as a float32 array (copies, never the memmap)."""
+        if isinstance(i, slice):
+            return self.read(np.arange(len(self))[i])
+        if np.ndim(i) == 0:
+            return np.array(self._images[self.rows[int(i)]])
+        return self.read(i)
+
+    def read(self, positions) -> np.ndarray:
+        """Images at view positions (an array of ints), read in store order for locality."""
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        if len(rows) and np.all(np.diff(rows) == 1):
+            return np.array(self._images[rows[0]: rows[-1] + 1])
+        return np.asarray(self._images[rows])
+
+    def read_rows(self, store_rows) -> np.ndarray:
+        """Images at store rows (e.g. from the ``prev`` / ``next`` columns)."""
+        return np.asarray(self._images[np.asarray(store_rows, dtype=np.int64)])
+
+    def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, images)`` blocks of at most ``block_size`` images, streaming from disk."""
+        for start in range(0, len(self), block_size):
+            yield start, self.read(np.arange(start, min(start + block_size, len(self))))
+
+    # -- views ---------------------------------------------------------------------------------
+    def take(self, positions) -> "SliceStore":
+        """A view of the images at the given view positions."""
+        return SliceStore(self.path, self._images, self._manifest, self.meta, self.rows[np.asarray(positions, dtype=np.int64)])
+
+    def where(self, **conditions) -> "SliceStore":
+        """A view of the rows whose manifest columns equal the given values, e.g. ``where(split="train")``."""
+        keep = np.ones(len(self), dtype=bool)
+        m = self.manifest
+        for col, value in conditions.items():
+            if col not in m.columns:
+                raise StoreError(f"{self.path}: manifest has no column {col!r}")
+            if isinstance(value, (list, tuple, set, np.ndarray)):
+                keep &= m[col].isin(list(value)).to_numpy(dtype=bool)
+            else:
+                keep &= (m[col] == value).fillna(False).to_numpy(dtype=bool)
+        return self.take(np.flatnonzero(keep))
+
+    def neighbours(self, position: int) -> tuple[int | None, int | None]:
+        """Store rows of the z-1 and z+1 slices of the image at view ``position`` (None if absent)."""
+        row = self._manifest.iloc[self.rows[int(position)]]
+        return tuple(None if pd.isna(row[c]) else int(row[c]) for c in ("prev", "next"))
+
+    def to_array(self) -> np.ndarray:
+        """All images of this view in memory (only for small stores)."""
+        return self.read(np.arange(len(self)))
+
+
+def open_store(path) -> SliceStore:
+    """Open a SliceStore folder (see :class:`SliceStore`)."""
+    return SliceStore.open(path)
