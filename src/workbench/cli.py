@@ -1,0 +1,174 @@
+"""Command line: ``workbench <command>`` (also ``python -m workbench``).
+
+    workbench data phantom brain --subjects 10 --out data/phantom --seed 0
+    workbench data prepare --source data/BraTS2021 --out runs/brats64/store --size 64
+    workbench train --store runs/brats64/store --out runs/brats64/model --steps 20000
+    workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
+    workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
+    workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
+    workbench demo --out runs/demo
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import WorkbenchError
+
+
+def _add_data(sub):
+    data = sub.add_parser("data", help="built-in phantoms and data preparation").add_subparsers(dest="data_command", required=True)
+    ph = data.add_parser("phantom", help="write a built-in phantom dataset (generated, not patient data)")
+    ph.add_argument("kind", choices=["brain"], help="brain: BraTS-layout MRI volumes (t1, t1ce, t2, flair, seg)")
+    ph.add_argument("--subjects", type=int, default=10)
+    ph.add_argument("--out", required=True, help="folder to write the subject folders into")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--overwrite", action="store_true")
+    pr = data.add_parser("prepare", help="slice a BraTS-layout folder into a SliceStore")
+    pr.add_argument("--source", required=True, help="folder of <ID>/<ID>_<contrast>.nii.gz subject folders")
+    pr.add_argument("--out", required=True, help="SliceStore folder to write")
+    pr.add_argument("--channels", default="t1,t1ce,t2,flair,seg", help="comma-separated contrasts")
+    pr.add_argument("--size", type=int, default=64, help="image size after padding to 256 (64, 128, 256)")
+    pr.add_argument("--reference", default="flair", help="contrast whose foreground selects slices")
+    pr.add_argument("--min-foreground", type=float, default=0.15)
+    pr.add_argument("--scaling", choices=["max", "percentile"], default="max")
+    pr.add_argument("--percentile", type=float, default=99.5)
+    pr.add_argument("--test-fraction", type=float, default=0.25)
+    pr.add_argument("--n-test", type=int, default=None, help="number of held-out subjects (overrides --test-fraction)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the subject split")
+    pr.add_argument("--overwrite", action="store_true")
+
+
+def _add_model(sub):
+    tr = sub.add_parser("train", help="train a DDPM on a store's train split")
+    tr.add_argument("--store", required=True)
+    tr.add_argument("--out", required=True, help="checkpoint folder")
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--max-images", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-bf16", action="store_true", help="train in float32")
+    tr.add_argument("--overwrite", action="store_true")
+    sa = sub.add_parser("sample", help="sample a synthetic SliceStore from a checkpoint")
+    sa.add_argument("--checkpoint", required=True)
+    sa.add_argument("--out", required=True)
+    sa.add_argument("--n", type=int, default=64)
+    sa.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--batch-size", type=int, default=32)
+    sa.add_argument("--overwrite", action="store_true")
+
+
+def _add_search(sub):
+    se = sub.add_parser("search", help="top-k Pearson correlation of every query image with a reference store")
+    se.add_argument("--queries", required=True, help="SliceStore of query images (e.g. synthetic)")
+    se.add_argument("--reference", required=True, help="SliceStore to search (e.g. the training store)")
+    se.add_argument("--split", default=None, help="search only this split of the reference (e.g. train)")
+    se.add_argument("--k", type=int, default=1)
+    se.add_argument("--device", default="auto")
+    se.add_argument("--out", required=True, help="matches table (.parquet or .csv)")
+
+
+def _add_runs(sub):
+    ru = sub.add_parser("run", help="execute a notebook through papermill into a run folder")
+    ru.add_argument("notebook", help="01_prepare_data, 02_train, 03_sample, 04_memorization or a path")
+    ru.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    ru.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="notebook parameter (VALUE is read as JSON when it parses: 3, 0.5, true, null, [..])")
+    ru.add_argument("--no-html", action="store_true")
+    de = sub.add_parser("demo", help="phantom -> store -> train -> sample -> memorization, into runs/demo")
+    de.add_argument("--out", default="runs/demo")
+    de.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a demo setting (see workbench.runs.DEMO)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_data(sub)
+    _add_model(sub)
+    _add_search(sub)
+    _add_runs(sub)
+    return parser
+
+
+def _search(args) -> None:
+    from pathlib import Path
+
+    from .data.atomic import atomic_file
+    from .data.store import SliceStore
+    from .memorization import match_table
+
+    queries = SliceStore.open(args.queries)
+    reference = SliceStore.open(args.reference)
+    if args.split:
+        reference = reference.where(split=args.split)
+    t0 = time.time()
+    table = match_table(queries, reference, k=args.k, device=args.device, progress=True)
+    seconds = time.time() - t0
+    out = Path(args.out)
+    with atomic_file(out) as tmp:
+        table.to_csv(tmp, index=False) if out.suffix == ".csv" else table.to_parquet(tmp, index=False)
+    pairs = len(queries) * len(reference)
+    print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.1f} s "
+          f"({pairs / max(seconds, 1e-9):,.0f} pairs/s); wrote {out}")
+
+
+def run(args) -> None:
+    if args.command == "data" and args.data_command == "phantom":
+        from .data.phantom import write_brain_phantom
+
+        write_brain_phantom(args.out, subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
+        print(f"wrote {args.subjects} phantom subject(s) to {args.out} (generated, not patient data)")
+    elif args.command == "data" and args.data_command == "prepare":
+        from .data.prepare import prepare_brats_store
+
+        prepare_brats_store(args.source, args.out, channels=[c.strip() for c in args.channels.split(",") if c.strip()],
+                            size=args.size, reference=args.reference, min_foreground=args.min_foreground,
+                            scaling=args.scaling, percentile=args.percentile, test_fraction=args.test_fraction,
+                            n_test=args.n_test, seed=args.seed, overwrite=args.overwrite)
+    elif args.command == "train":
+        from .data.store import SliceStore
+        from .train import train_ddpm
+
+        train_ddpm(SliceStore.open(args.store).where(split="train"), args.out, preset=args.preset, steps=args.steps,
+                   batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
+                   bf16=not args.no_bf16, overwrite=args.overwrite)
+    elif args.command == "sample":
+        from .sample import sample_ddpm
+
+        sample_ddpm(args.checkpoint, args.out, n=args.n, steps=args.steps, seed=args.seed,
+                    batch_size=args.batch_size, overwrite=args.overwrite)
+    elif args.command == "search":
+        _search(args)
+    elif args.command == "run":
+        from .runs.notebook import parse_value, run_notebook
+
+        params = {name: parse_value(value) for name, value in args.parameter}
+        run_notebook(args.notebook, args.out, params, html=not args.no_html)
+    elif args.command == "demo":
+        from .runs.demo import DEMO, run_demo
+        from .runs.notebook import parse_value
+
+        settings = {name: parse_value(value) for name, value in args.set}
+        unknown = sorted(set(settings) - set(DEMO))
+        if unknown:
+            raise WorkbenchError(f"unknown demo setting(s) {unknown}; known: {sorted(DEMO)}")
+        run_demo(args.out, settings)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (WorkbenchError, FileExistsError, FileNotFoundError) as err:
+        print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted; nothing half-written was left looking complete", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,5 @@
+"""Orchestration: run notebooks through papermill into run folders; the demo."""
+from .demo import DEMO, demo_stages, run_demo
+from .notebook import export_html, find_notebook, run_notebook
+
+__all__ = ["DEMO", "demo_stages", "export_html", "find_notebook", "run_demo", "run_notebook"]

@@ -1,0 +1,44 @@
+"""Shared fixtures: a small brain phantom and its SliceStore, built once per test session."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from workbench.data.phantom import write_brain_phantom
+from workbench.data.prepare import prepare_brats_store
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantom") / "brain"
+    write_brain_phantom(out, subjects=3, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_store(phantom_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stores") / "store32"
+    return prepare_brats_store(phantom_dir, out, size=32, n_test=1, seed=0, progress=False)
+
+
+def write_subject(root, sid, *, shape=(24, 20, 10), contrasts=("t1", "t1ce", "t2", "flair", "seg"), seed=0,
+                  suffix=".nii.gz", overrides=None):
+    """A tiny BraTS-layout subject: a bright box of 'brain' in each contrast, a small tumour in seg."""
+    rng = np.random.default_rng(seed)
+    folder = root / sid
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    brain = np.zeros(shape, np.float32)
+    brain[4:-4, 3:-3, 2:-2] = 1
+    for c in contrasts:
+        if c == "seg":
+            data = np.zeros(shape, np.uint8)
+            data[10:13, 8:11, 4:6] = 2
+            data[11, 9, 5] = 4
+        else:
+            data = (brain * (100 + 50 * rng.random(shape))).astype(np.float32)
+        if overrides and c in overrides:
+            data = overrides[c]
+        nib.save(nib.Nifti1Image(data, affine), folder / f"{sid}_{c}{suffix}")
+    return folder

@@ -1,0 +1,121 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr
+
+from workbench.data.store import SliceStore, StoreWriter
+from workbench.errors import WorkbenchError
+from workbench.search import float32_error_bound, topk_correlation
+
+
+def reference_topk(q, r, k):
+    """float64 numpy brute force: Pearson r over all pixels and channels, ties by lower index."""
+    a = q.reshape(len(q), -1).astype(np.float64)
+    b = r.reshape(len(r), -1).astype(np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (a @ b.T) / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+    s = np.where(np.isfinite(s), s, -np.inf)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, idx, 1), idx
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    base = rng.random((40, 3, 12, 12)).astype(np.float32)
+    # reference: noisy copies of a few base images, so near-ties abound
+    ref = np.concatenate([base + 0.02 * rng.standard_normal(base.shape).astype(np.float32) for _ in range(8)])
+    queries = np.concatenate([base[:10] + 0.01 * rng.standard_normal((10, 3, 12, 12)).astype(np.float32),
+                              rng.random((6, 3, 12, 12)).astype(np.float32)])
+    return queries, ref
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_matches_float64_brute_force_over_several_blocks(data, k):
+    q, r = data
+    values, indices = topk_correlation(q, r, k=k, block_size=37)  # 320 references in 9 blocks
+    ev, ei = reference_topk(q, r, k)
+    np.testing.assert_array_equal(indices, ei)
+    np.testing.assert_allclose(values, ev, atol=1e-5)
+    assert np.all(np.diff(values, axis=1) <= 0)  # descending
+
+
+def test_values_agree_with_scipy_pearsonr(data):
+    q, r = data
+    res = topk_correlation(q, r, k=3)
+    for i in (0, 7, 12):
+        for j in range(3):
+            assert res.values[i, j] == pytest.approx(pearsonr(q[i].ravel(), r[res.indices[i, j]].ravel())[0], abs=1e-5)
+
+
+def test_torch_tensors_and_stores_give_the_same_answer(data, tmp_path):
+    q, r = data
+    with StoreWriter(tmp_path / "ref", channels=["a", "b", "c"], height=12, width=12) as w:
+        w.append(r, [{"subject": f"s{i % 7}", "split": "train"} for i in range(len(r))])
+    store = SliceStore.open(tmp_path / "ref")
+    a = topk_correlation(torch.from_numpy(q), store, k=2, block_size=50)
+    b = topk_correlation(q, r, k=2)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    # a view: indices are positions in the view
+    view = store.take(np.arange(100, 300))
+    c = topk_correlation(q, view, k=2)
+    ev, ei = reference_topk(q, r[100:300], 2)
+    np.testing.assert_array_equal(c.indices, ei)
+
+
+def test_near_ties_are_settled_exactly():
+    # reference images that differ from the query by less than float32 can resolve
+    rng = np.random.default_rng(3)
+    q = rng.random((4, 1, 32, 32)).astype(np.float32)
+    eps = np.zeros((30, 1, 32, 32), np.float32)
+    eps.reshape(30, -1)[np.arange(30), np.arange(30)] = np.float32(1e-6) * np.arange(1, 31)
+    r = np.concatenate([q[i] + eps for i in range(4)])
+    res = topk_correlation(q, r, k=3, block_size=16)
+    ev, ei = reference_topk(q, r, 3)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-9)
+    assert res.rechecked_queries > 0  # the float64 fallback was exercised
+
+
+def test_constant_images_are_reported_not_matched(data):
+    q, r = data
+    q, r = q.copy(), r.copy()
+    q[2] = 0.3
+    r[5] = 0.0
+    with pytest.warns(UserWarning) as rec:
+        res = topk_correlation(q, r, k=2)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "query image(s) are constant" in msgs and "reference image(s) are constant" in msgs
+    assert res.constant_queries.tolist() == [i == 2 for i in range(len(q))]
+    assert res.constant_reference.tolist() == [5]
+    assert (res.indices[2] == -1).all() and np.isneginf(res.values[2]).all()
+    assert not np.isnan(res.values).any()
+    assert (res.indices != 5).all()
+    ok = np.arange(len(q)) != 2
+    _, ei = reference_topk(q, r, 2)
+    np.testing.assert_array_equal(res.indices[ok], ei[ok])
+
+
+def test_error_bound_is_stated_and_small():
+    assert 2 ** -24 < float32_error_bound(5 * 256 * 256) < 0.03
+    assert float32_error_bound(100) < float32_error_bound(10000)
+
+
+def test_bad_input_is_refused_before_any_work(data):
+    q, r = data
+    with pytest.raises(WorkbenchError, match="shape"):
+        topk_correlation(q[:, :2], r)
+    with pytest.raises(WorkbenchError, match="k=1000"):
+        topk_correlation(q, r, k=1000)
+    with pytest.raises(WorkbenchError, match="empty"):
+        topk_correlation(q[:0], r)
+    bad = q.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(WorkbenchError, match="non-finite"):
+        topk_correlation(bad, r)
+    with pytest.raises(WorkbenchError, match="expected"):
+        topk_correlation([1, 2, 3], r)

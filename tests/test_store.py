@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.data.store import SliceStore, StoreWriter
+from workbench.errors import StoreError
+
+
+def _rows(n, subject="s1", split="train"):
+    return [{"subject": subject, "source": "x.nii.gz", "z": z, "split": split, "label": 0,
+             "prev": None, "next": None} for z in range(n)]
+
+
+def _write(path, n=5, blocks=2, **kw):
+    rng = np.random.default_rng(0)
+    imgs = rng.random((n * blocks, 2, 8, 8), dtype=np.float32)
+    with StoreWriter(path, channels=["t1", "flair"], height=8, width=8, **kw) as w:
+        for b in range(blocks):
+            w.append(imgs[b * n:(b + 1) * n], _rows(n, subject=f"s{b}", split="train" if b == 0 else "test"))
+    return imgs
+
+
+def test_roundtrip_streamed_blocks_and_views(tmp_path):
+    imgs = _write(tmp_path / "s")
+    store = SliceStore.open(tmp_path / "s")
+    assert store.shape == (10, 2, 8, 8) and store.channels == ["t1", "flair"]
+    np.testing.assert_array_equal(store.to_array(), imgs)
+    assert isinstance(np.load(tmp_path / "s" / "images.npy", mmap_mode="r"), np.memmap)  # a standard .npy
+    test = store.where(split="test")
+    assert len(test) == 5 and list(test.rows) == list(range(5, 10))
+    np.testing.assert_array_equal(test[0], imgs[5])
+    np.testing.assert_array_equal(test.read([4, 1]), imgs[[9, 6]])
+    blocks = list(test.blocks(2))
+    assert [b[0] for b in blocks] == [0, 2, 4] and np.concatenate([b[1] for b in blocks]).shape == (5, 2, 8, 8)
+    assert set(test.manifest["subject"]) == {"s1"}
+
+
+def test_killed_writer_leaves_nothing_that_looks_finished(tmp_path):
+    with pytest.raises(RuntimeError):
+        with StoreWriter(tmp_path / "s", channels=["a"], height=4, width=4) as w:
+            w.append(np.zeros((2, 1, 4, 4)), _rows(2))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_store_is_not_overwritten_silently(tmp_path):
+    _write(tmp_path / "s")
+    with pytest.raises(FileExistsError, match="already exists"):
+        _write(tmp_path / "s")
+    _write(tmp_path / "s", overwrite=True)
+    assert len(SliceStore.open(tmp_path / "s")) == 10
+
+
+def test_writer_rejects_bad_blocks(tmp_path):
+    with pytest.raises(StoreError, match="does not match"):
+        with StoreWriter(tmp_path / "s", channels=["a"], height=4, width=4) as w:
+            w.append(np.zeros((2, 2, 4, 4)), _rows(2))
+    with pytest.raises(StoreError, match="non-finite"):
+        with StoreWriter(tmp_path / "s", channels=["a"], height=4, width=4) as w:
+            w.append(np.full((1, 1, 4, 4), np.nan), _rows(1))
+    with pytest.raises(StoreError, match="2 images but 1 manifest rows"):
+        with StoreWriter(tmp_path / "s", channels=["a"], height=4, width=4) as w:
+            w.append(np.zeros((2, 1, 4, 4)), _rows(1))
+    with pytest.raises(StoreError, match="no images"):
+        with StoreWriter(tmp_path / "s", channels=["a"], height=4, width=4):
+            pass
+    assert not (tmp_path / "s").exists()
+
+
+def test_open_reports_files_that_do_not_match_the_manifest(tmp_path):
+    _write(tmp_path / "s")
+    m = pd.read_parquet(tmp_path / "s" / "manifest.parquet")
+    m.iloc[:-1].to_parquet(tmp_path / "s" / "manifest.parquet")
+    with pytest.raises(StoreError, match="manifest has 9 rows but images.npy holds 10"):
+        SliceStore.open(tmp_path / "s")
+
+    _write(tmp_path / "t")
+    data = (tmp_path / "t" / "images.npy").read_bytes()
+    (tmp_path / "t" / "images.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match="images.npy"):
+        SliceStore.open(tmp_path / "t")
+
+    _write(tmp_path / "u")
+    (tmp_path / "u" / "manifest.parquet").unlink()
+    with pytest.raises(StoreError, match="missing manifest.parquet"):
+        SliceStore.open(tmp_path / "u")
+
+    _write(tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "store.json").read_text())
+    meta["channels"] = ["t1"]
+    (tmp_path / "v" / "store.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="channels"):
+        SliceStore.open(tmp_path / "v")
+
+    _write(tmp_path / "w")
+    m = pd.read_parquet(tmp_path / "w" / "manifest.parquet")
+    m.loc[0, "next"] = 99
+    m.to_parquet(tmp_path / "w" / "manifest.parquet")
+    with pytest.raises(StoreError, match="points outside the store"):
+        SliceStore.open(tmp_path / "w")
+
+    with pytest.raises(StoreError, match="does not exist"):
+        SliceStore.open(tmp_path / "nothing")
