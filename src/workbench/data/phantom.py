@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
 import math
 import multiprocessing
 import numbers
 import os
+import shlex
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -48,13 +50,25 @@ PHANTOM_CONTRASTS = ("t1", "t1ce", "t2", "flair", "seg")
 #: so world coordinates are roughly MNI coordinates (BraTS files use offsets (0, 239, 0)).
 PHANTOM_SHAPE = (240, 240, 155)
 PHANTOM_AFFINE = np.array(
-    [[-1.0, 0.0, 0.0, 120.0], [0.0, -1.0, 0.0, 103.0], [0.0, 0.0, 1.0, -66.0], [0.0, 0.0, 0.0, 1.0]]
+    [[-1.0, 0.0, 0.0, 120.0], [0.0, -1.0, 0.0, 103.0], [0.0, 0.0, 1.0, -62.0], [0.0, 0.0, 0.0, 1.0]]
 )
 
 _ID_FORMAT = "Phantom_{:03d}"
 _MAX_SUBJECTS = 999
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-_BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 10.0])  # centre of rotation/scaling, mm
+# Per-subject geometry: rotation (degrees, sd per axis), global and per-axis scale ranges,
+# shift (mm, sd), RMS of the smooth deformation (mm, per axis) and its control-point spacing.
+# Rotation and scaling act about a point near the top of the brain, so the vertex stays inside
+# the 155 slices and size differences show at the (already truncated) brain stem, as in BraTS.
+_GEOMETRY = {
+    "rotation_sd": 3.0,
+    "scale": 0.07,
+    "axis_scale": 0.04,
+    "shift_sd": 3.0,
+    "deformation_mm": 3.5,
+    "spacing_mm": 35.0,
+    "centre_mni": (0.0, -17.0, 70.0),
+}
 
 # Tissue classes, in the order of the columns of _MEANS.
 _CLASSES = ("csf", "gm", "wm", "necrosis", "oedema", "enhancing")
@@ -111,9 +125,12 @@ def _template_maps() -> dict:
 
 
 def _template_path(name: str) -> Path:
-    import nilearn  # only for the location of its data files
-
-    return Path(os.path.dirname(nilearn.__file__)) / "datasets" / "data" / _TEMPLATE.format(name)
+    """Path of a nilearn data file, found without importing nilearn (which is slow)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("nilearn is not installed: the brain phantom needs its MNI152 template files")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder / "datasets" / "data" / _TEMPLATE.format(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,16 +180,18 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
 def _subject_affine(rng: np.random.Generator, template_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Random global affine: phantom voxel ``p`` -> template voxel ``M @ p + b``.
 
-    Rotation up to ~4 degrees about each axis, a global scale of +-5 % with +-3 % per axis,
-    and a shift of a few mm, all about the centre of the brain.
+    Rotation of a few degrees about each axis, a global scale of +-7 % with +-4 % per axis,
+    and a shift of a few mm (see ``_GEOMETRY``).
     """
-    angles = rng.normal(0.0, 2.5, 3).clip(-6, 6)
-    scale = rng.uniform(0.95, 1.05) * rng.uniform(0.97, 1.03, 3)
-    shift = rng.normal(0.0, 2.0, 3).clip(-5, 5)
+    g = _GEOMETRY
+    angles = rng.normal(0.0, g["rotation_sd"], 3).clip(-2.5 * g["rotation_sd"], 2.5 * g["rotation_sd"])
+    scale = rng.uniform(1 - g["scale"], 1 + g["scale"]) * rng.uniform(1 - g["axis_scale"], 1 + g["axis_scale"], 3)
+    shift = rng.normal(0.0, g["shift_sd"], 3).clip(-2.5 * g["shift_sd"], 2.5 * g["shift_sd"])
+    shift[2] = abs(shift[2])  # template shifted up = brain moved down in the volume, never up
     linear = _rotation(angles) @ np.diag(scale)  # subject world -> template world
     world_to_template = np.linalg.inv(template_affine)
     out_lin, out_off = PHANTOM_AFFINE[:3, :3], PHANTOM_AFFINE[:3, 3]
-    c = _BRAIN_CENTRE_MNI
+    c = np.array(g["centre_mni"])
     m_world = linear @ out_lin
     b_world = linear @ (out_off - c) + c + shift
     m = world_to_template[:3, :3] @ m_world
@@ -190,41 +209,46 @@ def _crop_box(m: np.ndarray, b: np.ndarray, bbox, margin: float) -> tuple[slice,
     return tuple(slice(int(a), int(z)) for a, z in zip(start, stop))
 
 
-def _warp_anatomy(rng: np.random.Generator, *, deformation_mm: float = 3.0) -> tuple[dict, tuple]:
+def _warp_anatomy(rng: np.random.Generator) -> tuple[dict, tuple]:
     """Warp the template maps into one subject's anatomy on a crop of the phantom grid.
 
     Returns the maps ``csf, gm, wm, t1`` (float32, crop-sized) and the crop box (three slices
     of the 240 x 240 x 155 grid).  The deformation is a smooth random displacement field with
-    ``deformation_mm`` RMS per axis (clipped at 3.5 RMS), control points 40 mm apart.
+    ``_GEOMETRY["deformation_mm"]`` RMS per axis (clipped at 3 RMS).
     """
     template = _template_maps()
     m, b = _subject_affine(rng, template["affine"])
-    dmax = 3.5 * deformation_mm
+    deformation_mm, spacing = _GEOMETRY["deformation_mm"], _GEOMETRY["spacing_mm"]
+    dmax = 3.0 * deformation_mm
     box = _crop_box(m, b, template["bbox"], dmax + 2)
     axes = tuple(np.arange(s.start, s.stop, dtype=np.float64) for s in box)
-    shifts = [np.clip(_smooth_field(rng, axes, spacing=40.0) * deformation_mm, -dmax, dmax) for _ in range(3)]
-    i, j, k = (a.astype(np.float32) for a in axes)
-    coords = np.empty((3,) + shifts[0].shape, np.float32)
-    for a in range(3):
-        coords[a] = shifts[a]
-        coords[a] += (m[a, 0] * i)[:, None, None].astype(np.float32)
-        coords[a] += (m[a, 1] * j)[None, :, None].astype(np.float32)
-        coords[a] += (m[a, 2] * k + b[a])[None, None, :].astype(np.float32)
+    coords = np.empty((3,) + tuple(len(x) for x in axes), np.float32)
+    for a, c in enumerate(coords):  # template voxel = M @ p + b + smooth displacement
+        c[...] = _smooth_field(rng, axes, spacing=spacing)
+        c *= np.float32(deformation_mm)
+        np.clip(c, -dmax, dmax, out=c)
+        c += (m[a, 0] * axes[0]).astype(np.float32)[:, None, None]
+        c += (m[a, 1] * axes[1]).astype(np.float32)[None, :, None]
+        c += (m[a, 2] * axes[2] + b[a]).astype(np.float32)[None, None, :]
+
     # only points near the template brain can be non-zero: interpolate those, zero elsewhere
     near = template["near"]
-    flat = np.zeros(coords[0].size, np.int64)
-    for a, size in enumerate(near.shape):
-        idx = np.rint(coords[a]).astype(np.int64).ravel()
+    flat = np.zeros(coords[0].size, np.int32)
+    for c, size in zip(coords, near.shape):
+        idx = np.rint(c.ravel()).astype(np.int32)
         np.clip(idx, 0, size - 1, out=idx)
-        flat = flat * size + idx
+        flat *= size
+        flat += idx
     sel = np.flatnonzero(near.ravel()[flat])
     points = coords.reshape(3, -1)[:, sel]
+    shape = coords.shape[1:]
+    del coords, flat, idx
     maps = {}
     for n, name in enumerate(("csf", "gm", "wm", "t1")):
         values = ndi.map_coordinates(
             template["maps"][n], points, order=1, mode="constant", cval=0.0, prefilter=False, output=np.float32
         )
-        full = np.zeros(coords[0].shape, np.float32)
+        full = np.zeros(shape, np.float32)
         full.ravel()[sel] = values * np.float32(1 / 255)
         maps[name] = full
     return maps, box
@@ -278,14 +302,13 @@ def _place_tumour(rng: np.random.Generator, maps: dict, brain: np.ndarray, box) 
     """Draw a glioma: BraTS labels in a local box, plus soft class maps for rendering.
 
     Oedema radius 12-30 mm with a noise-modulated boundary that reaches further into white
-    matter; an enhancing rim 2-4 mm thick around a necrotic core, the core slightly off the
+    matter; an enhancing rim 1.5-3.5 mm thick around a necrotic core, the core slightly off the
     centre of the oedema.  Returns the label box (uint8 in {0, 1, 2, 4}), its slices into the
     crop, and soft probability maps (float32) of necrosis / oedema / enhancing in that box.
     """
     r_oedema = rng.uniform(12.0, 30.0)
-    r_core = max(rng.uniform(0.3, 0.5) * r_oedema, 0.0)
-    rim = rng.uniform(2.0, 4.0)
-    r_core = max(r_core, rim + 3.0)
+    rim = rng.uniform(1.5, 3.5)
+    r_core = max(rng.uniform(0.35, 0.6) * r_oedema, rim + 3.0)
     centre = _tumour_centre(rng, maps["wm"], brain, box, r_oedema)
     offset = rng.normal(0.0, 0.12 * r_oedema, 3).clip(-0.2 * r_oedema, 0.2 * r_oedema)
 
@@ -308,6 +331,11 @@ def _place_tumour(rng: np.random.Generator, maps: dict, brain: np.ndarray, box) 
     labels[(r_e < reach) & inside] = 2
     labels[(r_c < r_core) & inside] = 4
     labels[(r_c < r_core - rim) & inside] = 1
+    parts, count = ndi.label(labels > 0)
+    if count > 1:  # keep one tumour: drop islands that the noisy boundary cut off
+        sizes = np.bincount(parts.ravel())
+        sizes[0] = 0
+        labels[parts != np.argmax(sizes)] = 0
     soft = {
         name: ndi.gaussian_filter((labels == value).astype(np.float32), 0.8, mode="constant")
         for name, value in (("necrosis", 1), ("oedema", 2), ("enhancing", 4))
@@ -353,8 +381,10 @@ def _render(
     return out
 
 
-def brain_phantom_subject(subject: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+def brain_phantom_subject(subject: int, *, seed: int = 0, tissues: bool = False) -> dict[str, np.ndarray]:
     """Generate one phantom subject in memory: the four contrasts and the segmentation.
+
+    This is what :func:`write_brain_phantom` writes for ``<ID> = Phantom_<subject>``.
 
     Parameters
     ----------
@@ -362,16 +392,20 @@ def brain_phantom_subject(subject: int, *, seed: int = 0) -> dict[str, np.ndarra
         Subject number, 1-based (``Phantom_001`` is subject 1).
     seed : int, optional
         Seed of the phantom data set; subject ``i`` depends only on ``(seed, i)``.
+    tissues : bool, optional
+        Also return the ground-truth tissue probabilities ``csf, gm, wm`` (float32 in [0, 1],
+        before the tumour replaced tissue), e.g. to check a segmentation.
 
     Returns
     -------
     dict of str -> ndarray
         ``t1, t1ce, t2, flair`` as int16 and ``seg`` as uint8 (values 0, 1, 2, 4), each
-        240 x 240 x 155 on the grid of :data:`PHANTOM_AFFINE`.
+        240 x 240 x 155 on the grid of :data:`PHANTOM_AFFINE`; background (outside the brain)
+        is 0 in every contrast.
 
     Examples
     --------
-    >>> vols = brain_phantom_subject(1, seed=0)          # doctest: +SKIP
+    >>> vols = brain_phantom_subject(1, seed=0)                          # doctest: +SKIP
     >>> vols["flair"].shape, sorted(set(vols["seg"].ravel().tolist()))   # doctest: +SKIP
     ((240, 240, 155), [0, 1, 2, 4])
     """
@@ -380,9 +414,7 @@ def brain_phantom_subject(subject: int, *, seed: int = 0) -> dict[str, np.ndarra
     rng = np.random.default_rng(np.random.SeedSequence([seed, subject]))
     maps, box = _warp_anatomy(rng)
     brain = (maps["csf"] + maps["gm"] + maps["wm"]) > 0.5
-    model = sum(np.float32(v) * maps[k] for v, k in zip(_T1_TEMPLATE_MEANS, ("csf", "gm", "wm")))
-    maps["texture"] = np.where(brain, maps.pop("t1") * 255.0 / np.maximum(model, 1.0), 1.0).clip(0.8, 1.25)
-    maps["texture"] = maps["texture"].astype(np.float32)
+    maps["texture"] = _texture(maps, brain)
     tumour = _place_tumour(rng, maps, brain, box)
     axes = tuple(np.arange(s.start, s.stop, dtype=np.float64) for s in box)
 
@@ -391,11 +423,20 @@ def brain_phantom_subject(subject: int, *, seed: int = 0) -> dict[str, np.ndarra
         volumes[contrast] = np.zeros(PHANTOM_SHAPE, np.int16)
         volumes[contrast][box] = _render(rng, contrast, maps, brain, tumour, axes)
     labels, local, _ = tumour
-    seg = np.zeros(PHANTOM_SHAPE, np.uint8)
-    seg_crop = seg[box]
-    seg_crop[local] = labels
-    volumes["seg"] = seg
+    volumes["seg"] = np.zeros(PHANTOM_SHAPE, np.uint8)
+    volumes["seg"][box][local] = labels
+    if tissues:
+        for name in ("csf", "gm", "wm"):
+            volumes[name] = np.zeros(PHANTOM_SHAPE, np.float32)
+            volumes[name][box] = maps[name]
     return volumes
+
+
+def _texture(maps: dict, brain: np.ndarray) -> np.ndarray:
+    """Anatomical texture: the warped template T1 relative to what its tissue mix predicts."""
+    model = sum(np.float32(v) * maps[k] for v, k in zip(_T1_TEMPLATE_MEANS, ("csf", "gm", "wm")))
+    ratio = maps.pop("t1") * np.float32(255.0) / np.maximum(model, np.float32(1.0))
+    return np.where(brain, ratio, np.float32(1.0)).clip(0.8, 1.25).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,8 +519,10 @@ def _readme(seed: int, subjects: int, out: Path) -> str:
         f"seed:     {seed}  (subject i depends only on (seed, i); the same seed gives identical files)\n"
         "layout:   <ID>/<ID>_{t1,t1ce,t2,flair,seg}.nii.gz, 240 x 240 x 155, 1 mm, BraTS labels 0/1/2/4\n\n"
         "Made by (command equivalent):\n"
-        f"    python -c \"from workbench.data.phantom import write_brain_phantom; "
-        f"write_brain_phantom({str(out)!r}, subjects={subjects}, seed={seed})\"\n"
+        f"    workbench data phantom brain --subjects {subjects} --seed {seed} --out {shlex.quote(str(out))}\n"
+        "or, in Python:\n"
+        f"    from workbench.data.phantom import write_brain_phantom\n"
+        f"    write_brain_phantom({str(out)!r}, subjects={subjects}, seed={seed})\n"
     )
 
 
@@ -545,7 +588,8 @@ def write_brain_phantom(
         if existing:
             raise DataError(
                 f"{out}: phantom subject folder(s) already exist: {', '.join(existing[:3])}"
-                f"{' ...' if len(existing) > 3 else ''}; pass overwrite=True to replace them"
+                f"{' ...' if len(existing) > 3 else ''}; "
+                "pass overwrite=True (--overwrite on the command line) to replace them"
             )
     out.mkdir(parents=True, exist_ok=True)
     for name in ("t1", "gm", "wm"):  # fail early, without loading the maps in this process
@@ -570,9 +614,14 @@ def write_brain_phantom(
                         pool.submit(_write_subject, str(out), subject, seed, overwrite): subject
                         for subject in range(1, subjects + 1)
                     }
-                for job in as_completed(jobs):
-                    folders[jobs[job]] = Path(job.result())
-                    bar.update(1)
+                try:
+                    for job in as_completed(jobs):
+                        folders[jobs[job]] = Path(job.result())
+                        bar.update(1)
+                except BaseException:  # stop at the first error (or Ctrl-C): drop queued subjects
+                    for job in jobs:
+                        job.cancel()
+                    raise
     except FileExistsError as exc:  # another writer created a folder meanwhile
         raise DataError(f"{exc}") from exc
     finally:
