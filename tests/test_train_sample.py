@@ -214,3 +214,13 @@ def test_killed_run_leaves_no_checkpoint(store, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_ddpm(store, tmp_path / "ckpt", steps=10, batch_size=2, progress=False, callback=die, **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_v_prediction_cosine_round_trip(store, tmp_path):
+    ckpt = train_ddpm(store, tmp_path / "v", steps=2, batch_size=2, progress=False, lr=1e-3,
+                      prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2", **SMALL)
+    _, config, info = load_checkpoint(ckpt)
+    assert config.prediction_type == "v_prediction" and config.beta_schedule == "squaredcos_cap_v2"
+    assert np.isfinite(info["final_loss"])
+    synth = sample_ddpm(ckpt, tmp_path / "s", n=2, steps=2, progress=False)
+    assert synth.shape == (2, 2, SIZE, SIZE)

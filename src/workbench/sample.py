@@ -17,7 +17,7 @@ import numpy as np
 
 from .data.store import SliceStore, StoreWriter
 from .errors import WorkbenchError
-from .models.ddpm import load_checkpoint
+from .models.ddpm import build_scheduler, load_checkpoint
 
 
 def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
@@ -103,8 +103,6 @@ def sample_ddpm(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50,
     if steps > config.num_train_timesteps:
         raise WorkbenchError(f"sample_ddpm: steps={steps} exceeds the {config.num_train_timesteps} "
                              f"training timesteps of {checkpoint}")
-    from .models.ddpm import build_scheduler
-
     scheduler_config = build_scheduler(config).config
     run = info.get("run") or checkpoint.name
     seeds = image_seeds(seed, n)

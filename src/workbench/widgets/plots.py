@@ -51,7 +51,7 @@ def match_figure(synthetic: np.ndarray, match: np.ndarray, prev: np.ndarray | No
     names = [titles.get("synthetic", "synthetic"), titles.get("match", "best training slice"),
              f"pixels (r = {r:.4f})", titles.get("prev", "training z−1"), titles.get("next", "training z+1")]
     fig = make_subplots(rows=1, cols=5, subplot_titles=names, horizontal_spacing=0.03)
-    blank = np.full(synthetic.shape[1:], np.nan)
+    blank = np.zeros(synthetic.shape[1:])  # not NaN: NaN breaks widget messages (nbclient hangs)
     for col, img in ((1, synthetic), (2, match), (4, prev), (5, nxt)):
         plane = blank if img is None else img[channel]
         fig.add_trace(_gray(plane, names[col - 1], vmin, vmax), row=1, col=col)

@@ -1,0 +1,37 @@
+"""Images as PNG bytes for ipywidgets: fast to update, and nothing for nbclient to choke on.
+
+(Plotly figures shown inside an ``ipywidgets.Output`` make papermill/nbclient hang, and
+re-rendering a plotly figure per step is slow; PNG panels update in milliseconds.)
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def to_png(plane: np.ndarray, *, vmin: float = 0.0, vmax: float = 1.0, size: int | None = None) -> bytes:
+    """One 2D image as an 8-bit grayscale PNG, windowed to [vmin, vmax], optionally upscaled."""
+    scaled = np.clip((np.asarray(plane, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    img = Image.fromarray((scaled * 255 + 0.5).astype(np.uint8), mode="L")
+    if size and size != img.width:
+        img = img.resize((size, round(size * img.height / img.width)), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def density_png(x: np.ndarray, y: np.ndarray, *, bins: int = 96, size: int | None = None) -> bytes:
+    """A pixel scatter plot as a log-density image: x to the right, y upwards, both in [0, 1].
+
+    Every pixel pair is counted (a 256x256x5 image has 327,680 of them), which a point scatter
+    cannot show legibly.  Darker = more pixels; the diagonal is drawn faintly for reference.
+    """
+    h, _, _ = np.histogram2d(np.ravel(y), np.ravel(x), bins=bins, range=[[0, 1], [0, 1]])
+    d = np.log1p(h)
+    d = d / d.max() if d.max() > 0 else d
+    img = 1.0 - d[::-1]  # y up; white background, dark density
+    diag = np.arange(bins)
+    img[bins - 1 - diag, diag] = np.minimum(img[bins - 1 - diag, diag], 0.8)
+    return to_png(img, size=size)
