@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 from ..data.atomic import atomic_file
@@ -47,7 +48,9 @@ def export_html(notebook: Path, html: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with warnings.catch_warnings():  # scrapbook's records have no HTML form, by design
+        warnings.filterwarnings("ignore", message=".*scrapbook.scrap.*")
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     with atomic_file(html) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return html

@@ -1,0 +1,57 @@
+"""The command line, as a user calls it."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.cli import main
+from workbench.runs.notebook import parse_value
+
+
+def wb(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_phantom_command_writes_brats_layout(tmp_path):
+    r = wb("data", "phantom", "brain", "--subjects", "1", "--out", str(tmp_path / "ph"), "--seed", "4")
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in (tmp_path / "ph" / "Phantom_001").iterdir())
+    assert files == [f"Phantom_001_{c}.nii.gz" for c in ("flair", "seg", "t1", "t1ce", "t2")]
+    assert "not patient data" in r.stdout
+
+
+def test_search_command_writes_matches(phantom_store, tmp_path):
+    out = tmp_path / "m.parquet"
+    assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
+                 "--split", "train", "--k", "2", "--out", str(out)]) == 0
+    t = pd.read_parquet(out)
+    assert len(t) == 2 * len(phantom_store) and set(t["rank"]) == {1, 2}
+    train_rows = set(phantom_store.where(split="train").rows.tolist())
+    assert set(t["match_row"]) <= train_rows
+    # every training slice finds itself first
+    own = t[(t["rank"] == 1) & t["query_row"].isin(train_rows)]
+    assert (own["query_row"] == own["match_row"]).all() and np.allclose(own["r"], 1.0)
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["search", "--queries", str(tmp_path / "nope"), "--reference", str(tmp_path), "--out", "x.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("workbench: error:") and "nope: no SliceStore here" in err
+
+
+def test_prepare_command_on_empty_folder(tmp_path, capsys):
+    assert main(["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    assert "no BraTS subject folders found" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_help():
+    r = wb("--help")
+    assert r.returncode == 0 and "demo" in r.stdout and "search" in r.stdout
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("true", True), ("null", None),
+                                        ("[1, 2]", [1, 2]), ("runs/x", "runs/x"), ("flair", "flair")])
+def test_parameter_values_parse_like_json(text, value):
+    assert parse_value(text) == value
