@@ -34,7 +34,7 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
     out = Path(out).resolve()
     phantom, store, model, synthetic = out / "phantom", out / "store", out / "model", out / "synthetic"
     return [
-        ("01_prepare_data", dict(source=str(phantom), phantom_subjects=s["phantom_subjects"], phantom_seed=s["seed"],
+        ("01_prepare_data", dict(source=str(phantom), phantom_subjects=s["phantom_subjects"], phantom_seed=s["seed"], phantom_overwrite=True,
                                  store=str(store), size=s["size"], n_test=s["n_test"], split_seed=s["seed"],
                                  overwrite=True)),
         ("02_train", dict(store=str(store), out=str(model), preset=s["preset"], steps=s["steps"],
@@ -49,8 +49,8 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
 def run_demo(out="runs/demo", settings: dict | None = None, *, progress: bool = True) -> dict:
     """Run every stage of the demo into ``out`` and print where to look.
 
-    The phantom is reused if ``out/phantom`` already holds it (it is deterministic per seed);
-    every other stage is run again.
+    Every stage runs again and replaces its outputs (the phantom too: it is deterministic per
+    seed, so a rerun writes the same files).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
