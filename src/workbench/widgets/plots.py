@@ -65,7 +65,7 @@ def match_figure(synthetic: np.ndarray, match: np.ndarray, prev: np.ndarray | No
                                name="pixels", hovertemplate="train %{x:.3f}<br>synthetic %{y:.3f}<extra></extra>"), row=1, col=3)
     fig.update_xaxes(title_text="training", range=[0, 1], row=1, col=3)
     fig.update_yaxes(title_text="synthetic", range=[0, 1], row=1, col=3)
-    fig.update_layout(height=300, width=1250, showlegend=False, margin=dict(l=10, r=10, t=40, b=40),
+    fig.update_layout(height=280, autosize=True, showlegend=False, margin=dict(l=10, r=10, t=40, b=40),
                       title=dict(text=channel_name, x=0.0, y=0.99, font=dict(size=12)))
     return fig
 
