@@ -2,6 +2,7 @@
 
 Compute layer: imports only ``workbench.data``.
 """
-from .brute import SearchResult, float32_error_bound, topk_correlation
+from .brute import SearchResult, float32_error_bound, screen_error_bound, topk_correlation
+from .distributed import topk_correlation_dask
 
-__all__ = ["SearchResult", "float32_error_bound", "topk_correlation"]
+__all__ = ["SearchResult", "float32_error_bound", "screen_error_bound", "topk_correlation", "topk_correlation_dask"]

@@ -1,26 +1,35 @@
-"""Exact top-k Pearson correlation by blocked matrix products (CPU or CUDA).
+"""Exact top-k Pearson correlation: a low-precision screen, then an exact float64 rescore.
 
 Pearson r of two images is the dot product of their z-normalised, unit-norm pixel vectors
-(all pixels of all channels).  So the search is one matrix product of the normalised queries
-with the normalised reference, done block by block as the reference streams from disk.
+(all selected pixels of all selected channels).  So the search is one matrix product of the
+normalised queries with the normalised reference, done block by block as the reference streams
+from disk.
 
-Exactness.  The products are screened in float32; the surviving candidates are rescored in
-float64 over the stored values, and a query's answer is accepted only when the float32
-error bound proves no discarded image can beat its k-th best:
+Screen.  Each block is multiplied in bfloat16 (AMX on CPU, tensor cores on GPU; about 5x the
+float32 rate here) or float32.  For unit vectors x, y of length D the screened value s~ obeys
 
-    |fl32(x.y) - x.y| <= eps  for unit vectors x, y of length D, with
-    eps = 2u + gamma_D,  u = 2**-24 (float32 unit roundoff), gamma_D = D u / (1 - D u)
+    |s~ - x.y| <= eps,   eps = 2v + v^2 + 4w  +  gamma_D (1 + v)^2  +  v (1 + 2v + gamma_D)
+                                input rounding   fp32 accumulation    output rounding
 
-(2u covers rounding x and y to float32, |sum x_i y_i| <= ||x|| ||y|| = 1; gamma_D is the
-worst-case accumulation error of a D-term dot product, Higham, *Accuracy and Stability of
-Numerical Algorithms*, eq. 3.5).  Queries that this cannot certify (near-ties at the k-th
-place) are searched again in float64.  The result is the float64 brute-force top-k.
+with v the unit roundoff of the screen's inputs and output (2**-8 for bf16, 2**-24 for float32;
+both round to nearest), w = 2**-24 for normalising in float32, and gamma_D = D u / (1 - D u),
+u = 2**-24, the worst-case float32 accumulation error of a D-term dot product in any order
+(Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5; Cauchy-Schwarz
+bounds sum |x_i y_i| by 1).  Long vectors are multiplied in slices of SCREEN_CHUNK pixels whose
+partial products are summed in float64, so D above becomes min(D, SCREEN_CHUNK): the bound is
+eps ~ 0.0120 for bf16 and ~ 0.00025 for float32 at any image size (5x256x256 included).
+
+Rescore.  Let L be a query's k-th largest screened value.  Its true k-th best r is at least
+L - eps, and any image whose true r reaches that has s~ >= L - 2 eps.  So every image with
+s~ >= L - 2 eps is a candidate (tracked with the running L as blocks stream by, which is never
+above the final L), and the candidates are rescored in float64 over the stored values.  The
+top k of the rescored candidates is the float64 brute-force top k (ties to the lower index).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,11 +38,11 @@ from tqdm.auto import tqdm
 from ..data.store import SliceStore
 from ..errors import WorkbenchError
 
-#: extra float32 candidates kept per query beyond k, so that near-ties are usually certified
-#: without a second pass
-EXTRA_CANDIDATES = 16
 #: reference images per block: about this many bytes of float32 per block
-BLOCK_BYTES = 256 * 2**20
+BLOCK_BYTES = 128 * 2**20
+#: pixels per slice of the screen's dot products (partial sums are added in float64)
+SCREEN_CHUNK = 4096
+PRECISIONS = ("auto", "bf16", "float32")
 
 
 @dataclass
@@ -43,6 +52,7 @@ class SearchResult:
     Constant (zero-variance) queries have no Pearson r: their rows hold index -1 and value
     -inf, and ``constant_queries`` marks them.  Constant reference images are never matched
     and are listed in ``constant_reference``.  Unpacks as ``values, indices = result``.
+    ``stats`` says how the search went (pairs screened, candidates rescored, the bound used).
     """
 
     values: np.ndarray
@@ -50,12 +60,14 @@ class SearchResult:
     constant_queries: np.ndarray
     constant_reference: np.ndarray
     pairs: int = 0
-    rechecked_queries: int = 0
+    rescored: int = 0
+    stats: dict = field(default_factory=dict)
 
     def __iter__(self):
         return iter((self.values, self.indices))
 
 
+# -- inputs ----------------------------------------------------------------------------------
 def _as_source(x, name: str):
     """Wrap numpy arrays, torch tensors and SliceStores in one block-reading interface."""
     if isinstance(x, SliceStore):
@@ -71,31 +83,89 @@ def _as_source(x, name: str):
     raise WorkbenchError(f"{name}: expected a numpy array, torch tensor or SliceStore, got {type(x).__name__}")
 
 
-def _shape(src) -> tuple[int, ...]:
-    return tuple(src.shape)
-
-
 def _blocks(src, size: int):
     if isinstance(src, SliceStore):
         yield from src.blocks(size)
-    else:
+    else:  # copies: normalisation works on blocks in place and must not touch the caller's array
         for start in range(0, len(src), size):
-            yield start, np.asarray(src[start:start + size])
+            yield start, np.array(src[start:start + size])
 
 
-def _normalise(block: np.ndarray, dtype) -> tuple[torch.Tensor, np.ndarray]:
-    """Z-normalised unit vectors (in float64 first, then cast) and the mask of constant rows."""
-    x = torch.from_numpy(np.asarray(block, dtype=np.float64).reshape(len(block), -1))
-    if not torch.isfinite(x).all():
+def _read_rows(src, positions: np.ndarray) -> np.ndarray:
+    return src.read(positions) if isinstance(src, SliceStore) else np.asarray(src[positions])
+
+
+def _channel_index(src, channels, n_channels: int):
+    """Channel positions from names (SliceStores) or integers."""
+    if channels is None:
+        return None
+    names = src.channels if isinstance(src, SliceStore) else None
+    out = []
+    for c in channels:
+        if isinstance(c, str):
+            if names is None or c not in names:
+                raise WorkbenchError(f"channel {c!r} not found; available: {names if names else list(range(n_channels))}")
+            out.append(names.index(c))
+        else:
+            if not 0 <= int(c) < n_channels:
+                raise WorkbenchError(f"channel {c} out of range 0..{n_channels - 1}")
+            out.append(int(c))
+    if not out:
+        raise WorkbenchError("channels: choose at least one channel")
+    return out
+
+
+class _Selector:
+    """Picks the pixels that enter r: the chosen channels, within the mask, flattened."""
+
+    def __init__(self, image_shape, channels, mask):
+        c, h, w = image_shape
+        self.channels = channels
+        self.mask = None
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape == (h, w):
+                mask = np.broadcast_to(mask, (len(channels) if channels else c, h, w))
+            want = (len(channels) if channels else c, h, w)
+            if mask.shape != want:
+                raise WorkbenchError(f"mask has shape {mask.shape}; it must be (H, W) = {(h, w)} or (C, H, W) = {want}")
+            if mask.sum() < 2:
+                raise WorkbenchError("mask selects fewer than 2 pixels; Pearson r needs at least 2")
+            self.mask = mask.reshape(-1)
+        n_ch = len(channels) if channels else c
+        self.dim = int(self.mask.sum()) if self.mask is not None else n_ch * h * w
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.channels is not None:
+            block = block[:, self.channels]
+        flat = block.reshape(len(block), -1)
+        return flat[:, self.mask] if self.mask is not None else flat
+
+
+def _normalise(flat: np.ndarray, dtype, device="cpu") -> tuple[torch.Tensor, np.ndarray]:
+    """Z-normalised unit vectors in ``dtype`` (computed in float64 for float64, else float32).
+
+    Works in place on a private copy: this runs on every reference block, so it is kept to a
+    few passes over memory.
+    """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    # blocks are private copies (SliceStore.read, _blocks), so this may work on them in place
+    x = torch.from_numpy(np.ascontiguousarray(flat)).to(device=device, dtype=work)
+    mean = x.mean(dim=1, keepdim=True)
+    if not torch.isfinite(mean).all():  # a NaN or inf anywhere in a row reaches its mean
         raise WorkbenchError("images contain non-finite pixels (NaN or inf)")
-    x = x - x.mean(dim=1, keepdim=True)
-    norm = x.norm(dim=1, keepdim=True)
-    constant = (norm[:, 0] <= 1e-12 * math.sqrt(x.shape[1])).numpy()
-    x = x / torch.where(norm > 0, norm, torch.ones_like(norm))
-    x[torch.from_numpy(constant)] = 0
-    return x.to(dtype), constant
+    x.sub_(mean)
+    norm = torch.linalg.vector_norm(x, dim=1)
+    # constant: what is left after centring is rounding noise, below 1e-6 of the pixel level
+    # (rms deviation <= 1e-6 |mean|); an all-zero image has norm 0
+    constant = norm <= 1e-6 * mean[:, 0].abs() * math.sqrt(x.shape[1])
+    x.div_(torch.where(constant, torch.ones_like(norm), norm)[:, None])
+    if constant.any():
+        x[constant] = 0
+    return x.to(dtype), constant.cpu().numpy()
 
 
+# -- precision and the error bound -----------------------------------------------------------
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,155 +175,187 @@ def _pick_device(device: str) -> torch.device:
     return dev
 
 
-def float32_error_bound(dim: int) -> float:
-    """Bound on |float32 dot - exact dot| for unit vectors of length ``dim`` (see module doc)."""
+def _pick_precision(precision: str, dev: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise WorkbenchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        # Measured (BENCHMARKS.md): with only a float64 rescore behind it, the bf16 screen's wider
+        # band (eps ~0.012) sends ~8x more candidates to the rescore than float32's, and is slower
+        # overall on brain slices. bf16 becomes the default once a float32 second tier (and the
+        # prepared CorrelationIndex) lands; until then "auto" means float32.
+        precision = "float32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def screen_error_bound(dim: int, dtype=torch.bfloat16) -> float:
+    """Bound on |screened dot - exact dot| for unit vectors of length ``dim`` (module docstring)."""
     u = 2.0**-24
-    return 2 * u + dim * u / (1 - dim * u)
+    v = 2.0**-8 if dtype == torch.bfloat16 else u
+    n = min(dim, SCREEN_CHUNK)
+    gamma = n * u / (1 - n * u)
+    return (2 * v + v * v + 4 * u) + gamma * (1 + v) ** 2 + v * (1 + 2 * v + gamma)
 
 
-def _merge_topk(vals, idx, new_vals, new_idx, keep):
-    """Merge running top-``keep`` with new candidates; return merged and the best value dropped."""
-    v = torch.cat([vals, new_vals], dim=1)
-    i = torch.cat([idx, new_idx], dim=1)
-    keep = min(keep, v.shape[1])
-    top_v, pos = torch.topk(v, keep, dim=1)
-    dropped = torch.full((v.shape[0],), -math.inf, dtype=v.dtype, device=v.device)
-    if v.shape[1] > keep:
-        mask = torch.ones_like(v, dtype=torch.bool)
-        mask.scatter_(1, pos, False)
-        dropped = torch.where(mask, v, torch.full_like(v, -math.inf)).max(dim=1).values
-    return top_v, torch.gather(i, 1, pos), dropped
+def float32_error_bound(dim: int) -> float:
+    """The bound of a float32 screen (kept for callers of the first version)."""
+    return screen_error_bound(dim, torch.float32)
 
 
-def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto",
-                     block_size: int | None = None, progress: bool = False) -> SearchResult:
-    """For each query image, the ``k`` reference images with the highest Pearson r.
+# -- the search ------------------------------------------------------------------------------
+def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
+                     precision: str = "auto", block_size: int | None = None, progress: bool = False,
+                     client=None, **dask_options) -> SearchResult:
+    """For each query image, the ``k`` reference images with the highest Pearson r (exact).
 
     Parameters
     ----------
     queries, reference : numpy arrays or torch tensors ``(N, C, H, W)`` / ``(N, H, W)``, or
-        SliceStores (views too).  r is computed over all pixels of all channels.
+        SliceStores (views too).  r is computed over all selected pixels of all selected channels.
     k : matches per query.
     device : ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
-    block_size : reference images per block (default: about 256 MB of float32).
+    channels : channel names (SliceStores) or positions to use; default all.
+    mask : boolean ``(H, W)`` (same for every channel) or ``(C, H, W)``: r over these pixels only
+        (e.g. the brain).
+    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 for now,
+        see :func:`_pick_precision`).  The answer is exact either way.
+    block_size : reference images per block (default: about 128 MB of float32).
+    client : a ``dask.distributed.Client``: shard the reference store across its workers
+        (see :mod:`workbench.search.distributed`).
 
     Returns
     -------
     SearchResult with ``values`` (Q, k) descending and ``indices`` (Q, k) into ``reference``.
 
-    >>> values, indices = topk_correlation(synthetic, train.where(split="train"), k=1)   # doctest: +SKIP
+    >>> values, indices = topk_correlation(synthetic, store.where(split="train"), k=5)   # doctest: +SKIP
     """
+    if client is not None:
+        from .distributed import topk_correlation_dask
+
+        unknown = sorted(set(dask_options) - {"shards", "worker_path", "torch_threads"})
+        if unknown:
+            raise TypeError(f"unexpected options {unknown} (with client=: shards, worker_path, torch_threads)")
+
+        return topk_correlation_dask(queries, reference, k, client=client, device=device, channels=channels,
+                                     mask=mask, precision=precision, block_size=block_size, progress=progress,
+                                     **dask_options)
+    if dask_options:
+        raise TypeError(f"unexpected options {sorted(dask_options)}")
     queries = _as_source(queries, "queries")
     reference = _as_source(reference, "reference")
-    qshape, rshape = _shape(queries), _shape(reference)
+    qshape, rshape = tuple(queries.shape), tuple(reference.shape)
     if qshape[1:] != rshape[1:]:
         raise WorkbenchError(f"queries have images of shape {qshape[1:]} but reference images are {rshape[1:]}")
     if rshape[0] == 0 or qshape[0] == 0:
         raise WorkbenchError("empty queries or reference: nothing to search")
     if not 1 <= k <= rshape[0]:
         raise WorkbenchError(f"k={k} must be between 1 and the reference size {rshape[0]}")
+    chans = _channel_index(reference, channels, rshape[1])
+    if chans is not None and isinstance(queries, SliceStore) and isinstance(reference, SliceStore) \
+            and queries.channels != reference.channels:
+        raise WorkbenchError(f"queries have channels {queries.channels} but the reference has {reference.channels}")
+    select = _Selector(rshape[1:], chans, mask)
     dev = _pick_device(device)
-    dim = int(np.prod(rshape[1:]))
-    block_size = block_size or max(1, BLOCK_BYTES // (4 * dim))
-    keep = k + EXTRA_CANDIDATES
+    dtype = _pick_precision(precision, dev)
+    eps = screen_error_bound(select.dim, dtype)
+    block_size = block_size or max(1, BLOCK_BYTES // (4 * select.dim))
 
-    q64 = []
-    const_q = []
-    for _, block in _blocks(queries, 4096):
-        qn, c = _normalise(block, torch.float64)
-        q64.append(qn)
+    # queries: exact float64 copies for the rescore, low-precision copies for the screen
+    q64, const_q = [], []
+    for _, block in _blocks(queries, 1024):
+        x, c = _normalise(select(block), torch.float64)
+        q64.append(x)
         const_q.append(c)
     q64 = torch.cat(q64)
     const_q = np.concatenate(const_q)
-    q32 = q64.to(torch.float32).to(dev)
-    nq = q64.shape[0]
+    q_lo = q64.to(torch.float32).to(dtype).to(dev)
+    nq = len(q64)
 
-    run_v = torch.full((nq, 0), -math.inf, device=dev)
-    run_i = torch.zeros((nq, 0), dtype=torch.int64, device=dev)
-    dropped = torch.full((nq,), -math.inf, device=dev)
+    # screen: running k-th best screened value per query, and the candidate pairs
+    run_top = torch.full((nq, 0), -math.inf, device=dev)
+    cand_q, cand_r, cand_s = [], [], []
     const_r = []
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
     try:
         bar = tqdm(total=rshape[0], desc="searching", unit="img", disable=not progress)
         for start, block in _blocks(reference, block_size):
-            rn, c = _normalise(block, torch.float32)
-            const_r.append(np.flatnonzero(c) + start)
-            s = q32 @ rn.to(dev).T
+            r_lo, c = _normalise(select(block), dtype, device=dev)
+            if c.any():
+                const_r.append(np.flatnonzero(c) + start)
+            s = _screen(q_lo, r_lo)
             if c.any():
                 s[:, torch.from_numpy(c).to(dev)] = -math.inf
-            bk = min(keep, s.shape[1])
-            bv, bi = torch.topk(s, bk, dim=1)
-            # anything of this block not among its top bk is below the bk-th value
-            if s.shape[1] > bk:
-                dropped = torch.maximum(dropped, bv[:, -1])
-            run_v, run_i, d = _merge_topk(run_v, run_i, bv, bi + start, keep)
-            dropped = torch.maximum(dropped, d)
+            kb = min(k, s.shape[1])
+            run_top = torch.topk(torch.cat([run_top, torch.topk(s, kb, dim=1).values], dim=1),
+                                 min(k, run_top.shape[1] + kb), dim=1).values
+            level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
+            qi, ri = torch.nonzero(s >= (level - 2 * eps)[:, None], as_tuple=True)
+            cand_q.append(qi.cpu())
+            cand_r.append((ri + start).cpu())
+            cand_s.append(s[qi, ri].cpu())
             bar.update(len(block))
         bar.close()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-    const_r = np.concatenate(const_r)
-    n_valid = rshape[0] - len(const_r)
-    if n_valid < k:
-        raise WorkbenchError(f"k={k} but only {n_valid} reference images are non-constant")
+    const_r = np.concatenate(const_r) if const_r else np.zeros(0, dtype=np.int64)
+    if rshape[0] - len(const_r) < k:
+        raise WorkbenchError(f"k={k} but only {rshape[0] - len(const_r)} reference images are non-constant")
     if len(const_r):
-        warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: {const_r[:10].tolist()}", stacklevel=2)
+        warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: "
+                      f"{const_r[:10].tolist()}", stacklevel=2)
 
-    # float64 rescore of every kept candidate, over the stored values
-    cand = run_i.cpu().numpy()
-    cand_ok = np.isfinite(run_v.cpu().numpy())
-    values, indices = _rescore(q64, reference, cand, cand_ok, k)
-    eps = float32_error_bound(dim)
-    uncertain = values[:, -1] < dropped.cpu().numpy().astype(np.float64) + eps
-    uncertain &= ~const_q
-    if uncertain.any():  # near-ties at the k-th place: settle them in float64
-        qi = np.flatnonzero(uncertain)
-        v2, i2 = _float64_search(q64[qi], reference, k, block_size, const_r)
-        values[qi], indices[qi] = v2, i2
+    # keep the candidates that can still reach the final k-th place, and rescore them exactly
+    final_level = run_top[:, -1].cpu()
+    qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
+    keep = si >= final_level[qi] - 2 * eps
+    qi, ri = qi[keep].numpy(), ri[keep].numpy()
+    values, indices = _rescore(q64, reference, select, qi, ri, k, nq)
     values[const_q] = -np.inf
     indices[const_q] = -1
     if const_q.any():
-        warnings.warn(f"{int(const_q.sum())} query image(s) are constant (zero variance); Pearson r is undefined for them and they are reported with index -1: {np.flatnonzero(const_q)[:10].tolist()}", stacklevel=2)
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * rshape[0], rechecked_queries=int(uncertain.sum()))
+        warnings.warn(f"{int(const_q.sum())} query image(s) are constant (zero variance); Pearson r is undefined "
+                      f"for them and they are reported with index -1: {np.flatnonzero(const_q)[:10].tolist()}",
+                      stacklevel=2)
+    stats = {"precision": "bf16" if dtype == torch.bfloat16 else "float32", "device": str(dev), "error_bound": eps,
+             "pixels": select.dim, "candidates_per_query": len(qi) / max(nq, 1)}
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * rshape[0], rescored=len(qi), stats=stats)
 
 
-def _read_rows(reference, rows: np.ndarray) -> np.ndarray:
-    if isinstance(reference, SliceStore):
-        return reference.read(rows)
-    return np.asarray(reference[rows])
+def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor) -> torch.Tensor:
+    """Screened products; vectors longer than SCREEN_CHUNK in slices summed in float64."""
+    dim = q_lo.shape[1]
+    if dim <= SCREEN_CHUNK:
+        return (q_lo @ r_lo.T).float()
+    acc = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
+    for a in range(0, dim, SCREEN_CHUNK):
+        acc += (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).double()
+    return acc.float()  # rounding to float32 adds at most u, well inside the bound's slack
 
 
-def _rescore(q64: torch.Tensor, reference, cand: np.ndarray, cand_ok: np.ndarray, k: int):
-    """Exact float64 r for each query's candidates; return the top k, descending."""
-    uniq = np.unique(cand[cand_ok])
-    exact = np.full(cand.shape, -np.inf)
-    col = {int(r): j for j, r in enumerate(uniq)}
-    for s in range(0, len(uniq), 2048):
-        rows = uniq[s:s + 2048]
-        rn, c = _normalise(_read_rows(reference, rows), torch.float64)
-        prod = (q64 @ rn.T).numpy()
-        prod[:, c] = -np.inf
-        qi, ci = np.nonzero(cand_ok & np.isin(cand, rows))
-        exact[qi, ci] = prod[qi, [col[int(r)] - s for r in cand[qi, ci]]]
-    order = _sort_desc(exact, cand)[:, :k]
-    return np.take_along_axis(exact, order, 1), np.take_along_axis(cand, order, 1)
-
-
-def _sort_desc(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Per row, positions sorted by value descending, ties by smaller index first."""
-    return np.stack([np.lexsort((i, -v)) for v, i in zip(values, idx)])
-
-
-def _float64_search(q64: torch.Tensor, reference, k: int, block_size: int, const_r: np.ndarray):
-    vals = np.full((len(q64), 0), -np.inf)
-    idx = np.zeros((len(q64), 0), dtype=np.int64)
-    for start, block in _blocks(reference, block_size):
-        rn, c = _normalise(block, torch.float64)
-        s = (q64 @ rn.T).numpy()
-        s[:, c] = -np.inf
-        v = np.concatenate([vals, s], axis=1)
-        i = np.concatenate([idx, np.broadcast_to(np.arange(start, start + len(block)), s.shape)], axis=1)
-        order = _sort_desc(v, i)[:, :k]
-        vals, idx = np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)
-    return vals, idx
+def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int):
+    """Exact float64 r of each candidate pair; per query the top k (ties to the lower index)."""
+    order = np.argsort(ri, kind="stable")
+    qi, ri = qi[order], ri[order]
+    exact = np.empty(len(qi))
+    rows = np.unique(ri)
+    for s in range(0, len(rows), 1024):  # read candidate rows in store order, a chunk at a time
+        chunk = rows[s:s + 1024]
+        r64, _ = _normalise(select(_read_rows(reference, chunk)), torch.float64)
+        lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
+        # pair by pair rather than one matrix product: a row-wise sum gives each pair the same
+        # float64 value whatever else is in the chunk (BLAS picks gemv or gemm kernels by shape,
+        # which differ in the last bit), so shards and repeated calls agree bit for bit
+        for a in range(lo, hi, 256):  # 256 pairs at a time bounds the memory of the products
+            b = min(a + 256, hi)
+            local = torch.from_numpy(np.searchsorted(chunk, ri[a:b]))
+            exact[a:b] = (q64[torch.from_numpy(qi[a:b])] * r64[local]).sum(dim=1).numpy()
+    values = np.full((nq, k), -np.inf)
+    indices = np.full((nq, k), -1, dtype=np.int64)
+    by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
+    qs, first = np.unique(qi[by_query], return_index=True)
+    for q, f in zip(qs, first):
+        pick = by_query[f:f + k]
+        pick = pick[qi[pick] == q]
+        values[q, :len(pick)] = exact[pick]
+        indices[q, :len(pick)] = ri[pick]
+    return values, indices
