@@ -178,3 +178,48 @@ def test_long_vectors_are_screened_in_slices_and_stay_exact():
     ev, ei = reference_topk(q, r, 4)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-9)
+
+
+# --- the prepared index ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+def test_index_gives_the_same_answer_and_reopens(phantom_store, tmp_path, precision):
+    from workbench.search import CorrelationIndex
+
+    train = phantom_store.where(split="train")
+    images = phantom_store.to_array()
+    flair = phantom_store.channels.index("flair")
+    mask = images[:, flair].mean(0) > 0.05
+    index = CorrelationIndex(train, channels=["t1", "flair"], mask=mask, precision=precision)
+    res = index.topk(phantom_store, k=3, block_size=50)
+    want = topk_correlation(phantom_store, train, k=3, channels=["t1", "flair"], mask=mask)
+    np.testing.assert_array_equal(res.indices, want.indices)
+    np.testing.assert_array_equal(res.values, want.values)
+    index.save(tmp_path / "train.index")
+    again = CorrelationIndex.open(tmp_path / "train.index")
+    assert len(again) == len(train) and repr(again) == repr(index)
+    res2 = again.topk(phantom_store, k=3)
+    np.testing.assert_array_equal(res2.indices, res.indices)
+    np.testing.assert_array_equal(res2.values, res.values)
+
+
+def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path):
+    from workbench.data.store import SliceStore, StoreWriter
+    from workbench.search import CorrelationIndex
+
+    with StoreWriter(tmp_path / "s", channels=["a"], height=8, width=8) as w:
+        w.append(np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32), [{"split": "train"}] * 20)
+    index = CorrelationIndex(SliceStore.open(tmp_path / "s"))
+    with pytest.raises(WorkbenchError, match="shape"):
+        index.topk(np.zeros((2, 1, 9, 9), np.float32))
+    with pytest.raises(WorkbenchError, match="k=21"):
+        index.topk(np.random.default_rng(1).random((2, 1, 8, 8)), k=21)
+    index.save(tmp_path / "i")
+    with StoreWriter(tmp_path / "s", channels=["a"], height=8, width=8, overwrite=True) as w:
+        w.append(np.random.default_rng(2).random((21, 1, 8, 8), dtype=np.float32), [{"split": "train"}] * 21)
+    with pytest.raises(WorkbenchError, match="has changed since the index was built"):
+        CorrelationIndex.open(tmp_path / "i")
+    with pytest.raises(WorkbenchError, match="not a complete CorrelationIndex"):
+        CorrelationIndex.open(tmp_path / "nothing")
+    with pytest.raises(WorkbenchError, match="only an index of a SliceStore"):
+        CorrelationIndex(np.ones((3, 1, 4, 4)) * np.arange(16).reshape(4, 4)).save(tmp_path / "j")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -159,6 +160,7 @@ class StoreWriter:
                 manifest.to_parquet(self._tmp / MANIFEST, index=False)
                 meta = {
                     "format_version": FORMAT_VERSION,
+                    "id": uuid.uuid4().hex,  # tells a rebuilt store from the old one (indexes check it)
                     "kind": self.kind,
                     "channels": self.channels,
                     "shape": list(shape),

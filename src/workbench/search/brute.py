@@ -256,20 +256,35 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
     select = _Selector(rshape[1:], chans, mask)
     dev = _pick_device(device)
     dtype = _pick_precision(precision, dev)
-    eps = screen_error_bound(select.dim, dtype)
     block_size = block_size or max(1, BLOCK_BYTES // (4 * select.dim))
 
-    # queries: exact float64 copies for the rescore, low-precision copies for the screen
+    q64, const_q = _prepare_queries(queries, select)
+
+    def blocks():
+        for start, block in _blocks(reference, block_size):
+            r_lo, c = _normalise(select(block), dtype, device=dev)
+            yield start, r_lo, c
+
+    return _search(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev,
+                   progress=progress)
+
+
+def _prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
+    """Exact float64 z-normalised queries and their constant mask."""
     q64, const_q = [], []
     for _, block in _blocks(queries, 1024):
         x, c = _normalise(select(block), torch.float64)
         q64.append(x)
         const_q.append(c)
-    q64 = torch.cat(q64)
-    const_q = np.concatenate(const_q)
+    return torch.cat(q64), np.concatenate(const_q)
+
+
+def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int, n_reference: int,
+            dtype, dev, progress: bool) -> SearchResult:
+    """Screen normalised reference blocks ``(start, vectors, constant)``, then rescore exactly."""
+    eps = screen_error_bound(select.dim, dtype)
     q_lo = q64.to(torch.float32).to(dtype).to(dev)
     nq = len(q64)
-
     # screen: running k-th best screened value per query, and the candidate pairs
     run_top = torch.full((nq, 0), -math.inf, device=dev)
     cand_q, cand_r, cand_s = [], [], []
@@ -277,9 +292,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
     try:
-        bar = tqdm(total=rshape[0], desc="searching", unit="img", disable=not progress)
-        for start, block in _blocks(reference, block_size):
-            r_lo, c = _normalise(select(block), dtype, device=dev)
+        bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
+        for start, r_lo, c in blocks:
             if c.any():
                 const_r.append(np.flatnonzero(c) + start)
             s = _screen(q_lo, r_lo)
@@ -293,16 +307,16 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
             cand_q.append(qi.cpu())
             cand_r.append((ri + start).cpu())
             cand_s.append(s[qi, ri].cpu())
-            bar.update(len(block))
+            bar.update(len(c))
         bar.close()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     const_r = np.concatenate(const_r) if const_r else np.zeros(0, dtype=np.int64)
-    if rshape[0] - len(const_r) < k:
-        raise WorkbenchError(f"k={k} but only {rshape[0] - len(const_r)} reference images are non-constant")
+    if n_reference - len(const_r) < k:
+        raise WorkbenchError(f"k={k} but only {n_reference - len(const_r)} reference images are non-constant")
     if len(const_r):
         warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: "
-                      f"{const_r[:10].tolist()}", stacklevel=2)
+                      f"{const_r[:10].tolist()}", stacklevel=3)
 
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
     final_level = run_top[:, -1].cpu()
@@ -315,10 +329,10 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
     if const_q.any():
         warnings.warn(f"{int(const_q.sum())} query image(s) are constant (zero variance); Pearson r is undefined "
                       f"for them and they are reported with index -1: {np.flatnonzero(const_q)[:10].tolist()}",
-                      stacklevel=2)
+                      stacklevel=3)
     stats = {"precision": "bf16" if dtype == torch.bfloat16 else "float32", "device": str(dev), "error_bound": eps,
              "pixels": select.dim, "candidates_per_query": len(qi) / max(nq, 1)}
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * rshape[0], rescored=len(qi), stats=stats)
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
 
 
 def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor) -> torch.Tensor:

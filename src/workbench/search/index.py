@@ -1,0 +1,150 @@
+"""CorrelationIndex: a reference prepared once for many searches (as FAISS builds an index once).
+
+Preparing a reference means z-normalising every image (over the chosen channels and mask) and
+keeping a low-precision copy of the unit vectors.  A search then only multiplies: the screen
+reads the prepared copy, and the exact float64 rescore reads the few candidate images from the
+reference itself.  An index can be saved beside its SliceStore and opened again::
+
+    index = CorrelationIndex(store.where(split="train"), channels=["t1", "flair"], precision="bf16")
+    index.save("runs/brats/train.index")
+    ...
+    index = CorrelationIndex.open("runs/brats/train.index")      # reopens the store it was built on
+    values, indices = index.topk(synthetic, k=5)
+
+On disk an index is a folder: ``vectors.npy`` (N x D, float32 or bf16 stored as uint16,
+memory-mapped when opened), ``constant.npy``, ``mask.npy`` (if any) and ``index.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.atomic import atomic_dir
+from ..data.store import SliceStore
+from ..errors import WorkbenchError
+from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
+                    _pick_precision, _prepare_queries, _search, _Selector)
+
+INDEX_VERSION = 1
+
+
+class CorrelationIndex:
+    """Normalised low-precision copy of a reference, for repeated exact top-k searches.
+
+    Parameters
+    ----------
+    reference : SliceStore (or view) or array ``(N, C, H, W)``; kept for the exact rescore.
+    channels, mask : as in :func:`~workbench.search.topk_correlation`.
+    precision : ``"bf16"``, ``"float32"`` or ``"auto"``: the precision of the prepared copy.
+    device : where searches run (``"auto"``: CUDA if available).
+    """
+
+    def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
+                 progress: bool = False, _prepared=None):
+        self.reference = _as_source(reference, "reference")
+        shape = tuple(self.reference.shape)
+        if shape[0] == 0:
+            raise WorkbenchError("empty reference: nothing to index")
+        self.image_shape = shape[1:]
+        self.channel_index = _channel_index(self.reference, channels, shape[1])
+        self.select = _Selector(self.image_shape, self.channel_index, mask)
+        self.device = _pick_device(device)
+        self.dtype = _pick_precision(precision, self.device)
+        if _prepared is not None:
+            self.vectors, self.constant = _prepared
+            return
+        block_size = max(1, BLOCK_BYTES // (4 * self.select.dim))
+        vectors, constant = [], []
+        for _, block in tqdm(_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
+                             desc="indexing", unit="block", disable=not progress):
+            v, c = _normalise(self.select(block), self.dtype)
+            vectors.append(v)
+            constant.append(c)
+        self.vectors = torch.cat(vectors)
+        self.constant = np.concatenate(constant)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __repr__(self) -> str:
+        prec = "bf16" if self.dtype == torch.bfloat16 else "float32"
+        return f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec})"
+
+    def topk(self, queries, k: int = 1, *, block_size: int | None = None, progress: bool = False) -> SearchResult:
+        """Exact top-k Pearson r of each query against the indexed reference."""
+        queries = _as_source(queries, "queries")
+        if tuple(queries.shape[1:]) != self.image_shape:
+            raise WorkbenchError(f"queries have images of shape {tuple(queries.shape[1:])} but the index was built "
+                                 f"on {self.image_shape}")
+        if len(queries) == 0:
+            raise WorkbenchError("empty queries: nothing to search")
+        if not 1 <= k <= len(self):
+            raise WorkbenchError(f"k={k} must be between 1 and the reference size {len(self)}")
+        q64, const_q = _prepare_queries(queries, self.select)
+        block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
+
+        def blocks():
+            for start in range(0, len(self), block_size):
+                stop = min(start + block_size, len(self))
+                # copies the block off the memory map (and onto the GPU) while streaming
+                yield start, self.vectors[start:stop].to(self.device), self.constant[start:stop]
+
+        return _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
+                       dtype=self.dtype, dev=self.device, progress=progress)
+
+    # -- saving and opening ----------------------------------------------------------------------
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the index folder (only for a SliceStore reference, which it reopens by path)."""
+        if not isinstance(self.reference, SliceStore):
+            raise WorkbenchError("only an index of a SliceStore can be saved: it reopens the store for the rescore")
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            v = self.vectors.cpu()
+            raw = v.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else v.numpy()
+            np.save(tmp / "vectors.npy", raw)
+            np.save(tmp / "constant.npy", self.constant)
+            if self.select.mask is not None:
+                np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
+            meta = {
+                "format_version": INDEX_VERSION,
+                "precision": "bf16" if self.dtype == torch.bfloat16 else "float32",
+                "store": str(self.reference.path.resolve()),
+                "store_id": self.reference.meta.get("id"),
+                "store_shape": list(self.reference._images.shape),
+                "rows": self.reference.rows.tolist(),
+                "channels": self.channel_index,
+                "image_shape": list(self.image_shape),
+                "pixels": self.select.dim,
+            }
+            (tmp / "index.json").write_text(json.dumps(meta))
+        return path
+
+    @classmethod
+    def open(cls, path, *, device: str = "auto") -> "CorrelationIndex":
+        """Open a saved index and the store it was built on; check that they still match."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "index.json").read_text())
+            raw = np.load(path / "vectors.npy", mmap_mode="c")
+            constant = np.load(path / "constant.npy")
+        except (OSError, ValueError) as err:
+            raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
+        store = SliceStore.open(meta["store"])
+        if list(store._images.shape) != meta["store_shape"] or store.meta.get("id") != meta["store_id"]:
+            raise WorkbenchError(f"{path}: the store {meta['store']} has changed since the index was built; build it again")
+        reference = store.take(np.asarray(meta["rows"], dtype=np.int64))
+        mask = None
+        if (path / "mask.npy").is_file():
+            n_ch = len(meta["channels"]) if meta["channels"] else meta["image_shape"][0]
+            mask = np.load(path / "mask.npy").reshape(n_ch, *meta["image_shape"][1:])
+        if raw.shape != (len(reference), meta["pixels"]):
+            raise WorkbenchError(f"{path / 'vectors.npy'}: shape {raw.shape} does not match the index ({len(reference)}, {meta['pixels']})")
+        vectors = torch.from_numpy(raw)
+        if meta["precision"] == "bf16":
+            vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
+        return cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
+                   _prepared=(vectors, constant))
