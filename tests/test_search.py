@@ -223,3 +223,37 @@ def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path
         CorrelationIndex.open(tmp_path / "nothing")
     with pytest.raises(WorkbenchError, match="only an index of a SliceStore"):
         CorrelationIndex(np.ones((3, 1, 4, 4)) * np.arange(16).reshape(4, 4)).save(tmp_path / "j")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+@pytest.mark.parametrize("block", [2, 4, 8])
+def test_pruned_search_is_exact_and_prunes(phantom_store, precision, block):
+    from workbench.search import CorrelationIndex
+
+    images = phantom_store.to_array()
+    train = phantom_store.where(split="train")
+    rng = np.random.default_rng(0)
+    # planted near-copies of training slices plus every held-out slice
+    copies = images[train.rows[::7]] + 0.01 * rng.standard_normal(images[train.rows[::7]].shape).astype(np.float32)
+    q = np.concatenate([copies, images[phantom_store.where(split="test").rows]]).astype(np.float32)
+    index = CorrelationIndex(train, precision=precision, block=block)
+    res = index.topk(q, k=3, method="pruned", block_size=40)
+    ev, ei = reference_topk(q, images[train.rows], 3)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-9)
+    # at 32x32, 8x8 blocks leave only 4x4 coarse pixels: weak bounds, but still some pruning
+    assert res.stats["method"] == "pruned" and res.stats["full_fraction"] < (0.5 if block <= 4 else 0.95)
+
+
+def test_pruned_through_topk_correlation_with_constant_images(data):
+    q, r = data
+    q, r = q.copy(), r.copy()
+    q[1], r[4] = 0.5, 0.0
+    with pytest.warns(UserWarning):
+        res = topk_correlation(q, r, k=4, method="pruned")
+    with pytest.warns(UserWarning):
+        want = topk_correlation(q, r, k=4, method="brute")
+    np.testing.assert_array_equal(res.indices, want.indices)
+    np.testing.assert_array_equal(res.values, want.values)
+    with pytest.raises(WorkbenchError, match="method"):
+        topk_correlation(q, r, method="faiss")

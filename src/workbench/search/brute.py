@@ -202,8 +202,8 @@ def float32_error_bound(dim: int) -> float:
 
 
 # -- the search ------------------------------------------------------------------------------
-def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
-                     precision: str = "auto", block_size: int | None = None, progress: bool = False,
+def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
+                     mask=None, precision: str = "auto", block_size: int | None = None, progress: bool = False,
                      client=None, **dask_options) -> SearchResult:
     """For each query image, the ``k`` reference images with the highest Pearson r (exact).
 
@@ -213,6 +213,9 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
         SliceStores (views too).  r is computed over all selected pixels of all selected channels.
     k : matches per query.
     device : ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+    method : ``"brute"`` (stream the reference, screen every pair), ``"pruned"`` (prepare a
+        :class:`~workbench.search.CorrelationIndex` and prune with block-mean bounds; for
+        repeated searches build the index once yourself) or ``"auto"`` (``"brute"`` for now).
     channels : channel names (SliceStores) or positions to use; default all.
     mask : boolean ``(H, W)`` (same for every channel) or ``(C, H, W)``: r over these pixels only
         (e.g. the brain).
@@ -235,11 +238,18 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
         if unknown:
             raise TypeError(f"unexpected options {unknown} (with client=: shards, worker_path, torch_threads)")
 
-        return topk_correlation_dask(queries, reference, k, client=client, device=device, channels=channels,
+        return topk_correlation_dask(queries, reference, k, client=client, device=device, method=method, channels=channels,
                                      mask=mask, precision=precision, block_size=block_size, progress=progress,
                                      **dask_options)
     if dask_options:
         raise TypeError(f"unexpected options {sorted(dask_options)}")
+    if method not in ("auto", "brute", "pruned"):
+        raise WorkbenchError(f"method must be 'auto', 'brute' or 'pruned', got {method!r}")
+    if method == "pruned":
+        from .index import CorrelationIndex
+
+        index = CorrelationIndex(reference, channels=channels, mask=mask, precision=precision, device=device)
+        return index.topk(queries, k, method="pruned", block_size=block_size, progress=progress)
     queries = _as_source(queries, "queries")
     reference = _as_source(reference, "reference")
     qshape, rshape = tuple(queries.shape), tuple(reference.shape)
@@ -263,7 +273,7 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", ch
     def blocks():
         for start, block in _blocks(reference, block_size):
             r_lo, c = _normalise(select(block), dtype, device=dev)
-            yield start, r_lo, c
+            yield np.arange(start, start + len(block)), r_lo, c, None
 
     return _search(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev,
                    progress=progress)
@@ -281,7 +291,12 @@ def _prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
 
 def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int, n_reference: int,
             dtype, dev, progress: bool) -> SearchResult:
-    """Screen normalised reference blocks ``(start, vectors, constant)``, then rescore exactly."""
+    """Screen normalised reference blocks, then rescore exactly.
+
+    ``blocks`` yields ``(cols, vectors, constant, pair_mask)``: the reference positions of the
+    block's rows, their low-precision unit vectors, which are constant, and optionally a
+    (Q, len(cols)) mask of the pairs to evaluate (pruned pairs are left out).
+    """
     eps = screen_error_bound(select.dim, dtype)
     q_lo = q64.to(torch.float32).to(dtype).to(dev)
     nq = len(q64)
@@ -293,19 +308,23 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
     try:
         bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
-        for start, r_lo, c in blocks:
+        for cols, r_lo, c, pair_mask in blocks:
             if c.any():
-                const_r.append(np.flatnonzero(c) + start)
+                const_r.append(cols[c])
             s = _screen(q_lo, r_lo)
             if c.any():
                 s[:, torch.from_numpy(c).to(dev)] = -math.inf
+            if pair_mask is not None:
+                s[~pair_mask.to(dev)] = -math.inf
+            if const_q.any():
+                s[torch.from_numpy(const_q).to(dev)] = -math.inf
             kb = min(k, s.shape[1])
             run_top = torch.topk(torch.cat([run_top, torch.topk(s, kb, dim=1).values], dim=1),
                                  min(k, run_top.shape[1] + kb), dim=1).values
             level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
-            qi, ri = torch.nonzero(s >= (level - 2 * eps)[:, None], as_tuple=True)
+            qi, ri = torch.nonzero((s >= (level - 2 * eps)[:, None]) & (s > -math.inf), as_tuple=True)
             cand_q.append(qi.cpu())
-            cand_r.append((ri + start).cpu())
+            cand_r.append(torch.from_numpy(cols)[ri.cpu()])
             cand_s.append(s[qi, ri].cpu())
             bar.update(len(c))
         bar.close()
@@ -319,7 +338,7 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
                       f"{const_r[:10].tolist()}", stacklevel=3)
 
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
-    final_level = run_top[:, -1].cpu()
+    final_level = run_top[:, -1].cpu() if run_top.shape[1] else torch.full((nq,), -math.inf)
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi] - 2 * eps
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
@@ -350,6 +369,28 @@ def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarra
     """Exact float64 r of each candidate pair; per query the top k (ties to the lower index)."""
     order = np.argsort(ri, kind="stable")
     qi, ri = qi[order], ri[order]
+    exact = _exact_sorted(q64, reference, select, qi, ri)
+    values = np.full((nq, k), -np.inf)
+    indices = np.full((nq, k), -1, dtype=np.int64)
+    by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
+    qs, first = np.unique(qi[by_query], return_index=True)
+    for q, f in zip(qs, first):
+        pick = by_query[f:f + k]
+        pick = pick[qi[pick] == q]
+        values[q, :len(pick)] = exact[pick]
+        indices[q, :len(pick)] = ri[pick]
+    return values, indices
+
+
+def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact float64 r of the pairs (qi[j], ri[j]), reading the reference rows once each."""
+    order = np.argsort(ri, kind="stable")
+    out = np.empty(len(qi))
+    out[order] = _exact_sorted(q64, reference, select, qi[order], ri[order])
+    return out
+
+
+def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
     exact = np.empty(len(qi))
     rows = np.unique(ri)
     for s in range(0, len(rows), 1024):  # read candidate rows in store order, a chunk at a time
@@ -363,13 +404,4 @@ def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarra
             b = min(a + 256, hi)
             local = torch.from_numpy(np.searchsorted(chunk, ri[a:b]))
             exact[a:b] = (q64[torch.from_numpy(qi[a:b])] * r64[local]).sum(dim=1).numpy()
-    values = np.full((nq, k), -np.inf)
-    indices = np.full((nq, k), -1, dtype=np.int64)
-    by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
-    qs, first = np.unique(qi[by_query], return_index=True)
-    for q, f in zip(qs, first):
-        pick = by_query[f:f + k]
-        pick = pick[qi[pick] == q]
-        values[q, :len(pick)] = exact[pick]
-        indices[q, :len(pick)] = ri[pick]
-    return values, indices
+    return exact

@@ -26,8 +26,11 @@ from tqdm.auto import tqdm
 from ..data.atomic import atomic_dir
 from ..data.store import SliceStore
 from ..errors import WorkbenchError
+from . import pruned
 from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
-                    _pick_precision, _prepare_queries, _search, _Selector)
+                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs)
+
+METHODS = ("auto", "brute", "pruned")
 
 INDEX_VERSION = 1
 
@@ -44,7 +47,7 @@ class CorrelationIndex:
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
-                 progress: bool = False, _prepared=None):
+                 block: int = 4, progress: bool = False, _prepared=None):
         self.reference = _as_source(reference, "reference")
         shape = tuple(self.reference.shape)
         if shape[0] == 0:
@@ -54,18 +57,29 @@ class CorrelationIndex:
         self.select = _Selector(self.image_shape, self.channel_index, mask)
         self.device = _pick_device(device)
         self.dtype = _pick_precision(precision, self.device)
+        if block < 1:
+            raise WorkbenchError(f"block must be >= 1 pixel, got {block}")
+        self.block = int(block)
+        ids, self.m = pruned.block_ids(self.select, self.image_shape, self.block)
+        self._ids = torch.from_numpy(ids)
+        self._counts = torch.bincount(self._ids, minlength=self.m).to(torch.float64)
         if _prepared is not None:
-            self.vectors, self.constant = _prepared
+            self.vectors, self.constant, self.coarse, self.resid = _prepared
             return
-        block_size = max(1, BLOCK_BYTES // (4 * self.select.dim))
-        vectors, constant = [], []
-        for _, block in tqdm(_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
-                             desc="indexing", unit="block", disable=not progress):
-            v, c = _normalise(self.select(block), self.dtype)
-            vectors.append(v)
+        block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
+        vectors, constant, coarse, resid = [], [], [], []
+        for _, images in tqdm(_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
+                              desc="indexing", unit="block", disable=not progress):
+            x64, c = _normalise(self.select(images), torch.float64)
+            vectors.append(x64.to(torch.float32).to(self.dtype))
             constant.append(c)
+            cc, rr = pruned.coarse(x64, self._ids, self._counts, self.m)
+            coarse.append(cc)
+            resid.append(rr)
         self.vectors = torch.cat(vectors)
         self.constant = np.concatenate(constant)
+        self.coarse = torch.cat(coarse)
+        self.resid = torch.cat(resid)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -74,8 +88,19 @@ class CorrelationIndex:
         prec = "bf16" if self.dtype == torch.bfloat16 else "float32"
         return f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec})"
 
-    def topk(self, queries, k: int = 1, *, block_size: int | None = None, progress: bool = False) -> SearchResult:
-        """Exact top-k Pearson r of each query against the indexed reference."""
+    def topk(self, queries, k: int = 1, *, method: str = "auto", block_size: int | None = None,
+             progress: bool = False) -> SearchResult:
+        """Exact top-k Pearson r of each query against the indexed reference.
+
+        ``method="brute"`` screens every pair at full size; ``"pruned"`` first bounds every pair
+        from block means (:mod:`workbench.search.pruned`) and screens only the pairs whose bound
+        reaches a proven lower bound on the k-th best.  Both are exact.  ``"auto"`` is
+        ``"brute"`` for now: pruning already leaves ~1-3 % of pairs on brain slices, but its
+        screen still runs over whole columns of the block, so it is not yet faster (BENCHMARKS.md).
+        ``stats["full_fraction"]`` is the fraction of pairs evaluated at full size.
+        """
+        if method not in METHODS:
+            raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
         queries = _as_source(queries, "queries")
         if tuple(queries.shape[1:]) != self.image_shape:
             raise WorkbenchError(f"queries have images of shape {tuple(queries.shape[1:])} but the index was built "
@@ -87,14 +112,40 @@ class CorrelationIndex:
         q64, const_q = _prepare_queries(queries, self.select)
         block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
 
+        survivors = None
+        if method == "pruned":
+            cq, rq = pruned.coarse(q64, self._ids, self._counts, self.m)
+            bounds = pruned.upper_bounds(cq, rq, self.coarse, self.resid, self.m)
+            bounds[torch.from_numpy(const_q)] = -np.inf
+            survivors, _ = pruned.prune(
+                bounds, lambda qi, ri: exact_pairs(q64, self.reference, self.select, qi, ri), k,
+                np.flatnonzero(self.constant))
+            survivors[torch.from_numpy(const_q)] = False
+            del bounds
+
         def blocks():
             for start in range(0, len(self), block_size):
                 stop = min(start + block_size, len(self))
-                # copies the block off the memory map (and onto the GPU) while streaming
-                yield start, self.vectors[start:stop].to(self.device), self.constant[start:stop]
+                cols = np.arange(start, stop)
+                mask = None
+                if survivors is None:  # contiguous rows: a view, no copy
+                    yield cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None
+                    continue
+                if survivors is not None:
+                    mask = survivors[:, start:stop]
+                    keep = mask.any(dim=0).numpy()
+                    if not keep.any():
+                        continue
+                    cols, mask = cols[keep], mask[:, torch.from_numpy(keep)]
+                # copies the rows off the memory map (and onto the GPU) while streaming
+                yield cols, self.vectors[torch.from_numpy(cols)].to(self.device), self.constant[cols], mask
 
-        return _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
-                       dtype=self.dtype, dev=self.device, progress=progress)
+        result = _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
+                         dtype=self.dtype, dev=self.device, progress=progress)
+        n_pairs = len(q64) * len(self)
+        result.stats["method"] = "brute" if survivors is None else "pruned"
+        result.stats["full_fraction"] = 1.0 if survivors is None else float(survivors.sum()) / max(n_pairs, 1)
+        return result
 
     # -- saving and opening ----------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> Path:
@@ -107,6 +158,8 @@ class CorrelationIndex:
             raw = v.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else v.numpy()
             np.save(tmp / "vectors.npy", raw)
             np.save(tmp / "constant.npy", self.constant)
+            np.save(tmp / "coarse.npy", self.coarse.cpu().numpy())
+            np.save(tmp / "resid.npy", self.resid.cpu().numpy())
             if self.select.mask is not None:
                 np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
             meta = {
@@ -119,6 +172,7 @@ class CorrelationIndex:
                 "channels": self.channel_index,
                 "image_shape": list(self.image_shape),
                 "pixels": self.select.dim,
+                "block": self.block,
             }
             (tmp / "index.json").write_text(json.dumps(meta))
         return path
@@ -131,6 +185,8 @@ class CorrelationIndex:
             meta = json.loads((path / "index.json").read_text())
             raw = np.load(path / "vectors.npy", mmap_mode="c")
             constant = np.load(path / "constant.npy")
+            coarse = torch.from_numpy(np.load(path / "coarse.npy"))
+            resid = torch.from_numpy(np.load(path / "resid.npy"))
         except (OSError, ValueError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store = SliceStore.open(meta["store"])
@@ -147,4 +203,4 @@ class CorrelationIndex:
         if meta["precision"] == "bf16":
             vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
         return cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
-                   _prepared=(vectors, constant))
+                   block=meta["block"], _prepared=(vectors, constant, coarse, resid))
