@@ -55,3 +55,13 @@ def test_python_dash_m_and_help():
                                         ("[1, 2]", [1, 2]), ("runs/x", "runs/x"), ("flair", "flair")])
 def test_parameter_values_parse_like_json(text, value):
     assert parse_value(text) == value
+
+
+def test_search_command_prints_a_summary_with_pruning(phantom_store, tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
+                 "--split", "train", "--k", "1", "--method", "pruned", "--channels", "t1,flair",
+                 "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "pairs in" in line and "pruned" in line and "candidates rescored per query" in line
+    assert len(pd.read_csv(out)) == len(phantom_store)

@@ -69,6 +69,10 @@ def _add_search(sub):
     se.add_argument("--split", default=None, help="search only this split of the reference (e.g. train)")
     se.add_argument("--k", type=int, default=1)
     se.add_argument("--device", default="auto")
+    se.add_argument("--method", default="auto", choices=["auto", "brute", "pruned"])
+    se.add_argument("--precision", default="auto", choices=["auto", "bf16", "float32"],
+                    help="precision of the screen (the answer is exact either way)")
+    se.add_argument("--channels", default=None, help="comma-separated channels to correlate (default: all)")
     se.add_argument("--out", required=True, help="matches table (.parquet or .csv)")
 
 
@@ -107,15 +111,20 @@ def _search(args) -> None:
     reference = SliceStore.open(args.reference)
     if args.split:
         reference = reference.where(split=args.split)
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     t0 = time.time()
-    table = match_table(queries, reference, k=args.k, device=args.device, progress=True)
+    table = match_table(queries, reference, k=args.k, device=args.device, progress=True, method=args.method,
+                        precision=args.precision, channels=channels)
     seconds = time.time() - t0
+    stats = table.attrs.get("search_stats", {})
     out = Path(args.out)
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False) if out.suffix == ".csv" else table.to_parquet(tmp, index=False)
     pairs = len(queries) * len(reference)
+    pruned = f", {1 - stats['full_fraction']:.1%} of pairs pruned" if "full_fraction" in stats else ""
     print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.1f} s "
-          f"({pairs / max(seconds, 1e-9):,.0f} pairs/s); wrote {out}")
+          f"({pairs / max(seconds, 1e-9):,.0f} pairs/s; {stats.get('method', 'brute')}, {stats.get('precision')} screen, "
+          f"{stats.get('candidates_per_query', 0):.1f} candidates rescored per query{pruned}); wrote {out}")
 
 
 def run(args) -> None:

@@ -21,7 +21,7 @@ from ..search import topk_correlation
 
 
 def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, device: str = "auto",
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, **search_options) -> pd.DataFrame:
     """One row per (query, rank): r and where the matching reference slice comes from.
 
     Columns: ``query`` (position in ``queries``), ``query_row`` (its store row), ``query_subject``,
@@ -30,7 +30,7 @@ def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, devic
     slice's z-1 / z+1 neighbours, <NA> if absent).  Constant queries (no defined r) are dropped
     and listed in ``table.attrs["constant_queries"]``.
     """
-    result = topk_correlation(queries, reference, k=k, device=device, progress=progress)
+    result = topk_correlation(queries, reference, k=k, device=device, progress=progress, **search_options)
     qm = queries.manifest.reset_index(drop=True)
     rm = reference.manifest.reset_index(drop=True)
     q_pos = np.repeat(np.arange(len(queries)), k)
@@ -53,6 +53,7 @@ def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, devic
         "match_next": rm["next"].to_numpy()[match],
     })
     table.attrs["constant_queries"] = np.flatnonzero(result.constant_queries).tolist()
+    table.attrs["search_stats"] = dict(result.stats)
     return table
 
 
