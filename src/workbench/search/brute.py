@@ -343,15 +343,20 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
     keep = si >= final_level[qi] - 2 * eps
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
     values, indices = _rescore(q64, reference, select, qi, ri, k, nq)
+    mark_constant_queries(values, indices, const_q)
+    stats = {"precision": "bf16" if dtype == torch.bfloat16 else "float32", "device": str(dev), "error_bound": eps,
+             "pixels": select.dim, "candidates_per_query": len(qi) / max(nq, 1)}
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
+
+
+def mark_constant_queries(values: np.ndarray, indices: np.ndarray, const_q: np.ndarray) -> None:
+    """Constant queries have no Pearson r: value -inf, index -1, and a warning that lists them."""
     values[const_q] = -np.inf
     indices[const_q] = -1
     if const_q.any():
         warnings.warn(f"{int(const_q.sum())} query image(s) are constant (zero variance); Pearson r is undefined "
                       f"for them and they are reported with index -1: {np.flatnonzero(const_q)[:10].tolist()}",
-                      stacklevel=3)
-    stats = {"precision": "bf16" if dtype == torch.bfloat16 else "float32", "device": str(dev), "error_bound": eps,
-             "pixels": select.dim, "candidates_per_query": len(qi) / max(nq, 1)}
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
+                      stacklevel=4)
 
 
 def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor) -> torch.Tensor:

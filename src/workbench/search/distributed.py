@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import SliceStore
 from ..errors import WorkbenchError
-from .brute import SearchResult, topk_correlation
+from .brute import SearchResult, mark_constant_queries, topk_correlation
 
 #: shards per worker when ``shards`` is not given
 SHARDS_PER_WORKER = 2
@@ -276,12 +276,7 @@ def _merge(parts: list, bounds: list[tuple[int, int]], k: int, nq: int, n: int) 
     order = np.lexsort((keys, -values), axis=1)[:, :k]
     values = np.take_along_axis(values, order, 1)
     indices = np.take_along_axis(indices, order, 1)
-    values[const_q] = -np.inf
-    indices[const_q] = -1
-    if const_q.any():
-        warnings.warn(f"{int(const_q.sum())} query image(s) are constant (zero variance); Pearson r is undefined "
-                      f"for them and they are reported with index -1: {np.flatnonzero(const_q)[:10].tolist()}",
-                      stacklevel=3)
+    mark_constant_queries(values, indices, const_q)
     out = {"values": values, "indices": indices, "constant_queries": const_q, "constant_reference": const_r}
     for f in dataclasses.fields(SearchResult):  # counters (pairs, rescored...) add up over the shards
         if f.name in out:
