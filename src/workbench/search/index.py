@@ -127,17 +127,15 @@ class CorrelationIndex:
             for start in range(0, len(self), block_size):
                 stop = min(start + block_size, len(self))
                 cols = np.arange(start, stop)
-                mask = None
                 if survivors is None:  # contiguous rows: a view, no copy
                     yield cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None
                     continue
-                if survivors is not None:
-                    mask = survivors[:, start:stop]
-                    keep = mask.any(dim=0).numpy()
-                    if not keep.any():
-                        continue
-                    cols, mask = cols[keep], mask[:, torch.from_numpy(keep)]
-                # copies the rows off the memory map (and onto the GPU) while streaming
+                mask = survivors[:, start:stop]
+                keep = mask.any(dim=0).numpy()
+                if not keep.any():  # every pair of this block is pruned
+                    continue
+                cols, mask = cols[keep], mask[:, torch.from_numpy(keep)]
+                # copies the surviving rows off the memory map (and onto the GPU) while streaming
                 yield cols, self.vectors[torch.from_numpy(cols)].to(self.device), self.constant[cols], mask
 
         result = _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
