@@ -60,8 +60,10 @@ def test_parameter_values_parse_like_json(text, value):
 def test_search_command_prints_a_summary_with_pruning(phantom_store, tmp_path, capsys):
     out = tmp_path / "m.csv"
     assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
-                 "--split", "train", "--k", "1", "--method", "pruned", "--channels", "t1,flair",
+                 "--split", "train", "--k", "2", "--method", "pruned", "--channels", "t1,flair", "--distinct", "subject",
                  "--out", str(out)]) == 0
     line = capsys.readouterr().out
     assert "pairs in" in line and "pruned" in line and "candidates rescored per query" in line
-    assert len(pd.read_csv(out)) == len(phantom_store)
+    t = pd.read_csv(out)
+    assert len(t) == 2 * len(phantom_store)
+    assert (t.groupby("query")["match_subject"].nunique() == 2).all()  # two different subjects each

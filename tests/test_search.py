@@ -257,3 +257,28 @@ def test_pruned_through_topk_correlation_with_constant_images(data):
     np.testing.assert_array_equal(res.values, want.values)
     with pytest.raises(WorkbenchError, match="method"):
         topk_correlation(q, r, method="faiss")
+
+
+def test_distinct_subjects_are_the_best_match_of_each_of_the_k_best_subjects(phantom_store):
+    images = phantom_store.to_array()
+    train = phantom_store.where(split="train")
+    subjects = train.manifest["subject"].to_numpy()
+    res = topk_correlation(phantom_store, train, k=2, distinct="subject")
+    ev, ei = reference_topk(images, images[train.rows], len(train))  # the full float64 ranking
+    for q in range(len(images)):
+        want, seen = [], set()
+        for i in ei[q]:
+            if subjects[i] not in seen:
+                seen.add(subjects[i])
+                want.append(i)
+            if len(want) == 2:
+                break
+        np.testing.assert_array_equal(res.indices[q], want)
+        assert subjects[res.indices[q, 0]] != subjects[res.indices[q, 1]]
+    # labels as an array on plain arrays give the same answer
+    res2 = topk_correlation(images, images[train.rows], k=2, distinct=subjects)
+    np.testing.assert_array_equal(res2.indices, res.indices)
+    with pytest.raises(WorkbenchError, match="different labels"):
+        topk_correlation(images, images[train.rows], k=3, distinct=subjects)
+    with pytest.raises(WorkbenchError, match="needs a SliceStore"):
+        topk_correlation(images, images[train.rows], k=1, distinct="subject")

@@ -73,6 +73,8 @@ def _add_search(sub):
     se.add_argument("--precision", default="auto", choices=["auto", "bf16", "float32"],
                     help="precision of the screen (the answer is exact either way)")
     se.add_argument("--channels", default=None, help="comma-separated channels to correlate (default: all)")
+    se.add_argument("--distinct", default=None, metavar="COLUMN",
+                    help="e.g. subject: the best match from each of the k best different subjects")
     se.add_argument("--out", required=True, help="matches table (.parquet or .csv)")
 
 
@@ -114,7 +116,7 @@ def _search(args) -> None:
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     t0 = time.time()
     table = match_table(queries, reference, k=args.k, device=args.device, progress=True, method=args.method,
-                        precision=args.precision, channels=channels)
+                        precision=args.precision, channels=channels, distinct=args.distinct)
     seconds = time.time() - t0
     stats = table.attrs.get("search_stats", {})
     out = Path(args.out)

@@ -203,8 +203,8 @@ def float32_error_bound(dim: int) -> float:
 
 # -- the search ------------------------------------------------------------------------------
 def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
-                     mask=None, precision: str = "auto", block_size: int | None = None, progress: bool = False,
-                     client=None, **dask_options) -> SearchResult:
+                     mask=None, distinct=None, precision: str = "auto", block_size: int | None = None,
+                     progress: bool = False, client=None, **dask_options) -> SearchResult:
     """For each query image, the ``k`` reference images with the highest Pearson r (exact).
 
     Parameters
@@ -219,6 +219,9 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     channels : channel names (SliceStores) or positions to use; default all.
     mask : boolean ``(H, W)`` (same for every channel) or ``(C, H, W)``: r over these pixels only
         (e.g. the brain).
+    distinct : ``"subject"`` (or another manifest column of a SliceStore reference, or an array
+        of one label per reference image): return the best match from each of the ``k`` best
+        different subjects, so a user sees whether one patient dominates.
     precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 for now,
         see :func:`_pick_precision`).  The answer is exact either way.
     block_size : reference images per block (default: about 128 MB of float32).
@@ -231,6 +234,10 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
 
     >>> values, indices = topk_correlation(synthetic, store.where(split="train"), k=5)   # doctest: +SKIP
     """
+    if distinct is not None:
+        return _topk_distinct(queries, reference, k, distinct, device=device, method=method, channels=channels,
+                              mask=mask, precision=precision, block_size=block_size, progress=progress,
+                              client=client, **dask_options)
     if client is not None:
         from .distributed import topk_correlation_dask
 
@@ -277,6 +284,54 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
 
     return _search(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev,
                    progress=progress)
+
+
+def _topk_distinct(queries, reference, k, distinct, **options) -> SearchResult:
+    """Best match per label for the k best labels: an exact top-k' search, widened until enough.
+
+    The exact top-k' list is ordered by r (ties to the lower index), so the first image of each
+    label in it is that label's best match; k' grows until every query sees k labels.
+    """
+    if isinstance(distinct, str):
+        if not isinstance(reference, SliceStore):
+            raise WorkbenchError(f"distinct={distinct!r} needs a SliceStore reference (its manifest has the labels); "
+                                 "for arrays pass one label per reference image")
+        if distinct not in reference.manifest.columns:
+            raise WorkbenchError(f"{reference.path}: manifest has no column {distinct!r} for distinct=")
+        labels = reference.manifest[distinct].to_numpy()
+    else:
+        labels = np.asarray(distinct)
+    n = len(reference)
+    if len(labels) != n:
+        raise WorkbenchError(f"distinct: {len(labels)} labels for {n} reference images")
+    n_labels = len(set(labels.tolist()))
+    if not 1 <= k <= n_labels:
+        raise WorkbenchError(f"k={k} distinct matches asked for, but the reference has {n_labels} different labels")
+    kk = min(n, max(2 * k, k + 16))
+    while True:
+        res = topk_correlation(queries, reference, kk, **options)
+        values = np.full((len(res.values), k), -np.inf)
+        indices = np.full((len(res.values), k), -1, dtype=np.int64)
+        short = False
+        for q in range(len(res.values)):
+            if res.constant_queries[q]:
+                continue
+            seen, j = set(), 0
+            for v, i in zip(res.values[q], res.indices[q]):
+                if i < 0 or labels[i] in seen:
+                    continue
+                seen.add(labels[i])
+                values[q, j], indices[q, j] = v, i
+                j += 1
+                if j == k:
+                    break
+            short |= j < k
+        if not short or kk == n:
+            break
+        kk = min(n, kk * 4)
+    res.values, res.indices = values, indices
+    res.stats.update(distinct=distinct if isinstance(distinct, str) else "labels", searched_k=kk)
+    return res
 
 
 def _prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
