@@ -444,7 +444,7 @@ def stats_note(stats: dict, n_ref: int) -> str:
         c = stats["candidates_per_query"]
         parts.append(f"{c:.1f} candidates/query rescored ({100 * c / n_ref:.2f} % of N)")
     if "error_bound" in stats:
-        parts.append(f"eps {stats['error_bound']:.2g}")
+        parts.append(f"eps {stats['error_bound']:.2g}" + (" worst case, per-pair bounds" if stats.get('bound') == 'per pair' else ''))
     return ", ".join(parts)
 
 

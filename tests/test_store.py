@@ -103,3 +103,23 @@ def test_open_reports_files_that_do_not_match_the_manifest(tmp_path):
 
     with pytest.raises(StoreError, match="does not exist"):
         SliceStore.open(tmp_path / "nothing")
+
+
+def test_reads_through_the_file_in_runs_and_prefetched_blocks(tmp_path):
+    imgs = _write(tmp_path / "s", n=7, blocks=3)
+    store = SliceStore.open(tmp_path / "s")
+    order = [3, 4, 5, 0, 20, 19, 19, 1, 2]  # runs, a jump back, a repeat
+    np.testing.assert_array_equal(store.read(order), imgs[order])
+    view = store.take([2, 3, 9, 10, 11, 15])
+    for prefetch in (True, False):
+        got = list(view.blocks(4, prefetch=prefetch))
+        assert [a for a, _ in got] == [0, 4]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in got]), imgs[[2, 3, 9, 10, 11, 15]])
+    # a store whose images file was cut short says so when a read reaches past the end
+    path = tmp_path / "s" / "images.npy"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 8 * 8 * 4)
+    short = SliceStore(store.path, store._images, store._manifest, store.meta, store.rows)
+    with pytest.raises(StoreError, match="file ends before row 20"):
+        short.read([20])

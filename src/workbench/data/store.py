@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -265,24 +266,76 @@ class SliceStore:
         if isinstance(i, slice):
             return self.read(np.arange(len(self))[i])
         if np.ndim(i) == 0:
-            return np.array(self._images[self.rows[int(i)]])
+            return self._read_store_rows(self.rows[[int(i)]])[0]
         return self.read(i)
 
     def read(self, positions) -> np.ndarray:
-        """Images at view positions (an array of ints), read in store order for locality."""
+        """Images at view positions (an array of ints), read in store order for locality.
+
+        Reads go through the file (``pread`` of each run of consecutive rows), not the memory
+        map: pages of a memory map stay counted in the process's resident memory, so streaming a
+        store larger than RAM through the map would make the process look as large as the store.
+        """
         rows = self.rows[np.asarray(positions, dtype=np.int64)]
-        if len(rows) and np.all(np.diff(rows) == 1):
-            return np.array(self._images[rows[0]: rows[-1] + 1])
-        return np.asarray(self._images[rows])
+        return self._read_store_rows(rows)
 
     def read_rows(self, store_rows) -> np.ndarray:
         """Images at store rows (e.g. from the ``prev`` / ``next`` columns)."""
-        return np.asarray(self._images[np.asarray(store_rows, dtype=np.int64)])
+        return self._read_store_rows(np.asarray(store_rows, dtype=np.int64))
 
-    def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, images)`` blocks of at most ``block_size`` images, streaming from disk."""
-        for start in range(0, len(self), block_size):
-            yield start, self.read(np.arange(start, min(start + block_size, len(self))))
+    def _read_store_rows(self, rows: np.ndarray) -> np.ndarray:
+        images = self._images
+        shape = images.shape[1:]
+        out = np.empty((len(rows), *shape), dtype=np.float32)
+        if not len(rows):
+            return out
+        if not isinstance(images, np.memmap) or images.offset is None:
+            out[:] = images[rows]
+            return out
+        if rows.min() < 0 or rows.max() >= len(images):
+            raise StoreError(f"{self.path}: rows out of range 0..{len(images) - 1}")
+        row_bytes = int(np.prod(shape)) * 4
+        flat = out.reshape(len(rows), -1).view(np.uint8).reshape(-1)
+        # runs of consecutive store rows in the requested order: one pread per run
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [len(rows)]])
+        fd = os.open(images.filename, os.O_RDONLY)
+        try:
+            for a, b in zip(starts.tolist(), stops.tolist()):
+                want = (b - a) * row_bytes
+                pos = images.offset + int(rows[a]) * row_bytes
+                view = memoryview(flat[a * row_bytes:b * row_bytes])
+                got = 0
+                while got < want:  # pread may return less than asked for
+                    n = os.preadv(fd, [view[got:]], pos + got)
+                    if n <= 0:
+                        raise StoreError(f"{images.filename}: file ends before row {int(rows[a]) + (got // row_bytes)} "
+                                         "(truncated store?)")
+                    got += n
+        finally:
+            os.close(fd)
+        return out
+
+    def blocks(self, block_size: int, *, prefetch: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, images)`` blocks of at most ``block_size`` images, streaming from disk.
+
+        With ``prefetch`` a background thread reads the next block while the caller works on
+        the current one (file reads release the GIL), so at most two blocks are in memory.
+        """
+        starts = range(0, len(self), block_size)
+        read = lambda a: self.read(np.arange(a, min(a + block_size, len(self))))  # noqa: E731
+        if not prefetch or len(starts) < 2:
+            for a in starts:
+                yield a, read(a)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="store-prefetch") as pool:
+            nxt = pool.submit(read, starts[0])
+            for i, a in enumerate(starts):
+                block = nxt.result()
+                nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+                yield a, block
+                del block
 
     # -- views ---------------------------------------------------------------------------------
     def take(self, positions) -> "SliceStore":

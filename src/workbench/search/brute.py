@@ -6,24 +6,39 @@ normalised queries with the normalised reference, done block by block as the ref
 from disk.
 
 Screen.  Each block is multiplied in bfloat16 (AMX on CPU, tensor cores on GPU; about 5x the
-float32 rate here) or float32.  For unit vectors x, y of length D the screened value s~ obeys
+float32 rate here) or float32, in slices of SCREEN_CHUNK pixels whose partial products are
+summed in float64.
 
-    |s~ - x.y| <= eps,   eps = 2v + v^2 + 4w  +  gamma_D (1 + v)^2  +  v (1 + 2v + gamma_D)
-                                input rounding   fp32 accumulation    output rounding
+bf16: a per-pair bound.  Write x = x_h + x_l with x_h the bf16 copy of the unit vector x and
+x_l what rounding left (likewise y).  The screened value is s~ = sum_c fl_bf16(acc_c), acc_c the
+float32-accumulated product of slice c of x_h and y_h, and
 
-with v the unit roundoff of the screen's inputs and output (2**-8 for bf16, 2**-24 for float32;
-both round to nearest), w = 2**-24 for normalising in float32, and gamma_D = D u / (1 - D u),
-u = 2**-24, the worst-case float32 accumulation error of a D-term dot product in any order
-(Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5; Cauchy-Schwarz
-bounds sum |x_i y_i| by 1).  Long vectors are multiplied in slices of SCREEN_CHUNK pixels whose
-partial products are summed in float64, so D above becomes min(D, SCREEN_CHUNK): the bound is
-eps ~ 0.0120 for bf16 and ~ 0.00025 for float32 at any image size (5x256x256 included).
+    |s~ - x.y| <= |x_l.y_h| + |x_h.y_l| + |x_l.y_l|              input rounding (exact split)
+                 + sum_c |acc_c - x_h,c.y_h,c|                   float32 accumulation
+                 + sum_c |fl_bf16(acc_c) - acc_c|                 output rounding
+              <= ||x_l|| ||y_h|| + ||x_h|| ||y_l|| + ||x_l|| ||y_l||
+                 + gamma_n ||x_h|| ||y_h||  +  u/(1-u) sum_c |fl_bf16(acc_c)|  +  1e-7
 
-Rescore.  Let L be a query's k-th largest screened value.  Its true k-th best r is at least
-L - eps, and any image whose true r reaches that has s~ >= L - 2 eps.  So every image with
-s~ >= L - 2 eps is a candidate (tracked with the running L as blocks stream by, which is never
-above the final L), and the candidates are rescored in float64 over the stored values.  The
-top k of the rescored candidates is the float64 brute-force top k (ties to the lower index).
+with gamma_n = n u32 / (1 - n u32), n = SCREEN_CHUNK, u32 = 2**-24, the worst-case float32
+accumulation error of an n-term dot product in any order (Higham, *Accuracy and Stability of
+Numerical Algorithms*, 2nd ed., eq. 3.5; Cauchy-Schwarz over the slices bounds
+sum_c ||x_h,c|| ||y_h,c|| by ||x_h|| ||y_h||), u = 2**-8 the unit roundoff of bf16 (round to
+nearest), and 1e-7 covering the final rounding of the float64 sum to float32.  The norms
+||x_h||, ||x_l|| are computed per vector in float64 (a CorrelationIndex stores them), so the
+bound costs a few element-wise operations per pair and is about 0.004-0.007 on brain slices,
+against 0.012 for the worst case over all unit vectors, which :func:`screen_error_bound` gives
+(2v + v^2 + 4 u32 + gamma_n (1 + v)^2 + v (1 + 2v + gamma_n), v = 2**-8).  Where the reference is
+normalised in float32 on the fly (``topk_correlation`` without an index) its ||y_l|| is taken
+from the float32 vector and 4 u32 is added for the float32 normalisation.
+
+float32: one bound for all pairs, the same formula with v = u32: eps ~ 0.00025 at any image
+size (5x256x256 included).
+
+Rescore.  Each pair gets a screened interval [s~ - e, s~ + e] that holds its true r.  Let L be a
+query's k-th largest lower end: its true k-th best r is at least L.  So every image whose upper
+end reaches L is a candidate (tracked with the running L as blocks stream by, which is never
+above the final L), and the candidates are rescored in float64 over the stored values.  The top
+k of the rescored candidates is the float64 brute-force top k (ties to the lower index).
 """
 from __future__ import annotations
 
@@ -33,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ..data.store import SliceStore
@@ -201,6 +217,38 @@ def float32_error_bound(dim: int) -> float:
     return screen_error_bound(dim, torch.float32)
 
 
+U32 = 2.0**-24
+BF16_U = 2.0**-8
+#: float32 normalisation of a reference on the fly moves its unit vector by at most this much
+NORMALISE_F32 = 4 * U32
+
+
+def split_norms(x: torch.Tensor, x_lo_precision: torch.Tensor) -> torch.Tensor:
+    """Per row ``[||x_h||, ||x - x_h||]`` in float64: x_h the low-precision copy of unit vectors x.
+
+    ``x`` is the float64 (or float32) vector, ``x_lo_precision`` its bf16 copy; see the module
+    docstring for how the screen's per-pair bound uses them.
+    """
+    out = torch.empty((len(x), 2), dtype=torch.float64, device=x.device)
+    for a in range(0, len(x), 256):  # float64 a few rows at a time: bounded temporaries
+        hi = x_lo_precision[a:a + 256].double()
+        out[a:a + 256, 0] = torch.linalg.vector_norm(hi, dim=1)
+        out[a:a + 256, 1] = torch.linalg.vector_norm(x[a:a + 256].double() - hi, dim=1)
+    return out * (1 + 1e-12) + 1e-15  # round up: these only ever enlarge the bound
+
+
+def _pair_error(qn: torch.Tensor, rn: torch.Tensor, out_abs: torch.Tensor) -> torch.Tensor:
+    """The bf16 screen's per-pair bound (module docstring) from split norms and the |partial sums|."""
+    n = SCREEN_CHUNK
+    gamma = n * U32 / (1 - n * U32)
+    qh, ql = qn[:, 0:1].float(), qn[:, 1:2].float()
+    rh, rl = rn[:, 0].float()[None], rn[:, 1].float()[None]
+    err = ql * rh + qh * rl + ql * rl + gamma * (qh * rh)
+    err += out_abs * (BF16_U / (1 - BF16_U))
+    # float32 rounding of this sum itself: a relative 1e-6 margin covers it many times over
+    return err.mul_(1 + 1e-6).add_(1e-7)
+
+
 # -- the search ------------------------------------------------------------------------------
 def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
                      mask=None, distinct=None, precision: str = "auto", block_size: int | None = None,
@@ -279,11 +327,13 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
 
     def blocks():
         for start, block in _blocks(reference, block_size):
-            r_lo, c = _normalise(select(block), dtype, device=dev)
-            yield np.arange(start, start + len(block)), r_lo, c, None
+            r32, c = _normalise(select(block), torch.float32, device=dev)
+            r_lo = r32.to(dtype)
+            rn = split_norms(r32, r_lo) if dtype == torch.bfloat16 else None
+            yield np.arange(start, start + len(block)), r_lo, c, None, rn
 
     return _search(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev,
-                   progress=progress)
+                   progress=progress, ref_lift=NORMALISE_F32)
 
 
 def _topk_distinct(queries, reference, k, distinct, **options) -> SearchResult:
@@ -338,49 +388,71 @@ def _prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
     """Exact float64 z-normalised queries and their constant mask."""
     q64, const_q = [], []
     for _, block in _blocks(queries, 1024):
-        x, c = _normalise(select(block), torch.float64)
+        with _one_thread():  # the same bits in every process, whatever its thread count
+            x, c = _normalise(select(block), torch.float64)
         q64.append(x)
         const_q.append(c)
     return torch.cat(q64), np.concatenate(const_q)
 
 
 def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int, n_reference: int,
-            dtype, dev, progress: bool) -> SearchResult:
+            dtype, dev, progress: bool, ref_lift: float = 0.0) -> SearchResult:
     """Screen normalised reference blocks, then rescore exactly.
 
-    ``blocks`` yields ``(cols, vectors, constant, pair_mask)``: the reference positions of the
-    block's rows, their low-precision unit vectors, which are constant, and optionally a
-    (Q, len(cols)) mask of the pairs to evaluate (pruned pairs are left out).
+    ``blocks`` yields ``(cols, vectors, constant, pair_mask, norms)``: the reference positions of
+    the block's rows, their low-precision unit vectors, which are constant, optionally a
+    (Q, len(cols)) mask of the pairs to evaluate (pruned pairs are left out), and for a bf16
+    screen the rows' split norms (:func:`split_norms`).  ``ref_lift`` is added to every
+    reference's ||y_l|| (NORMALISE_F32 where the reference was normalised in float32).
     """
     eps = screen_error_bound(select.dim, dtype)
-    q_lo = q64.to(torch.float32).to(dtype).to(dev)
+    per_pair = dtype == torch.bfloat16
+    q32 = q64.to(torch.float32)
+    q_lo = q32.to(dtype)
+    qn = split_norms(q64, q_lo).to(dev) if per_pair else None
+    q_lo = q_lo.to(dev)
     nq = len(q64)
-    # screen: running k-th best screened value per query, and the candidate pairs
+    # screen: running k-th best lower bound per query, and the candidate pairs with their upper bound
     run_top = torch.full((nq, 0), -math.inf, device=dev)
     cand_q, cand_r, cand_s = [], [], []
     const_r = []
+    screened = 0
+    dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
     try:
         bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
-        for cols, r_lo, c, pair_mask in blocks:
+        for cols, r_lo, c, pair_mask, rn in blocks:
             if c.any():
                 const_r.append(cols[c])
-            s = _screen(q_lo, r_lo)
+            if per_pair:
+                if rn is None:
+                    raise AssertionError("a bf16 screen needs the reference's split norms")
+                rn = rn.to(dev)
+                if ref_lift:
+                    rn = rn + torch.tensor([0.0, ref_lift], dtype=rn.dtype, device=dev)
+            s, err = _screen(q_lo, r_lo, qn, rn, eps)
+            lower, upper = s - err, s + err
+            screened += s.numel() if pair_mask is None else int(pair_mask.sum())
+            off = None
             if c.any():
-                s[:, torch.from_numpy(c).to(dev)] = -math.inf
+                off = torch.from_numpy(c).to(dev)[None, :].expand_as(lower).clone()
             if pair_mask is not None:
-                s[~pair_mask.to(dev)] = -math.inf
-            if const_q.any():
-                s[torch.from_numpy(const_q).to(dev)] = -math.inf
-            kb = min(k, s.shape[1])
-            run_top = torch.topk(torch.cat([run_top, torch.topk(s, kb, dim=1).values], dim=1),
+                pm = ~pair_mask.to(dev)
+                off = pm if off is None else off | pm
+            if dead is not None:
+                off = dead[:, None].expand_as(lower).clone() if off is None else off | dead[:, None]
+            if off is not None:
+                lower = lower.masked_fill(off, -math.inf)
+                upper = upper.masked_fill(off, -math.inf)
+            kb = min(k, lower.shape[1])
+            run_top = torch.topk(torch.cat([run_top, torch.topk(lower, kb, dim=1).values], dim=1),
                                  min(k, run_top.shape[1] + kb), dim=1).values
             level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
-            qi, ri = torch.nonzero((s >= (level - 2 * eps)[:, None]) & (s > -math.inf), as_tuple=True)
+            qi, ri = torch.nonzero((upper >= level[:, None]) & (upper > -math.inf), as_tuple=True)
             cand_q.append(qi.cpu())
             cand_r.append(torch.from_numpy(cols)[ri.cpu()])
-            cand_s.append(s[qi, ri].cpu())
+            cand_s.append(upper[qi, ri].cpu())
             bar.update(len(c))
         bar.close()
     finally:
@@ -395,12 +467,13 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
     final_level = run_top[:, -1].cpu() if run_top.shape[1] else torch.full((nq,), -math.inf)
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
-    keep = si >= final_level[qi] - 2 * eps
+    keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
     values, indices = _rescore(q64, reference, select, qi, ri, k, nq)
     mark_constant_queries(values, indices, const_q)
-    stats = {"precision": "bf16" if dtype == torch.bfloat16 else "float32", "device": str(dev), "error_bound": eps,
-             "pixels": select.dim, "candidates_per_query": len(qi) / max(nq, 1)}
+    stats = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
+             "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
+             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
     return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
 
 
@@ -414,15 +487,31 @@ def mark_constant_queries(values: np.ndarray, indices: np.ndarray, const_q: np.n
                       stacklevel=4)
 
 
-def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor) -> torch.Tensor:
-    """Screened products; vectors longer than SCREEN_CHUNK in slices summed in float64."""
+def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0):
+    """Screened products and their per-pair error bound (module docstring).
+
+    Vectors longer than SCREEN_CHUNK are multiplied in slices whose partial products are summed
+    in float64.  ``qn``, ``rn``: split norms (:func:`split_norms`) for a bf16 screen; without them
+    every pair gets the uniform bound ``eps``.
+    """
     dim = q_lo.shape[1]
+    per_pair = qn is not None
     if dim <= SCREEN_CHUNK:
-        return (q_lo @ r_lo.T).float()
-    acc = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
-    for a in range(0, dim, SCREEN_CHUNK):
-        acc += (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).double()
-    return acc.float()  # rounding to float32 adds at most u, well inside the bound's slack
+        part = q_lo @ r_lo.T
+        s = part.float()
+        out_abs = s.abs() if per_pair else None
+    else:
+        acc = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
+        out_abs = torch.zeros((q_lo.shape[0], r_lo.shape[0]), device=q_lo.device) if per_pair else None
+        for a in range(0, dim, SCREEN_CHUNK):
+            part = (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).float()
+            acc += part
+            if per_pair:
+                out_abs += part.abs()
+        s = acc.float()  # rounding to float32 adds at most u32 |s|, inside the bounds' slack
+    if not per_pair:
+        return s, eps
+    return s, _pair_error(qn, rn, out_abs)
 
 
 def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int):
@@ -450,18 +539,38 @@ def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.nda
     return out
 
 
+class _one_thread:
+    """Run torch single-threaded: MKL's dot product sums in a thread-count-dependent order, and
+    every process (Dask workers included) must give each pair the same float64 bits."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
 def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact r of pairs sorted by reference row: each row is read and normalised in float64 once,
+    then one float64 dot product per pair (a pair's value never depends on the other pairs).
+
+    The dot products are numpy's BLAS ``ddot`` held to one thread (twice the speed of
+    ``torch.dot`` here): a threaded BLAS sums in a thread-count-dependent order, and every
+    process, Dask workers included, must give each pair the same bits.
+    """
     exact = np.empty(len(qi))
     rows = np.unique(ri)
-    for s in range(0, len(rows), 1024):  # read candidate rows in store order, a chunk at a time
-        chunk = rows[s:s + 1024]
-        r64, _ = _normalise(select(_read_rows(reference, chunk)), torch.float64)
-        lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
-        # pair by pair rather than one matrix product: a row-wise sum gives each pair the same
-        # float64 value whatever else is in the chunk (BLAS picks gemv or gemm kernels by shape,
-        # which differ in the last bit), so shards and repeated calls agree bit for bit
-        for a in range(lo, hi, 256):  # 256 pairs at a time bounds the memory of the products
-            b = min(a + 256, hi)
-            local = torch.from_numpy(np.searchsorted(chunk, ri[a:b]))
-            exact[a:b] = (q64[torch.from_numpy(qi[a:b])] * r64[local]).sum(dim=1).numpy()
+    qn = q64.numpy()
+    step = max(1, 2**21 // (8 * select.dim))  # rows per chunk: ~2 MB of float64, so the passes stay in cache
+    with _one_thread(), threadpool_limits(limits=1, user_api="blas"):
+        for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
+            chunk = rows[s:s + step]
+            r64 = _normalise(select(_read_rows(reference, chunk)), torch.float64)[0].numpy()
+            lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
+            local = np.searchsorted(chunk, ri[lo:hi])
+            # by query within the chunk: a query's candidates are often neighbouring rows, so its
+            # vector is fetched once for them (the chunk's rows are in cache already)
+            for j in np.argsort(qi[lo:hi], kind="stable"):
+                exact[lo + j] = qn[qi[lo + j]] @ r64[local[j]]
     return exact

@@ -28,11 +28,11 @@ from ..data.store import SliceStore
 from ..errors import WorkbenchError
 from . import pruned
 from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
-                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs)
+                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs, split_norms)
 
 METHODS = ("auto", "brute", "pruned")
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: bf16 indexes store split norms (norms.npy)
 
 
 class CorrelationIndex:
@@ -64,14 +64,17 @@ class CorrelationIndex:
         self._ids = torch.from_numpy(ids)
         self._counts = torch.bincount(self._ids, minlength=self.m).to(torch.float64)
         if _prepared is not None:
-            self.vectors, self.constant, self.coarse, self.resid = _prepared
+            self.vectors, self.constant, self.coarse, self.resid, self.norms = _prepared
             return
         block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
-        vectors, constant, coarse, resid = [], [], [], []
+        vectors, constant, coarse, resid, norms = [], [], [], [], []
         for _, images in tqdm(_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
                               desc="indexing", unit="block", disable=not progress):
             x64, c = _normalise(self.select(images), torch.float64)
-            vectors.append(x64.to(torch.float32).to(self.dtype))
+            low = x64.to(torch.float32).to(self.dtype)
+            vectors.append(low)
+            if self.dtype == torch.bfloat16:  # for the screen's per-pair error bound
+                norms.append(split_norms(x64, low))
             constant.append(c)
             cc, rr = pruned.coarse(x64, self._ids, self._counts, self.m)
             coarse.append(cc)
@@ -80,6 +83,7 @@ class CorrelationIndex:
         self.constant = np.concatenate(constant)
         self.coarse = torch.cat(coarse)
         self.resid = torch.cat(resid)
+        self.norms = torch.cat(norms) if norms else None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -128,7 +132,8 @@ class CorrelationIndex:
                 stop = min(start + block_size, len(self))
                 cols = np.arange(start, stop)
                 if survivors is None:  # contiguous rows: a view, no copy
-                    yield cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None
+                    yield (cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None,
+                           None if self.norms is None else self.norms[start:stop])
                     continue
                 mask = survivors[:, start:stop]
                 keep = mask.any(dim=0).numpy()
@@ -136,7 +141,9 @@ class CorrelationIndex:
                     continue
                 cols, mask = cols[keep], mask[:, torch.from_numpy(keep)]
                 # copies the surviving rows off the memory map (and onto the GPU) while streaming
-                yield cols, self.vectors[torch.from_numpy(cols)].to(self.device), self.constant[cols], mask
+                sel = torch.from_numpy(cols)
+                yield (cols, self.vectors[sel].to(self.device), self.constant[cols], mask,
+                       None if self.norms is None else self.norms[sel])
 
         result = _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
                          dtype=self.dtype, dev=self.device, progress=progress)
@@ -158,6 +165,8 @@ class CorrelationIndex:
             np.save(tmp / "constant.npy", self.constant)
             np.save(tmp / "coarse.npy", self.coarse.cpu().numpy())
             np.save(tmp / "resid.npy", self.resid.cpu().numpy())
+            if self.norms is not None:
+                np.save(tmp / "norms.npy", self.norms.cpu().numpy())
             if self.select.mask is not None:
                 np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
             meta = {
@@ -181,10 +190,14 @@ class CorrelationIndex:
         path = Path(path)
         try:
             meta = json.loads((path / "index.json").read_text())
+            if meta.get("format_version") != INDEX_VERSION:
+                raise WorkbenchError(f"{path}: index format {meta.get('format_version')} was written by another "
+                                     f"version of the workbench (this one reads {INDEX_VERSION}); build the index again")
             raw = np.load(path / "vectors.npy", mmap_mode="c")
             constant = np.load(path / "constant.npy")
             coarse = torch.from_numpy(np.load(path / "coarse.npy"))
             resid = torch.from_numpy(np.load(path / "resid.npy"))
+            norms = torch.from_numpy(np.load(path / "norms.npy")) if meta["precision"] == "bf16" else None
         except (OSError, ValueError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store = SliceStore.open(meta["store"])
@@ -201,4 +214,4 @@ class CorrelationIndex:
         if meta["precision"] == "bf16":
             vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
         return cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
-                   block=meta["block"], _prepared=(vectors, constant, coarse, resid))
+                   block=meta["block"], _prepared=(vectors, constant, coarse, resid, norms))
