@@ -191,15 +191,22 @@ def _pick_device(device: str) -> torch.device:
     return dev
 
 
+def _cpu_has_bf16_matmul() -> bool:
+    """AMX or AVX-512 BF16: without them torch's bf16 products run slower than float32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def _pick_precision(precision: str, dev: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WorkbenchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        # Measured (BENCHMARKS.md): with only a float64 rescore behind it, the bf16 screen's wider
-        # band (eps ~0.012) sends ~8x more candidates to the rescore than float32's, and is slower
-        # overall on brain slices. bf16 becomes the default once a float32 second tier (and the
-        # prepared CorrelationIndex) lands; until then "auto" means float32.
-        precision = "float32"
+        # Measured (BENCHMARKS.md): with the per-pair bound the bf16 screen is the faster exact
+        # search where the hardware multiplies bf16 natively (tensor cores, AMX, AVX-512 BF16).
+        precision = "bf16" if dev.type == "cuda" or _cpu_has_bf16_matmul() else "float32"
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
@@ -230,23 +237,60 @@ def split_norms(x: torch.Tensor, x_lo_precision: torch.Tensor) -> torch.Tensor:
     docstring for how the screen's per-pair bound uses them.
     """
     out = torch.empty((len(x), 2), dtype=torch.float64, device=x.device)
-    for a in range(0, len(x), 256):  # float64 a few rows at a time: bounded temporaries
-        hi = x_lo_precision[a:a + 256].double()
-        out[a:a + 256, 0] = torch.linalg.vector_norm(hi, dim=1)
-        out[a:a + 256, 1] = torch.linalg.vector_norm(x[a:a + 256].double() - hi, dim=1)
+    step = max(1, 2**24 // (8 * max(1, x.shape[1])))  # float64 ~16 MB of rows at a time: bounded temporaries
+    for a in range(0, len(x), step):
+        hi = x_lo_precision[a:a + step].double()
+        out[a:a + step, 0] = torch.linalg.vector_norm(hi, dim=1)
+        out[a:a + step, 1] = torch.linalg.vector_norm(x[a:a + step].double() - hi, dim=1)
     return out * (1 + 1e-12) + 1e-15  # round up: these only ever enlarge the bound
 
 
-def _pair_error(qn: torch.Tensor, rn: torch.Tensor, out_abs: torch.Tensor) -> torch.Tensor:
-    """The bf16 screen's per-pair bound (module docstring) from split norms and the |partial sums|."""
-    n = SCREEN_CHUNK
+def _pair_error(qn: torch.Tensor, rn: torch.Tensor, out_abs: torch.Tensor, t_abs: torch.Tensor) -> torch.Tensor:
+    """The bf16 screen's per-pair bound (module docstring) from split norms, the |partial sums|
+    and the |offsets| of each query."""
+    n = SCREEN_CHUNK + 1  # a slice's pixels and its offset term
     gamma = n * U32 / (1 - n * U32)
     qh, ql = qn[:, 0:1].float(), qn[:, 1:2].float()
     rh, rl = rn[:, 0].float()[None], rn[:, 1].float()[None]
-    err = ql * rh + qh * rl + ql * rl + gamma * (qh * rh)
+    err = ql * rh + qh * rl + ql * rl + gamma * (qh * rh + t_abs[:, None])
     err += out_abs * (BF16_U / (1 - BF16_U))
     # float32 rounding of this sum itself: a relative 1e-6 margin covers it many times over
     return err.mul_(1 + 1e-6).add_(1e-7)
+
+
+# -- the bf16 layout: every slice of SCREEN_CHUNK pixels is followed by PAD offset columns -----
+#: columns after each slice: the reference holds [1, 0, ..., 0] there, a query [-t, 0, ..., 0];
+#: 32 keeps every slice a multiple of the 32-wide AMX / tensor-core tiles when the slice is
+PAD = 32
+
+
+def slice_bounds(dim: int) -> list[tuple[int, int]]:
+    """Pixel ranges of the screen's slices."""
+    return [(a, min(a + SCREEN_CHUNK, dim)) for a in range(0, dim, SCREEN_CHUNK)] or [(0, 0)]
+
+
+def padded_width(dim: int) -> int:
+    return dim + PAD * len(slice_bounds(dim))
+
+
+def pad_slices(x_lo: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
+    """Copy bf16 vectors (n, dim) into the padded layout, with ``fill`` in each offset column."""
+    dim = x_lo.shape[1]
+    out = torch.zeros((len(x_lo), padded_width(dim)), dtype=x_lo.dtype, device=x_lo.device)
+    pos = 0
+    for a, b in slice_bounds(dim):
+        out[:, pos:pos + b - a] = x_lo[:, a:b]
+        out[:, pos + b - a] = fill
+        pos += b - a + PAD
+    return out
+
+
+def _offset_columns(dim: int) -> list[int]:
+    cols, pos = [], 0
+    for a, b in slice_bounds(dim):
+        cols.append(pos + b - a)
+        pos += b - a + PAD
+    return cols
 
 
 # -- the search ------------------------------------------------------------------------------
@@ -270,8 +314,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     distinct : ``"subject"`` (or another manifest column of a SliceStore reference, or an array
         of one label per reference image): return the best match from each of the ``k`` best
         different subjects, so a user sees whether one patient dominates.
-    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 for now,
-        see :func:`_pick_precision`).  The answer is exact either way.
+    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (bf16 on GPUs and on
+        CPUs with AMX / AVX-512 BF16, else float32).  The answer is exact either way.
     block_size : reference images per block (default: about 128 MB of float32).
     client : a ``dask.distributed.Client``: shard the reference store across its workers
         (see :mod:`workbench.search.distributed`).
@@ -329,7 +373,10 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
         for start, block in _blocks(reference, block_size):
             r32, c = _normalise(select(block), torch.float32, device=dev)
             r_lo = r32.to(dtype)
-            rn = split_norms(r32, r_lo) if dtype == torch.bfloat16 else None
+            rn = None
+            if dtype == torch.bfloat16:
+                rn = split_norms(r32, r_lo)
+                r_lo = pad_slices(r_lo)
             yield np.arange(start, start + len(block)), r_lo, c, None, rn
 
     return _search(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev,
@@ -409,9 +456,17 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
     per_pair = dtype == torch.bfloat16
     q32 = q64.to(torch.float32)
     q_lo = q32.to(dtype)
-    qn = split_norms(q64, q_lo).to(dev) if per_pair else None
-    q_lo = q_lo.to(dev)
     nq = len(q64)
+    qn = None
+    if per_pair:
+        qn = split_norms(q64, q_lo).to(dev)
+        q_lo = pad_slices(q_lo, 0.0)
+        off_cols = torch.tensor(_offset_columns(select.dim), device=dev)
+        # each query's share of its energy per slice: the offset of slice c is t * share_c
+        share = torch.stack([(q64[:, a:b] ** 2).sum(dim=1) for a, b in slice_bounds(select.dim)], dim=1).float().to(dev)
+        t_sum = torch.zeros(nq, dtype=torch.float64, device=dev)
+        t_abs = torch.zeros(nq, device=dev)
+    q_lo = q_lo.to(dev)
     # screen: running k-th best lower bound per query, and the candidate pairs with their upper bound
     run_top = torch.full((nq, 0), -math.inf, device=dev)
     cand_q, cand_r, cand_s = [], [], []
@@ -431,7 +486,17 @@ def _search(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *
                 rn = rn.to(dev)
                 if ref_lift:
                     rn = rn + torch.tensor([0.0, ref_lift], dtype=rn.dtype, device=dev)
-            s, err = _screen(q_lo, r_lo, qn, rn, eps)
+            offsets = None
+            if per_pair:
+                if run_top.shape[1] == k:  # offsets at the running k-th best lower bound
+                    t = run_top[:, -1].clamp(-1, 1)
+                    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+                    tc = (t[:, None] * share).to(dtype)
+                    q_lo[:, off_cols] = -tc
+                    t_sum = tc.double().sum(dim=1)
+                    t_abs = tc.float().abs().sum(dim=1)
+                offsets = (t_sum, t_abs)
+            s, err = _screen(q_lo, r_lo, qn, rn, eps, offsets)
             lower, upper = s - err, s + err
             screened += s.numel() if pair_mask is None else int(pair_mask.sum())
             off = None
@@ -487,31 +552,40 @@ def mark_constant_queries(values: np.ndarray, indices: np.ndarray, const_q: np.n
                       stacklevel=4)
 
 
-def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0):
+def _screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
     """Screened products and their per-pair error bound (module docstring).
 
-    Vectors longer than SCREEN_CHUNK are multiplied in slices whose partial products are summed
-    in float64.  ``qn``, ``rn``: split norms (:func:`split_norms`) for a bf16 screen; without them
-    every pair gets the uniform bound ``eps``.
+    float32 (``qn`` None): vectors longer than SCREEN_CHUNK are multiplied in slices whose
+    partial products are summed in float64; every pair gets the uniform bound ``eps``.
+    bf16: both sides are in the padded layout (:func:`pad_slices`); ``offsets`` =
+    ``(t_sum, t_abs)`` per query, the sum and the sum of |t| of the offsets written into the
+    query's offset columns (each slice's product comes out as x_c.y_c - t_c, so its bf16 rounding
+    is relative to the small difference, not to r).
     """
-    dim = q_lo.shape[1]
-    per_pair = qn is not None
-    if dim <= SCREEN_CHUNK:
-        part = q_lo @ r_lo.T
-        s = part.float()
-        out_abs = s.abs() if per_pair else None
-    else:
+    if qn is None:
+        dim = q_lo.shape[1]
+        if dim <= SCREEN_CHUNK:
+            return (q_lo @ r_lo.T).float(), eps
         acc = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
-        out_abs = torch.zeros((q_lo.shape[0], r_lo.shape[0]), device=q_lo.device) if per_pair else None
         for a in range(0, dim, SCREEN_CHUNK):
-            part = (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).float()
-            acc += part
-            if per_pair:
-                out_abs += part.abs()
-        s = acc.float()  # rounding to float32 adds at most u32 |s|, inside the bounds' slack
-    if not per_pair:
-        return s, eps
-    return s, _pair_error(qn, rn, out_abs)
+            acc += (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).double()
+        return acc.float(), eps  # rounding to float32 adds at most u32 |s|, inside the bound's slack
+    width = q_lo.shape[1]
+    t_sum, t_abs = offsets
+    step = SCREEN_CHUNK + PAD
+    if width <= step:
+        part = (q_lo @ r_lo.T).float()
+        out_abs = part.abs()
+        s = part.double()
+    else:
+        s = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
+        out_abs = torch.zeros((q_lo.shape[0], r_lo.shape[0]), device=q_lo.device)
+        for a in range(0, width, step):
+            part = (q_lo[:, a:a + step] @ r_lo[:, a:a + step].T).float()
+            s += part
+            out_abs += part.abs()
+    s += t_sum[:, None]
+    return s.float(), _pair_error(qn, rn, out_abs, t_abs)
 
 
 def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int):

@@ -28,11 +28,12 @@ from ..data.store import SliceStore
 from ..errors import WorkbenchError
 from . import pruned
 from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
-                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs, split_norms)
+                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs, pad_slices, padded_width,
+                    split_norms)
 
 METHODS = ("auto", "brute", "pruned")
 
-INDEX_VERSION = 2  # 2: bf16 indexes store split norms (norms.npy)
+INDEX_VERSION = 2  # 2: bf16 indexes store split norms (norms.npy) and padded slices
 
 
 class CorrelationIndex:
@@ -73,8 +74,9 @@ class CorrelationIndex:
             x64, c = _normalise(self.select(images), torch.float64)
             low = x64.to(torch.float32).to(self.dtype)
             vectors.append(low)
-            if self.dtype == torch.bfloat16:  # for the screen's per-pair error bound
+            if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
                 norms.append(split_norms(x64, low))
+                vectors[-1] = pad_slices(low)
             constant.append(c)
             cc, rr = pruned.coarse(x64, self._ids, self._counts, self.m)
             coarse.append(cc)
@@ -128,8 +130,12 @@ class CorrelationIndex:
             del bounds
 
         def blocks():
-            for start in range(0, len(self), block_size):
-                stop = min(start + block_size, len(self))
+            # a small first block sets each query's running k-th best early: the bf16 screen's
+            # offsets (brute.py) then keep its rounding small for all later blocks
+            first = min(block_size, 256)
+            starts = [0, *range(first, len(self), block_size)] if len(self) > first else [0]
+            for start in starts:
+                stop = min(start + (first if start == 0 else block_size), len(self))
                 cols = np.arange(start, stop)
                 if survivors is None:  # contiguous rows: a view, no copy
                     yield (cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None,
@@ -208,8 +214,9 @@ class CorrelationIndex:
         if (path / "mask.npy").is_file():
             n_ch = len(meta["channels"]) if meta["channels"] else meta["image_shape"][0]
             mask = np.load(path / "mask.npy").reshape(n_ch, *meta["image_shape"][1:])
-        if raw.shape != (len(reference), meta["pixels"]):
-            raise WorkbenchError(f"{path / 'vectors.npy'}: shape {raw.shape} does not match the index ({len(reference)}, {meta['pixels']})")
+        width = padded_width(meta["pixels"]) if meta["precision"] == "bf16" else meta["pixels"]
+        if raw.shape != (len(reference), width):
+            raise WorkbenchError(f"{path / 'vectors.npy'}: shape {raw.shape} does not match the index ({len(reference)}, {width})")
         vectors = torch.from_numpy(raw)
         if meta["precision"] == "bf16":
             vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
