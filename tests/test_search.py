@@ -282,3 +282,28 @@ def test_distinct_subjects_are_the_best_match_of_each_of_the_k_best_subjects(pha
         topk_correlation(images, images[train.rows], k=3, distinct=subjects)
     with pytest.raises(WorkbenchError, match="needs a SliceStore"):
         topk_correlation(images, images[train.rows], k=1, distinct="subject")
+
+
+@pytest.mark.parametrize("dim", [300, 4096 + 777])
+def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
+    """The screened value lies within its stated bound of the float64 product, for all pairs."""
+    from workbench.search.brute import _offset_columns, _screen, pad_slices, slice_bounds, split_norms
+
+    rng = np.random.default_rng(dim)
+    base = rng.standard_normal((40, dim))
+    x = np.concatenate([base[:20], base[:20] + 0.05 * rng.standard_normal((20, dim))])  # near-copies too
+    y = np.concatenate([base, -base[:5]])
+    x64 = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+    y64 = torch.from_numpy(y / np.linalg.norm(y, axis=1, keepdims=True))
+    exact = (x64 @ y64.T).numpy()
+    xl, yl = x64.float().bfloat16(), y64.float().bfloat16()
+    qn, rn = split_norms(x64, xl), split_norms(y64, yl)
+    q_pad, r_pad = pad_slices(xl, 0.0), pad_slices(yl)
+    share = torch.stack([(x64[:, a:b] ** 2).sum(1) for a, b in slice_bounds(dim)], 1).float()
+    for t in (0.0, 0.5, 0.93, -0.7):
+        tc = (t * share).bfloat16()
+        q_pad[:, _offset_columns(dim)] = -tc
+        s, err = _screen(q_pad, r_pad, qn, rn, offsets=(tc.double().sum(1), tc.float().abs().sum(1)))
+        gap = np.abs(s.double().numpy() - exact)
+        assert (gap <= err.double().numpy()).all(), (t, float((gap - err.numpy()).max()))
+        assert float(err.max()) < 0.012  # never looser than the worst case over all unit vectors
