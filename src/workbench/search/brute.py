@@ -200,13 +200,18 @@ def _cpu_has_bf16_matmul() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _pick_precision(precision: str, dev: torch.device) -> torch.dtype:
+def _pick_precision(precision: str, dev: torch.device, prepared: bool = False) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WorkbenchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        # Measured (BENCHMARKS.md): with the per-pair bound the bf16 screen is the faster exact
-        # search where the hardware multiplies bf16 natively (tensor cores, AMX, AVX-512 BF16).
-        precision = "bf16" if dev.type == "cuda" or _cpu_has_bf16_matmul() else "float32"
+        # Measured (BENCHMARKS.md): on a prepared CorrelationIndex the bf16 screen with its
+        # per-pair bound is the faster exact search where the hardware multiplies bf16 natively
+        # (AMX, AVX-512 BF16).  Unprepared, the CPU pays for the bf16 copy and its split norms in
+        # every call and float32 is faster.  GPUs: bf16 (tensor cores; not measured yet).
+        if dev.type == "cuda":
+            precision = "bf16"
+        else:
+            precision = "bf16" if prepared and _cpu_has_bf16_matmul() else "float32"
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
@@ -314,8 +319,9 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     distinct : ``"subject"`` (or another manifest column of a SliceStore reference, or an array
         of one label per reference image): return the best match from each of the ``k`` best
         different subjects, so a user sees whether one patient dominates.
-    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (bf16 on GPUs and on
-        CPUs with AMX / AVX-512 BF16, else float32).  The answer is exact either way.
+    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 on the CPU,
+        bf16 on GPUs; a :class:`CorrelationIndex` uses bf16 on CPUs with AMX / AVX-512 BF16).
+        The answer is exact either way.
     block_size : reference images per block (default: about 128 MB of float32).
     client : a ``dask.distributed.Client``: shard the reference store across its workers
         (see :mod:`workbench.search.distributed`).

@@ -57,7 +57,7 @@ class CorrelationIndex:
         self.channel_index = _channel_index(self.reference, channels, shape[1])
         self.select = _Selector(self.image_shape, self.channel_index, mask)
         self.device = _pick_device(device)
-        self.dtype = _pick_precision(precision, self.device)
+        self.dtype = _pick_precision(precision, self.device, prepared=True)
         if block < 1:
             raise WorkbenchError(f"block must be >= 1 pixel, got {block}")
         self.block = int(block)
@@ -101,8 +101,8 @@ class CorrelationIndex:
         ``method="brute"`` screens every pair at full size; ``"pruned"`` first bounds every pair
         from block means (:mod:`workbench.search.pruned`) and screens only the pairs whose bound
         reaches a proven lower bound on the k-th best.  Both are exact.  ``"auto"`` is
-        ``"brute"`` for now: pruning already leaves ~1-3 % of pairs on brain slices, but its
-        screen still runs over whole columns of the block, so it is not yet faster (BENCHMARKS.md).
+        ``"brute"``: pruning leaves ~2-7 % of pairs on brain slices, but its screen still runs
+        over whole columns of the block, so it is not faster yet (BENCHMARKS.md).
         ``stats["full_fraction"]`` is the fraction of pairs evaluated at full size.
         """
         if method not in METHODS:
