@@ -10,26 +10,33 @@ float32 rate here) or float32, in slices of SCREEN_CHUNK pixels whose partial pr
 summed in float64.
 
 bf16: a per-pair bound.  Write x = x_h + x_l with x_h the bf16 copy of the unit vector x and
-x_l what rounding left (likewise y).  The screened value is s~ = sum_c fl_bf16(acc_c), acc_c the
-float32-accumulated product of slice c of x_h and y_h, and
+x_l what rounding left (likewise y).  Each slice c of SCREEN_CHUNK pixels is followed by an
+offset column (PAD, :func:`pad_slices`): 1 in the reference, -t_c in the query, with t_c a bf16
+number (the query's running k-th best times its share of energy in slice c).  So the product
+of slice c comes out as acc_c ~ x_h,c.y_h,c - t_c, accumulated in float32 and rounded to bf16
+relative to that small difference rather than to r.  The screened value is
+s~ = sum_c (fl_bf16(acc_c) + t_c), summed in float64, and
 
     |s~ - x.y| <= |x_l.y_h| + |x_h.y_l| + |x_l.y_l|              input rounding (exact split)
-                 + sum_c |acc_c - x_h,c.y_h,c|                   float32 accumulation
+                 + sum_c |acc_c - (x_h,c.y_h,c - t_c)|           float32 accumulation
                  + sum_c |fl_bf16(acc_c) - acc_c|                 output rounding
               <= ||x_l|| ||y_h|| + ||x_h|| ||y_l|| + ||x_l|| ||y_l||
-                 + gamma_n ||x_h|| ||y_h||  +  u/(1-u) sum_c |fl_bf16(acc_c)|  +  1e-7
+                 + gamma_n (||x_h|| ||y_h|| + sum_c |t_c|)
+                 + u/(1-u) sum_c |fl_bf16(acc_c)|  +  1e-7
 
-with gamma_n = n u32 / (1 - n u32), n = SCREEN_CHUNK, u32 = 2**-24, the worst-case float32
-accumulation error of an n-term dot product in any order (Higham, *Accuracy and Stability of
-Numerical Algorithms*, 2nd ed., eq. 3.5; Cauchy-Schwarz over the slices bounds
-sum_c ||x_h,c|| ||y_h,c|| by ||x_h|| ||y_h||), u = 2**-8 the unit roundoff of bf16 (round to
-nearest), and 1e-7 covering the final rounding of the float64 sum to float32.  The norms
-||x_h||, ||x_l|| are computed per vector in float64 (a CorrelationIndex stores them), so the
-bound costs a few element-wise operations per pair and is about 0.004-0.007 on brain slices,
-against 0.012 for the worst case over all unit vectors, which :func:`screen_error_bound` gives
-(2v + v^2 + 4 u32 + gamma_n (1 + v)^2 + v (1 + 2v + gamma_n), v = 2**-8).  Where the reference is
-normalised in float32 on the fly (``topk_correlation`` without an index) its ||y_l|| is taken
-from the float32 vector and 4 u32 is added for the float32 normalisation.
+with gamma_n = n u32 / (1 - n u32), n = SCREEN_CHUNK + 1 (a slice's pixels and its offset
+term), u32 = 2**-24, the worst-case float32 accumulation error of an n-term dot product in any
+order (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5;
+Cauchy-Schwarz over the slices bounds sum_c ||x_h,c|| ||y_h,c|| by ||x_h|| ||y_h||), u = 2**-8
+the unit roundoff of bf16 (round to nearest), and 1e-7 covering the final rounding of the
+float64 sum to float32.  Any offsets keep the bound valid; good ones only make it smaller.  The
+norms ||x_h||, ||x_l|| are computed per vector in float64 (a CorrelationIndex stores them), so
+the bound costs a few element-wise operations per pair and is about 0.003-0.005 near a query's
+k-th best on brain slices, against 0.012 for the worst case over all unit vectors without
+offsets, which :func:`screen_error_bound` gives (2v + v^2 + 4 u32 + gamma_n (1 + v)^2 +
+v (1 + 2v + gamma_n), v = 2**-8).  Where the reference is normalised in float32 on the fly
+(``topk_correlation`` without an index) its ||y_l|| is taken from the float32 vector and 4 u32
+is added for the float32 normalisation.
 
 float32: one bound for all pairs, the same formula with v = u32: eps ~ 0.00025 at any image
 size (5x256x256 included).
