@@ -86,9 +86,13 @@ def test_load_round_trips(checkpoint):
     assert config.channels == ("t1", "flair") and config.image_size == SIZE
     assert config.block_out_channels == (8, 16)
     saved = load_file(str(checkpoint / "model.safetensors"))
-    state = model.state_dict()
-    assert set(saved) == set(state)
-    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    state = model.state_dict()  # the EMA copy: sampling uses it
+    assert set(saved) == {f"unet.{k}" for k in state} | {f"ema.{k}" for k in state}
+    assert all(torch.equal(saved[f"ema.{k}"], state[k]) for k in state)
+    raw, _, _ = load_checkpoint(checkpoint, ema=False)
+    assert all(torch.equal(saved[f"unet.{k}"], v) for k, v in raw.state_dict().items())
+    # after 6 steps the average differs from the raw weights
+    assert any(not torch.equal(saved[f"unet.{k}"], saved[f"ema.{k}"]) for k in state)
     assert info["run"] == "run-a"
 
 
@@ -104,6 +108,12 @@ def test_config_json_round_trip_and_presets():
         DDPMConfig.from_dict(d)
     with pytest.raises(WorkbenchError, match="unknown DDPM preset"):
         DDPMConfig.preset("huge", image_size=64, channels=["a"])
+    d = DDPMConfig.preset("tiny", image_size=64, channels=["a"]).to_dict()
+    with pytest.raises(CheckpointError, match="'gan' model, not a 'ddpm'"):
+        DDPMConfig.from_dict({**d, "family": "gan"})
+    # a version-1 config (before families and class conditioning) still reads, unconditional
+    old = {k: v for k, v in d.items() if k not in ("family", "num_classes")}
+    assert DDPMConfig.from_dict({**old, "version": 1}).num_classes == 0
 
 
 def test_sample_writes_synthetic_store(checkpoint, tmp_path):
@@ -190,12 +200,12 @@ def test_save_checkpoint_refuses_to_overwrite(checkpoint):
     (dict(image_size=64), "cannot be overridden"),
 ])
 def test_bad_hyperparameters_fail_before_training(store, tmp_path, monkeypatch, kwargs, match):
-    import workbench.train as train_module
+    import workbench.models.ddpm as ddpm_module
 
     def no_model(*a, **k):  # training must not start
         raise AssertionError("build_unet was called")
 
-    monkeypatch.setattr(train_module, "build_unet", no_model)
+    monkeypatch.setattr(ddpm_module, "build_unet", no_model)
     with pytest.raises(WorkbenchError, match=match):
         train_ddpm(store, tmp_path / "ckpt", progress=False, **{**SMALL, **kwargs})
     assert not (tmp_path / "ckpt").exists()

@@ -1,12 +1,15 @@
-"""Sample a trained DDPM with DDIM into a synthetic SliceStore.
+"""Sample any trained model (DDPM, latent diffusion, GAN) into a synthetic SliceStore.
 
->>> synth = sample_ddpm("runs/demo/ckpt", "runs/demo/synthetic", n=64, seed=0)   # doctest: +SKIP
->>> synth.manifest[["model", "run", "seed", "sample_index"]].head()             # doctest: +SKIP
+>>> synth = sample_model("runs/demo/model", "runs/demo/synthetic", n=64, seed=0)   # doctest: +SKIP
+>>> synth.manifest[["model", "run", "seed", "sample_index", "label"]].head()     # doctest: +SKIP
 
 Every image has its own seed (the manifest's ``seed`` column), derived from the run seed and
-the image's ``sample_index``; the image depends only on that seed, the checkpoint, ``steps`` and
-``eta``, not on the batch it was made in (up to floating-point rounding), so one image can be
-remade with :func:`sample_images` and ``seeds=[...]``.
+the image's ``sample_index``; the image depends only on that seed, the checkpoint and the
+sampler settings, not on the batch it was made in (up to floating-point rounding), so one image
+can be remade alone.  Diffusion models sample with DDIM (``eta`` = 0: deterministic) or the
+ancestral DDPM sampler, with a chosen number of steps; the GAN uses its EMA generator with
+``truncation_psi`` and constant noise inputs.  A class-conditional model makes the ``labels``
+asked for (one label, one per image, or by default the classes in turn), written to ``label``.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import numpy as np
 
 from .data.store import SliceStore, StoreWriter
 from .errors import WorkbenchError
-from .models.ddpm import build_scheduler, load_checkpoint
+from .models.checkpoint import LoadedModel, load_model
+
+SAMPLERS = ("ddim", "ddpm")
 
 
 def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
@@ -26,118 +31,196 @@ def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
                      for i in range(start, start + n)], dtype=np.int64)
 
 
-def _ddim(config_dict, steps, device):
-    from diffusers import DDIMScheduler
+def diffusion_scheduler(config, sampler: str, steps: int, device):
+    """The DDIM or DDPM sampling scheduler for a diffusion config, set to ``steps`` steps."""
+    from diffusers import DDIMScheduler, DDPMScheduler
 
-    scheduler = DDIMScheduler.from_config(config_dict)
+    from .models import ddpm as ddpm_model
+
+    if config.family == "ldm":
+        from .models import ldm as ldm_model
+
+        base = ldm_model.build_scheduler(config)
+    else:
+        base = ddpm_model.build_scheduler(config)
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    scheduler = cls.from_config(base.config)
     scheduler.set_timesteps(steps, device=device)
     return scheduler
 
 
-def sample_images(model, scheduler_config, seeds, *, image_shape, steps: int = 50, eta: float = 0.0,
-                  bf16: bool = True, device=None, on_step=None):
-    """Denoise one batch: returns float32 numpy ``(len(seeds), C, H, W)`` in [0, 1].
-
-    ``seeds`` gives each image its own generator for the starting noise (and, with ``eta > 0``,
-    the per-step noise), so an image does not depend on the batch it is made in.
-    """
+def _denoise(unet, scheduler, seeds, shape, *, labels, eta, sampler, amp, device, on_step):
+    """Run the reverse process for one batch; every random draw comes from the image's own generator."""
     import torch
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    scheduler = _ddim(scheduler_config, steps, device)
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    x = torch.stack([torch.randn(image_shape, generator=g) for g in gens]).to(device)
-    x = x * scheduler.init_noise_sigma
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
+    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * scheduler.init_noise_sigma
+    class_labels = None if labels is None else torch.as_tensor(labels, device=device)
     with torch.no_grad():
         for t in scheduler.timesteps:
             with amp:
-                eps = model(x, t).sample
-            kwargs = {}
-            if eta > 0:
-                kwargs["variance_noise"] = torch.stack(
-                    [torch.randn(image_shape, generator=g) for g in gens]).to(device)
-            x = scheduler.step(eps.float(), t, x, eta=eta, **kwargs).prev_sample
+                out = unet(x, t, class_labels=class_labels).sample.float()
+            if sampler == "ddim":
+                kwargs = {"eta": float(eta)}
+                if eta > 0:
+                    kwargs["variance_noise"] = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+                x = scheduler.step(out, t, x, **kwargs).prev_sample
+            else:
+                # the ancestral sampler draws its noise from one generator per call: step image by image
+                # with each image's generator, so an image does not depend on the batch it is in
+                x = torch.cat([scheduler.step(out[i:i + 1], t, x[i:i + 1], generator=g).prev_sample
+                               for i, g in enumerate(gens)])
             if on_step is not None:
                 on_step()
+    return x
+
+
+def sample_images(loaded: LoadedModel, seeds, *, labels=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+                  truncation_psi: float = 1.0, bf16: bool = True, ema: bool = True, device=None, on_step=None):
+    """Make one batch of images: float32 numpy ``(len(seeds), C, H, W)`` in [0, 1]."""
+    import torch
+
+    config = loaded.config
+    net = loaded.sampling_module(ema=ema)
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
+    if config.family == "gan":
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        z = torch.stack([torch.randn(config.z_dim, generator=g) for g in gens]).to(device)
+        y = None if labels is None else torch.as_tensor(labels, device=device)
+        with torch.no_grad(), amp:
+            x = net(z, y, truncation_psi=truncation_psi, noise_mode="const")
+        if on_step is not None:
+            on_step()
+    elif config.family == "ddpm":
+        scheduler = diffusion_scheduler(config, sampler, steps, device)
+        shape = (config.in_channels, config.image_size, config.image_size)
+        x = _denoise(net, scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler, amp=amp,
+                     device=device, on_step=on_step)
+    elif config.family == "ldm":
+        from .models.ldm import decode
+
+        scale = float(loaded.info.get("latent_scale", 1.0))
+        scheduler = diffusion_scheduler(config, sampler, steps, device)
+        shape = (config.latent_channels, config.latent_size, config.latent_size)
+        z = _denoise(net, scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler, amp=amp,
+                     device=device, on_step=on_step)
+        with torch.no_grad():
+            x = decode(loaded.modules["autoencoder"], z / scale)
+    else:  # pragma: no cover
+        raise WorkbenchError(f"cannot sample a {config.family!r} model")
     return ((x.float().clamp(-1, 1) + 1) / 2).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-def sample_ddpm(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50, batch_size: int = 32,
-                eta: float = 0.0, bf16: bool = True, device=None, progress: bool = True,
-                overwrite: bool = False) -> SliceStore:
-    """Sample ``n`` images from a DDPM checkpoint with DDIM and write them as a synthetic SliceStore.
+def _labels_for(config, labels, n: int, checkpoint: Path):
+    classes = int(getattr(config, "num_classes", 0) or 0)
+    if not classes:
+        if labels is not None:
+            raise WorkbenchError(f"{checkpoint}: the model is not class-conditional; labels cannot be chosen")
+        return None
+    if labels is None:
+        return np.arange(n) % classes  # the classes in turn
+    arr = np.full(n, labels, dtype=np.int64) if np.ndim(labels) == 0 else np.asarray(labels, dtype=np.int64)
+    if arr.shape != (n,):
+        raise WorkbenchError(f"labels: give one label or one per image ({n}), got {len(arr)}")
+    if arr.min() < 0 or arr.max() >= classes:
+        raise WorkbenchError(f"labels must be in 0..{classes - 1} for {checkpoint}, got {sorted(set(arr.tolist()))}")
+    return arr
+
+
+def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                 eta: float = 0.0, labels=None, truncation_psi: float = 1.0, batch_size: int = 32, ema: bool = True,
+                 bf16: bool = True, device=None, progress: bool = True, overwrite: bool = False) -> SliceStore:
+    """Sample ``n`` images from a checkpoint of any family and write them as a synthetic SliceStore.
 
     Parameters
     ----------
-    checkpoint : checkpoint folder written by :func:`workbench.train.train_ddpm`.
+    checkpoint : a model folder written by :func:`workbench.train.train_model` (or one of its
+        ``checkpoints/step-…`` folders, to study how memorization grows with training).
     out : store folder to write (appears only when complete).
     n : number of images.
     seed : run seed; image ``i`` uses the seed in the manifest's ``seed`` column, derived from
         ``(seed, i)``.  Same seed, same images.
-    steps : DDIM inference steps.
-    batch_size : images denoised at once; each batch is written as soon as it is made.
+    steps : denoising steps (diffusion models).
+    sampler : ``"ddim"`` or ``"ddpm"`` (ancestral) for diffusion models.
     eta : DDIM noise (0: deterministic DDIM, 1: DDPM-like).
-    bf16 : bfloat16 autocast for the UNet (faster on CPUs with AMX and on GPUs).
+    labels : class label(s) for a class-conditional model: one int, one per image, or None (the
+        classes in turn).
+    truncation_psi : GAN truncation (1: none; smaller trades variety for typical images).
+    batch_size : images made at once; each batch is written as soon as it is made.
+    ema : use the EMA weights when the checkpoint has them.
+    bf16 : bfloat16 autocast (faster on CPUs with AMX and on GPUs).
     device : ``"cpu"``, ``"cuda"``... (default: CUDA when available).
-    progress : show a progress bar (denoising steps, with ETA).
+    progress : progress bar with ETA.
     overwrite : replace an existing store at ``out``.
 
-    Returns the synthetic store (opened).  Manifest rows have ``split="synthetic"``,
-    ``model="ddpm"``, ``run`` (from the checkpoint), ``seed`` (per image) and ``sample_index``.
+    Returns the synthetic store (opened).  Manifest rows have ``split="synthetic"``, ``model``
+    (the family), ``run`` (from the checkpoint), ``seed`` (per image), ``sample_index`` and
+    ``label`` (for conditional models).
     """
     import torch
     from tqdm.auto import tqdm
 
     for name, value, low in (("n", n, 1), ("steps", steps, 1), ("batch_size", batch_size, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise WorkbenchError(f"sample_ddpm: {name} must be an integer >= {low}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise WorkbenchError(f"sample: {name} must be an integer >= {low}, got {value!r}")
     if not 0 <= eta <= 1:
-        raise WorkbenchError(f"sample_ddpm: eta must be in [0, 1], got {eta!r}")
+        raise WorkbenchError(f"sample: eta must be in [0, 1], got {eta!r}")
+    if sampler not in SAMPLERS:
+        raise WorkbenchError(f"sample: sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not 0 <= truncation_psi <= 1:
+        raise WorkbenchError(f"sample: truncation_psi must be in [0, 1], got {truncation_psi!r}")
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, config, info = load_checkpoint(checkpoint, device=device)
-    if steps > config.num_train_timesteps:
-        raise WorkbenchError(f"sample_ddpm: steps={steps} exceeds the {config.num_train_timesteps} "
+    loaded = load_model(checkpoint, device=device)
+    config, info = loaded.config, loaded.info
+    family = config.family
+    diffusion = family in ("ddpm", "ldm")
+    if diffusion and steps > config.num_train_timesteps:
+        raise WorkbenchError(f"sample: steps={steps} exceeds the {config.num_train_timesteps} "
                              f"training timesteps of {checkpoint}")
-    scheduler_config = build_scheduler(config).config
+    all_labels = _labels_for(config, labels, n, checkpoint)
     run = info.get("run") or checkpoint.name
     seeds = image_seeds(seed, n)
     shape = (config.in_channels, config.image_size, config.image_size)
     meta = {
-        "model": "ddpm",
-        "checkpoint": str(checkpoint.resolve()),
-        "run": run,
-        "seed": int(seed),
-        "sampler": "ddim",
-        "steps": int(steps),
-        "eta": float(eta),
-        "bf16": bool(bf16),
-        "n": int(n),
-        "train_store": info.get("store"),
-        "train_steps": info.get("steps"),
+        "model": family, "checkpoint": str(checkpoint.resolve()), "run": run, "seed": int(seed),
+        "sampler": sampler if diffusion else "generator", "steps": int(steps) if diffusion else None,
+        "eta": float(eta) if diffusion else None, "truncation_psi": float(truncation_psi) if family == "gan" else None,
+        "ema": bool(ema), "bf16": bool(bf16), "n": int(n), "train_store": info.get("store"),
+        "train_steps": info.get("steps_done", info.get("steps")),
     }
     t0 = time.perf_counter()
-    n_batches = -(-n // batch_size)
-    bar = tqdm(total=n_batches * steps, desc=f"sample {run}", unit="step", disable=not progress)
+    per_batch = steps if diffusion else 1
+    bar = tqdm(total=-(-n // batch_size) * per_batch, desc=f"sample {family} {run}", unit="step",
+               disable=not progress)
     try:
         with StoreWriter(out, channels=config.channels, height=config.image_size, width=config.image_size,
                          kind="synthetic", meta=meta, overwrite=overwrite) as writer:
             for start in range(0, n, batch_size):
                 batch_seeds = seeds[start:start + batch_size]
-                images = sample_images(model, scheduler_config, batch_seeds, image_shape=shape, steps=steps,
-                                       eta=eta, bf16=bf16, device=device, on_step=lambda: bar.update(1))
-                rows = [{"split": "synthetic", "model": "ddpm", "run": run, "seed": int(s),
-                         "sample_index": start + i} for i, s in enumerate(batch_seeds)]
+                batch_labels = None if all_labels is None else all_labels[start:start + batch_size]
+                images = sample_images(loaded, batch_seeds, labels=batch_labels, steps=steps, sampler=sampler, eta=eta,
+                                       truncation_psi=truncation_psi, bf16=bf16, ema=ema, device=device,
+                                       on_step=lambda: bar.update(1))
+                rows = [{"split": "synthetic", "model": family, "run": run, "seed": int(s), "sample_index": start + i,
+                         "label": None if batch_labels is None else int(batch_labels[i])}
+                        for i, s in enumerate(batch_seeds)]
                 writer.append(images, rows)
                 bar.set_postfix(images=start + len(batch_seeds), refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     store = SliceStore.open(out)
-    print(f"wrote {n} synthetic images {shape} to {out} (DDIM {steps} steps from {checkpoint}, seed {seed}, "
-          f"{seconds:.0f} s)")
+    how = f"{sampler.upper()} {steps} steps" if diffusion else f"truncation {truncation_psi}"
+    print(f"wrote {n} synthetic images {shape} to {out} ({family.upper()}, {how}, from {checkpoint}, seed {seed}, "
+          f"{seconds:.0f} s, {n / max(seconds, 1e-9):.1f} images/s)")
     return store
+
+
+def sample_ddpm(checkpoint, out, **kwargs) -> SliceStore:
+    """:func:`sample_model` for a DDPM checkpoint (kept for older notebooks and scripts)."""
+    return sample_model(checkpoint, out, **kwargs)

@@ -1,17 +1,10 @@
-"""DDPM for multi-channel MRI slices: config, UNet, noise scheduler and checkpoints.
+"""DDPM for multi-channel MRI slices and X-rays: config, UNet, noise scheduler and checkpoints.
 
 One model per file, as in diffusers: :class:`DDPMConfig` holds every choice that shapes the
 network and the noise schedule and round-trips to JSON; :func:`build_unet` turns it into a
 diffusers ``UNet2DModel`` and :func:`build_scheduler` into the ``DDPMScheduler`` it was trained
-with.  A checkpoint is a folder::
-
-    checkpoint/
-      model.safetensors   the UNet weights (nothing is unpickled when loading)
-      config.json         DDPMConfig.to_dict()
-      training.json       steps, seed, loss history, training store path and rows, timing
-
-written under a temporary name and renamed when complete, so a killed run never leaves a
-checkpoint that looks finished.
+with.  Checkpoints are folders in the format shared by every family (:mod:`.checkpoint`), with
+the modules ``unet`` and (when trained with EMA) ``ema``.
 
 Example
 -------
@@ -22,19 +15,12 @@ Example
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..data.atomic import atomic_dir
-from ..errors import CheckpointError, WorkbenchError
-
-CONFIG_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TRAINING = "training.json"
+from .checkpoint import CONFIG, TRAINING, WEIGHTS, read_config, read_training_info  # noqa: F401
+from .config import ModelConfig, model_config
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -51,8 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class DDPMConfig:
+@model_config
+class DDPMConfig(ModelConfig):
     """Everything that shapes a DDPM: the UNet and its training noise schedule.
 
     Parameters
@@ -64,10 +50,18 @@ class DDPMConfig:
     attention : self-attention at the lowest resolution and in the middle block.
     attention_head_dim : channels per attention head.
     norm_num_groups : GroupNorm groups (must divide every entry of ``block_out_channels``).
-    num_train_timesteps, beta_schedule, beta_start, beta_end : the forward noise schedule.
+    num_train_timesteps, beta_schedule, beta_start, beta_end : the forward noise schedule
+        (``beta_schedule="squaredcos_cap_v2"`` is the cosine schedule).
     prediction_type : what the UNet predicts: ``"epsilon"`` (noise), ``"v_prediction"`` or ``"sample"``.
+    num_classes : 0 for an unconditional model; otherwise the number of class labels (e.g. 2:
+        tumour absent / present in the slice, normal / pneumonia) the UNet is conditioned on.
     preset : name of the preset it was made from (informative only).
     """
+
+    family: ClassVar[str] = "ddpm"
+    VERSION: ClassVar[int] = 2
+    PRESETS: ClassVar[dict] = PRESETS
+    TUPLE_FIELDS: ClassVar[tuple] = ("channels", "block_out_channels")
 
     image_size: int
     channels: tuple[str, ...]
@@ -81,45 +75,22 @@ class DDPMConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "epsilon"
+    num_classes: int = 0
     preset: str | None = None
-    version: int = field(default=CONFIG_VERSION)
+    version: int = field(default=2)
 
     def __post_init__(self):
-        self.channels = tuple(str(c) for c in self.channels)
+        super().__post_init__()
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-
-    # -- presets and checks ----------------------------------------------------------------
-    @classmethod
-    def preset(cls, name: str, *, image_size: int, channels, **overrides) -> "DDPMConfig":
-        """A config from a size preset (``"tiny"``, ``"small"``, ``"base"``), with overrides."""
-        if name not in PRESETS:
-            raise WorkbenchError(f"unknown DDPM preset {name!r}; choose one of {sorted(PRESETS)}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"image_size", "channels", "preset", "version"}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise WorkbenchError(f"unknown DDPM config option(s) {unknown}; valid options are {sorted(names)}")
-        values = {**PRESETS[name], **overrides}
-        config = cls(image_size=image_size, channels=channels, preset=name, **values)
-        config.validate()
-        return config
 
     @property
     def levels(self) -> int:
         return len(self.block_out_channels)
 
-    @property
-    def in_channels(self) -> int:
-        return len(self.channels)
-
     def validate(self) -> "DDPMConfig":
         """Raise :class:`WorkbenchError` with a plain message if the settings cannot work."""
-        def bad(msg):
-            raise WorkbenchError(f"DDPM config: {msg}")
-
-        if not isinstance(self.image_size, int) or self.image_size < 1:
-            bad(f"image_size must be a positive integer, got {self.image_size!r}")
-        if len(self.channels) < 1:
-            bad("channels is empty; the model needs at least one channel")
+        super().validate()
+        bad = self._bad
         if self.levels < 1 or min(self.block_out_channels) < 1:
             bad(f"block_out_channels must be positive integers, got {self.block_out_channels}")
         factor = 2 ** (self.levels - 1)
@@ -142,47 +113,9 @@ class DDPMConfig:
             bad(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.prediction_type not in PREDICTION_TYPES:
             bad(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0 or self.num_classes == 1:
+            bad(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
         return self
-
-    # -- JSON ------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
-        d["block_out_channels"] = list(self.block_out_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, *, source: str = "config") -> "DDPMConfig":
-        """Rebuild a config from :meth:`to_dict` output; unknown or missing keys are an error."""
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        missing = [n for n in names if n not in d]
-        if unknown or missing:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unknown:
-                parts.append(f"unknown keys {unknown}")
-            raise CheckpointError(f"{source}: not a DDPM config written by this workbench ({'; '.join(parts)})")
-        if d["version"] != CONFIG_VERSION:
-            raise CheckpointError(f"{source}: config version {d['version']!r}, this workbench reads {CONFIG_VERSION}")
-        try:
-            return cls(**d).validate()
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: invalid DDPM config ({err})") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "config.json") -> "DDPMConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{source}: not valid JSON ({err})") from None
-        return cls.from_dict(d, source=source)
 
 
 # -- model and scheduler -------------------------------------------------------------------
@@ -208,6 +141,7 @@ def build_unet(config: DDPMConfig):
         norm_num_groups=config.norm_num_groups,
         attention_head_dim=config.attention_head_dim,
         add_attention=config.attention,
+        num_class_embeds=config.num_classes or None,
     )
 
 
@@ -225,87 +159,24 @@ def build_scheduler(config: DDPMConfig):
     )
 
 
-# -- checkpoints ---------------------------------------------------------------------------
+# -- checkpoints (the folder format is shared by every family: see checkpoint.py) -----------------
 def save_checkpoint(path, model, config: DDPMConfig, training_info: dict | None = None, *,
-                    overwrite: bool = False) -> Path:
-    """Write ``model`` + ``config`` (+ ``training_info``) as a checkpoint folder, atomically."""
-    from safetensors.torch import save_file
+                    overwrite: bool = False, ema=None) -> Path:
+    """Write a UNet (and optionally its EMA copy) + config + training info as a checkpoint folder."""
+    from .checkpoint import save_model
 
-    path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(path, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "workbench": "ddpm"})
-        (tmp / CONFIG).write_text(config.to_json())
-        (tmp / TRAINING).write_text(json.dumps(training_info or {}, indent=2, default=str))
-    return path
+    modules = {"unet": model} if ema is None else {"unet": model, "ema": ema}
+    return save_model(path, modules, config, training_info, overwrite=overwrite)
 
 
-def read_config(path) -> DDPMConfig:
-    """The :class:`DDPMConfig` of a checkpoint folder, without loading weights."""
-    path = Path(path)
-    _check_folder(path)
-    file = path / CONFIG
-    try:
-        text = file.read_text()
-    except OSError as err:
-        raise CheckpointError(f"{file}: unreadable ({err})") from None
-    return DDPMConfig.from_json(text, source=str(file))
+def load_checkpoint(path, *, device: str = "cpu", ema: bool = True):
+    """Load a DDPM checkpoint folder: returns ``(unet, config, training_info)``, the UNet in eval mode.
 
-
-def read_training_info(path) -> dict:
-    """The ``training.json`` of a checkpoint folder (steps, seed, loss history, train rows...)."""
-    file = Path(path) / TRAINING
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete or was not written by the workbench")
-    try:
-        info = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: unreadable ({err})") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, found {type(info).__name__}")
-    return info
-
-
-def _check_folder(path: Path) -> None:
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no checkpoint here (folder does not exist)")
-    for name in (WEIGHTS, CONFIG, TRAINING):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: missing {name}; the checkpoint is incomplete or was not written by the workbench")
-
-
-def load_checkpoint(path, *, device: str = "cpu"):
-    """Load a checkpoint folder: returns ``(model, config, training_info)``; the model is in eval mode.
-
-    Weights are read with safetensors only (nothing is unpickled).  A missing or truncated file,
-    or weights that do not fit the config, raise :class:`CheckpointError` naming the file.
+    The UNet is the EMA copy when the checkpoint has one (and ``ema=True``).  Weights are read
+    with safetensors only (nothing is unpickled).  A missing or truncated file, a checkpoint of
+    another family, or weights that do not fit the config raise :class:`CheckpointError`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .checkpoint import load_model
 
-    path = Path(path)
-    config = read_config(path)
-    info = read_training_info(path)
-    file = path / WEIGHTS
-    try:
-        state = load_file(str(file), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{file}: unreadable or truncated ({err})") from None
-    model = build_unet(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        problems = []
-        if shapes:
-            problems.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {shapes[0]}")
-        if missing:
-            problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-        raise CheckpointError(f"{file}: weights do not match {path / CONFIG} ({'; '.join(problems)})")
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, config, info
+    loaded = load_model(path, family="ddpm", device=device)
+    return loaded.sampling_module(ema=ema), loaded.config, loaded.info

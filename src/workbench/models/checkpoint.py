@@ -1,0 +1,248 @@
+"""Checkpoint folders for every model family: safetensors weights, a JSON config, training info.
+
+A checkpoint is a folder::
+
+    checkpoint/
+      config.json          the family's config (``"family": "ddpm" | "gan" | "ldm"``)
+      model.safetensors    every module's weights, keys ``<module>.<tensor>`` (e.g. ``unet.…``,
+                           ``ema.…``, ``generator.…``); the module names are in the file's metadata
+      training.json        steps, seed, hyper-parameters, loss history, training store and rows
+      trainer.safetensors  optimizer tensors and RNG states  (resumable checkpoints only)
+      trainer.json         optimizer settings, EMA counters, step, history  (resumable only)
+
+Nothing is unpickled when loading: weights and optimizer state are safetensors, everything else
+is JSON.  A missing or truncated file, a config of another family, or weights that do not fit
+the config raise :class:`~workbench.errors.CheckpointError` naming the file.
+
+Which network each module name holds (the builders live in the family's model file):
+
+=========  ==========================================================================
+ddpm       ``unet``, ``ema`` (EMA of the UNet's weights)
+gan        ``generator``, ``generator_ema``, ``discriminator``
+ldm        ``autoencoder``, ``unet``, ``ema`` (EMA of the latent UNet), ``discriminator`` (patch)
+=========  ==========================================================================
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .config import ModelConfig, family_of
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINING = "training.json"
+REQUIRED = (WEIGHTS, CONFIG, TRAINING)
+
+#: family -> (module holding the config class, config class name, {module name: builder name})
+FAMILIES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "ddpm": ("workbench.models.ddpm", "DDPMConfig", {"unet": "build_unet", "ema": "build_unet"}),
+    "gan": ("workbench.models.gan", "GANConfig", {"generator": "build_generator", "generator_ema": "build_generator",
+                                                  "discriminator": "build_discriminator"}),
+    "ldm": ("workbench.models.ldm", "LDMConfig", {"autoencoder": "build_autoencoder", "unet": "build_latent_unet",
+                                                  "ema": "build_latent_unet",
+                                                  "discriminator": "build_patch_discriminator"}),
+}
+
+#: the module used to make images, in order of preference (EMA weights first)
+SAMPLING_MODULES = {"ddpm": ("ema", "unet"), "gan": ("generator_ema", "generator"), "ldm": ("ema", "unet")}
+
+
+def config_class(family: str):
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown model family {family!r}; this workbench has {sorted(FAMILIES)}")
+    module, name, _ = FAMILIES[family]
+    return getattr(importlib.import_module(module), name)
+
+
+def build_module(config: ModelConfig, name: str):
+    """A freshly initialised network ``name`` (e.g. ``"unet"``, ``"generator_ema"``) of ``config``'s family."""
+    module, _, builders = FAMILIES[config.family]
+    if name not in builders:
+        raise CheckpointError(f"a {config.family} model has no module {name!r} (it has {sorted(builders)})")
+    return getattr(importlib.import_module(module), builders[name])(config)
+
+
+# -- writing -------------------------------------------------------------------------------------
+def state_tensors(modules: dict) -> dict:
+    """``{"<module>.<key>": tensor}`` of every module's state dict, on the CPU and contiguous."""
+    out = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def write_model_files(folder, modules: dict, config: ModelConfig, info: dict) -> None:
+    """Write ``model.safetensors``, ``config.json`` and ``training.json`` into an existing folder.
+
+    ``training.json`` is written last, each file through a temporary name: a folder is a
+    complete checkpoint only once its ``training.json`` exists.
+    """
+    from safetensors.torch import save_file
+
+    from ..data.atomic import atomic_file
+
+    folder = Path(folder)
+    with atomic_file(folder / WEIGHTS) as tmp:
+        save_file(state_tensors(modules), str(tmp),
+                  metadata={"format": "pt", "workbench": config.family, "modules": ",".join(modules)})
+    with atomic_file(folder / CONFIG) as tmp:
+        tmp.write_text(config.to_json())
+    with atomic_file(folder / TRAINING) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+
+
+def save_model(path, modules: dict, config: ModelConfig, info: dict | None = None, *, overwrite: bool = False) -> Path:
+    """Write a checkpoint folder (weights + config + training info) atomically."""
+    from ..data.atomic import atomic_dir
+
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        write_model_files(tmp, modules, config, info or {})
+    return path
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no checkpoint here (folder does not exist)")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            hint = ""
+            ckpts = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
+            if ckpts:
+                hint = (f"; training has not finished: the latest checkpoint is {ckpts[-1]} "
+                        f"(train again with resume=True to continue, or load that folder)")
+            raise CheckpointError(f"{path}: missing {name}; the checkpoint is incomplete or was not written "
+                                  f"by the workbench{hint}")
+
+
+def read_config(path) -> ModelConfig:
+    """The config of a checkpoint folder (of whichever family), without loading weights."""
+    path = Path(path)
+    _check_folder(path)
+    file = path / CONFIG
+    try:
+        d = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable ({err})") from None
+    return config_class(family_of(d)).from_dict(d, source=str(file))
+
+
+def read_training_info(path) -> dict:
+    """The ``training.json`` of a checkpoint folder (steps, seed, loss history, train rows...)."""
+    file = Path(path) / TRAINING
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; the checkpoint is incomplete or was not written by the workbench")
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable ({err})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, found {type(info).__name__}")
+    return info
+
+
+def read_tensors(file: Path) -> tuple[dict, dict]:
+    """All tensors and the metadata of a safetensors file; a truncated file is a CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{file}: unreadable or truncated ({err})") from None
+    return tensors, meta
+
+
+def split_modules(tensors: dict, meta: dict, family: str, file: Path) -> dict[str, dict]:
+    """``{"unet": {key: tensor}, ...}`` from the prefixed keys of ``model.safetensors``."""
+    names = [n for n in meta.get("modules", "").split(",") if n]
+    if not names:  # version-1 DDPM checkpoints held the bare UNet
+        if family != "ddpm":
+            raise CheckpointError(f"{file}: no module list in the file's metadata; not written by this workbench")
+        return {"unet": tensors}
+    if meta.get("workbench") not in (None, family):
+        raise CheckpointError(f"{file}: weights of a {meta.get('workbench')!r} model but config.json says {family!r}")
+    out: dict[str, dict] = {n: {} for n in names}
+    for key, value in tensors.items():
+        name, _, rest = key.partition(".")
+        if name not in out:
+            raise CheckpointError(f"{file}: tensor {key!r} belongs to no module listed in the metadata {names}")
+        out[name][rest] = value
+    return out
+
+
+def load_state(module, state: dict, *, name: str, file: Path) -> None:
+    """Load ``state`` into ``module``; a mismatch is a CheckpointError that says what differs."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        problems = []
+        if shapes:
+            problems.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {shapes[0]}")
+        if missing:
+            problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+        raise CheckpointError(f"{file}: {name} weights do not match {file.parent / CONFIG} ({'; '.join(problems)})")
+    module.load_state_dict(state)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint in memory: its config, its networks (eval mode) and its training info."""
+
+    path: Path
+    config: ModelConfig
+    modules: dict
+    info: dict
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    def sampling_module(self, *, ema: bool = True):
+        """The network that makes images: the EMA copy when there is one (and ``ema``), else the raw one."""
+        order = SAMPLING_MODULES[self.family]
+        for name in (order if ema else order[1:]):
+            if name in self.modules:
+                return self.modules[name]
+        raise CheckpointError(f"{self.path}: has none of the modules {list(order)} needed to make images")
+
+
+def load_model(path, *, modules=None, family: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint folder of any family.
+
+    Parameters
+    ----------
+    path : checkpoint folder (a run's model folder or one of its ``checkpoints/step-…`` folders).
+    modules : names of the modules to load (default: all in the file).
+    family : if given, the checkpoint must be of this family (``"ddpm"``, ``"gan"``, ``"ldm"``).
+    device : where to put the networks.
+    """
+    path = Path(path)
+    config = read_config(path)
+    if family is not None and config.family != family:
+        raise CheckpointError(f"{path}: this is a {config.family!r} checkpoint, not a {family!r} one")
+    info = read_training_info(path)
+    file = path / WEIGHTS
+    tensors, meta = read_tensors(file)
+    states = split_modules(tensors, meta, config.family, file)
+    names = list(states) if modules is None else list(modules)
+    nets = {}
+    for name in names:
+        if name not in states:
+            raise CheckpointError(f"{file}: has no {name!r} weights (it has {sorted(states)})")
+        net = build_module(config, name)
+        load_state(net, states[name], name=name, file=file)
+        nets[name] = net.to(device).eval()
+    return LoadedModel(path=path, config=config, modules=nets, info=info)

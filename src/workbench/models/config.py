@@ -1,0 +1,150 @@
+"""Model configs that round-trip to JSON, shared by every model family (as diffusers' configs do).
+
+A family's config is a :func:`model_config` dataclass that subclasses :class:`ModelConfig`, sets ``family`` (the
+name written into ``config.json``, e.g. ``"ddpm"``, ``"gan"``, ``"ldm"``), ``PRESETS`` (size
+presets ``tiny`` / ``small`` / ``base``) and ``version``, and implements :meth:`validate` with
+plain-language messages.  It always has ``image_size`` and ``channels`` (they come from the
+training store), so a checkpoint says which images it can make.
+
+>>> from workbench.models import DDPMConfig
+>>> c = DDPMConfig.preset("tiny", image_size=64, channels=["t1", "flair"])
+>>> DDPMConfig.from_json(c.to_json()) == c
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar
+
+from ..errors import CheckpointError, WorkbenchError
+
+
+class _PresetConstructor:
+    """``Config.preset("tiny", ...)`` on the class; the ``preset`` field's value on an instance.
+
+    Every config has a field named ``preset`` (the preset it was made from, written to JSON) and
+    the friendly constructor ``Config.preset(name, ...)``; this descriptor lets both share the name.
+    """
+
+    def __get__(self, obj, owner):
+        if obj is None:
+            return owner.from_preset
+        return obj.__dict__.get("preset")
+
+
+def model_config(cls):
+    """Class decorator for a family's config: a dataclass whose ``preset`` is also a constructor."""
+    cls = dataclasses.dataclass(cls)
+    cls.preset = _PresetConstructor()
+    return cls
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every family's config: presets, validation, JSON round trip with clear errors."""
+
+    #: family name written into config.json ("ddpm", "gan", "ldm").
+    family: ClassVar[str] = "model"
+    #: config format version; older versions are read with the new fields at their defaults.
+    VERSION: ClassVar[int] = 1
+    #: size presets: name -> field values.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: fields that hold tuples (JSON lists) and are turned back into tuples.
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("channels",)
+
+    # -- presets and checks ----------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, *, image_size: int, channels, **overrides):
+        """A config from a size preset (``"tiny"``, ``"small"``, ``"base"``), with overrides."""
+        if name not in cls.PRESETS:
+            raise WorkbenchError(f"unknown {cls.family.upper()} preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        names = set(cls.option_names())
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise WorkbenchError(f"unknown {cls.family.upper()} config option(s) {unknown}; valid options are {sorted(names)}")
+        values = {**cls.PRESETS[name], **overrides}
+        config = cls(image_size=image_size, channels=channels, preset=name, **values)
+        return config.validate()
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Fields a user may set (everything but image_size, channels, preset and version)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("image_size", "channels", "preset", "version")]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def validate(self):
+        """Raise :class:`WorkbenchError` with a plain message if the settings cannot work."""
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            self._bad(f"image_size must be a positive integer, got {self.image_size!r}")
+        if len(self.channels) < 1:
+            self._bad("channels is empty; the model needs at least one channel")
+        return self
+
+    def _bad(self, msg: str):
+        raise WorkbenchError(f"{self.family.upper()} config: {msg}")
+
+    def __post_init__(self):
+        for name in self.TUPLE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(str(v) if name == "channels" else v for v in value))
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {"family": self.family}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config"):
+        """Rebuild a config from :meth:`to_dict` output; another family, unknown or missing keys are errors."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        d = dict(d)
+        family = d.pop("family", "ddpm")  # version-1 DDPM configs were written before families existed
+        if family != cls.family:
+            raise CheckpointError(f"{source}: this is a {family!r} model, not a {cls.family!r} model")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        version = d.get("version")
+        if not isinstance(version, int) or not 1 <= version <= cls.VERSION:
+            raise CheckpointError(f"{source}: config version {version!r}; this workbench reads {cls.family} "
+                                  f"configs of versions 1..{cls.VERSION}")
+        unknown = sorted(set(d) - set(fields))
+        has_default = {n for n, f in fields.items()
+                       if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        # an older version may lack fields added since; they take their defaults
+        missing = [n for n in fields if n not in d and not (version < cls.VERSION and n in has_default)]
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unknown:
+                parts.append(f"unknown keys {unknown}")
+            raise CheckpointError(f"{source}: not a {cls.family} config written by this workbench ({'; '.join(parts)})")
+        d["version"] = cls.VERSION
+        try:
+            return cls(**d).validate()
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: invalid {cls.family} config ({err})") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config.json"):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{source}: not valid JSON ({err})") from None
+        return cls.from_dict(d, source=source)
+
+
+def family_of(d: dict) -> str:
+    """The family named in a config dict (version-1 DDPM configs carry none)."""
+    return str(d.get("family", "ddpm")) if isinstance(d, dict) else "?"

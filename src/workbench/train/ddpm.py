@@ -1,0 +1,40 @@
+"""DDPM trainer: noise-prediction (or v / x0) MSE on a diffusers UNet, with EMA and optional class labels."""
+from __future__ import annotations
+
+from .trainer import Trainer
+
+
+class DDPMTrainer(Trainer):
+    family = "ddpm"
+    DEFAULT_LR = 2e-4
+    EMA_OF = {"ema": "unet"}
+
+    def build(self) -> None:
+        from ..models.ddpm import build_scheduler, build_unet
+
+        self.modules["unet"] = build_unet(self.config)
+        self.add_optimizer("unet", self.modules["unet"].parameters(), lr=self.lr)
+        self.alphas = build_scheduler(self.config).alphas_cumprod.to(self.device)
+
+    def step(self, x0, labels, step, generator):
+        import torch
+        import torch.nn.functional as F
+
+        unet, config = self.modules["unet"], self.config
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if config.prediction_type == "epsilon":
+            target = noise
+        elif config.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = x0
+        self.set_lr(step)
+        with self.amp:
+            pred = unet(xt, t, class_labels=labels).sample
+        loss = F.mse_loss(pred.float(), target)
+        self.optimize("unet", loss, unet)
+        self.update_ema("unet")
+        return {"loss": loss.item()}
