@@ -2,6 +2,8 @@
 
     workbench data phantom brain --subjects 10 --out data/phantom --seed 0
     workbench data prepare --source data/BraTS2021 --out runs/brats64/store --size 64
+    workbench data phantom xray --images 40 --out data/xray_phantom --seed 0
+    workbench data prepare-xray --source data/chest_xray --out runs/cxr64/store --size 64
     workbench train --store runs/brats64/store --out runs/brats64/model --steps 20000
     workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
     workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
@@ -20,9 +22,15 @@ from .errors import WorkbenchError
 def _add_data(sub):
     data = sub.add_parser("data", help="built-in phantoms and data preparation").add_subparsers(dest="data_command", required=True)
     ph = data.add_parser("phantom", help="write a built-in phantom dataset (generated, not patient data)")
-    ph.add_argument("kind", choices=["brain"], help="brain: BraTS-layout MRI volumes (t1, t1ce, t2, flair, seg)")
-    ph.add_argument("--subjects", type=int, default=10)
-    ph.add_argument("--out", required=True, help="folder to write the subject folders into")
+    ph.add_argument("kind", choices=["brain", "xray"],
+                    help="brain: BraTS-layout MRI volumes (t1, t1ce, t2, flair, seg); "
+                         "xray: Kermany-layout chest radiographs (train|test/NORMAL|PNEUMONIA/*.png)")
+    ph.add_argument("--subjects", type=int, default=None, help="brain: number of subjects (default 10)")
+    ph.add_argument("--images", type=int, default=None, help="xray: number of images (default 40)")
+    ph.add_argument("--pneumonia-fraction", type=float, default=None, help="xray: fraction of PNEUMONIA images (default 0.5)")
+    ph.add_argument("--test-fraction", type=float, default=None, help="xray: fraction of patients held out (default 0.25)")
+    ph.add_argument("--size", type=int, default=None, help="xray: image height in pixels (default 256)")
+    ph.add_argument("--out", required=True, help="folder to write the phantom into")
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--overwrite", action="store_true")
     pr = data.add_parser("prepare", help="slice a BraTS-layout folder into a SliceStore")
@@ -38,6 +46,17 @@ def _add_data(sub):
     pr.add_argument("--n-test", type=int, default=None, help="number of held-out subjects (overrides --test-fraction)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the subject split")
     pr.add_argument("--overwrite", action="store_true")
+    px = data.add_parser("prepare-xray", help="read a Kermany-layout chest X-ray folder into a SliceStore")
+    px.add_argument("--source", required=True, help="folder with train/ and test/ (and val/) of NORMAL/ and PNEUMONIA/")
+    px.add_argument("--out", required=True, help="SliceStore folder to write")
+    px.add_argument("--size", type=int, default=64, help="image size (64, 128, 256)")
+    px.add_argument("--fit", choices=["pad", "crop"], default="pad", help="make images square by padding or centre-cropping")
+    px.add_argument("--split", choices=["given", "image", "patient"], default="given",
+                    help="keep the folders' split, or re-split at random by image or by patient")
+    px.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction when re-splitting")
+    px.add_argument("--seed", type=int, default=0, help="seed of the re-split and of --max-images")
+    px.add_argument("--max-images", type=int, default=None, help="keep a seeded random subset of this many images")
+    px.add_argument("--overwrite", action="store_true")
 
 
 def _add_model(sub):
@@ -131,10 +150,24 @@ def _search(args) -> None:
 
 def run(args) -> None:
     if args.command == "data" and args.data_command == "phantom":
-        from .data.phantom import write_brain_phantom
+        own = {"brain": {"subjects"}, "xray": {"images", "pneumonia_fraction", "test_fraction", "size"}}
+        foreign = sorted(f"--{k.replace('_', '-')}" for kind, keys in own.items() if kind != args.kind
+                         for k in keys if getattr(args, k) is not None)
+        if foreign:
+            raise WorkbenchError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+                                 f"the {args.kind} phantom")
+        if args.kind == "brain":
+            from .data.phantom import write_brain_phantom
 
-        write_brain_phantom(args.out, subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
-        print(f"wrote {args.subjects} phantom subject(s) to {args.out} (generated, not patient data)")
+            subjects = 10 if args.subjects is None else args.subjects
+            write_brain_phantom(args.out, subjects=subjects, seed=args.seed, overwrite=args.overwrite)
+            print(f"wrote {subjects} phantom subject(s) to {args.out} (generated, not patient data)")
+        else:
+            from .data.xray_phantom import write_xray_phantom
+
+            given = {k: getattr(args, k) for k in own["xray"] if getattr(args, k) is not None}
+            out = write_xray_phantom(args.out, seed=args.seed, overwrite=args.overwrite, **given)
+            print(f"wrote {given.get('images', 40)} phantom chest X-ray(s) to {out} (generated, not patient data)")
     elif args.command == "data" and args.data_command == "prepare":
         from .data.prepare import prepare_brats_store
 
@@ -142,6 +175,12 @@ def run(args) -> None:
                             size=args.size, reference=args.reference, min_foreground=args.min_foreground,
                             scaling=args.scaling, percentile=args.percentile, test_fraction=args.test_fraction,
                             n_test=args.n_test, seed=args.seed, overwrite=args.overwrite)
+    elif args.command == "data" and args.data_command == "prepare-xray":
+        from .data.xray import prepare_xray_store
+
+        prepare_xray_store(args.source, args.out, size=args.size, fit=args.fit, split=args.split,
+                           test_fraction=args.test_fraction, seed=args.seed, max_images=args.max_images,
+                           overwrite=args.overwrite)
     elif args.command == "train":
         from .data.store import SliceStore
         from .train import train_ddpm
