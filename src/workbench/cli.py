@@ -5,6 +5,7 @@
     workbench data phantom xray --images 40 --out data/xray_phantom --seed 0
     workbench data prepare-xray --source data/chest_xray --out runs/cxr64/store --size 64
     workbench train --store runs/brats64/store --out runs/brats64/model --steps 20000
+    workbench train --model gan --store runs/cxr64/store --out runs/cxr64/gan --steps 5000 --conditional --resume
     workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
     workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
     workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
@@ -60,22 +61,36 @@ def _add_data(sub):
 
 
 def _add_model(sub):
-    tr = sub.add_parser("train", help="train a DDPM on a store's train split")
+    tr = sub.add_parser("train", help="train a DDPM, latent diffusion model or GAN on a store's train split")
     tr.add_argument("--store", required=True)
-    tr.add_argument("--out", required=True, help="checkpoint folder")
+    tr.add_argument("--out", required=True, help="run folder (model + checkpoints)")
+    tr.add_argument("--model", default="ddpm", choices=["ddpm", "ldm", "gan"])
     tr.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--lr", type=float, default=None, help="learning rate (default: the family's)")
+    tr.add_argument("--warmup-steps", type=int, default=0)
     tr.add_argument("--max-images", type=int, default=None)
+    tr.add_argument("--augment", default=None, help="none, flip, affine or flip,affine")
+    tr.add_argument("--conditional", action="store_true", help="condition on the manifest's label column")
+    tr.add_argument("--no-ema", action="store_true", help="keep no EMA copy of the weights")
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--no-bf16", action="store_true", help="train in float32")
+    tr.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="model-config or family option, e.g. --option beta_schedule squaredcos_cap_v2, "
+                         "--option ae_steps 2000, --option diffaugment color,translation (VALUE read as JSON when it parses)")
     tr.add_argument("--overwrite", action="store_true")
-    sa = sub.add_parser("sample", help="sample a synthetic SliceStore from a checkpoint")
+    sa = sub.add_parser("sample", help="sample a synthetic SliceStore from a checkpoint of any family")
     sa.add_argument("--checkpoint", required=True)
     sa.add_argument("--out", required=True)
     sa.add_argument("--n", type=int, default=64)
-    sa.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    sa.add_argument("--steps", type=int, default=50, help="denoising steps (diffusion models)")
+    sa.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    sa.add_argument("--eta", type=float, default=0.0)
+    sa.add_argument("--labels", default=None, help="class label(s) for a conditional model: one, or comma-separated per image")
+    sa.add_argument("--truncation-psi", type=float, default=1.0, help="GAN truncation")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--batch-size", type=int, default=32)
     sa.add_argument("--overwrite", action="store_true")
@@ -183,16 +198,25 @@ def run(args) -> None:
                            overwrite=args.overwrite)
     elif args.command == "train":
         from .data.store import SliceStore
-        from .train import train_ddpm
+        from .runs.notebook import parse_value
+        from .train import train_model
 
-        train_ddpm(SliceStore.open(args.store).where(split="train"), args.out, preset=args.preset, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, max_images=args.max_images, seed=args.seed,
-                   bf16=not args.no_bf16, overwrite=args.overwrite)
+        options = {name: parse_value(value) for name, value in args.option}
+        train_model(SliceStore.open(args.store).where(split="train"), args.out, model=args.model, preset=args.preset,
+                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                    max_images=args.max_images, augment=args.augment, conditional=args.conditional,
+                    ema=not args.no_ema, checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+                    bf16=not args.no_bf16, overwrite=args.overwrite, **options)
     elif args.command == "sample":
-        from .sample import sample_ddpm
+        from .sample import sample_model
 
-        sample_ddpm(args.checkpoint, args.out, n=args.n, steps=args.steps, seed=args.seed,
-                    batch_size=args.batch_size, overwrite=args.overwrite)
+        labels = None
+        if args.labels:
+            values = [int(v) for v in args.labels.split(",") if v.strip()]
+            labels = values[0] if len(values) == 1 else values
+        sample_model(args.checkpoint, args.out, n=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                     labels=labels, truncation_psi=args.truncation_psi, seed=args.seed, batch_size=args.batch_size,
+                     overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
     elif args.command == "run":

@@ -106,7 +106,7 @@ def sample_images(loaded: LoadedModel, seeds, *, labels=None, steps: int = 50, s
         z = _denoise(net, scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler, amp=amp,
                      device=device, on_step=on_step)
         with torch.no_grad():
-            x = decode(loaded.modules["autoencoder"], z / scale)
+            x = decode(loaded.modules["autoencoder"], z.float(), scale=scale)
     else:  # pragma: no cover
         raise WorkbenchError(f"cannot sample a {config.family!r} model")
     return ((x.float().clamp(-1, 1) + 1) / 2).clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -41,7 +41,7 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
         ("01_prepare_data", dict(source=str(phantom), phantom_subjects=s["phantom_subjects"], phantom_seed=s["seed"], phantom_overwrite=True,
                                  store=str(store), size=s["size"], n_test=s["n_test"], split_seed=s["seed"],
                                  overwrite=True)),
-        ("02_train", dict(store=str(store), out=str(model), preset=s["preset"], steps=s["steps"],
+        ("02_train", dict(store=str(store), out=str(model), model="ddpm", preset=s["preset"], steps=s["steps"],
                           batch_size=s["batch_size"], lr=s["lr"], warmup_steps=s["warmup_steps"],
                           prediction_type=s["prediction_type"], beta_schedule=s["beta_schedule"],
                           max_images=s["max_images"], seed=s["seed"],

@@ -212,7 +212,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     run_name : name written into the checkpoint and the samples' manifest (default: ``out``'s name).
     callback : ``callback(step, loss)`` at every logged step (e.g. a live plot).
     **kwargs : model-config options (e.g. ``beta_schedule="squaredcos_cap_v2"``, ``r1_gamma=1.0``)
-        and family training options (e.g. ``ae_steps`` for the LDM, ``r1_interval`` for the GAN).
+        and family training options (e.g. ``ae_steps`` for the LDM, ``r1_interval`` for the GAN);
+        a value of None keeps the preset's (so notebooks can pass every option).
 
     Returns ``out``.  Hyper-parameters out of range raise :class:`WorkbenchError` before any work.
     """
@@ -224,6 +225,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     _check_hyperparameters(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                            max_images=max_images, log_every=log_every, checkpoint_every=checkpoint_every,
                            keep_checkpoints=keep_checkpoints, ema_decay=ema_decay, grad_clip=grad_clip)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: keep the preset's value
     config_overrides, options = _split_kwargs(trainer_cls, kwargs)
     trainer_cls.check_options({**trainer_cls.OPTIONS, **options})
     if not isinstance(store, SliceStore):
@@ -294,6 +296,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     torch.manual_seed(seed)
     trainer = trainer_cls(config, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, ema=ema,
                           ema_decay=ema_decay, ema_power=ema_power, bf16=bf16, device=device, options=options)
+    trainer.view = view  # the LDM measures its latent scale and reconstruction error on it
     start, history, elapsed, resumed_at = 0, {}, 0.0, []
     if source is not None:
         tensors, doc = read_trainer_state(source)
@@ -374,14 +377,13 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
                                          f"(try a lower lr than {lr} or bf16=False)")
                 window.setdefault(name, []).append(value)
             if step % log_every == 0 or step == total:
-                for name, values in window.items():
-                    history.setdefault(name, []).append([step, float(np.mean(values))])
+                logged = {name: float(np.mean(values)) for name, values in window.items()}
+                for name, value in logged.items():
+                    history.setdefault(name, []).append([step, value])
                 window = {}
-                main = history.get(trainer.MAIN_LOSS)
-                if main:
-                    bar.set_postfix({trainer.MAIN_LOSS: f"{main[-1][1]:.4f}"}, refresh=False)
-                    if callback is not None:
-                        callback(step, main[-1][1])
+                bar.set_postfix({k: f"{v:.4f}" for k, v in list(logged.items())[:3]}, refresh=False)
+                if callback is not None and logged:
+                    callback(step, logged.get(trainer.MAIN_LOSS, next(iter(logged.values()))))
             bar.update(batch_size)
             if checkpoint_every and step % checkpoint_every == 0 and step < total:
                 checkpoint(step, elapsed + time.perf_counter() - t0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
@@ -103,6 +104,26 @@ def loss_curve(history, *, title: str = "training loss") -> go.Figure:
     return fig
 
 
+def loss_curves(losses: dict, *, title: str = "training losses") -> go.Figure:
+    """Every logged loss of a run (``training.json``'s ``losses``: name -> ``[[step, value], ...]``).
+
+    GAN runs log the generator and discriminator losses (and R1), latent diffusion the
+    autoencoder's parts then the UNet's loss; each gets its own line.  The y axis is logarithmic
+    when every value is positive.
+    """
+    fig = go.Figure()
+    positive = True
+    for name, pairs in losses.items():
+        arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
+        if not len(arr):
+            continue
+        positive &= bool((arr[:, 1] > 0).all())
+        fig.add_trace(go.Scatter(x=arr[:, 0], y=arr[:, 1], mode="lines", name=name))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", yaxis_type="log" if positive else "linear",
+                      height=350, margin=dict(t=50, b=40))
+    return fig
+
+
 def channel_grid(images: np.ndarray, channel_names, *, titles=None, size: int = 130) -> go.Figure:
     """Rows = channels, columns = images ``(n, C, H, W)``: every contrast of a few slices at once."""
     n, c = images.shape[:2]
@@ -122,5 +143,9 @@ def store_overview(store, *, subjects: int = 4, size: int = 130) -> go.Figure:
     """The middle kept slice of the first few subjects of a store, every channel."""
     m = store.manifest.reset_index(drop=True)
     pos = [int(g.index[len(g) // 2]) for _, g in list(m.groupby("subject", sort=True))[:subjects]]
-    titles = [f"{m.loc[p, 'subject']} z={m.loc[p, 'z']}" for p in pos]
+    def title(p):
+        z, label = m.loc[p, "z"], m.loc[p, "label"]
+        return f"{m.loc[p, 'subject']} " + (f"z={z}" if not pd.isna(z) else f"label={label}")
+
+    titles = [title(p) for p in pos]
     return channel_grid(store.read(pos), store.channels, titles=titles, size=size)
