@@ -133,6 +133,9 @@ def test_checkpoint_of_another_family_or_channel_count_is_refused(store, tmp_pat
     out = train_model(train, tmp_path / "run", model="ddpm", **kwargs)
     with pytest.raises(CheckpointError, match="'ddpm' checkpoint, not a 'gan'"):
         load_model(out, family="gan")
+    # resuming a DDPM run as a GAN is refused before any weights are touched
+    with pytest.raises(CheckpointError, match="model: checkpoint 'ddpm' vs now 'gan'"):
+        train_model(train, out, model="gan", resume=True, **COMMON)
     one_channel = tmp_path / "one"
     with StoreWriter(one_channel, channels=["t1"], height=SIZE, width=SIZE) as w:
         w.append(np.zeros((4, 1, SIZE, SIZE), np.float32), [{"split": "train"}] * 4)

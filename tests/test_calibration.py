@@ -1,0 +1,77 @@
+"""Calibrated thresholds, copy rates with bootstrap intervals, and the patient-level view."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.memorization.calibration import baseline_threshold, check_threshold, copy_rates, dar_threshold
+from workbench.memorization.patients import copy_matches, patient_figure, patient_table
+
+
+def test_thresholds_are_the_stated_quantiles():
+    rng = np.random.default_rng(0)
+    train_to_test = rng.uniform(0.5, 0.9, 200)
+    test_to_train = rng.uniform(0.6, 0.95, 80)
+    dar = dar_threshold(train_to_test, similarity="pixel r")
+    assert dar.value == pytest.approx(np.quantile(train_to_test, 0.95))
+    assert dar.rule == "dar95" and dar.n_calibration == 200 and "Dar et al." in dar.description
+    base = baseline_threshold(test_to_train, quantile=0.99)
+    assert base.value == pytest.approx(np.quantile(test_to_train, 0.99))
+    assert "1% of novel images" in base.description
+
+
+def test_bad_calibration_input_is_refused():
+    with pytest.raises(WorkbenchError, match="only 5 held-out images"):
+        baseline_threshold(np.full(5, 0.5))
+    with pytest.raises(WorkbenchError, match=r"\[-1, 1\]"):
+        dar_threshold(np.linspace(0, 1.5, 50))
+    for bad in (1.2, -3, "0.9", True):
+        with pytest.raises(WorkbenchError, match=r"threshold must be a number in \[-1, 1\]"):
+            check_threshold(bad)
+    assert check_threshold(0.9) == 0.9
+
+
+def test_copy_rates_count_synthetic_images_training_images_and_subjects():
+    tau = dar_threshold(np.linspace(0.0, 0.9, 100))  # 95th percentile = 0.855
+    sims = np.array([0.99, 0.5, 0.97, 0.2, 0.95, 0.86])
+    match = np.array([0, 1, 0, 2, 3, 4])
+    subjects = np.array(["A", "A", "B", "C", "C"])
+    rates = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, bootstrap=500, seed=1)
+    assert rates.synthetic_copies == 4  # 0.99, 0.97, 0.95, 0.86 > 0.855
+    assert rates.synthetic_copy_fraction.value == pytest.approx(4 / 6)
+    assert rates.copied_train_rows == [0, 3, 4] and rates.train_copied_fraction.value == pytest.approx(3 / 5)
+    assert rates.subjects_copied == 2 and rates.subjects_copied_fraction.value == pytest.approx(2 / 3)  # A and C
+    for interval in (rates.synthetic_copy_fraction, rates.train_copied_fraction, rates.subjects_copied_fraction):
+        assert 0 <= interval.low <= interval.value <= interval.high <= 1
+    assert rates.synthetic_copy_fraction.low < rates.synthetic_copy_fraction.high  # a real interval
+    again = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, bootstrap=500, seed=1)
+    assert again.as_dict() == rates.as_dict()
+    assert "4 of 6 synthetic images are copies" in rates.summary()
+    with pytest.raises(WorkbenchError, match="outside the 5 training images"):
+        copy_rates(sims, match + 5, tau, n_train=5)
+
+
+def _manifest():
+    rows = [{"subject": s, "z": z} for s in ("A", "B") for z in range(5)]
+    return pd.DataFrame(rows)
+
+
+def test_patient_table_finds_copied_subjects_slices_and_adjacent_runner_ups():
+    m = _manifest()  # positions: A z0..4 -> 0..4, B z0..4 -> 5..9
+    values = np.array([[0.99, 0.97], [0.98, 0.90], [0.40, 0.30], [0.95, 0.94]])
+    indices = np.array([[2, 3], [2, 7], [5, 6], [8, 9]])  # A z2 (runner-up A z3), A z2 (runner-up B z2), -, B z3 (B z4)
+    matches = copy_matches(values, indices, m, 0.9)
+    assert matches["synthetic"].tolist() == [0, 1, 3]
+    assert matches["runner_up_adjacent"].tolist() == [True, False, True]
+    table = patient_table(values, indices, m, 0.9)
+    assert table.loc["A", "copies"] == 2 and table.loc["A", "copied_slices"] == 1 and table.loc["A", "copied_z"] == [2]
+    assert table.loc["A", "runner_up_adjacent"] == pytest.approx(0.5)
+    assert table.loc["B", "copies"] == 1 and table.loc["B", "copied_z"] == [3]
+    assert table.index[0] == "A"  # most copies first
+    fig = patient_figure(values, indices, m, 0.9)
+    assert len(fig.data) == 1 and sorted(fig.data[0].x.tolist()) == [2, 3]
+    # nothing above the threshold: every subject listed with zero copies
+    none = patient_table(values, indices, m, 0.999)
+    assert none["copies"].sum() == 0 and len(none) == 2
