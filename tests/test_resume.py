@@ -26,7 +26,7 @@ SIZE = 16
 FAMILIES = {
     "ddpm": dict(block_out_channels=(8, 16), norm_num_groups=4),
     "gan": dict(preset="tiny", r1_interval=2, diffaugment="color,translation,cutout", conditional=True),
-    "ldm": dict(preset="tiny", ae_steps=4, conditional=True),
+    "ldm": dict(preset="tiny", ae_steps=4, conditional=True, disc_weight=0.5, disc_start=2, disc_layers=2),
 }
 COMMON = dict(steps=9, batch_size=2, max_images=4, seed=5, checkpoint_every=3, log_every=1, progress=False,
               augment="flip,affine", lr=1e-3)

@@ -234,3 +234,37 @@ def test_v_prediction_cosine_round_trip(store, tmp_path):
     assert np.isfinite(info["final_loss"])
     synth = sample_ddpm(ckpt, tmp_path / "s", n=2, steps=2, progress=False)
     assert synth.shape == (2, 2, SIZE, SIZE)
+
+
+def test_ancestral_ddpm_sampler_is_per_image_and_seeded(checkpoint, tmp_path):
+    a = sample_ddpm(checkpoint, tmp_path / "a", n=3, seed=2, steps=4, sampler="ddpm", batch_size=3, bf16=False,
+                    progress=False)
+    b = sample_ddpm(checkpoint, tmp_path / "b", n=3, seed=2, steps=4, sampler="ddpm", batch_size=1, bf16=False,
+                    progress=False)
+    np.testing.assert_allclose(a.to_array(), b.to_array(), atol=1e-5)  # an image does not depend on its batch
+    ddim = sample_ddpm(checkpoint, tmp_path / "c", n=3, seed=2, steps=4, sampler="ddim", bf16=False, progress=False)
+    assert not np.allclose(a.to_array(), ddim.to_array())
+    assert a.meta["sampler"] == "ddpm"
+    with pytest.raises(WorkbenchError, match="sampler must be one of"):
+        sample_ddpm(checkpoint, tmp_path / "d", n=1, sampler="euler", progress=False)
+    with pytest.raises(WorkbenchError, match="not class-conditional"):
+        sample_ddpm(checkpoint, tmp_path / "e", n=1, labels=1, progress=False)
+
+
+def test_augmentation_is_seeded_keeps_labels_and_range():
+    from workbench.train.augment import Augment
+
+    x = torch.zeros(4, 2, 16, 16)
+    x[:, 0, 4:12, 3:9] = 0.8
+    x[:, 1, 6:10, 5:8] = 0.5  # a label channel: values {0, 0.5}
+    aug = Augment.parse("flip,affine", label_channels=[1])
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    c = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    assert set(torch.unique(a[:, 1]).tolist()) <= {0.0, 0.5}  # nearest neighbour: still labels
+    assert not torch.equal(a, x)
+    assert Augment.parse("none").enabled is False and Augment.parse(None).describe() == "none"
+    with pytest.raises(WorkbenchError, match="unknown transform"):
+        Augment.parse("flip,elastic")

@@ -8,6 +8,8 @@
     workbench train --model gan --store runs/cxr64/store --out runs/cxr64/gan --steps 5000 --conditional --resume
     workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
     workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
+    workbench detector --store runs/brats64/store --out runs/brats64/detector
+    workbench release --synthetic runs/brats64/synthetic --reference runs/brats64/store --detector runs/brats64/detector --out runs/brats64/release
     workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
     workbench demo --out runs/demo
 """
@@ -112,6 +114,27 @@ def _add_search(sub):
     se.add_argument("--out", required=True, help="matches table (.parquet or .csv)")
 
 
+def _add_release(sub):
+    de = sub.add_parser("detector", help="train the self-supervised copy detector on a store's train split")
+    de.add_argument("--store", required=True)
+    de.add_argument("--out", required=True, help="detector folder")
+    de.add_argument("--steps", type=int, default=300)
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--overwrite", action="store_true")
+    re = sub.add_parser("release", help="write only the synthetic images that are not copies, with a report")
+    re.add_argument("--synthetic", required=True, help="SliceStore of synthetic images")
+    re.add_argument("--reference", required=True, help="SliceStore with train and test splits (calibration)")
+    re.add_argument("--out", required=True)
+    re.add_argument("--checkpoint", default=None,
+                    help="compare with exactly the images this model was trained on (its training view)")
+    re.add_argument("--detector", default=None, help="trained copy detector folder (default: pixel r only)")
+    re.add_argument("--rule", default="dar95", choices=["dar95", "test_quantile"])
+    re.add_argument("--quantile", type=float, default=0.95, help="quantile of the test_quantile rule")
+    re.add_argument("--format", default="png", choices=["png", "nifti"])
+    re.add_argument("--show-training", action="store_true", help="show matched training slices in the report")
+    re.add_argument("--overwrite", action="store_true")
+
+
 def _add_runs(sub):
     ru = sub.add_parser("run", help="execute a notebook through papermill into a run folder")
     ru.add_argument("notebook", help="01_prepare_data, 02_train, 03_sample, 04_memorization or a path")
@@ -132,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_model(sub)
     _add_search(sub)
+    _add_release(sub)
     _add_runs(sub)
     return parser
 
@@ -219,6 +243,23 @@ def run(args) -> None:
                      overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
+    elif args.command == "detector":
+        from .data.store import SliceStore
+        from .memorization.detector import train_detector
+
+        train_detector(SliceStore.open(args.store).where(split="train"), args.out, steps=args.steps, seed=args.seed,
+                       overwrite=args.overwrite)
+    elif args.command == "release":
+        from .memorization.release import release_gate
+
+        train = None
+        if args.checkpoint:
+            from .train import training_view
+
+            train = training_view(args.checkpoint)
+        release_gate(args.synthetic, args.reference, args.out, train=train, detector=args.detector, rule=args.rule,
+                     quantile=args.quantile, fmt=args.format, show_training=args.show_training,
+                     overwrite=args.overwrite)
     elif args.command == "run":
         from .runs.notebook import parse_value, run_notebook
 

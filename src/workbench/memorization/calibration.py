@@ -27,8 +27,12 @@ import numpy as np
 
 from ..errors import WorkbenchError
 
-#: fewer held-out (or training) images than this cannot calibrate a 95th percentile meaningfully
+#: fewer held-out images than this cannot calibrate a 95th percentile meaningfully
 MIN_CALIBRATION_IMAGES = 20
+#: Dar et al.'s rule takes the quantile over the *training* images, which may be few (small training
+#: sets are what models memorize); below this many it is refused, and below MIN_CALIBRATION_IMAGES
+#: its description warns that the quantile is uncertain
+MIN_DAR_TRAINING_IMAGES = 5
 
 
 @dataclass
@@ -63,11 +67,12 @@ def check_threshold(value: float) -> float:
     return float(value)
 
 
-def _quantile(values: np.ndarray, q: float, name: str, rule: str) -> tuple[float, int]:
+def _quantile(values: np.ndarray, q: float, name: str, rule: str, minimum: int = MIN_CALIBRATION_IMAGES,
+              hint: str = "hold out more test images or subjects") -> tuple[float, int]:
     finite = values[np.isfinite(values)]
-    if finite.size < MIN_CALIBRATION_IMAGES:
-        raise WorkbenchError(f"{rule}: only {finite.size} {name} to calibrate on; at least {MIN_CALIBRATION_IMAGES} "
-                             f"are needed (hold out more test images or subjects)")
+    if finite.size < minimum:
+        raise WorkbenchError(f"{rule}: only {finite.size} {name} to calibrate on; at least {minimum} "
+                             f"are needed ({hint})")
     return float(np.quantile(finite, q, method="linear")), int(finite.size)
 
 
@@ -77,10 +82,12 @@ def dar_threshold(train_to_test_max, *, quantile: float = 0.95, similarity: str 
     if not 0 < quantile < 1:
         raise WorkbenchError(f"quantile must be in (0, 1), got {quantile!r}")
     values = _check_similarities(train_to_test_max, "train_to_test_max")
-    tau, n = _quantile(values, quantile, "training images with a held-out neighbour", "Dar et al.'s rule")
+    tau, n = _quantile(values, quantile, "training images", "Dar et al.'s rule", MIN_DAR_TRAINING_IMAGES,
+                       "train on more images or use the test-quantile rule")
+    caveat = f" (only {n} training images: this quantile is uncertain)" if n < MIN_CALIBRATION_IMAGES else ""
     return Threshold(tau, "dar95" if quantile == 0.95 else "dar", quantile, similarity, n,
                      f"{quantile:.0%} quantile over {n} training images of the {similarity} with their nearest "
-                     f"held-out image ({data}); Dar et al. 2024")
+                     f"held-out image ({data}); Dar et al. 2024{caveat}")
 
 
 def baseline_threshold(test_to_train_max, *, quantile: float = 0.95, similarity: str = "pixel r",

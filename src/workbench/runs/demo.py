@@ -28,6 +28,7 @@ DEMO = {
     "max_images": 8,
     "samples": 64,
     "ddim_steps": 50,
+    "detector_steps": 300,
     "seed": 0,
 }
 
@@ -48,7 +49,8 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
                           run_name="demo", overwrite=True)),
         ("03_sample", dict(checkpoint=str(model), out=str(synthetic), n=s["samples"], steps=s["ddim_steps"],
                            seed=s["seed"] + 1, overwrite=True)),
-        ("04_memorization", dict(checkpoint=str(model), synthetic=str(synthetic), out=str(out))),
+        ("04_memorization", dict(checkpoint=str(model), synthetic=str(synthetic), out=str(out),
+                                 detector_steps=s["detector_steps"], seed=s["seed"])),
     ]
 
 

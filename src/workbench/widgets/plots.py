@@ -124,6 +124,39 @@ def loss_curves(losses: dict, *, title: str = "training losses") -> go.Figure:
     return fig
 
 
+def ecdf_figure(series: dict, *, title: str = "ECDF of the highest similarity", xaxis: str = "similarity",
+                thresholds: dict | None = None) -> go.Figure:
+    """Empirical CDFs of several similarity distributions on one plot (e.g. synthetic → train,
+    test → train, synthetic → test; or the same comparison for several runs), with optional
+    vertical threshold lines ``{label: value}``."""
+    fig = go.Figure()
+    for name, values in series.items():
+        v = np.sort(np.asarray(values, dtype=float)[np.isfinite(np.asarray(values, dtype=float))])
+        if not v.size:
+            continue
+        fig.add_trace(go.Scatter(x=v, y=np.arange(1, v.size + 1) / v.size, mode="lines", name=f"{name} (n={v.size})",
+                                 line_shape="hv"))
+    for label, value in (thresholds or {}).items():
+        fig.add_vline(x=value, line_dash="dash", annotation_text=label, annotation_position="top left")
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title="fraction of images ≤ x", height=380,
+                      margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def overlaid_histograms(series: dict, *, bins: int = 50, title: str = "Highest similarity", xaxis: str = "similarity",
+                        thresholds: dict | None = None) -> go.Figure:
+    """Overlaid, normalised histograms of several similarity distributions (runs or comparisons)."""
+    fig = go.Figure()
+    for name, values in series.items():
+        v = np.asarray(values, dtype=float)
+        fig.add_trace(go.Histogram(x=v[np.isfinite(v)], name=name, opacity=0.55, nbinsx=bins, histnorm="probability"))
+    for label, value in (thresholds or {}).items():
+        fig.add_vline(x=value, line_dash="dash", annotation_text=label, annotation_position="top left")
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=xaxis, yaxis_title="fraction of images", height=380,
+                      margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
 def channel_grid(images: np.ndarray, channel_names, *, titles=None, size: int = 130) -> go.Figure:
     """Rows = channels, columns = images ``(n, C, H, W)``: every contrast of a few slices at once."""
     n, c = images.shape[:2]

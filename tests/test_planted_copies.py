@@ -1,0 +1,160 @@
+"""The copy analysis against planted copies, and the release gate end to end.
+
+A synthetic store is built from held-out phantom slices (novel images) plus copies of training
+slices that are exact, noisy, intensity-scaled, shifted by a few pixels, or slightly rotated.
+Pixel r must flag the exact, noisy and scaled copies; the learned detector must also flag the
+shifted and rotated ones; novel slices must not be flagged beyond the calibrated rate.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.data.store import SliceStore, StoreWriter
+from workbench.errors import WorkbenchError
+from workbench.memorization.analysis import EMBEDDING, PIXEL, copy_analysis
+from workbench.memorization.release import release_gate
+
+KINDS = ("exact", "noisy", "scaled", "shifted", "rotated")
+PER_KIND = 8
+
+
+def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:
+    x = torch.from_numpy(images)
+    a = np.deg2rad(degrees)
+    theta = torch.tensor([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0]], dtype=torch.float32)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).numpy()
+
+
+@pytest.fixture(scope="module")
+def planted(phantom_store, tmp_path_factory):
+    train = phantom_store.where(split="train")
+    test_all = phantom_store.where(split="test")
+    calib = test_all.take(np.arange(0, len(test_all), 2))  # held-out images that calibrate
+    novel = test_all.take(np.arange(1, len(test_all), 2))  # held-out images posing as synthetic
+    rng = np.random.default_rng(0)
+    sources = rng.choice(len(train), size=len(KINDS) * PER_KIND, replace=False)
+    src = train.read(np.sort(sources))
+    src = src[np.argsort(np.argsort(sources))]  # in the order of `sources`
+    blocks, rows = [], []
+    for i, kind in enumerate(KINDS):
+        x = src[i * PER_KIND:(i + 1) * PER_KIND].copy()
+        if kind == "noisy":
+            x = np.clip(x + rng.normal(0, 0.02, x.shape), 0, 1)
+        elif kind == "scaled":
+            x = x * 0.85
+        elif kind == "shifted":
+            x = np.roll(x, shift=(2, 3), axis=(-2, -1))
+        elif kind == "rotated":
+            x = _rotate(x, 6.0)
+        blocks.append(x.astype(np.float32))
+        rows += [{"split": "synthetic", "model": kind, "seed": int(s)} for s in sources[i * PER_KIND:(i + 1) * PER_KIND]]
+    blocks.append(novel.to_array())
+    rows += [{"split": "synthetic", "model": "novel"} for _ in range(len(novel))]
+    path = tmp_path_factory.mktemp("planted") / "synthetic"
+    with StoreWriter(path, channels=phantom_store.channels, height=32, width=32, kind="synthetic",
+                     meta={"model": "planted", "run": "test"}) as w:
+        w.append(np.concatenate(blocks), rows)
+    return SliceStore.open(path), train, calib, sources
+
+
+@pytest.fixture(scope="module")
+def detector(phantom_store, tmp_path_factory):
+    from workbench.memorization.detector import load_detector, train_detector
+
+    torch.manual_seed(0)
+    out = train_detector(phantom_store.where(split="train"), tmp_path_factory.mktemp("det") / "detector",
+                         steps=150, batch_size=64, seed=0, progress=False)
+    return load_detector(out)[0]
+
+
+@pytest.fixture(scope="module")
+def analysis(planted, detector):
+    synthetic, train, calib, _ = planted
+    return copy_analysis(synthetic, train, calib, detector=detector, k=3, bootstrap=200, progress=False,
+                         data_copying_cells=4)
+
+
+def _flag_rate(analysis, synthetic, kind, column):
+    kinds = synthetic.manifest["model"].to_numpy()
+    return float(analysis.flags.loc[kinds == kind, column].mean())
+
+
+def test_pixel_r_flags_exact_noisy_and_scaled_copies(planted, analysis):
+    synthetic = planted[0]
+    for kind in ("exact", "noisy", "scaled"):
+        assert _flag_rate(analysis, synthetic, kind, "pixel_copy") == 1.0, kind
+    # and finds their sources
+    kinds = synthetic.manifest["model"].to_numpy()
+    exact = analysis.flags[kinds == "exact"]
+    assert (exact["pixel_max"] > 0.999).all()
+
+
+def test_detector_also_flags_shifted_and_rotated_copies(planted, analysis):
+    synthetic = planted[0]
+    for kind in ("shifted", "rotated"):
+        assert _flag_rate(analysis, synthetic, kind, "copy") >= 0.75, (kind, analysis.flags)
+        # the detector, not pixel r, is what catches most of them
+        assert _flag_rate(analysis, synthetic, kind, "embedding_copy") >= _flag_rate(analysis, synthetic, kind, "pixel_copy")
+
+
+def test_novel_images_are_not_flagged_beyond_the_calibrated_rate(planted, analysis):
+    synthetic = planted[0]
+    novel_rate = _flag_rate(analysis, synthetic, "novel", "copy")
+    # two similarities at a 95th-percentile threshold each: about 10 % expected, allow sampling noise
+    assert novel_rate <= 0.2, novel_rate
+    summary = analysis.summary()
+    for name in (PIXEL, EMBEDDING):
+        block = summary[name]["dar95"]
+        assert 0 < block["synthetic_copy_fraction"]["value"] < 1
+        assert block["threshold"]["rule"] == "dar95" and block["threshold"]["similarity"] == name
+    assert json.dumps(summary, default=str)  # JSON-able
+
+
+def test_patient_view_lists_the_copied_subjects(planted, analysis):
+    synthetic, train, _, sources = planted
+    copied_subjects = set(train.manifest["subject"].iloc[sources[:PER_KIND]])  # the exact copies
+    flagged = set(analysis.patients.index[analysis.patients["copies"] > 0])
+    assert copied_subjects <= flagged
+
+
+def test_bad_input_is_refused(planted, phantom_store, tmp_path):
+    synthetic, train, calib, _ = planted
+    with pytest.raises(WorkbenchError, match="only 5 held-out images"):
+        copy_analysis(synthetic, train, calib.take(np.arange(5)), progress=False)
+    one = tmp_path / "one"
+    with StoreWriter(one, channels=["t1"], height=32, width=32) as w:
+        w.append(np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32), [{"split": "synthetic"}] * 3)
+    with pytest.raises(WorkbenchError, match="channels"):
+        copy_analysis(SliceStore.open(one), train, calib, progress=False)
+
+
+def test_release_gate_writes_only_kept_images_and_a_report(planted, detector, phantom_store, tmp_path):
+    synthetic, train, calib, _ = planted
+    out = tmp_path / "release"
+    report = release_gate(synthetic, phantom_store, out, train=train, test=calib, detector=detector, bootstrap=100,
+                          progress=False)
+    kept = (out / "kept.csv").read_text().splitlines()
+    assert report["kept"] + report["removed"] == len(synthetic)
+    assert len(kept) - 1 == report["kept"]
+    pngs = sorted((out / "images").glob("*.png"))
+    assert len(pngs) == report["kept"] * len(synthetic.channels)
+    # no exact copy was released
+    exact_ids = {f"synthetic_{i:05d}" for i in range(PER_KIND)}
+    assert not exact_ids & {p.name.rsplit("_", 1)[0] for p in pngs}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["shows_training_images"] is False and saved["model"] == "planted"
+    assert "pixel r / dar95" in saved["thresholds"] and saved["date"]
+    html = (out / "report.html").read_text()
+    assert "data:image/png" not in html and "No training image is shown" in html
+    with pytest.raises(FileExistsError):
+        release_gate(synthetic, phantom_store, out, train=train, test=calib, progress=False)
+    shown = release_gate(synthetic, phantom_store, tmp_path / "shown", train=train, test=calib, fmt="nifti",
+                         show_training=True, bootstrap=50, progress=False)
+    assert shown["shows_training_images"] and "data:image/png" in (tmp_path / "shown" / "report.html").read_text()
+    assert len(list((tmp_path / "shown" / "images").glob("*.nii.gz"))) == shown["kept"]
