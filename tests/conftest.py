@@ -22,6 +22,18 @@ def phantom_store(phantom_dir, tmp_path_factory):
     return prepare_brats_store(phantom_dir, out, size=32, n_test=1, seed=0, progress=False)
 
 
+@pytest.fixture(scope="session")
+def phantom_detector(phantom_store, tmp_path_factory):
+    """A copy detector trained on the phantom store's training split (about 20 s on 2 cores)."""
+    from workbench.memorization.detector import train_detector
+
+    out = tmp_path_factory.mktemp("detector") / "det32"
+    # 32x32: three stages leave 4x4 feature maps (the default four would leave 2x2)
+    train_detector(phantom_store.where(split="train"), out, steps=600, batch_size=64, seed=0, progress=False,
+                   widths=(32, 64, 128))
+    return out
+
+
 def write_subject(root, sid, *, shape=(24, 20, 10), contrasts=("t1", "t1ce", "t2", "flair", "seg"), seed=0,
                   suffix=".nii.gz", overrides=None):
     """A tiny BraTS-layout subject: a bright box of 'brain' in each contrast, a small tumour in seg."""

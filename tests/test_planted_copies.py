@@ -49,7 +49,7 @@ def planted(phantom_store, tmp_path_factory):
         elif kind == "scaled":
             x = x * 0.85
         elif kind == "shifted":
-            x = np.roll(x, shift=(2, 3), axis=(-2, -1))
+            x = np.roll(x, shift=(1, 2), axis=(-2, -1))  # a few pixels at 32 px (2-4 at 64 px)
         elif kind == "rotated":
             x = _rotate(x, 6.0)
         blocks.append(x.astype(np.float32))
@@ -64,20 +64,18 @@ def planted(phantom_store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def detector(phantom_store, tmp_path_factory):
-    from workbench.memorization.detector import load_detector, train_detector
+def detector(phantom_detector):
+    from workbench.memorization.detector import load_detector
 
-    torch.manual_seed(0)
-    out = train_detector(phantom_store.where(split="train"), tmp_path_factory.mktemp("det") / "detector",
-                         steps=150, batch_size=64, seed=0, progress=False)
-    return load_detector(out)[0]
+    return load_detector(phantom_detector)[0]
 
 
 @pytest.fixture(scope="module")
 def analysis(planted, detector):
     synthetic, train, calib, _ = planted
+    # the test-quantile rule: its false-positive rate on novel images is what it is calibrated to
     return copy_analysis(synthetic, train, calib, detector=detector, k=3, bootstrap=200, progress=False,
-                         data_copying_cells=4)
+                         data_copying_cells=4, rule="test_quantile", quantile=0.95)
 
 
 def _flag_rate(analysis, synthetic, kind, column):
@@ -98,21 +96,27 @@ def test_pixel_r_flags_exact_noisy_and_scaled_copies(planted, analysis):
 def test_detector_also_flags_shifted_and_rotated_copies(planted, analysis):
     synthetic = planted[0]
     for kind in ("shifted", "rotated"):
-        assert _flag_rate(analysis, synthetic, kind, "copy") >= 0.75, (kind, analysis.flags)
-        # the detector, not pixel r, is what catches most of them
-        assert _flag_rate(analysis, synthetic, kind, "embedding_copy") >= _flag_rate(analysis, synthetic, kind, "pixel_copy")
+        assert _flag_rate(analysis, synthetic, kind, "embedding_copy") >= 0.75, kind
+        assert _flag_rate(analysis, synthetic, kind, "copy") >= 0.75, kind
+    # a shift of a few pixels is what pixel r misses, and why the detector exists
+    assert _flag_rate(analysis, synthetic, "shifted", "pixel_copy") <= 0.25
 
 
 def test_novel_images_are_not_flagged_beyond_the_calibrated_rate(planted, analysis):
     synthetic = planted[0]
-    novel_rate = _flag_rate(analysis, synthetic, "novel", "copy")
-    # two similarities at a 95th-percentile threshold each: about 10 % expected, allow sampling noise
-    assert novel_rate <= 0.2, novel_rate
+    kinds = synthetic.manifest["model"].to_numpy()
+    novel = analysis.flags[kinds == "novel"]
+    # each similarity's threshold is the 95th percentile of held-out images: about 5 % of novel images
+    # exceed it; allow binomial noise for ~50 images (sd ~3 %)
+    for key in ("pixel", "embedding"):
+        assert novel[f"{key}_copy"].mean() <= 0.05 + 0.10, (key, novel[f"{key}_copy"].mean())
+    assert novel["copy"].mean() <= 0.10 + 0.12
     summary = analysis.summary()
     for name in (PIXEL, EMBEDDING):
-        block = summary[name]["dar95"]
-        assert 0 < block["synthetic_copy_fraction"]["value"] < 1
-        assert block["threshold"]["rule"] == "dar95" and block["threshold"]["similarity"] == name
+        for rule in ("dar95", "test_quantile"):
+            block = summary[name][rule]
+            assert 0 < block["synthetic_copy_fraction"]["value"] < 1
+            assert block["threshold"]["rule"] == rule and block["threshold"]["similarity"] == name
     assert json.dumps(summary, default=str)  # JSON-able
 
 

@@ -118,7 +118,7 @@ def _add_release(sub):
     de = sub.add_parser("detector", help="train the self-supervised copy detector on a store's train split")
     de.add_argument("--store", required=True)
     de.add_argument("--out", required=True, help="detector folder")
-    de.add_argument("--steps", type=int, default=300)
+    de.add_argument("--steps", type=int, default=800)
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--overwrite", action="store_true")
     re = sub.add_parser("release", help="write only the synthetic images that are not copies, with a report")

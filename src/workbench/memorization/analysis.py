@@ -21,6 +21,7 @@ either similarity.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +179,11 @@ def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
     channels = list(train.channels)
     for c in channels if len(channels) > 1 else []:
         for comparison, queries in (("synthetic → train", synthetic), ("test → train", test)):
-            res = topk_correlation(queries, train, k=1, channels=[c], device=device, progress=progress)
+            with warnings.catch_warnings():
+                # one channel alone is often constant (a segmentation without tumour): r is undefined
+                # there, and the table's n counts the images where it is defined
+                warnings.simplefilter("ignore", UserWarning)
+                res = topk_correlation(queries, train, k=1, channels=[c], device=device, progress=progress)
             v = np.asarray(res.values)[:, 0]
             v = v[np.isfinite(v)]
             rows.append({"channel": c, "comparison": comparison, "n": int(v.size),
