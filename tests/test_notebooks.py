@@ -45,6 +45,12 @@ def test_notebooks_record_their_key_numbers(demo_run):
     assert mem["synthetic_max_r_median"] == pytest.approx(summary["synthetic_max_r_median"])
     assert -1 <= mem["test_max_r_max"] <= 1 and 0 <= mem["synthetic_above_test_max"] <= 1
     assert summary["n_synthetic"] == 4 and summary["n_train"] == 6
+    # the calibrated analysis: thresholds, copy rates and flags recorded for sweeps
+    analysis = json.loads((out / "copy_analysis.json").read_text())
+    assert mem["pixel_threshold"] == pytest.approx(analysis["pixel r"]["dar95"]["threshold"]["value"])
+    assert 0 <= mem["pixel_synthetic_copy_fraction"] <= 1 and 0 <= mem["embedding_synthetic_copy_fraction"] <= 1
+    assert mem["flagged_copies"] == analysis["flagged"]
+    assert (out / "detector" / "detector.json").is_file() and (out / "patients.csv").is_file()
 
 
 @pytest.mark.slow
