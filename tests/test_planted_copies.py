@@ -162,3 +162,30 @@ def test_release_gate_writes_only_kept_images_and_a_report(planted, detector, ph
                          show_training=True, bootstrap=50, progress=False)
     assert shown["shows_training_images"] and "data:image/png" in (tmp_path / "shown" / "report.html").read_text()
     assert len(list((tmp_path / "shown" / "images").glob("*.nii.gz"))) == shown["kept"]
+
+
+def test_fixed_thresholds_and_the_release_command(planted, phantom_store, tmp_path, capsys):
+    from workbench.cli import main
+
+    synthetic, train, calib, _ = planted
+    with pytest.raises(WorkbenchError, match=r"threshold must be a number in \[-1, 1\]"):
+        copy_analysis(synthetic, train, calib, pixel_threshold=1.5, progress=False)
+    with pytest.raises(WorkbenchError, match="needs a copy detector"):
+        copy_analysis(synthetic, train, calib, embedding_threshold=0.9, progress=False)
+    fixed = copy_analysis(synthetic, train, calib, pixel_threshold=0.999, per_channel=False, data_copying_cells=None,
+                          bootstrap=50, progress=False)
+    assert fixed.flag_rules == {PIXEL: "fixed"} and fixed.threshold(PIXEL).value == 0.999
+    assert fixed.flags["copy"].sum() == (fixed.flags["pixel_max"] > 0.999).sum() >= PER_KIND  # the exact copies
+    assert {"dar95", "test_quantile", "fixed"} == set(fixed.rules(PIXEL))  # calibrated rules still reported
+    # the command line: against the whole phantom store's train / test splits
+    out = tmp_path / "cli-release"
+    code = main(["release", "--synthetic", str(synthetic.path), "--reference", str(phantom_store.path), "--out", str(out),
+                 "--threshold", "0.999", "--format", "nifti"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["flag_rules"] == {PIXEL: "fixed"} and report["removed"] >= PER_KIND
+    assert len(list((out / "images").glob("*.nii.gz"))) == report["kept"]
+    assert main(["release", "--synthetic", str(synthetic.path), "--reference", str(phantom_store.path),
+                 "--out", str(tmp_path / "bad"), "--threshold", "2"]) == 2
+    assert "threshold must be a number in [-1, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

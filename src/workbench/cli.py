@@ -130,6 +130,9 @@ def _add_release(sub):
     re.add_argument("--detector", default=None, help="trained copy detector folder (default: pixel r only)")
     re.add_argument("--rule", default="dar95", choices=["dar95", "test_quantile"])
     re.add_argument("--quantile", type=float, default=0.95, help="quantile of the test_quantile rule")
+    re.add_argument("--threshold", type=float, default=None, help="fixed pixel-r threshold instead of the rule")
+    re.add_argument("--embedding-threshold", type=float, default=None,
+                    help="fixed embedding-similarity threshold instead of the rule (needs --detector)")
     re.add_argument("--format", default="png", choices=["png", "nifti"])
     re.add_argument("--show-training", action="store_true", help="show matched training slices in the report")
     re.add_argument("--overwrite", action="store_true")
@@ -258,7 +261,8 @@ def run(args) -> None:
 
             train = training_view(args.checkpoint)
         release_gate(args.synthetic, args.reference, args.out, train=train, detector=args.detector, rule=args.rule,
-                     quantile=args.quantile, fmt=args.format, show_training=args.show_training,
+                     quantile=args.quantile, pixel_threshold=args.threshold,
+                     embedding_threshold=args.embedding_threshold, fmt=args.format, show_training=args.show_training,
                      overwrite=args.overwrite)
     elif args.command == "run":
         from .runs.notebook import parse_value, run_notebook

@@ -32,7 +32,8 @@ from ..data.atomic import atomic_file
 from ..data.store import SliceStore
 from ..errors import WorkbenchError
 from ..search import topk_correlation
-from .calibration import MIN_CALIBRATION_IMAGES, CopyRates, Threshold, baseline_threshold, copy_rates, dar_threshold
+from .calibration import (MIN_CALIBRATION_IMAGES, CopyRates, Threshold, baseline_threshold, check_threshold, copy_rates,
+                          dar_threshold)
 from .patients import patient_table
 
 PIXEL = "pixel r"
@@ -69,9 +70,14 @@ class CopyAnalysis:
     patients: pd.DataFrame
     data_copying: object | None
     settings: dict = field(default_factory=dict)
+    #: the rule that flags copies, per similarity ("fixed" where the user gave the threshold)
+    flag_rules: dict = field(default_factory=dict)
 
     def threshold(self, similarity: str = PIXEL, rule: str | None = None) -> Threshold:
-        return self.thresholds[(similarity, rule or self.rule)]
+        return self.thresholds[(similarity, rule or self.flag_rules.get(similarity, self.rule))]
+
+    def rules(self, similarity: str) -> list[str]:
+        return [r for (name, r) in self.thresholds if name == similarity]
 
     def series(self, similarity: str = PIXEL) -> dict[str, np.ndarray]:
         """The three distributions of highest similarity, for histograms and ECDFs."""
@@ -84,7 +90,8 @@ class CopyAnalysis:
         rows = []
         for (name, rule), r in self.rates.items():
             t = self.thresholds[(name, rule)]
-            rows.append({"similarity": name, "rule": rule, "flags copies": rule == self.rule, "threshold": t.value,
+            rows.append({"similarity": name, "rule": rule, "flags copies": rule == self.flag_rules.get(name, self.rule),
+                         "threshold": t.value,
                          "synthetic copies": str(r.synthetic_copy_fraction),
                          "training images copied": str(r.train_copied_fraction),
                          "training subjects copied": "—" if r.subjects_copied_fraction is None
@@ -101,7 +108,8 @@ class CopyAnalysis:
                 "test_to_train_max": float(np.max(sim.test_to_train)),
                 "synthetic_to_test_median": float(np.median(sim.synthetic_to_test)),
             }
-            for rule in RULES:
+            block["flag_rule"] = self.flag_rules.get(name, self.rule)
+            for rule in self.rules(name):
                 t, r = self.thresholds[(name, rule)], self.rates[(name, rule)]
                 block[rule] = {
                     "threshold": t.as_dict(),
@@ -194,7 +202,8 @@ def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
 
 
 def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *, detector=None, k: int = 5,
-                  rule: str = "dar95", quantile: float = 0.95, bootstrap: int = 1000, seed: int = 0,
+                  rule: str = "dar95", quantile: float = 0.95, pixel_threshold: float | None = None,
+                  embedding_threshold: float | None = None, bootstrap: int = 1000, seed: int = 0,
                   per_channel: bool = True, data_copying_cells: int | None = 10, device: str = "auto",
                   progress: bool = True) -> CopyAnalysis:
     """Run every search and figure of the copy analysis for one synthetic set.
@@ -208,12 +217,21 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
     k : matches per synthetic image kept (the patient view looks at the runner-ups).
     rule : which threshold flags copies: ``"dar95"`` (Dar et al.) or ``"test_quantile"``.
     quantile : the quantile of the test-quantile rule (Dar's rule is always the 95th percentile).
+    pixel_threshold, embedding_threshold : fixed thresholds in [-1, 1] that flag copies instead of
+        the calibrated rule (both rules are still reported beside them).
     bootstrap, seed : resamples for the copy-rate confidence intervals.
     per_channel : also search each channel alone (synthetic → train, test → train).
     data_copying_cells : cells of Meehan et al.'s C_T test (None: skip it).
     """
     if rule not in RULES:
         raise WorkbenchError(f"rule must be one of {RULES}, got {rule!r}")
+    fixed = {}
+    if pixel_threshold is not None:
+        fixed[PIXEL] = check_threshold(pixel_threshold)
+    if embedding_threshold is not None:
+        if detector is None:
+            raise WorkbenchError("embedding_threshold needs a copy detector (detector=...)")
+        fixed[EMBEDDING] = check_threshold(embedding_threshold)
     check_compatible(synthetic, train)
     check_compatible(test, train)
     for view, what in ((synthetic, "synthetic images"), (train, "training images")):
@@ -233,7 +251,10 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
                                                     data=f"{len(train)} training vs {len(test)} held-out images")
         thresholds[(name, "test_quantile")] = baseline_threshold(sim.test_to_train, quantile=quantile, similarity=name,
                                                                  data=f"{len(test)} held-out vs {len(train)} training images")
-        for r in RULES:
+        if name in fixed:
+            thresholds[(name, "fixed")] = Threshold(fixed[name], "fixed", float("nan"), name, 0,
+                                                    "given by the user (not calibrated)")
+        for r in [r for (n, r) in thresholds if n == name]:
             rates[(name, r)] = copy_rates(sim.synthetic_max, sim.synthetic_indices[:, 0], thresholds[(name, r)],
                                           n_train=len(train), train_subjects=subjects, bootstrap=bootstrap, seed=seed)
     sm = synthetic.manifest.reset_index(drop=True)
@@ -244,7 +265,7 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
     flag = np.zeros(len(synthetic), dtype=bool)
     for name, sim in sims.items():
         key = "pixel" if name == PIXEL else "embedding"
-        tau = thresholds[(name, rule)].value
+        tau = thresholds[(name, "fixed" if name in fixed else rule)].value
         flags[f"{key}_max"] = sim.synthetic_max
         flags[f"{key}_match"] = sim.synthetic_indices[:, 0]
         flags[f"{key}_copy"] = sim.synthetic_max > tau
@@ -252,7 +273,7 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
     flags["copy"] = flag
     pixel = sims[PIXEL]
     patients = patient_table(pixel.synthetic_values, pixel.synthetic_indices, train.manifest,
-                             thresholds[(PIXEL, rule)].value)
+                             thresholds[(PIXEL, "fixed" if PIXEL in fixed else rule)].value)
     chans = _per_channel(synthetic, train, test, device=device, progress=progress) if per_channel else pd.DataFrame()
     data_copying = None
     if data_copying_cells:
@@ -268,7 +289,8 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
                 "n_synthetic": len(synthetic), "n_train": len(train), "n_test": len(test),
                 "synthetic_store": str(synthetic.path), "train_store": str(train.path), "test_store": str(test.path),
                 "similarities": list(sims)}
-    return CopyAnalysis(sims, thresholds, rates, rule, flags, chans, patients, data_copying, settings)
+    flag_rules = {name: ("fixed" if name in fixed else rule) for name in sims}
+    return CopyAnalysis(sims, thresholds, rates, rule, flags, chans, patients, data_copying, settings, flag_rules)
 
 
 @dataclass

@@ -74,9 +74,10 @@ def _table_html(df: pd.DataFrame) -> str:
 def _html_report(report: dict, analysis: CopyAnalysis, training_panels: list[tuple[int, bytes, bytes]]) -> str:
     rows = []
     for name in analysis.similarities:
-        for rule in ("dar95", "test_quantile"):
+        for rule in analysis.rules(name):
             t, r = analysis.thresholds[(name, rule)], analysis.rates[(name, rule)]
-            rows.append({"similarity": name, "rule": rule, "threshold": t.value, "flags copies now": rule == analysis.rule,
+            rows.append({"similarity": name, "rule": rule, "threshold": t.value,
+                         "flags copies": rule == analysis.flag_rules.get(name, analysis.rule),
                          "synthetic copies": str(r.synthetic_copy_fraction),
                          "training images copied": str(r.train_copied_fraction),
                          "training subjects copied": str(r.subjects_copied_fraction) if r.subjects_copied_fraction else "—",
@@ -90,8 +91,9 @@ def _html_report(report: dict, analysis: CopyAnalysis, training_panels: list[tup
         f"(of {report['n_synthetic']}).</p>",
         f"<p>Model: {html.escape(str(report['model']))} · run: {html.escape(str(report['run']))} · "
         f"synthetic store: {html.escape(report['synthetic_store'])} · date: {report['date']}</p>",
-        f"<p>An image is kept when its similarity to every training image is at or below the threshold of rule "
-        f"<b>{html.escape(analysis.rule)}</b> for every similarity measured ({', '.join(analysis.similarities)}). "
+        f"<p>An image is kept when its similarity to every training image is at or below the flagging threshold "
+        f"(rule {html.escape(', '.join(f'{n}: {r}' for n, r in analysis.flag_rules.items()))}) for every similarity "
+        f"measured. "
         f"Thresholds are calibrated on {report['n_train']} training and {report['n_test']} held-out images of "
         f"{html.escape(report['reference_store'])}.</p>",
         "<h2>Thresholds and copy rates (95 % bootstrap intervals)</h2>",
@@ -115,7 +117,8 @@ def _html_report(report: dict, analysis: CopyAnalysis, training_panels: list[tup
 
 
 def release_gate(synthetic, reference, out, *, train=None, test=None, detector=None, rule: str = "dar95",
-                 quantile: float = 0.95, fmt: str = "png", show_training: bool = False, bootstrap: int = 1000,
+                 quantile: float = 0.95, pixel_threshold: float | None = None, embedding_threshold: float | None = None,
+                 fmt: str = "png", show_training: bool = False, bootstrap: int = 1000,
                  seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the synthetic images that are not copies, and a report; returns the report dict.
 
@@ -128,6 +131,7 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
         :func:`workbench.train.training_view`).
     detector : a copy-detector encoder, or the path of a trained detector, or None (pixel r only).
     rule : ``"dar95"`` or ``"test_quantile"`` (with ``quantile``).
+    pixel_threshold, embedding_threshold : fixed thresholds in [-1, 1] instead of the calibrated rule.
     fmt : ``"png"`` or ``"nifti"``.
     show_training : include the matched training slices of removed images in the HTML report.
     """
@@ -145,6 +149,7 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
 
         detector = load_detector(detector)[0]
     analysis = copy_analysis(synthetic, train, test, detector=detector, rule=rule, quantile=quantile,
+                             pixel_threshold=pixel_threshold, embedding_threshold=embedding_threshold,
                              bootstrap=bootstrap, seed=seed, progress=progress)
     flags = analysis.flags
     keep = np.flatnonzero(~flags["copy"].to_numpy())
@@ -154,7 +159,7 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_synthetic": int(len(synthetic)), "kept": int(len(keep)), "removed": int(len(removed)),
-        "rule": rule, "similarities": list(analysis.similarities),
+        "rule": rule, "flag_rules": analysis.flag_rules, "similarities": list(analysis.similarities),
         "thresholds": {f"{name} / {r}": t.as_dict() for (name, r), t in analysis.thresholds.items()},
         "model": meta.get("model"), "run": meta.get("run"), "checkpoint": meta.get("checkpoint"),
         "sampler": meta.get("sampler"), "synthetic_seed": meta.get("seed"),
