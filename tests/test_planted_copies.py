@@ -189,3 +189,22 @@ def test_fixed_thresholds_and_the_release_command(planted, phantom_store, tmp_pa
                  "--out", str(tmp_path / "bad"), "--threshold", "2"]) == 2
     assert "threshold must be a number in [-1, 1]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_saved_analysis_overlays_across_runs(analysis, tmp_path):
+    from workbench.memorization.analysis import load_run_flags
+    from workbench.widgets import ecdf_figure, overlaid_histograms
+
+    written = analysis.save(tmp_path / "run-a")
+    assert {p.name for p in written} == {"copy_analysis.json", "copy_flags.parquet", "patients.csv", "per_channel.csv"}
+    flags = load_run_flags(tmp_path / "run-a")
+    assert flags["pixel_max"].tolist() == analysis.flags["pixel_max"].tolist()
+    series = {"run-a": flags["pixel_max"], "run-b": flags["pixel_max"] * 0.9}
+    fig = ecdf_figure(series, thresholds={"τ": analysis.threshold(PIXEL).value})
+    assert [t.name.split(" ")[0] for t in fig.data] == ["run-a", "run-b"]
+    assert fig.data[0].y[-1] == 1.0  # an ECDF ends at 1
+    assert len(overlaid_histograms(analysis.series(PIXEL)).data) == 3
+    saved = json.loads((tmp_path / "run-a" / "copy_analysis.json").read_text())
+    assert saved["pixel r"]["flag_rule"] == "test_quantile"
+    with pytest.raises(WorkbenchError, match="copy_flags.parquet: missing"):
+        load_run_flags(tmp_path / "nowhere")
