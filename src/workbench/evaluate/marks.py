@@ -1,0 +1,74 @@
+"""A reviewer's judgement of each match ("copy" / "not a copy" / "unsure" + a comment), kept in the run folder.
+
+The match browser calls :meth:`MarkLog.mark` on every click; the mark is appended to
+``<run>/marks.csv`` at once (flushed and fsynced) and the latest mark of an image wins, so a
+changed mind is recorded too and nothing is lost when the browser or kernel stops.  On return,
+:meth:`MarkLog.current` gives every image's latest mark to show beside it.
+
+>>> log = MarkLog("runs/demo", reviewer="dr-a")           # doctest: +SKIP
+>>> log.mark(29, "copy", comment="same tumour, same slice")  # doctest: +SKIP
+>>> log.current().loc[29, "verdict"]                       # doctest: +SKIP
+'copy'
+"""
+from __future__ import annotations
+
+import csv
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import WorkbenchError
+
+VERDICTS = ("copy", "not a copy", "unsure")
+COLUMNS = ["synthetic", "verdict", "comment", "reviewer", "marked_at"]
+FILE = "marks.csv"
+
+
+class MarkLog:
+    """Marks of one run folder (shared by reviewers; each mark names its reviewer)."""
+
+    def __init__(self, run, *, reviewer: str = "reviewer"):
+        self.path = Path(run) / FILE
+        self.reviewer = str(reviewer)
+        self.history = self._read() if self.path.exists() else pd.DataFrame(columns=COLUMNS)
+
+    def _read(self) -> pd.DataFrame:
+        try:
+            df = pd.read_csv(self.path, dtype={"synthetic": "Int64", "verdict": "string", "comment": "string",
+                                               "reviewer": "string", "marked_at": "string"}, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError) as err:
+            raise WorkbenchError(f"{self.path}: corrupt marks file ({err}); move it aside to start marking again") from None
+        if list(df.columns) != COLUMNS:
+            raise WorkbenchError(f"{self.path}: corrupt marks file (columns {list(df.columns)}, expected {COLUMNS}); "
+                                 f"move it aside to start marking again")
+        bad = ~df["verdict"].isin(VERDICTS) | df["synthetic"].isna()
+        if bad.any():
+            raise WorkbenchError(f"{self.path}: corrupt marks file (line {int(bad.to_numpy().nonzero()[0][0]) + 2} "
+                                 f"is not a valid mark); move it aside to start marking again")
+        return df
+
+    def mark(self, synthetic: int, verdict: str, *, comment: str = "") -> None:
+        """Record a verdict for synthetic image ``synthetic`` now; a later mark replaces an earlier one."""
+        if verdict not in VERDICTS:
+            raise WorkbenchError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        row = {"synthetic": int(synthetic), "verdict": verdict, "comment": str(comment or ""),
+               "reviewer": self.reviewer, "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
+
+    def current(self) -> pd.DataFrame:
+        """The latest mark of every marked image, indexed by synthetic image."""
+        if self.history.empty:
+            return pd.DataFrame(columns=COLUMNS[1:]).rename_axis("synthetic")
+        latest = self.history.assign(synthetic=self.history["synthetic"].astype(int)).groupby("synthetic").tail(1)
+        return latest.set_index("synthetic")[COLUMNS[1:]].sort_index()
