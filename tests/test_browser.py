@@ -59,3 +59,40 @@ def test_keyboard_steps_through_matches_and_the_channel_switches(tmp_path):
                                arg=json.dumps(second_images), timeout=30_000)
         assert page.locator("text=rank 2 of 4").count() == 1  # same match, other channel
     assert (shots / "match-2.png").stat().st_size > 0
+
+
+READER = """
+from workbench.data import SliceStore
+from workbench.widgets.reader_study import ReaderStudy
+ReaderStudy({run!r}, "dr-browser", real=SliceStore.open({real!r}), synthetic=SliceStore.open({synth!r}),
+            n_real=2, n_synthetic=2, seed=0)
+"""
+
+
+def test_a_short_reader_study_is_answered_saved_and_summarised(tmp_path):
+    import pandas as pd
+
+    require_chromium()
+    real = _store(tmp_path / "real", 6, 2)
+    synth = _store(tmp_path / "synth", 6, 3, kind="synthetic")
+    run = tmp_path / "run"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(READER.format(run=str(run), real=str(real.path), synth=str(synth.path)))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "reader.ipynb"
+    nbformat.write(nb, path)
+    with voila(path) as url, browser_page() as page:
+        page.goto(url, timeout=120_000)
+        for i in range(1, 5):
+            page.locator(f"text=Image {i} of 4").wait_for(timeout=120_000 if i == 1 else 30_000)
+            if i == 2:
+                page.get_by_role("button", name="4", exact=True).click()  # a confidence for one answer
+            page.get_by_role("button", name="real", exact=True).click()
+        page.locator("text=Reader study summary").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "reader-study.png"))
+        assert page.locator("text=Done").count() == 1
+    answers = pd.read_csv(run / "reader_study" / "dr-browser.csv")
+    assert answers["item"].tolist() == [0, 1, 2, 3] and set(answers["answer"]) == {"real"}
+    assert answers["confidence"].tolist()[1] == 4
+    # always "real" on 2 real + 2 synthetic images: accuracy 0.5, specificity 1, sensitivity 0
+    assert (answers["answer"] == answers["truth"]).mean() == 0.5
