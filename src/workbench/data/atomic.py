@@ -6,6 +6,7 @@ workbench goes through these two context managers.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import uuid
@@ -58,3 +59,21 @@ def atomic_file(path):
             tmp.unlink()
         raise
     os.replace(tmp, path)
+
+
+def append_csv_row(path, columns, row: dict) -> None:
+    """Append one row to a CSV log (header first if the file is new), flushed and fsynced.
+
+    For logs written a row at a time as people work (reviewers' marks, reader-study answers):
+    an appended, synced row survives a closed tab or a killed kernel.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -41,6 +41,7 @@ from scipy import ndimage as ndi
 
 from ..errors import DataError
 from .atomic import atomic_dir
+from .phantom import _check_int
 
 _MAX_IMAGES = 100_000
 _KINDS = ("bacteria", "virus")
@@ -379,14 +380,6 @@ def xray_phantom_image(patient: int, image: int, *, seed: int = 0, pneumonia: bo
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise DataError(f"{name} must be {bound}, got {value}")
 
 
 def _check_fraction(name: str, value, *, upper_open: bool) -> None:

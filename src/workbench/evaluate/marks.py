@@ -12,13 +12,12 @@ changed mind is recorded too and nothing is lost when the browser or kernel stop
 """
 from __future__ import annotations
 
-import csv
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from ..data.atomic import append_csv_row
 from ..errors import WorkbenchError
 
 VERDICTS = ("copy", "not a copy", "unsure")
@@ -55,15 +54,7 @@ class MarkLog:
             raise WorkbenchError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         row = {"synthetic": int(synthetic), "verdict": verdict, "comment": str(comment or ""),
                "reviewer": self.reviewer, "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_csv_row(self.path, COLUMNS, row)
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
 
     def current(self) -> pd.DataFrame:

@@ -18,8 +18,6 @@ The logic behind the ``ReaderStudy`` widget, kept apart from it so it is tested 
 """
 from __future__ import annotations
 
-import csv
-import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.store import SliceStore
+from ..data.atomic import append_csv_row
 from ..errors import WorkbenchError
 
 ANSWERS = ("real", "synthetic")
@@ -142,15 +141,7 @@ class AnswerLog:
         row = {"item": int(item), "truth": match["truth"].iloc[0], "answer": answer,
                "confidence": "" if confidence is None else int(confidence),
                "answered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_csv_row(self.path, COLUMNS, row)
         self.answers = pd.concat([self.answers, pd.DataFrame([row])], ignore_index=True)
 
 

@@ -32,15 +32,10 @@ exact cosine similarities).  Calibration and copy rates then work as for pixel r
 nearest-neighbour similarities give the baseline (:func:`embedding_match_table` returns the same
 table as :func:`workbench.memorization.match_table`).
 
-Training time (measured on the 2-core development CPU, a Xeon with AMX, nothing else running):
-with the defaults (800 steps of 128 images, bf16 autocast) a 64x64, 5-channel store (the
-4-subject brain phantom, 306 training slices) trained in 147 s, about 2.5 minutes (695 images/s,
-each image seen as two views); float32 runs at about half that rate.  The time depends on the
-steps, not on the store's size: a training split of 100,000 slices gets one pass over each
-image in those steps, and may need more steps to tell every slice from its neighbours.  That
-detector found 80 of 80 training slices shifted by 4-6 pixels (nearest neighbour = the source or
-its z+-1 neighbour) where pixel r found 5, and 80 of 80 rotated by 3-5 degrees (pixel r: 79); copies had mean
-similarity 0.99, held-out slices 0.81 (largest 0.98).
+Training time: with the defaults (800 steps of 128 images, bf16 autocast) a 64x64, 5-channel store
+trains in a few minutes on a 2-core CPU with AMX; the measured time, and what the detector finds
+that pixel r misses, are in BENCHMARKS.md (``benchmarks/detector.py``).  The time depends on the
+steps, not on the store's size: a training split of 100,000 slices may need more steps.
 
 Example
 -------
@@ -71,6 +66,7 @@ from ..data.atomic import atomic_dir, atomic_file
 from ..data.brats import LABEL_CONTRASTS
 from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError
+from ..search.brute import _pick_device
 
 WEIGHTS = "detector.safetensors"
 CONFIG = "detector.json"
@@ -367,15 +363,6 @@ def augment_pair(x, generator: torch.Generator, config: DetectorConfig) -> tuple
 
 
 # -- training ------------------------------------------------------------------------------------
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError("device='cuda' asked for, but torch sees no CUDA GPU")
-    return dev
-
-
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise WorkbenchError(f"train_detector: {name} must be a positive integer, got {value!r}")
@@ -435,7 +422,7 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
     if height != width:
         raise WorkbenchError(f"{store.path}: images are {height}x{width}; the detector needs square images")
     config = DetectorConfig(image_size=int(height), channels=tuple(store.channels), **config_overrides).validate()
-    dev = _resolve_device(device)
+    dev = _pick_device(device)
     n = len(store)
     batch_size = min(batch_size, n)
 
@@ -530,7 +517,7 @@ def load_detector(path, *, device: str = "cpu") -> tuple[Encoder, DetectorConfig
     unpickled.  A missing, truncated or mismatched file raises :class:`CheckpointError` naming it.
     The encoder is returned in eval mode.
     """
-    from ..models.checkpoint import read_tensors
+    from ..models.checkpoint import load_state, read_tensors
 
     path = Path(path)
     if path.is_file() and path.name in (WEIGHTS, CONFIG):
@@ -554,17 +541,7 @@ def load_detector(path, *, device: str = "cpu") -> tuple[Encoder, DetectorConfig
     if meta.get("workbench") != KIND:
         raise CheckpointError(f"{file}: not copy-detector weights (metadata says {meta.get('workbench')!r})")
     encoder = Encoder(config)
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
-              for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        problems = ([f"wrong shape, e.g. {shapes[0]}"] if shapes else []) + \
-                   ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) + \
-                   ([f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else [])
-        raise CheckpointError(f"{file}: weights do not match {path / CONFIG} ({'; '.join(problems)})")
-    encoder.load_state_dict(tensors)
+    load_state(encoder, tensors, name="detector", file=file, config_file=path / CONFIG)
     return encoder.to(device).eval(), config, info
 
 

@@ -178,7 +178,7 @@ def split_modules(tensors: dict, meta: dict, family: str, file: Path) -> dict[st
     return out
 
 
-def load_state(module, state: dict, *, name: str, file: Path) -> None:
+def load_state(module, state: dict, *, name: str, file: Path, config_file: Path | None = None) -> None:
     """Load ``state`` into ``module``; a mismatch is a CheckpointError that says what differs."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -193,7 +193,8 @@ def load_state(module, state: dict, *, name: str, file: Path) -> None:
             problems.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-        raise CheckpointError(f"{file}: {name} weights do not match {file.parent / CONFIG} ({'; '.join(problems)})")
+        raise CheckpointError(f"{file}: {name} weights do not match {config_file or file.parent / CONFIG} "
+                              f"({'; '.join(problems)})")
     module.load_state_dict(state)
 
 

@@ -119,30 +119,33 @@ class DDPMConfig(ModelConfig):
 
 
 # -- model and scheduler -------------------------------------------------------------------
-def build_unet(config: DDPMConfig):
-    """A freshly initialised diffusers ``UNet2DModel`` for ``config``."""
+def unet2d(*, sample_size: int, channels: int, block_out_channels, layers_per_block: int, attention: bool,
+           norm_num_groups: int, attention_head_dim: int, num_classes: int):
+    """A diffusers ``UNet2DModel``: plain ResNet levels, self-attention at the lowest one if asked,
+    class embeddings when ``num_classes`` > 0.  Shared by the DDPM and the latent diffusion UNet."""
     from diffusers import UNet2DModel
 
-    config.validate()
-    levels = config.levels
+    levels = len(block_out_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
-    if config.attention:
+    if attention:
         down[-1] = "AttnDownBlock2D"
         up[0] = "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=config.image_size,
-        in_channels=config.in_channels,
-        out_channels=config.in_channels,
-        block_out_channels=config.block_out_channels,
-        layers_per_block=config.layers_per_block,
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        norm_num_groups=config.norm_num_groups,
-        attention_head_dim=config.attention_head_dim,
-        add_attention=config.attention,
-        num_class_embeds=config.num_classes or None,
+        sample_size=sample_size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=norm_num_groups,
+        attention_head_dim=attention_head_dim, add_attention=attention, num_class_embeds=num_classes or None,
     )
+
+
+def build_unet(config: DDPMConfig):
+    """A freshly initialised diffusers ``UNet2DModel`` for ``config``."""
+    config.validate()
+    return unet2d(sample_size=config.image_size, channels=config.in_channels,
+                  block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+                  attention=config.attention, norm_num_groups=config.norm_num_groups,
+                  attention_head_dim=config.attention_head_dim, num_classes=config.num_classes)
 
 
 def build_scheduler(config: DDPMConfig):

@@ -265,28 +265,13 @@ def build_autoencoder(config: LDMConfig):
 
 def build_latent_unet(config: LDMConfig):
     """A freshly initialised diffusers ``UNet2DModel`` that denoises latents of ``config``."""
-    from diffusers import UNet2DModel
+    from .ddpm import unet2d
 
     config.validate()
-    levels = len(config.unet_block_out_channels)
-    down = ["DownBlock2D"] * levels
-    up = ["UpBlock2D"] * levels
-    if config.unet_attention:
-        down[-1] = "AttnDownBlock2D"
-        up[0] = "AttnUpBlock2D"
-    return UNet2DModel(
-        sample_size=config.latent_size,
-        in_channels=config.latent_channels,
-        out_channels=config.latent_channels,
-        block_out_channels=config.unet_block_out_channels,
-        layers_per_block=config.unet_layers_per_block,
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        norm_num_groups=config.unet_norm_num_groups,
-        attention_head_dim=config.attention_head_dim,
-        add_attention=config.unet_attention,
-        num_class_embeds=config.num_classes or None,
-    )
+    return unet2d(sample_size=config.latent_size, channels=config.latent_channels,
+                  block_out_channels=config.unet_block_out_channels, layers_per_block=config.unet_layers_per_block,
+                  attention=config.unet_attention, norm_num_groups=config.unet_norm_num_groups,
+                  attention_head_dim=config.attention_head_dim, num_classes=config.num_classes)
 
 
 def build_scheduler(config: LDMConfig):

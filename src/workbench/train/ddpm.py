@@ -17,24 +17,30 @@ class DDPMTrainer(Trainer):
         self.alphas = build_scheduler(self.config).alphas_cumprod.to(self.device)
 
     def step(self, x0, labels, step, generator):
-        import torch
-        import torch.nn.functional as F
-
-        unet, config = self.modules["unet"], self.config
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        a = self.alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        if config.prediction_type == "epsilon":
-            target = noise
-        elif config.prediction_type == "v_prediction":
-            target = a.sqrt() * noise - (1 - a).sqrt() * x0
-        else:
-            target = x0
         self.set_lr(step)
-        with self.amp:
-            pred = unet(xt, t, class_labels=labels).sample
-        loss = F.mse_loss(pred.float(), target)
-        self.optimize("unet", loss, unet)
+        loss = diffusion_loss(self.modules["unet"], x0, labels, alphas=self.alphas, config=self.config,
+                              generator=generator, amp=self.amp)
+        self.optimize("unet", loss, self.modules["unet"])
         self.update_ema("unet")
         return {"loss": loss.item()}
+
+
+def diffusion_loss(unet, x0, labels, *, alphas, config, generator, amp):
+    """MSE of the UNet's prediction (noise, v or x0, per ``config.prediction_type``) at a random
+    timestep, for clean inputs ``x0`` (images for the DDPM, scaled latents for latent diffusion)."""
+    import torch
+    import torch.nn.functional as F
+
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    a = alphas[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    if config.prediction_type == "epsilon":
+        target = noise
+    elif config.prediction_type == "v_prediction":
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0
+    else:
+        target = x0
+    with amp:
+        pred = unet(xt, t, class_labels=labels).sample
+    return F.mse_loss(pred.float(), target)

@@ -62,9 +62,9 @@ class LDMTrainer(Trainer):
 
     def step(self, x, labels, step, generator):
         import torch
-        import torch.nn.functional as F
 
         from ..models.ldm import autoencoder_loss, encode, latent_scale, patch_discriminator_loss
+        from .ddpm import diffusion_loss
 
         ae, config = self.modules["autoencoder"], self.config
         ae_steps = int(self.options["ae_steps"])
@@ -93,20 +93,8 @@ class LDMTrainer(Trainer):
         unet = self.modules["unet"]
         with torch.no_grad():
             z0 = encode(ae, x, sample=True, generator=generator, scale=self.scale).float()
-        noise = torch.randn(z0.shape, generator=generator, device=z0.device)
-        t = torch.randint(0, config.num_train_timesteps, (z0.shape[0],), generator=generator, device=z0.device)
-        a = self.alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        if config.prediction_type == "epsilon":
-            target = noise
-        elif config.prediction_type == "v_prediction":
-            target = a.sqrt() * noise - (1 - a).sqrt() * z0
-        else:
-            target = z0
         self.set_lr(step - ae_steps, ["unet"])
-        with self.amp:
-            pred = unet(zt, t, class_labels=labels).sample
-        loss = F.mse_loss(pred.float(), target)
+        loss = diffusion_loss(unet, z0, labels, alphas=self.alphas, config=config, generator=generator, amp=self.amp)
         self.optimize("unet", loss, unet)
         self.update_ema("unet")
         return {"loss": loss.item()}
