@@ -90,3 +90,147 @@ def test_corrupt_answers_file_is_named(stores, tmp_path):
     bad.write_text("\x00\x01garbage")
     with pytest.raises(WorkbenchError, match="dr-b.csv: corrupt"):
         load_answers(run)
+
+
+# -- the widget: keys (as ipyevents sends them) and the app that asks the reader's name ----------
+
+def _keys(study, *keys, **extra):
+    for key in keys:
+        study._key({"type": "keydown", "key": key, **extra})
+
+
+def _answers(run, reader):
+    import pandas as pd
+
+    return pd.read_csv(run / "reader_study" / f"{reader}.csv")
+
+
+def test_keys_answer_and_set_the_confidence(stores, tmp_path):
+    from ipywidgets import Widget
+
+    from workbench.widgets import ReaderStudy
+
+    real, syn = stores
+    run = tmp_path / "run"
+    study = ReaderStudy(run, "dr-keys", real=real, synthetic=syn, n_real=2, n_synthetic=2, seed=0)
+    assert study.keys.source is study.answer_box and study.keys.watched_events == ["keydown"]
+    assert study.image in study.answer_box.children and isinstance(study.keys, Widget)
+    assert "keys, with the pointer over the image: <b>r</b> real" in study.hint.value
+    assert study.hint in study.widget.children
+    _keys(study, "3")
+    assert study.confidence.value == 3 and study.item == 0
+    _keys(study, "r")                                   # item 0: real, confidence 3
+    assert study.item == 1 and study.confidence.value is None  # the confidence is per answer
+    _keys(study, "5", "0")                              # 0 clears a confidence
+    assert study.confidence.value is None
+    _keys(study, "x", "Enter", "9", "")                 # other keys do nothing
+    study._key({"type": "keyup", "key": "r"})           # only keydown counts
+    _keys(study, "r", repeat=True)                      # a held-down key does not answer twice
+    _keys(study, "s", ctrlKey=True)                     # nor does a shortcut with Ctrl
+    assert study.item == 1 and len(_answers(run, "dr-keys")) == 1
+    _keys(study, "S", shiftKey=True)                    # item 1: synthetic (Shift is fine)
+    _keys(study, "1", "s", "r")                         # items 2 and 3
+    assert study.done and "Reader study summary" in study.summary.value
+    assert all(b.disabled for b in study.buttons)
+    _keys(study, "r", "s", "4")                         # after the last item keys do nothing
+    answers = _answers(run, "dr-keys")
+    assert answers["item"].tolist() == [0, 1, 2, 3]
+    assert answers["answer"].tolist() == ["real", "synthetic", "synthetic", "real"]
+    assert answers.loc[0, "confidence"] == 3 and answers.loc[2, "confidence"] == 1
+    assert answers["confidence"].isna().tolist() == [False, True, False, True]
+    assert study.confidence.value is None
+
+
+def test_buttons_and_keys_share_one_log_and_a_returning_reader_continues(stores, tmp_path):
+    from workbench.widgets import ReaderStudy
+
+    real, syn = stores
+    run = tmp_path / "run"
+    first = ReaderStudy(run, "dr-b", real=real.path, synthetic=syn.path, n_real=2, n_synthetic=2)  # folders work too
+    first._answer(first.buttons[1])                     # the "synthetic" button
+    _keys(first, "r")
+    again = ReaderStudy(run, "dr-b", real=real, synthetic=syn)
+    assert again.item == 2
+    _keys(first, "s")             # the first tab answers item 2 ...
+    _keys(again, "r")             # ... so the second tab's answer to it is refused, and it moves on
+    assert again.item == 3 and "already answered" in again.status.value
+    assert _answers(run, "dr-b")["answer"].tolist() == ["synthetic", "real", "synthetic"]
+
+
+def _study_run(tmp_path, *, n_test=3):
+    """A run folder as 04_memorization leaves it: memorization.json naming a train and a synthetic store."""
+    import json
+
+    train = tmp_path / "store"
+    with StoreWriter(train, channels=["t1", "flair"], height=8, width=8, kind="real") as w:
+        w.append(np.random.default_rng(0).random((8, 2, 8, 8), dtype=np.float32),
+                 [{"split": "test" if i < n_test else "train"} for i in range(8)])
+    synthetic = tmp_path / "synthetic"
+    with StoreWriter(synthetic, channels=["t1", "flair"], height=8, width=8, kind="synthetic") as w:
+        w.append(np.random.default_rng(1).random((5, 2, 8, 8), dtype=np.float32), [{"split": "synthetic"}] * 5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "memorization.json").write_text(json.dumps({"synthetic_store": str(synthetic), "train_store": str(train)}))
+    return run
+
+
+def test_app_asks_the_name_then_starts_the_readers_session(tmp_path):
+    from workbench.widgets import ReaderStudy, reader_study_app
+
+    run = _study_run(tmp_path)
+    app = reader_study_app(run, n_real=2, n_synthetic=2, seed=0, channel="flair")
+    assert app.real.path == tmp_path / "store" and len(app.real) == 3  # held-out images only
+    assert app.name in app.widget.children[1].children and app.start in app.widget.children[1].children
+    app.name.value = "   "   # (setting the value starts, as Enter does; so does the button)
+    app.start.click()
+    assert app.study is None and "enter your name" in app.message.value
+    app.name.value = "bad name/../x"
+    app._start()
+    assert app.study is None and "reader name" in app.message.value
+    app.name.value = " dr-app "
+    app.start.click()
+    assert isinstance(app.study, ReaderStudy) and app.widget.children == (app.study.widget,)
+    assert app.study.channel == 1 and len(app.study.plan) == 4
+    _keys(app.study, "s")
+    assert _answers(run, "dr-app")["answer"].tolist() == ["synthetic"]
+    assert set(app.study.plan.loc[app.study.plan["truth"] == "real", "position"]) <= {0, 1, 2}
+
+
+def test_app_says_what_is_missing_and_how_to_make_it(tmp_path):
+    import json
+    import shutil
+
+    from workbench.widgets import reader_study_app
+
+    run = tmp_path / "empty-run"
+    run.mkdir()
+    app = reader_study_app(run)
+    text = app.message.value
+    assert "memorization.json: missing" in text and "04_memorization" in text and "make demo" in text
+    assert app.widget.children == (app.message,)
+
+    run = _study_run(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a" / "synthetic")
+    text = reader_study_app(run).message.value
+    assert "synthetic" in text and "does not exist" in text and "04_memorization" in text
+
+    run = _study_run(tmp_path / "b", n_test=0)
+    assert "no images of split" in reader_study_app(run).message.value
+
+    (run / "memorization.json").write_text(json.dumps({"train_store": "x"}))
+    assert "has no synthetic_store" in reader_study_app(run).message.value
+    (run / "memorization.json").write_text("{not json")
+    assert "memorization.json: unreadable" in reader_study_app(run).message.value
+
+
+def test_app_finds_stores_named_relative_to_the_repository(tmp_path, monkeypatch):
+    import json
+
+    from workbench.widgets import reader_study_app
+
+    run = _study_run(tmp_path)      # as `workbench run` from tmp_path writes them: relative paths
+    (run / "memorization.json").write_text(json.dumps({"synthetic_store": "synthetic", "train_store": "store"}))
+    (run / "app").mkdir()
+    monkeypatch.chdir(run / "app")  # Voila runs the app's kernel in <run>/app
+    app = reader_study_app(run)
+    assert app.real.path == tmp_path / "store" and app.synthetic.path == tmp_path / "synthetic"

@@ -136,6 +136,8 @@ class AnswerLog:
         match = self.plan.loc[self.plan["item"] == item]
         if match.empty:
             raise WorkbenchError(f"item {item!r} is not in the study (items 0..{len(self.plan) - 1})")
+        if self.path.exists():  # the same reader may answer in two tabs: the file is what counts
+            self.answers = read_answer_file(self.path)
         if int(item) in self.answered:
             raise WorkbenchError(f"item {item} was already answered by {self.reader}")
         row = {"item": int(item), "truth": match["truth"].iloc[0], "answer": answer,
