@@ -268,6 +268,7 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
         tau = thresholds[(name, "fixed" if name in fixed else rule)].value
         flags[f"{key}_max"] = sim.synthetic_max
         flags[f"{key}_match"] = sim.synthetic_indices[:, 0]
+        flags[f"{key}_match_row"] = train.rows[sim.synthetic_indices[:, 0]]  # store row, for viewers
         flags[f"{key}_copy"] = sim.synthetic_max > tau
         flag |= flags[f"{key}_copy"].to_numpy()
     flags["copy"] = flag

@@ -64,6 +64,8 @@ class MemorizationResult:
     synthetic: pd.DataFrame
     test: pd.DataFrame | None
     summary: dict = field(default_factory=dict)
+    #: synthetic images' best matches from k different subjects (does one patient dominate?)
+    synthetic_subjects: pd.DataFrame | None = None
 
     def best(self, which: str = "synthetic") -> pd.DataFrame:
         """Rank-1 rows, strongest first."""
@@ -71,10 +73,12 @@ class MemorizationResult:
         return t[t["rank"] == 1].sort_values("r", ascending=False).reset_index(drop=True)
 
     def save(self, folder) -> list[Path]:
-        """Write ``matches_synthetic.parquet``, ``matches_test.parquet`` and ``memorization.json``."""
+        """Write ``matches_synthetic.parquet``, ``matches_synthetic_subjects.parquet``,
+        ``matches_test.parquet`` and ``memorization.json`` (last: it marks the results complete)."""
         folder = Path(folder)
         written = []
-        for name, table in (("matches_synthetic", self.synthetic), ("matches_test", self.test)):
+        for name, table in (("matches_synthetic", self.synthetic), ("matches_synthetic_subjects", self.synthetic_subjects),
+                            ("matches_test", self.test)):
             if table is None:
                 continue
             path = folder / f"{name}.parquet"
@@ -122,10 +126,14 @@ def memorization_analysis(synthetic: SliceStore, train: SliceStore, test: SliceS
     if synthetic.channels != train.channels:
         raise WorkbenchError(f"{synthetic.path}: channels {synthetic.channels} differ from the training store's {train.channels}")
     syn = match_table(synthetic, train, k=k, device=device, progress=progress)
+    subjects = None
+    if k > 1 and "subject" in train.manifest.columns and train.manifest["subject"].notna().all():
+        subjects = match_table(synthetic, train, k=min(k, train.manifest["subject"].nunique()), device=device,
+                               progress=progress, distinct="subject")
     tst = match_table(test, train, k=k, device=device, progress=progress) if test is not None and len(test) else None
     syn_r = syn.loc[syn["rank"] == 1, "r"].to_numpy()
     tst_r = None if tst is None else tst.loc[tst["rank"] == 1, "r"].to_numpy()
     summary = summarize(syn_r, tst_r)
     summary.update({"n_train": len(train), "k": k, "synthetic_store": str(synthetic.path), "train_store": str(train.path),
                     "constant_synthetic": syn.attrs.get("constant_queries", [])})
-    return MemorizationResult(syn, tst, summary)
+    return MemorizationResult(syn, tst, summary, subjects)
