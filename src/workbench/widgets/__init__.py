@@ -1,8 +1,8 @@
 """View layer: plotly figures and ipywidgets for looking at matches."""
-from .match_browser import figure_for, match_browser, match_images
+from .match_browser import MatchBrowser, figure_for, match_images
 from .plots import (channel_grid, ecdf_figure, loss_curve, loss_curves, match_figure, max_r_histogram, montage,
                     overlaid_histograms, setup_notebook, store_overview)
 from .reader_study import ReaderStudy, reader_study_app
 
-__all__ = ["channel_grid", "ecdf_figure", "overlaid_histograms", "store_overview", "figure_for", "loss_curve", "loss_curves", "match_browser", "match_figure",
+__all__ = ["channel_grid", "ecdf_figure", "overlaid_histograms", "store_overview", "figure_for", "loss_curve", "loss_curves", "MatchBrowser", "match_figure",
            "match_images", "max_r_histogram", "montage", "setup_notebook", "ReaderStudy", "reader_study_app"]
