@@ -85,3 +85,36 @@ def browser_page(*, width: int = 1400, height: int = 1000):
             yield page
         finally:
             browser.close()
+
+
+# -- timing a step in the page: from the key press to the last panel drawn -----------------------------
+STEP_TIMER = """(root) => {
+  window.__t0 = null; window.__last = null;
+  window.addEventListener('keydown', () => { window.__t0 = performance.now(); window.__last = null; }, true);
+  const seen = (t) => { if (window.__t0 !== null) window.__last = Math.max(window.__last || 0, t); };
+  new MutationObserver((records) => {
+    for (const r of records) {
+      seen(performance.now());
+      if (r.type === 'attributes' && r.target.tagName === 'IMG') {   // count the decode of a new panel too
+        r.target.decode().then(() => seen(performance.now()), () => {});
+      }
+    }
+  }).observe(document.querySelector(root), {subtree: true, childList: true, characterData: true,
+                                             attributes: true, attributeFilter: ['src']});
+}"""
+
+
+def install_step_timer(page, root: str) -> None:
+    """Record, for every key press, when the last change under ``root`` (text or image, decoded) happened."""
+    page.evaluate(STEP_TIMER, root)
+
+
+def timed_key(page, key: str, *, settled_ms: int = 250) -> float:
+    """Press ``key``; wait until the page under the timer has been quiet for ``settled_ms``; return ms to the last change."""
+    page.keyboard.press(key)
+    page.wait_for_function("() => window.__last !== null", timeout=30_000)
+    while True:  # wait for the burst of updates to end
+        before = page.evaluate("() => window.__last")
+        page.wait_for_timeout(settled_ms)
+        if page.evaluate("() => window.__last") == before:
+            return float(before - page.evaluate("() => window.__t0"))

@@ -120,7 +120,7 @@ class MatchBrowser:
         show_options += [(SHOW[v], v) for v in ("unmarked", "copy", "not a copy", "unsure")]
         self.show = widgets.Dropdown(options=show_options, value="all", description="show", layout=lay(width="240px"))
         subjects = sorted(self.best["match_subject"].dropna().astype(str).unique())
-        self.subject = widgets.Dropdown(options=[("any subject", None)] + [(s, s) for s in subjects], value=None,
+        self.subject = widgets.Dropdown(options=[("any subject", "")] + [(s, s) for s in subjects], value="",
                                         description="subject", layout=lay(width="260px"))
         rmin = math.floor(float(self.best["r"].min()) * 100) / 100
         self.r_range = widgets.FloatRangeSlider(value=(rmin, 1.0), min=rmin, max=1.0, step=0.001, description="r range",
@@ -234,7 +234,7 @@ class MatchBrowser:
         elif show in ("unmarked", *VERDICTS):
             verdict = self._marks()["verdict"].astype(object).reindex(b["synthetic"])
             keep &= verdict.isna().to_numpy() if show == "unmarked" else verdict.eq(show).fillna(False).to_numpy(bool)
-        if self.subject.value is not None:
+        if self.subject.value:
             keep &= (b["match_subject"].astype(str) == self.subject.value).to_numpy()
         lo, hi = self.r_range.value
         if (lo, hi) != (self.r_range.min, self.r_range.max):
@@ -307,7 +307,7 @@ class MatchBrowser:
             return
         if synthetic not in set(self.shown.tolist()):
             self._building = True
-            self.show.value, self.subject.value = "all", None
+            self.show.value, self.subject.value = "all", ""
             self.r_range.value = (self.r_range.min, self.r_range.max)
             self.bin = None
             self._building = False
@@ -443,9 +443,10 @@ class MatchBrowser:
             left, right = self.edges[i], self.edges[i + 1]
             above = tau is not None and left >= tau
             bar = widgets.Button(description="", tooltip=f"{name} {left:.3f}–{right:.3f}: {n} images",
-                                 layout=widgets.Layout(width="18px", height=f"{4 + 80 * n / top:.0f}px", padding="0",
-                                                       margin="0 1px"),
-                                 style={"button_color": "#dc2626" if above else "#64748b"})
+                                 layout=widgets.Layout(width="18px", height=f"{6 + 80 * n / top:.0f}px" if n else "2px",
+                                                       padding="0", margin="0 1px"),
+                                 style={"button_color": ("#dc2626" if above else "#64748b") if n else
+                                        ("#fca5a5" if above else "#cbd5e1")})
             bar.add_class("workbench-histogram-bar")
             bar.on_click(lambda _, i=i: self.select_bin(i))
             self.bars.append(bar)
