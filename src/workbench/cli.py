@@ -12,6 +12,7 @@
     workbench release --synthetic runs/brats64/synthetic --reference runs/brats64/store --detector runs/brats64/detector --out runs/brats64/release
     workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
     workbench demo --out runs/demo
+    workbench app runs/demo --port 8866 --reviewer dr-a
 """
 from __future__ import annotations
 
@@ -149,6 +150,11 @@ def _add_runs(sub):
     de.add_argument("--out", default="runs/demo")
     de.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a demo setting (see workbench.runs.DEMO)")
+    ap = sub.add_parser("app", help="serve a run's match browser and reader study in the browser (Voila, 127.0.0.1)")
+    ap.add_argument("run", help="run folder written by 04_memorization, e.g. runs/demo")
+    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ap.add_argument("--reviewer", default="reviewer", help="reviewer name written beside match marks")
+    ap.add_argument("--open", action="store_true", help="open the app in a web browser")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +284,12 @@ def run(args) -> None:
         if unknown:
             raise WorkbenchError(f"unknown demo setting(s) {unknown}; known: {sorted(DEMO)}")
         run_demo(args.out, settings)
+    elif args.command == "app":
+        from .runs.app import serve_app
+
+        status = serve_app(args.run, port=args.port, reviewer=args.reviewer, open_browser=args.open)
+        if status:
+            raise WorkbenchError(f"voila stopped with status {status} (its messages are above)")
 
 
 def main(argv=None) -> int:
