@@ -234,3 +234,14 @@ def test_app_finds_stores_named_relative_to_the_repository(tmp_path, monkeypatch
     monkeypatch.chdir(run / "app")  # Voila runs the app's kernel in <run>/app
     app = reader_study_app(run)
     assert app.real.path == tmp_path / "store" and app.synthetic.path == tmp_path / "synthetic"
+
+
+def test_the_default_channel_is_flair_where_there_is_one_else_the_first(tmp_path):
+    from workbench.widgets.reader_study import ReaderStudy
+
+    brain = _store(tmp_path / "b-real", 4, channels=("t1", "flair"))
+    brain_synth = _store(tmp_path / "b-synth", 4, kind="synthetic", channels=("t1", "flair"))
+    assert ReaderStudy(tmp_path / "run1", "a", real=brain, synthetic=brain_synth, n_real=2, n_synthetic=2).channel == 1
+    xray = _store(tmp_path / "x-real", 4, channels=("xray",))
+    xray_synth = _store(tmp_path / "x-synth", 4, kind="synthetic", channels=("xray",))
+    assert ReaderStudy(tmp_path / "run2", "a", real=xray, synthetic=xray_synth, n_real=2, n_synthetic=2).channel == 0

@@ -38,7 +38,7 @@ class ReaderStudy:
     """A reader's session of the study in ``run`` (planned on first use, then shared by every reader)."""
 
     def __init__(self, run, reader: str, *, real: SliceStore, synthetic: SliceStore, n_real: int = 20,
-                 n_synthetic: int = 20, seed: int = 0, channel: int | str = 0, panel_size: int = 320):
+                 n_synthetic: int = 20, seed: int = 0, channel: int | str | None = None, panel_size: int = 320):
         real, synthetic = _open(real), _open(synthetic)
         self.run, self.real, self.synthetic = run, real, synthetic
         try:
@@ -50,6 +50,8 @@ class ReaderStudy:
             save_plan(run, plan)
         self.plan = plan.set_index("item")
         self.log = AnswerLog(run, reader, plan)
+        if channel is None:  # FLAIR where the images have it (the brain contrast readers know best), else the first
+            channel = "flair" if "flair" in real.channels else 0
         if isinstance(channel, str) and channel not in real.channels:
             raise WorkbenchError(f"{real.path}: no channel {channel!r} (channels: {real.channels})")
         self.channel = real.channels.index(channel) if isinstance(channel, str) else int(channel)
