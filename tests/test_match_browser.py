@@ -226,3 +226,18 @@ def test_from_tables_without_a_run_folder(run):
     assert [v for _, v in b.show.options][:2] == ["all", "unmarked"]  # no flag filter without flags
     assert all(v.disabled for v in b.verdicts.values()) and "run folder" in b.mark_state.value
     assert "need the synthetic and training stores" in MatchBrowser(matches=pd.DataFrame()).widget.value
+
+
+def test_the_overlay_tints_labels_only_and_higher_labels_more():
+    import io
+
+    from PIL import Image
+
+    from workbench.widgets.render import overlay_png
+
+    mask = np.full((8, 8), 0.04, dtype=np.float32)  # faint background, as a sampled seg channel has
+    mask[1, 1], mask[2, 2], mask[3, 3] = 0.25, 0.5, 1.0  # BraTS labels 1, 2, 4 as stored
+    rgb = np.asarray(Image.open(io.BytesIO(overlay_png(np.full((8, 8), 0.5), mask)))).astype(int)
+    assert (rgb[0, 0] == 128).all()  # background untouched
+    red = rgb[..., 0] - rgb[..., 1]
+    assert 0 < red[1, 1] <= red[2, 2] < red[3, 3]

@@ -59,7 +59,8 @@ class ReaderStudy:
         self.image = widgets.Image(format="png", width=panel_size, height=panel_size)
         self.status = widgets.HTML()
         self.confidence = widgets.ToggleButtons(options=[("no confidence", None), ("1", 1), ("2", 2), ("3", 3),
-                                                         ("4", 4), ("5", 5)], value=None, description="confidence")
+                                                         ("4", 4), ("5", 5)], value=None, description="confidence",
+                                                style={"button_width": "auto"})
         self.buttons = [widgets.Button(description=label, button_style=style, tooltip=f"this image is {label}")
                         for label, style in (("real", "info"), ("synthetic", "warning"))]
         for button in self.buttons:

@@ -28,15 +28,16 @@ OVERLAY_ALPHA = 0.45
 
 
 def overlay_png(plane: np.ndarray, mask: np.ndarray, *, vmin: float = 0.0, vmax: float = 1.0,
-                size: int | None = None) -> bytes:
-    """A windowed grayscale image with ``mask`` (e.g. the tumour segmentation, > 0 inside) tinted in red.
+                size: int | None = None, level: float = 0.125) -> bytes:
+    """A windowed grayscale image with the segmentation ``mask`` tinted in red where it is >= ``level``.
 
-    The tint's opacity follows the mask's value, so segmentation labels stored as levels in
-    [0, 1] show as different strengths of the same colour.
+    Stores keep BraTS labels 1, 2, 4 as 0.25, 0.5, 1.0, so the default ``level`` (half the lowest
+    label) shows every label and hides the faint values a generative model leaves in the
+    background of a synthetic segmentation channel.  Higher labels get a stronger tint.
     """
     gray = np.clip((np.asarray(plane, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    alpha = OVERLAY_ALPHA * np.clip(np.asarray(mask, dtype=np.float32), 0, 1)[..., None]
-    alpha = np.where(alpha > 0, np.maximum(alpha, 0.25), 0)  # faint labels stay visible
+    m = np.clip(np.asarray(mask, dtype=np.float32), 0, 1)
+    alpha = np.where(m >= level, OVERLAY_ALPHA * np.maximum(m, 0.5), 0.0)[..., None]
     rgb = gray[..., None] * (1 - alpha) + OVERLAY_RGB * alpha
     img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), mode="RGB")
     if size and size != img.width:

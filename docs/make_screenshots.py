@@ -1,0 +1,72 @@
+"""Take the README's screenshots of the two widgets from a real run, in chromium through Voila.
+
+    make demo                                   # the run the screenshots show (phantom data only)
+    .venv/bin/python docs/make_screenshots.py   # writes docs/screenshots/*.png
+
+Serves the run's app notebooks (``workbench.runs.app.prepare_app``) one at a time with Voila on
+127.0.0.1, exactly as ``workbench app`` does, and photographs each widget.  The reader study is
+opened for a reader called "screenshot" and left unanswered.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers the tests use
+
+from browser import browser_page, voila  # noqa: E402
+
+from workbench.memorization.run_results import load_run_matches  # noqa: E402
+from workbench.runs.app import prepare_app  # noqa: E402
+
+
+def tumour_match(run) -> int | None:
+    """The strongest-matching synthetic image whose training match shows a tumour (for the overlay)."""
+    m = load_run_matches(run)
+    if "seg" not in m.train.channels:
+        return None
+    seg = m.train.channels.index("seg")
+    for _, row in m.best.sort_values("r", ascending=False).iterrows():
+        if (m.train.read_rows([int(row["match_row"])])[0, seg] > 0.125).sum() > 20:
+            return int(row["synthetic"])
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    a = p.parse_args()
+    app = prepare_app(a.run, reviewer="screenshot")
+    a.out.mkdir(parents=True, exist_ok=True)
+    with voila(app / "05_match_browser.ipynb") as url, browser_page(width=1400, height=1250) as page:
+        page.goto(url, timeout=180_000)
+        page.locator("text=shown (").wait_for(timeout=180_000)
+        page.get_by_text("seg overlay").click()
+        shown = tumour_match(a.run)
+        if shown is not None:
+            page.locator("input[type=number]").fill(str(shown))
+            page.get_by_role("button", name="go", exact=True).click()
+            page.locator(f"text=synthetic #{shown} · match").wait_for(timeout=30_000)
+        page.locator(".widget-toggle-buttons button").nth(1).click()  # a runner-up from another subject
+        page.locator("text=match 2:").wait_for(timeout=30_000)
+        page.locator(".widget-toggle-buttons button").nth(0).click()
+        page.locator("text=match 1:").wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        page.locator(".workbench-match-browser").screenshot(path=str(a.out / "match-browser.png"))
+    with voila(app / "06_reader_study.ipynb") as url, browser_page(width=900, height=900) as page:
+        page.goto(url, timeout=180_000)
+        page.locator("input[type=text]").first.wait_for(timeout=180_000)
+        page.locator("input[type=text]").first.fill("screenshot")
+        page.get_by_role("button", name="start", exact=True).click()
+        page.locator("text=Image 1 of").wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(a.out / "reader-study.png"), full_page=True)
+    for name in ("match-browser.png", "reader-study.png"):
+        print("wrote", a.out / name)
+
+
+if __name__ == "__main__":
+    main()
