@@ -118,3 +118,47 @@ def timed_key(page, key: str, *, settled_ms: int = 250) -> float:
         page.wait_for_timeout(settled_ms)
         if page.evaluate("() => window.__last") == before:
             return float(before - page.evaluate("() => window.__t0"))
+
+
+@contextlib.contextmanager
+def jupyterlab(folder: Path, *, timeout: float = 120.0):
+    """JupyterLab on 127.0.0.1 and a free port, serving ``folder``; yields (base URL, token); stopped after.
+
+    Update checks and news are off, and settings and workspaces live in ``folder``, so the test
+    neither reaches the network nor touches the user's JupyterLab.
+    """
+    import secrets
+
+    port, token = free_port(), secrets.token_hex(16)
+    state = folder / ".jupyter-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces")}
+    log = open(folder / f"jupyterlab-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={folder}", "--LabApp.news_url=",
+                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                             "--LabApp.extension_manager=readonly", "--ServerApp.allow_root=True"],
+                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyterlab exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"jupyterlab did not start within {timeout} s") from None
+                time.sleep(0.3)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
