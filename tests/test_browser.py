@@ -122,6 +122,15 @@ def test_match_browser_without_results_says_what_to_run(tmp_path):
         assert "Traceback" not in page.inner_text("body")
 
 
+def _store(path, n, seed, kind="real"):
+    rng = np.random.default_rng(seed)
+    rows = [{"subject": f"s{i // 5}", "z": i % 5, "split": "train"} if kind == "real" else {"split": "synthetic"}
+            for i in range(n)]
+    with StoreWriter(path, channels=["t1", "flair"], height=32, width=32, kind=kind) as w:
+        w.append(rng.random((n, 2, 32, 32), dtype=np.float32), rows)
+    return SliceStore.open(path)
+
+
 READER = """
 from workbench.data import SliceStore
 from workbench.widgets.reader_study import ReaderStudy
