@@ -38,30 +38,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_notebook(path: Path, *cells: str) -> Path:
+    """A notebook of code cells with the python3 kernel, for a server to run."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
 @contextlib.contextmanager
-def voila(notebook: Path, *, timeout: float = 90.0):
-    """Serve ``notebook`` with Voila on 127.0.0.1 and a free port; yield its URL; stop it after."""
-    port = free_port()
-    log = open(notebook.parent / f"voila-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser",
-                             "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
-                            cwd=notebook.parent, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+def _server(name: str, command: list[str], *, cwd: Path, probe: str, timeout: float, env: dict | None = None):
+    """Run a local web server until ``probe`` answers over HTTP (any status); stop it after."""
+    log_path = cwd / f"{name}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with {proc.returncode}: {(notebook.parent / log.name).read_text()[-2000:]}")
-            try:  # any HTTP answer means the server is up (the page itself runs the notebook)
-                with urllib.request.urlopen(url + "voila/static/", timeout=2):
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(probe, timeout=2):
                     break
-            except urllib.error.HTTPError:
+            except urllib.error.HTTPError:  # an HTTP answer means the server is up
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise RuntimeError(f"voila did not start within {timeout} s") from None
+                    raise RuntimeError(f"{name} did not start within {timeout} s") from None
                 time.sleep(0.3)
-        yield url
+        yield
     finally:
         proc.terminate()
         try:
@@ -70,6 +78,17 @@ def voila(notebook: Path, *, timeout: float = 90.0):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def voila(notebook: Path, *, timeout: float = 90.0):
+    """Serve ``notebook`` with Voila on 127.0.0.1 and a free port; yield its URL; stop it after."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with _server(f"voila-{port}", [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser",
+                                   "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
+                 cwd=notebook.parent, probe=url + "voila/static/", timeout=timeout):
+        yield url
 
 
 @contextlib.contextmanager
@@ -124,8 +143,8 @@ def timed_key(page, key: str, *, settled_ms: int = 250) -> float:
 def jupyterlab(folder: Path, *, timeout: float = 120.0):
     """JupyterLab on 127.0.0.1 and a free port, serving ``folder``; yields (base URL, token); stopped after.
 
-    Update checks and news are off, and settings and workspaces live in ``folder``, so the test
-    neither reaches the network nor touches the user's JupyterLab.
+    Update checks, news and the extension manager are off, and settings and workspaces live in
+    ``folder``, so the test neither reaches the network nor touches the user's JupyterLab.
     """
     import secrets
 
@@ -133,32 +152,12 @@ def jupyterlab(folder: Path, *, timeout: float = 120.0):
     state = folder / ".jupyter-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces")}
-    log = open(folder / f"jupyterlab-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-                             f"--ServerApp.root_dir={folder}", "--LabApp.news_url=",
-                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                             "--LabApp.extension_manager=readonly", "--ServerApp.allow_root=True"],
-                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyterlab exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"jupyterlab did not start within {timeout} s") from None
-                time.sleep(0.3)
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={folder}", "--LabApp.news_url=",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               "--LabApp.extension_manager=readonly", "--ServerApp.allow_root=True"]
+    with _server(f"jupyterlab-{port}", command, cwd=folder, probe=f"{url}api/status?token={token}", timeout=timeout,
+                 env=env):
         yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

@@ -1,17 +1,19 @@
-"""The widgets in a real browser: Voila serves a notebook, chromium steps through matches and answers a reader study."""
+"""The match browser in a real browser: Voila serves a notebook, chromium steps through matches.
+
+(The reader study in a browser: tests/test_reader_study_browser.py; both widgets in JupyterLab:
+tests/test_jupyterlab.py.)
+"""
 from __future__ import annotations
 
 import json
 import re
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 
-from browser import browser_page, install_step_timer, require_chromium, timed_key, voila
+from browser import browser_page, install_step_timer, require_chromium, timed_key, voila, write_notebook
 from match_run import make_run
-from workbench.data.store import SliceStore, StoreWriter
 from workbench.widgets import MatchBrowser
 
 pytestmark = pytest.mark.slow
@@ -22,14 +24,6 @@ MatchBrowser({run!r}, reviewer="dr-browser", channel="t1")
 """
 
 STEPS = 8  # timed key presses
-
-
-def _notebook(path, source):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
 
 
 def _srcs(page):
@@ -45,7 +39,7 @@ def test_match_browser_keys_channel_runner_ups_histogram_and_marks(tmp_path):
     expected = MatchBrowser(run)  # the same data, headless: the order and the bars to expect
     order = expected.shown.tolist()
     r = expected.best["r"]
-    path = _notebook(tmp_path / "browser.ipynb", NOTEBOOK.format(run=str(run)))
+    path = write_notebook(tmp_path / "browser.ipynb", NOTEBOOK.format(run=str(run)))
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with voila(path) as url, browser_page(height=1300) as page:
@@ -114,53 +108,9 @@ def test_match_browser_keys_channel_runner_ups_histogram_and_marks(tmp_path):
 def test_match_browser_without_results_says_what_to_run(tmp_path):
     require_chromium()
     (tmp_path / "run").mkdir()
-    path = _notebook(tmp_path / "browser.ipynb", NOTEBOOK.format(run=str(tmp_path / "run")))
+    path = write_notebook(tmp_path / "browser.ipynb", NOTEBOOK.format(run=str(tmp_path / "run")))
     with voila(path) as url, browser_page() as page:
         page.goto(url, timeout=120_000)
         page.locator("text=no search results").wait_for(timeout=120_000)
         assert "04_memorization" in page.inner_text("body")
         assert "Traceback" not in page.inner_text("body")
-
-
-def _store(path, n, seed, kind="real"):
-    rng = np.random.default_rng(seed)
-    rows = [{"subject": f"s{i // 5}", "z": i % 5, "split": "train"} if kind == "real" else {"split": "synthetic"}
-            for i in range(n)]
-    with StoreWriter(path, channels=["t1", "flair"], height=32, width=32, kind=kind) as w:
-        w.append(rng.random((n, 2, 32, 32), dtype=np.float32), rows)
-    return SliceStore.open(path)
-
-
-READER = """
-from workbench.data import SliceStore
-from workbench.widgets.reader_study import ReaderStudy
-ReaderStudy({run!r}, "dr-browser", real=SliceStore.open({real!r}), synthetic=SliceStore.open({synth!r}),
-            n_real=2, n_synthetic=2, seed=0)
-"""
-
-
-def test_a_short_reader_study_is_answered_saved_and_summarised(tmp_path):
-    require_chromium()
-    real = _store(tmp_path / "real", 6, 2)
-    synth = _store(tmp_path / "synth", 6, 3, kind="synthetic")
-    run = tmp_path / "run"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(READER.format(run=str(run), real=str(real.path), synth=str(synth.path)))]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "reader.ipynb"
-    nbformat.write(nb, path)
-    with voila(path) as url, browser_page() as page:
-        page.goto(url, timeout=120_000)
-        for i in range(1, 5):
-            page.locator(f"text=Image {i} of 4").wait_for(timeout=120_000 if i == 1 else 30_000)
-            if i == 2:
-                page.get_by_role("button", name="4", exact=True).click()  # a confidence for one answer
-            page.get_by_role("button", name="real", exact=True).click()
-        page.locator("text=Reader study summary").wait_for(timeout=30_000)
-        page.screenshot(path=str(tmp_path / "reader-study.png"))
-        assert page.locator("text=Done").count() == 1
-    answers = pd.read_csv(run / "reader_study" / "dr-browser.csv")
-    assert answers["item"].tolist() == [0, 1, 2, 3] and set(answers["answer"]) == {"real"}
-    assert answers["confidence"].tolist()[1] == 4
-    # always "real" on 2 real + 2 synthetic images: accuracy 0.5, specificity 1, sensitivity 0
-    assert (answers["answer"] == answers["truth"]).mean() == 0.5

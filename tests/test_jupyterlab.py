@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import re
 
-import nbformat
 import pandas as pd
 import pytest
 
-from browser import browser_page, jupyterlab, require_chromium
+from browser import browser_page, jupyterlab, require_chromium, write_notebook
 from match_run import make_run
 from workbench.widgets import MatchBrowser
 
@@ -25,11 +24,8 @@ def test_both_widgets_work_in_jupyterlab(tmp_path):
     require_chromium()
     made = make_run(tmp_path, size=64, n_synthetic=10, n_copies=4)
     order = MatchBrowser(made["run"]).shown.tolist()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c.format(run=str(made["run"]), store=str(made["store"]),
-                                                   synthetic=str(made["synthetic"]))) for c in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp_path / "widgets.ipynb")
+    write_notebook(tmp_path / "widgets.ipynb", *(c.format(run=str(made["run"]), store=str(made["store"]),
+                                                          synthetic=str(made["synthetic"])) for c in CELLS))
     with jupyterlab(tmp_path) as (url, token), browser_page(height=1400) as page:
         page.goto(f"{url}lab/tree/widgets.ipynb?token={token}", timeout=120_000)
         page.locator(".jp-Notebook").wait_for(timeout=120_000)

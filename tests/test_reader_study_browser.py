@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 
-from browser import browser_page, require_chromium, voila
+from browser import browser_page, require_chromium, voila, write_notebook
 from workbench.data.store import SliceStore, StoreWriter
 
 pytestmark = pytest.mark.slow
@@ -27,14 +26,6 @@ def _store(path, n, seed, kind="real", splits=None):
     return SliceStore.open(path)
 
 
-def _notebook(path, source):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
 def _press(page, key, next_text):
     page.locator(".widget-image").first.hover()  # keys reach the study only with the pointer over it
     page.keyboard.press(key)
@@ -44,17 +35,23 @@ def _press(page, key, next_text):
 READER = """
 from workbench.data import SliceStore
 from workbench.widgets import ReaderStudy
-ReaderStudy({run!r}, "dr-keys", real=SliceStore.open({real!r}), synthetic=SliceStore.open({synth!r}),
+ReaderStudy({run!r}, {reader!r}, real=SliceStore.open({real!r}), synthetic=SliceStore.open({synth!r}),
             n_real=2, n_synthetic=2, seed=0, channel="flair")
 """
 
 
-def test_a_reader_study_is_answered_with_the_keyboard(tmp_path):
-    require_chromium()
+def _study(tmp_path, reader):
+    """A 2 real + 2 synthetic study for ``reader`` in a notebook: (run folder, notebook path)."""
     real = _store(tmp_path / "real", 6, 2)
     synth = _store(tmp_path / "synth", 6, 3, kind="synthetic")
     run = tmp_path / "run"
-    path = _notebook(tmp_path / "reader.ipynb", READER.format(run=str(run), real=str(real.path), synth=str(synth.path)))
+    source = READER.format(run=str(run), reader=reader, real=str(real.path), synth=str(synth.path))
+    return run, write_notebook(tmp_path / "reader.ipynb", source)
+
+
+def test_a_reader_study_is_answered_with_the_keyboard(tmp_path):
+    require_chromium()
+    run, path = _study(tmp_path, "dr-keys")
     with voila(path) as url, browser_page() as page:
         page.goto(url, timeout=120_000)
         page.locator("text=Image 1 of 4").wait_for(timeout=120_000)
@@ -96,7 +93,7 @@ def test_the_app_asks_the_readers_name_then_takes_answers(tmp_path):
     run.mkdir()
     (run / "memorization.json").write_text(json.dumps({"synthetic_store": str(synth.path),
                                                        "train_store": str(train.path)}))
-    path = _notebook(tmp_path / "app.ipynb", APP.format(run=str(run)))
+    path = write_notebook(tmp_path / "app.ipynb", APP.format(run=str(run)))
     with voila(path) as url, browser_page() as page:
         page.goto(url, timeout=120_000)
         start = page.get_by_role("button", name="start", exact=True)
@@ -113,3 +110,23 @@ def test_the_app_asks_the_readers_name_then_takes_answers(tmp_path):
     assert answers["item"].tolist() == [0] and answers["answer"].tolist() == ["real"]
     plan = pd.read_csv(run / "reader_study" / "plan.csv")
     assert set(plan.loc[plan["truth"] == "real", "position"]) <= {0, 1, 2}  # the 3 held-out images
+
+
+def test_a_short_reader_study_is_answered_with_buttons_saved_and_summarised(tmp_path):
+    require_chromium()
+    run, path = _study(tmp_path, "dr-browser")
+    with voila(path) as url, browser_page() as page:
+        page.goto(url, timeout=120_000)
+        for i in range(1, 5):
+            page.locator(f"text=Image {i} of 4").wait_for(timeout=120_000 if i == 1 else 30_000)
+            if i == 2:
+                page.get_by_role("button", name="4", exact=True).click()  # a confidence for one answer
+            page.get_by_role("button", name="real", exact=True).click()
+        page.locator("text=Reader study summary").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "reader-study.png"))
+        assert page.locator("text=Done").count() == 1
+    answers = pd.read_csv(run / "reader_study" / "dr-browser.csv")
+    assert answers["item"].tolist() == [0, 1, 2, 3] and set(answers["answer"]) == {"real"}
+    assert answers["confidence"].tolist()[1] == 4
+    # always "real" on 2 real + 2 synthetic images: accuracy 0.5, specificity 1, sensitivity 0
+    assert (answers["answer"] == answers["truth"]).mean() == 0.5

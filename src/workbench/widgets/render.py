@@ -14,11 +14,15 @@ from PIL import Image
 def to_png(plane: np.ndarray, *, vmin: float = 0.0, vmax: float = 1.0, size: int | None = None) -> bytes:
     """One 2D image as an 8-bit grayscale PNG, windowed to [vmin, vmax], optionally upscaled."""
     scaled = np.clip((np.asarray(plane, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    img = Image.fromarray((scaled * 255 + 0.5).astype(np.uint8), mode="L")
+    return _png(Image.fromarray((scaled * 255 + 0.5).astype(np.uint8), mode="L"), size)
+
+
+def _png(img: Image.Image, size: int | None) -> bytes:
+    """PNG bytes of ``img``, upscaled (nearest neighbour: pixels stay pixels) to ``size`` wide."""
     if size and size != img.width:
         img = img.resize((size, round(size * img.height / img.width)), Image.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    img.save(buf, format="PNG", compress_level=1)  # fast: panels must update while the user steps
     return buf.getvalue()
 
 
@@ -39,12 +43,7 @@ def overlay_png(plane: np.ndarray, mask: np.ndarray, *, vmin: float = 0.0, vmax:
     m = np.clip(np.asarray(mask, dtype=np.float32), 0, 1)
     alpha = np.where(m >= level, OVERLAY_ALPHA * np.maximum(m, 0.5), 0.0)[..., None]
     rgb = gray[..., None] * (1 - alpha) + OVERLAY_RGB * alpha
-    img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), mode="RGB")
-    if size and size != img.width:
-        img = img.resize((size, round(size * img.height / img.width)), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return _png(Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), mode="RGB"), size)
 
 
 def density_png(x: np.ndarray, y: np.ndarray, *, bins: int = 96, size: int | None = None) -> bytes:
