@@ -241,3 +241,26 @@ def test_the_overlay_tints_labels_only_and_higher_labels_more():
     assert (rgb[0, 0] == 128).all()  # background untouched
     red = rgb[..., 0] - rgb[..., 1]
     assert 0 < red[1, 1] <= red[2, 2] < red[3, 3]
+
+
+def test_chest_xrays_one_channel_no_slices(tmp_path):
+    """Radiographs: one channel, no segmentation to overlay, no z and no adjacent slices."""
+    from workbench.data.store import StoreWriter
+    from workbench.memorization import memorization_analysis
+
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 1, 16, 16), dtype=np.float32)
+    rows = [{"subject": f"patient{i}", "split": "train" if i < 20 else "test"} for i in range(30)]
+    with StoreWriter(tmp_path / "xray", channels=["xray"], height=16, width=16) as w:
+        w.append(images, rows)
+    with StoreWriter(tmp_path / "synthetic", channels=["xray"], height=16, width=16, kind="synthetic") as w:
+        w.append(np.clip(images[:5] + 0.01, 0, 1), [{"split": "synthetic"}] * 5)
+    store, synth = SliceStore.open(tmp_path / "xray"), SliceStore.open(tmp_path / "synthetic")
+    run = tmp_path / "run"
+    run.mkdir()
+    memorization_analysis(synth, store.where(split="train"), store.where(split="test"), k=2, progress=False).save(run)
+    b = MatchBrowser(run)
+    assert b.overlay.disabled and b.channel.label == "xray"
+    assert b.titles["prev"].value == "no adjacent slices (a 2D image)" and "z=" not in b.titles["match"].value
+    assert f"<b>patient{b.current}</b> (training row {b.current})" in b.info.value  # each copy matches its source
+    assert all("z=" not in label for label, _ in b.choice.options)

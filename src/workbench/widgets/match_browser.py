@@ -49,6 +49,11 @@ def _message(text: str, *, kind: str = "error") -> str:
     return f'<div class="workbench-{kind}" style="color:{colour};white-space:normal">{text}</div>'
 
 
+def _slice(z) -> str:
+    """The text ' z=N' for a slice of a volume; nothing for a 2D image (a radiograph has no slice index)."""
+    return "" if pd.isna(z) else f" z={int(z)}"
+
+
 def message_widget(title: str, err: Exception | str) -> widgets.HTML:
     """What a widget shows instead of itself when its input is missing or broken."""
     return widgets.HTML(_message(f"<b>{html.escape(title)}</b><br>{html.escape(str(err))}"),
@@ -278,7 +283,7 @@ class MatchBrowser:
                 return
             c = self.data.candidates_of(self.current)
             label = "subject" if self.data.distinct_subjects else "match"
-            self.choice.options = [(f"{int(r['rank'])} · {r['match_subject']} z={r['match_z']} · r {r['r']:.3f}",
+            self.choice.options = [(f"{int(r['rank'])} · {r['match_subject']}{_slice(r['match_z'])} · r {r['r']:.3f}",
                                     int(r["rank"])) for _, r in c.iterrows()]
             self.choice.tooltips = [f"best match from {label} #{int(r['rank'])}" for _, r in c.iterrows()]
             self.choice.value = int(c["rank"].iloc[0]) if len(c) else None
@@ -389,13 +394,18 @@ class MatchBrowser:
         self.images["scatter"].value = density_png(best_img, synth, size=self.panel_size)
         subject = html.escape(str(match["match_subject"]))
         zi = None if pd.isna(z) else int(z)
+        where = _slice(z)
         self.titles["synthetic"].value = f"<b>synthetic #{sid}</b>"
-        self.titles["match"].value = f"<b>{subject}</b> z={zi} · row {int(match['match_row'])}"
+        self.titles["match"].value = f"<b>{subject}</b>{where} · row {int(match['match_row'])}"
         self.titles["scatter"].value = f"pixels, all channels · r = {match['r']:.4f}"
-        self.titles["prev"].value = f"{subject} z={zi - 1}" if prev is not None else "z−1 not in the store"
-        self.titles["next"].value = f"{subject} z={zi + 1}" if nxt is not None else "z+1 not in the store"
+        if zi is None:
+            self.titles["prev"].value = self.titles["next"].value = "no adjacent slices (a 2D image)"
+        else:
+            self.titles["prev"].value = f"{subject} z={zi - 1}" if prev is not None else "z−1 not in the store"
+            self.titles["next"].value = f"{subject} z={zi + 1}" if nxt is not None else "z+1 not in the store"
         parts = [f"<b>synthetic #{sid}</b>",
-                 f"match {int(match['rank'])}: <b>{subject}</b> slice z={zi} (training row {int(match['match_row'])})",
+                 f"match {int(match['rank'])}: <b>{subject}</b>{' slice' + where if where else ''} "
+                 f"(training row {int(match['match_row'])})",
                  f"pixel r = <b>{match['r']:.4f}</b>"]
         if int(match["rank"]) != 1:
             parts.append(f"best r = {row['r']:.4f} ({html.escape(str(row['match_subject']))} z={row['match_z']})")
