@@ -651,24 +651,9 @@ def embedding_match_table(encoder: Encoder, queries: SliceStore, reference: Slic
     if len(zq) != len(queries) or len(zr) != len(reference):
         raise WorkbenchError("embedding_match_table: the embeddings passed do not match the stores' sizes")
     values, indices = embedding_topk(zq, zr, k=k, **search_options)
-    qm = queries.manifest.reset_index(drop=True)
-    rm = reference.manifest.reset_index(drop=True)
-    q_pos = np.repeat(np.arange(len(queries)), k)
-    match = indices.reshape(-1)
-    table = pd.DataFrame({
-        "query": q_pos,
-        "query_row": queries.rows[q_pos],
-        "query_subject": qm["subject"].to_numpy()[q_pos],
-        "query_z": qm["z"].to_numpy()[q_pos],
-        "rank": np.tile(np.arange(1, k + 1), len(queries)),
-        "r": values.reshape(-1),
-        "match": match,
-        "match_row": reference.rows[match],
-        "match_subject": rm["subject"].to_numpy()[match],
-        "match_z": rm["z"].to_numpy()[match],
-        "match_prev": rm["prev"].to_numpy()[match],
-        "match_next": rm["next"].to_numpy()[match],
-    })
+    from .nearest import matches_frame
+
+    table = matches_frame(queries, reference, values, indices)
     table.attrs["similarity"] = "cosine similarity of copy-detector embeddings"
     table.attrs["constant_queries"] = []
     return table

@@ -31,14 +31,25 @@ def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, devic
     and listed in ``table.attrs["constant_queries"]``.
     """
     result = topk_correlation(queries, reference, k=k, device=device, progress=progress, **search_options)
+    table = matches_frame(queries, reference, result.values, result.indices)
+    table.attrs["constant_queries"] = np.flatnonzero(result.constant_queries).tolist()
+    table.attrs["search_stats"] = dict(result.stats)
+    return table
+
+
+def matches_frame(queries: SliceStore, reference: SliceStore, values: np.ndarray, indices: np.ndarray) -> pd.DataFrame:
+    """The match table of a (Q, k) top-k result (similarities ``values``, reference positions
+    ``indices``, -1 where there is no match): one row per (query, rank), with where each match comes
+    from.  Shared by the pixel-r and the embedding searches, so both tables read the same."""
+    k = indices.shape[1]
     qm = queries.manifest.reset_index(drop=True)
     rm = reference.manifest.reset_index(drop=True)
     q_pos = np.repeat(np.arange(len(queries)), k)
     ranks = np.tile(np.arange(1, k + 1), len(queries))
-    match = result.indices.reshape(-1)
+    match = np.asarray(indices).reshape(-1)
     ok = match >= 0
-    q_pos, ranks, match, r = q_pos[ok], ranks[ok], match[ok], result.values.reshape(-1)[ok]
-    table = pd.DataFrame({
+    q_pos, ranks, match, r = q_pos[ok], ranks[ok], match[ok], np.asarray(values).reshape(-1)[ok]
+    return pd.DataFrame({
         "query": q_pos,
         "query_row": queries.rows[q_pos],
         "query_subject": qm["subject"].to_numpy()[q_pos],
@@ -52,9 +63,6 @@ def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, devic
         "match_prev": rm["prev"].to_numpy()[match],
         "match_next": rm["next"].to_numpy()[match],
     })
-    table.attrs["constant_queries"] = np.flatnonzero(result.constant_queries).tolist()
-    table.attrs["search_stats"] = dict(result.stats)
-    return table
 
 
 @dataclass
