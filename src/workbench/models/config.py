@@ -88,10 +88,12 @@ class ModelConfig:
         raise WorkbenchError(f"{self.family.upper()} config: {msg}")
 
     def __post_init__(self):
+        # JSON gives lists: tuple fields become tuples again, of channel names or of integers
+        # (every other tuple field is a list of layer widths)
         for name in self.TUPLE_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, tuple(str(v) if name == "channels" else v for v in value))
+                setattr(self, name, tuple(str(v) if name == "channels" else int(v) for v in value))
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:

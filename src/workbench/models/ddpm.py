@@ -79,10 +79,6 @@ class DDPMConfig(ModelConfig):
     preset: str | None = None
     version: int = field(default=2)
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-
     @property
     def levels(self) -> int:
         return len(self.block_out_channels)

@@ -153,11 +153,6 @@ class LDMConfig(ModelConfig):
     preset: str | None = None
     version: int = field(default=1)
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.ae_block_out_channels = tuple(int(c) for c in self.ae_block_out_channels)
-        self.unet_block_out_channels = tuple(int(c) for c in self.unet_block_out_channels)
-
     @property
     def downsample_factor(self) -> int:
         """How many image pixels one latent pixel covers along each side: ``2 ** (AE levels - 1)``."""
