@@ -52,6 +52,7 @@ class RunMatches:
     distinct_subjects: bool = False
     thresholds: dict = field(default_factory=dict)  # similarity name -> value of the flagging threshold
     run: Path | None = None
+    _by_query: dict | None = field(default=None, init=False, repr=False)
 
     @property
     def has_flags(self) -> bool:
@@ -62,9 +63,12 @@ class RunMatches:
         return "embedding" in self.best.columns
 
     def candidates_of(self, synthetic: int) -> pd.DataFrame:
-        """The ranked candidate matches of one synthetic image."""
-        c = self.candidates
-        return c[c["query"] == int(synthetic)].sort_values("rank")
+        """The ranked candidate matches of one synthetic image (looked up, not searched: the
+        browser asks on every step)."""
+        if self._by_query is None:
+            ordered = self.candidates.sort_values(["query", "rank"])
+            self._by_query = {int(q): g for q, g in ordered.groupby("query", sort=False)}
+        return self._by_query.get(int(synthetic), self.candidates.iloc[:0])
 
 
 def _open_store(path, what: str, source: Path | None) -> SliceStore:

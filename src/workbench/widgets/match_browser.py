@@ -412,7 +412,7 @@ class MatchBrowser:
         if "embedding" in row.index and pd.notna(row["embedding"]):
             where = ""
             if "embedding_row" in row.index and pd.notna(row["embedding_row"]):
-                m = d.train._manifest.iloc[int(row["embedding_row"])]
+                m = d.train.manifest.iloc[int(row["embedding_row"])]  # d.train holds every store row
                 where = f" ({html.escape(str(m['subject']))} z={m['z']})"
             parts.append(f"embedding similarity = <b>{row['embedding']:.3f}</b>{where}")
         if d.has_flags:
