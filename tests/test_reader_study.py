@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
 from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
 from workbench.evaluate import AnswerLog, load_answers, load_plan, plan_study, save_plan, summarize
+from workbench.evaluate.reader_study import COLUMNS, read_answer_file
 
 
 def _store(path, n, kind="real", channels=("t1",)):
@@ -100,8 +102,6 @@ def _keys(study, *keys, **extra):
 
 
 def _answers(run, reader):
-    import pandas as pd
-
     return pd.read_csv(run / "reader_study" / f"{reader}.csv")
 
 
@@ -245,3 +245,63 @@ def test_the_default_channel_is_flair_where_there_is_one_else_the_first(tmp_path
     xray = _store(tmp_path / "x-real", 4, channels=("xray",))
     xray_synth = _store(tmp_path / "x-synth", 4, kind="synthetic", channels=("xray",))
     assert ReaderStudy(tmp_path / "run2", "a", real=xray, synthetic=xray_synth, n_real=2, n_synthetic=2).channel == 0
+
+
+# -- one reader in several tabs (several processes) answering at the same instant ----------------
+
+@pytest.fixture(scope="module")
+def racers():
+    from test_marks import RacingWorkers  # worker processes that start each trial together
+
+    workers = RacingWorkers(4)
+    yield workers
+    workers.close()
+
+
+def _open_tab(run, reader, items, answer):
+    """A browser tab of ``reader``: its own AnswerLog, opened before; the action answers ``items``."""
+    log = AnswerLog(run, reader, load_plan(run))
+
+    def act():
+        for item in items:
+            log.answer(item, answer)
+        return answer
+    return act
+
+
+def _small_plan(n):
+    return pd.DataFrame({"item": range(n), "truth": ["real", "synthetic"] * (n // 2), "position": range(n)})
+
+
+def _read_back(run, reader):
+    path = run / "reader_study" / f"{reader}.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and lines.count(lines[0]) == 1, lines
+    return read_answer_file(path)
+
+
+def test_one_reader_in_two_tabs_answers_an_item_once(racers, tmp_path):
+    run = tmp_path / "run"
+    save_plan(run, _small_plan(4))
+    for trial in range(60):
+        reader = f"reader-{trial}"
+        if trial % 2:  # half the trials on a file that has answers already, half on a new one
+            AnswerLog(run, reader, load_plan(run)).answer(0, "real")
+        results = racers.race((_open_tab, (run, reader, [1], "real")), (_open_tab, (run, reader, [1], "synthetic")))
+        assert sorted(status for status, _ in results) == ["ok", "refused"], (trial, results)
+        winner = next(value for status, value in results if status == "ok")
+        refusal = next(value for status, value in results if status == "refused")
+        assert f"item 1 was already answered by {reader}" in refusal
+        answers = _read_back(run, reader)
+        assert answers["item"].tolist() == [0, 1][1 - trial % 2:], (trial, answers)
+        assert answers.loc[answers["item"] == 1, "answer"].tolist() == [winner]
+
+
+def test_one_reader_answering_different_items_in_several_tabs_loses_none(racers, tmp_path):
+    run = tmp_path / "run"
+    save_plan(run, _small_plan(8))
+    for trial in range(45):
+        reader, tabs = f"reader-{trial}", 2 + trial % 3   # 2, 3 or 4 tabs, two items each
+        results = racers.race(*[(_open_tab, (run, reader, [tab, tab + 4], "real")) for tab in range(tabs)])
+        assert results == [("ok", "real")] * tabs, (trial, results)
+        assert sorted(_read_back(run, reader)["item"]) == sorted([*range(tabs), *range(4, 4 + tabs)]), trial

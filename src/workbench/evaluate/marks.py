@@ -3,7 +3,9 @@
 The match browser calls :meth:`MarkLog.mark` on every click; the mark is appended to
 ``<run>/marks.csv`` at once (flushed and fsynced) and the latest mark of an image wins, so a
 changed mind is recorded too and nothing is lost when the browser or kernel stops.  On return,
-:meth:`MarkLog.current` gives every image's latest mark to show beside it.
+:meth:`MarkLog.current` gives every image's latest mark to show beside it.  Reviewers marking
+the same run at the same instant write under one inter-process lock
+(:mod:`workbench.data.csv_log`): every mark is kept and the header is written once.
 
 >>> log = MarkLog("runs/demo", reviewer="dr-a")           # doctest: +SKIP
 >>> log.mark(29, "copy", comment="same tumour, same slice")  # doctest: +SKIP
@@ -12,12 +14,13 @@ changed mind is recorded too and nothing is lost when the browser or kernel stop
 """
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from ..data.atomic import append_csv_row
+from ..data.csv_log import append_row, read_complete
 from ..errors import WorkbenchError
 
 VERDICTS = ("copy", "not a copy", "unsure")
@@ -34,9 +37,11 @@ class MarkLog:
         self.history = self._read() if self.path.exists() else pd.DataFrame(columns=COLUMNS)
 
     def _read(self) -> pd.DataFrame:
+        raw = read_complete(self.path, COLUMNS)  # outside the try: "busy" is not "corrupt"
         try:
-            df = pd.read_csv(self.path, dtype={"synthetic": "Int64", "verdict": "string", "comment": "string",
-                                               "reviewer": "string", "marked_at": "string"}, keep_default_na=False)
+            df = pd.read_csv(io.BytesIO(raw),
+                             dtype={"synthetic": "Int64", "verdict": "string", "comment": "string",
+                                    "reviewer": "string", "marked_at": "string"}, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError) as err:
             raise WorkbenchError(f"{self.path}: corrupt marks file ({err}); move it aside to start marking again") from None
         if list(df.columns) != COLUMNS:
@@ -54,7 +59,7 @@ class MarkLog:
             raise WorkbenchError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         row = {"synthetic": int(synthetic), "verdict": verdict, "comment": str(comment or ""),
                "reviewer": self.reviewer, "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        append_csv_row(self.path, COLUMNS, row)
+        append_row(self.path, COLUMNS, row)
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
 
     def current(self) -> pd.DataFrame:

@@ -6,7 +6,9 @@ The logic behind the ``ReaderStudy`` widget, kept apart from it so it is tested 
   the reader sees only the item number.
 * :class:`AnswerLog` appends each answer to ``<run>/reader_study/<reader>.csv`` the moment it is
   given (flushed and fsynced), so nothing is lost when a browser tab closes, and a reader who
-  comes back continues where they stopped.
+  comes back continues where they stopped.  A reader in two tabs (two kernels) answers each item
+  once: "already answered?" is checked against the file and the answer appended under one
+  inter-process lock (:mod:`workbench.data.csv_log`).
 * :func:`summarize` scores the answers per reader and pooled: accuracy, sensitivity (synthetic
   images called synthetic), specificity (real images called real), an exact binomial test of
   the accuracy against chance (0.5) and a Clopper-Pearson 95 % interval.
@@ -18,6 +20,7 @@ The logic behind the ``ReaderStudy`` widget, kept apart from it so it is tested 
 """
 from __future__ import annotations
 
+import io
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.store import SliceStore
-from ..data.atomic import append_csv_row
+from ..data.csv_log import append_row, read_complete
 from ..errors import WorkbenchError
 
 ANSWERS = ("real", "synthetic")
@@ -92,9 +95,10 @@ def _reader_file(run, reader: str) -> Path:
 
 def read_answer_file(path: Path) -> pd.DataFrame:
     """One reader's answers; a damaged file is an error that names it (and says how to recover)."""
+    raw = read_complete(path, COLUMNS)  # outside the try: "busy" is not "corrupt"
     try:
-        df = pd.read_csv(path, dtype={"item": "Int64", "truth": "string", "answer": "string", "confidence": "Int64",
-                                      "answered_at": "string"})
+        df = pd.read_csv(io.BytesIO(raw), dtype={
+            "item": "Int64", "truth": "string", "answer": "string", "confidence": "Int64", "answered_at": "string"})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError) as err:
         raise WorkbenchError(f"{path}: corrupt answers file ({err}); move it aside to start this reader again") from None
     if list(df.columns) != COLUMNS:
@@ -136,14 +140,18 @@ class AnswerLog:
         match = self.plan.loc[self.plan["item"] == item]
         if match.empty:
             raise WorkbenchError(f"item {item!r} is not in the study (items 0..{len(self.plan) - 1})")
-        if self.path.exists():  # the same reader may answer in two tabs: the file is what counts
-            self.answers = read_answer_file(self.path)
-        if int(item) in self.answered:
-            raise WorkbenchError(f"item {item} was already answered by {self.reader}")
         row = {"item": int(item), "truth": match["truth"].iloc[0], "answer": answer,
                "confidence": "" if confidence is None else int(confidence),
                "answered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        append_csv_row(self.path, COLUMNS, row)
+
+        def not_answered_yet() -> None:  # under the file's lock: no other tab can answer in between
+            # the same reader may answer in two tabs (two processes): the file as it is now is what counts
+            if self.path.exists():
+                self.answers = read_answer_file(self.path)
+            if int(item) in self.answered:
+                raise WorkbenchError(f"item {item} was already answered by {self.reader}")
+
+        append_row(self.path, COLUMNS, row, check=not_answered_yet)
         self.answers = pd.concat([self.answers, pd.DataFrame([row])], ignore_index=True)
 
 
