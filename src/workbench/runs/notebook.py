@@ -4,10 +4,20 @@ A notebook is a function: parameters in (its ``parameters`` cell), outputs and r
 out.  The executed copy is written under a temporary name and renamed when the run completes;
 a run that fails leaves ``<name>.FAILED.ipynb`` (with the error shown in the failing cell) and
 never a notebook that looks finished.
+
+A parameter the notebook does not declare is refused before anything runs (papermill would
+inject it and the notebook would quietly use its default), and so is a value of clearly the
+wrong kind for its default (a string for an integer, say).  :func:`describe_notebooks` lists
+every notebook's parameters, defaults and help (the trailing comments of its ``parameters`` cell).
 """
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
 import json
+import shutil
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +43,185 @@ def find_notebook(name) -> Path:
             return candidate
     known = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
     raise WorkbenchError(f"{name}: no such notebook (the workbench's notebooks are {known})")
+
+
+# -- the parameters a notebook declares -------------------------------------------------------
+def notebook_parameters(notebook) -> dict[str, dict]:
+    """The parameters that ``notebook`` declares in its ``parameters`` cell, in the cell's order.
+
+    Read by papermill's own parser (:func:`papermill.inspect_notebook`).  Each value is a dict
+    with ``default`` (the default as written in the cell, e.g. ``'"brain"'`` or ``'0.15'``),
+    ``help`` (the line's trailing comment, or ``""``) and ``type`` (the Python type of the
+    default, e.g. ``int``; ``None`` when the default is ``None`` or not a literal).
+
+    >>> notebook_parameters("01_prepare_data")["min_foreground"]      # doctest: +SKIP
+    {'default': '0.15', 'help': 'keep slices with at least this fraction of brain pixels', 'type': <class 'float'>}
+    """
+    path = find_notebook(notebook).resolve()
+    stat = path.stat()
+    return {name: dict(spec) for name, spec in _inspect(str(path), stat.st_mtime_ns, stat.st_size).items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, mtime_ns: int, size: int) -> dict[str, dict]:  # cached per version of the file
+    import papermill as pm
+
+    found = {name: (spec["default"], spec["help"] or "") for name, spec in pm.inspect_notebook(path).items()}
+    # papermill skips (with a logged warning) a line holding two '=', e.g. `label = "a=b"` or an '='
+    # in the comment: its name is still a parameter (refusing it would be wrong), with no help
+    assigned = _assigned_names(path)
+    names = list(assigned) + [name for name in found if name not in assigned]
+    declared = {}
+    for name in names:
+        text, comment = found.get(name, (assigned.get(name), ""))
+        try:
+            default = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            default = None  # an expression: its type is not known without running it
+        declared[name] = {"default": text, "help": comment, "type": None if default is None else type(default)}
+    return declared
+
+
+def _assigned_names(path: str) -> dict[str, str | None]:
+    """Names assigned at the top of the ``parameters`` cell, with their values' text (in order)."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(path, as_version=4).cells
+             if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        return {}
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError:  # IPython syntax (magics): papermill's reading only
+        return {}
+    names = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) and node.value is not None else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                names[target.id] = ast.get_source_segment(cells[0].source, node.value)
+    return names
+
+
+#: for a default of this type: the values that are clearly of the wrong kind, and what it takes.
+#: None is always accepted (several parameters take None as "not set"), and a parameter whose
+#: default is None, a string or an expression takes anything: papermill cannot tell more.
+_WRONG_KIND = {
+    bool: ((str, float, list, tuple, dict), "true or false"),
+    int: ((bool, str, list, tuple, dict), "an integer"),
+    float: ((bool, str, list, tuple, dict), "a number"),
+    list: ((bool, int, float, dict), "a list"),
+    tuple: ((bool, int, float, dict), "a list"),
+    dict: ((bool, int, float, str, list, tuple), "a dict"),
+}
+_KIND_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", tuple: "list",
+               dict: "dict"}
+
+
+def _kind_problem(name: str, spec: dict, value) -> str | None:
+    rule = _WRONG_KIND.get(spec["type"])
+    if value is None or rule is None or not isinstance(value, rule[0]):
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    kind = next((word for cls, word in _KIND_NAMES.items() if type(value) is cls), type(value).__name__)
+    problem = f"parameter {name!r} takes {rule[1]} (its default is {spec['default']}), not the {kind} {shown}"
+    if isinstance(value, str) and value in ("None", "True", "False"):
+        problem += " (on the command line, write null, true or false)"
+    elif isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        problem += " (it does not parse as JSON)"
+    return problem
+
+
+def check_parameters(notebook, parameters: dict | None) -> Path:
+    """Refuse ``parameters`` that ``notebook`` does not declare, or values of clearly the wrong kind.
+
+    Raises one :class:`WorkbenchError` naming the notebook, every problem and, for an unknown
+    name, the close matches and the notebook's parameters; returns the notebook's path.  Nothing
+    is executed.  Use it before papermill injects parameters (``execute_notebook``, also with
+    ``prepare_only=True``), which would otherwise accept any name.
+
+    >>> check_parameters("01_prepare_data", {"min_forground": 0.5})   # doctest: +SKIP
+    WorkbenchError: 01_prepare_data.ipynb: unknown parameter 'min_forground' (did you mean
+    'min_foreground'?); its parameters are: min_foreground, dataset, source, ...
+    """
+    path = find_notebook(notebook)
+    parameters = dict(parameters or {})
+    declared = notebook_parameters(path)
+    unknown = [name for name in parameters if name not in declared]
+    problems = []
+    if unknown and not declared:
+        problems.append(f"it declares no parameters (no parameters cell), so it takes none "
+                        f"(got {', '.join(repr(name) for name in unknown)})")
+    elif unknown:
+        close = {name: difflib.get_close_matches(str(name), list(declared), n=3, cutoff=0.6) for name in unknown}
+        named = ", ".join(repr(name) + (f" (did you mean {' or '.join(repr(c) for c in close[name])}?)"
+                                        if close[name] else "") for name in unknown)
+        first = list(dict.fromkeys(c for name in unknown for c in close[name]))
+        valid = first + [name for name in declared if name not in first]
+        problems.append(f"unknown parameter{'s' if len(unknown) > 1 else ''} {named}; "
+                        f"its parameters are: {', '.join(valid)}")
+    problems += [p for name, value in parameters.items() if name in declared
+                 for p in [_kind_problem(name, declared[name], value)] if p]
+    if problems:
+        raise WorkbenchError(f"{path.name}: " + "; ".join(problems))
+    return path
+
+
+def describe_notebooks(notebooks=None, *, width: int | None = None) -> str:
+    """The workbench's notebooks with their parameters, defaults and help, as plain text.
+
+    Written for the epilog of ``workbench run --help`` (argparse's RawDescriptionHelpFormatter
+    keeps its lines); ``notebooks`` defaults to every notebook in :data:`NOTEBOOK_DIR`, and
+    ``width`` to the terminal's.  Each parameter reads as in the notebook's ``parameters`` cell::
+
+        01_prepare_data: Prepare data → SliceStore
+          dataset = "brain"     # "brain" (BraTS layout) or "xray" (Kermany chest X-ray layout)
+    """
+    if width is None:
+        width = shutil.get_terminal_size().columns - 2
+    width = max(int(width), 60)
+    if notebooks is None:
+        notebooks = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+    blocks = [textwrap.fill("notebook parameters (set with -p NAME VALUE; a name the notebook does not "
+                            "declare is refused):", width=width)]
+    for notebook in notebooks:
+        path = find_notebook(notebook)
+        title = _title(path)
+        lines = [f"{path.stem}: {title}" if title else path.stem]
+        declared = notebook_parameters(path)
+        lefts = {name: f"  {name} = {spec['default']}" for name, spec in declared.items()}
+        # the comments' column, as in the cells: beside the longest name = default, bar long outliers
+        column = max((len(left) for left in lefts.values() if len(left) <= 36), default=0) + 2
+        for name, spec in declared.items():
+            left = lefts[name]
+            if not spec["help"]:
+                lines.append(left)
+                continue
+            start = max(column, len(left) + 2)
+            if width - start >= 30:
+                first, indent = left.ljust(start), " " * start
+            else:  # no room beside it: the help goes below, indented
+                lines.append(left)
+                first = indent = " " * 6
+            wrapped = textwrap.wrap(spec["help"], width=width - len(indent) - 2)
+            lines.append(first + "# " + wrapped[0])
+            lines += [indent + "# " + more for more in wrapped[1:]]
+        if not declared:
+            lines.append("  (no parameters cell)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _title(path: Path) -> str:
+    """The notebook's title: its first markdown heading, without the number ("# 03 · Sample ...")."""
+    import nbformat
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
+            heading = cell.source.lstrip().splitlines()[0].lstrip("#").strip()
+            return heading.split("·", 1)[1].strip() if "·" in heading else heading
+    return ""
 
 
 def parse_value(text: str):
@@ -61,17 +250,19 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
     """Execute ``notebook`` with ``parameters`` into the run folder ``out``.
 
     Writes ``out/<name>.ipynb`` (and ``out/<name>.html``) and returns the notebook's path.
+    Parameters the notebook does not declare, or values of clearly the wrong kind, are refused
+    first (:func:`check_parameters`), before anything runs or is written.
 
     >>> run_notebook("01_prepare_data", "runs/mine", {"phantom_subjects": 4})   # doctest: +SKIP
     """
     import papermill as pm
 
-    src = find_notebook(notebook)
+    params = dict(parameters or {})
+    src = check_parameters(notebook, params)  # before the run folder is touched
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / src.name
     failed = out / f"{src.stem}.FAILED.ipynb"
-    params = dict(parameters or {})
     started = time.time()
     with atomic_file(target) as tmp:
         try:
