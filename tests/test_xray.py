@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -175,7 +176,14 @@ def test_find_xrays_case_insensitive_with_val_and_junk(tmp_path):
     (tmp_path / "train/PNEUMONIA/._person2_virus_3.png").write_bytes(b"junk")
     (tmp_path / "train/PNEUMONIA/notes.txt").write_text("junk")
     (tmp_path / "other").mkdir()
-    table = find_xrays(tmp_path)
+    (tmp_path / "__MACOSX").mkdir()
+    with pytest.warns(UserWarning) as caught:  # what is not read is named, hidden entries are not
+        table = find_xrays(tmp_path)
+    assert sorted(str(w.message) for w in caught) == [
+        f"{tmp_path}/train/PNEUMONIA: 1 file not read (notes.txt): only .jpeg, .jpg, .png, .dcm files are read "
+        f"(a DICOM file needs the .dcm suffix)",
+        f"{tmp_path}: 1 folder not read (other/): not a split folder (train, val, test)",
+    ]
     assert [nones(r) for r in table[["split", "class_name", "label", "subject", "kind"]].values.tolist()] == [
         ["train", "NORMAL", 0, "IM-0001", None],
         ["train", "PNEUMONIA", 1, "person2", "virus"],
@@ -314,6 +322,24 @@ def test_corrupt_file_stops_prepare_and_leaves_no_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_non_finite_image_names_the_file(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(2):
+        (src / "train" / "NORMAL").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gradient()).save(src / "train" / "NORMAL" / f"IM-000{i}-0001.png")
+    original = xray.fit_square
+
+    def poisoned(image, **kwargs):  # any step that makes a NaN must name the image, not the store
+        out = original(image, **kwargs)
+        out[3, 3] = np.nan
+        return out
+
+    monkeypatch.setattr(xray, "fit_square", poisoned)
+    with pytest.raises(DataError, match=r"train/NORMAL/IM-0000-0001\.png: image has non-finite pixel values"):
+        prepare_xray_store(src, tmp_path / "store", size=16, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 # --------------------------------------------------------------------------------------------
 # the store
 # --------------------------------------------------------------------------------------------
@@ -367,6 +393,59 @@ def test_max_images_is_a_seeded_subset(phantom, tmp_path):
     assert len(a) == 7 and a.manifest["source"].tolist() == b.manifest["source"].tolist()
     assert set(a.manifest["source"]) <= set(find_xrays(phantom)["path"])
     assert a.meta["images_found"] == IMAGES
+
+
+def test_files_not_read_are_reported_and_recorded(tmp_path, capsys):
+    for rel in ("train/NORMAL/IM-0001-0001.png", "train/PNEUMONIA/person1_virus_1.png", "test/NORMAL/IM-0002-0001.png"):
+        (tmp_path / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gradient()).save(tmp_path / "src" / rel)
+    Image.fromarray(gradient()).save(tmp_path / "src" / "train" / "NORMAL" / "IM-0003-0001.bmp")
+    (tmp_path / "src" / "train" / "NORMAL" / "IM-0004-0001").write_bytes(b"DICM without a suffix")
+    (tmp_path / "src" / "test" / "COVID19").mkdir()
+    store = prepare_xray_store(tmp_path / "src", tmp_path / "store", size=16, progress=False)
+    out = capsys.readouterr().out
+    assert "train/NORMAL: 2 files not read (IM-0003-0001.bmp, IM-0004-0001): only .jpeg" in out
+    assert "test: 1 entry not read (COVID19/): only the NORMAL/ and PNEUMONIA/ folders are read here" in out
+    assert [(Path(r["path"]).name, r["reason"].split(" (")[0]) for r in store.meta["skipped"]] == [
+        ("NORMAL", "2 files not read"), ("test", "1 entry not read")]
+    assert len(store) == 3 and store.meta["images_found"] == 3
+
+
+def test_empty_splits_are_errors_and_write_nothing(tmp_path, phantom):
+    def write(root, *rels):
+        for rel in rels:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(gradient()).save(root / rel)
+        return root
+
+    only_test = write(tmp_path / "a", "test/NORMAL/IM-0001-0001.png", "test/PNEUMONIA/person1_virus_1.png")
+    with pytest.raises(DataError, match=r"a: no training images: the 2 images are 2 in test/ and split='given' keeps "
+                                        r"the folders' split.*split='image' or split='patient'"):
+        prepare_xray_store(only_test, tmp_path / "store", size=16, progress=False)
+    one_patient = write(tmp_path / "b", "train/PNEUMONIA/person7_virus_1.png", "train/PNEUMONIA/person7_virus_2.png")
+    with pytest.raises(DataError, match=r"b: test_fraction=0\.2 would leave the test split empty: all 2 images are "
+                                        r"of one patient \(person7\)"):
+        prepare_xray_store(one_patient, tmp_path / "store", size=16, split="patient", progress=False)
+    one_image = write(tmp_path / "c", "train/NORMAL/IM-0001-0001.png")
+    with pytest.raises(DataError, match=r"c: test_fraction=0\.2 would leave the test split empty: there is only one "
+                                        r"image \(.*IM-0001-0001\.png\)"):
+        prepare_xray_store(one_image, tmp_path / "store", size=16, split="image", progress=False)
+    with pytest.raises(DataError, match=r"max_images=1 kept no test image \(the subset has 1 in train/\)"):
+        prepare_xray_store(phantom, tmp_path / "store", size=16, max_images=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+    # a small subset keeps each split's share, and a test image (uniformly, this seed drew 7 train images)
+    small = prepare_xray_store(phantom, tmp_path / "store", size=16, max_images=7, seed=1, progress=False)
+    assert small.manifest["split"].value_counts().to_dict() == {"train": 5, "test": 2}
+    assert small.meta["subjects"]["test"] >= 1
+
+
+def test_cli_empty_train_split_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "src" / "test" / "NORMAL").mkdir(parents=True)
+    Image.fromarray(gradient()).save(tmp_path / "src" / "test" / "NORMAL" / "IM-0001-0001.png")
+    assert main(["data", "prepare-xray", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("workbench: error: ") and err.count("\n") == 1 and "no training images" in err
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("kwargs,problem", [

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import numbers
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from ..errors import DataError, option_hint
 from .store import SliceStore, StoreWriter
 
 #: Class folder name -> label.
@@ -124,12 +125,84 @@ def _dicom_patient(path: Path) -> str | None:
     return value or None
 
 
+def _not_read(folder: Path, entries: list[Path], what: str, why: str) -> dict:
+    """One ``skipped`` record for the files or folders of ``folder`` that are not read."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in entries)
+    example = ", ".join(names[:3]) + (f" ... ({len(names)} in all)" if len(names) > 3 else "")
+    what = what if len(names) == 1 else {"entry": "entries"}.get(what, what + "s")
+    return {"path": str(folder), "reason": f"{len(names)} {what} not read ({example}): {why}"}
+
+
+def scan_xrays(source) -> tuple[pd.DataFrame, list[dict]]:
+    """The images of a Kermany-layout folder (see :func:`find_xrays`) and what was not read.
+
+    ``skipped`` lists, one record ``{"path": folder, "reason": ...}`` per folder, the files and
+    folders that the layout does not read: folders that are not a split (``train`` / ``val`` /
+    ``test``) or class (``NORMAL`` / ``PNEUMONIA``) folder, files of other types in a class
+    folder (a DICOM file needs the ``.dcm`` suffix), sub-folders of a class folder, and images
+    outside the class folders.  Hidden entries (``.DS_Store``, ``._*``, ``__MACOSX``) are not listed.
+
+    >>> table, skipped = scan_xrays("data/chest_xray")              # doctest: +SKIP
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise DataError(f"{source}: folder does not exist")
+    splits = _subfolders(source, SPLITS)
+    if "train" not in splits and "test" not in splits:
+        raise DataError(
+            f"{source}: no train/ or test/ folder found (expected the Kermany layout "
+            f"<split>/NORMAL|PNEUMONIA/*.jpeg); found {_listing(source)}{_layout_hint(source)}"
+        )
+    visible = lambda folder: [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "__"))]  # noqa: E731
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    skipped = []
+    other = [p for p in visible(source) if p.is_dir() and p.name.lower() not in SPLITS]
+    if other:
+        skipped.append(_not_read(source, other, "folder", "not a split folder (train, val, test)"))
+    rows = []
+    for split in SPLITS:
+        for split_dir in splits.get(split, []):
+            classes = _subfolders(split_dir, {c.lower() for c in CLASSES})
+            if not classes:
+                raise DataError(
+                    f"{split_dir}: no NORMAL/ or PNEUMONIA/ class folder found; found {_listing(split_dir)}"
+                )
+            stray = [p for p in visible(split_dir) if (p.is_dir() and p.name.upper() not in CLASSES) or is_image(p)]
+            if stray:
+                skipped.append(_not_read(split_dir, stray, "entry", "only the NORMAL/ and PNEUMONIA/ folders are read here"))
+            for class_name, label in CLASSES.items():
+                for class_dir in classes.get(class_name.lower(), []):
+                    entries = visible(class_dir)
+                    files = [p for p in entries if is_image(p)]
+                    others = [p for p in entries if p.is_file() and not is_image(p)]
+                    if others:
+                        skipped.append(_not_read(class_dir, others, "file", f"only {', '.join(IMAGE_SUFFIXES)} "
+                                                 f"files are read (a DICOM file needs the .dcm suffix)"))
+                    folders = [p for p in entries if p.is_dir()]
+                    if folders:
+                        skipped.append(_not_read(class_dir, folders, "folder", "images must lie directly in the "
+                                                 "class folder"))
+                    for path in sorted(files, key=lambda p: _natural_key(p.name)):
+                        subject, kind = parse_xray_name(path.name)
+                        if path.suffix.lower() == ".dcm":
+                            subject = _dicom_patient(path) or subject
+                        rows.append({"path": str(path), "split": split, "class_name": class_name, "label": label,
+                                     "subject": subject, "kind": kind})
+    if not rows:
+        found = "; ".join(f"{d}: {_listing(d)}" for ds in splits.values() for d in ds)
+        raise DataError(
+            f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders; found {found}"
+        )
+    return pd.DataFrame(rows, columns=list(COLUMNS)), skipped
+
+
 def find_xrays(source) -> pd.DataFrame:
     """List the images of a Kermany-layout folder: ``<split>/<CLASS>/<image>``.
 
     Split folders ``train``, ``test`` and (if present) ``val``; class folders ``NORMAL`` and
     ``PNEUMONIA``; images ``.jpeg``, ``.jpg``, ``.png`` or ``.dcm`` (all case-insensitive).
-    Hidden files (``.DS_Store``, ``._*``) and other files are ignored.
+    Hidden files (``.DS_Store``, ``._*``) are ignored; other files and folders that the layout
+    does not read are named in a warning (see :func:`scan_xrays`).
 
     Parameters
     ----------
@@ -150,39 +223,10 @@ def find_xrays(source) -> pd.DataFrame:
     >>> table.loc[0, ["split", "class_name", "subject"]].tolist()  # doctest: +SKIP
     ['train', 'NORMAL', 'IM-0115']
     """
-    source = Path(source)
-    if not source.is_dir():
-        raise DataError(f"{source}: folder does not exist")
-    splits = _subfolders(source, SPLITS)
-    if "train" not in splits and "test" not in splits:
-        raise DataError(
-            f"{source}: no train/ or test/ folder found (expected the Kermany layout "
-            f"<split>/NORMAL|PNEUMONIA/*.jpeg); found {_listing(source)}{_layout_hint(source)}"
-        )
-    rows = []
-    for split in SPLITS:
-        for split_dir in splits.get(split, []):
-            classes = _subfolders(split_dir, {c.lower() for c in CLASSES})
-            if not classes:
-                raise DataError(
-                    f"{split_dir}: no NORMAL/ or PNEUMONIA/ class folder found; found {_listing(split_dir)}"
-                )
-            for class_name, label in CLASSES.items():
-                for class_dir in classes.get(class_name.lower(), []):
-                    files = [p for p in class_dir.iterdir()
-                             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
-                    for path in sorted(files, key=lambda p: _natural_key(p.name)):
-                        subject, kind = parse_xray_name(path.name)
-                        if path.suffix.lower() == ".dcm":
-                            subject = _dicom_patient(path) or subject
-                        rows.append({"path": str(path), "split": split, "class_name": class_name, "label": label,
-                                     "subject": subject, "kind": kind})
-    if not rows:
-        found = "; ".join(f"{d}: {_listing(d)}" for ds in splits.values() for d in ds)
-        raise DataError(
-            f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders; found {found}"
-        )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    table, skipped = scan_xrays(source)
+    for item in skipped:
+        warnings.warn(f"{item['path']}: {item['reason']}", stacklevel=2)
+    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,9 +369,11 @@ def read_xray(path, *, size: int, fit: str = "pad") -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     image = _read_dicom(path) if path.suffix.lower() == ".dcm" else _read_pil(path, size)
-    if not np.isfinite(image).all():
+    if np.isfinite(image).all():
+        image = fit_square(image, size=size, fit=fit)
+    if not np.isfinite(image).all():  # checked on the result: the store would only name itself
         raise DataError(f"{path}: image has non-finite pixel values")
-    return fit_square(image, size=size, fit=fit)
+    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,6 +424,67 @@ def _summary(table: pd.DataFrame) -> dict:
     return {"images": counts, "subjects": subjects, "subjects_in_several_splits": several}
 
 
+def subset_images(splits, n: int, max_images: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted positions of a seeded random subset of ``max_images`` of ``n`` images.
+
+    With ``splits`` (each image's split, as the folders give it) the subset keeps each split's
+    share, and at least one image of each split while ``max_images`` allows (train first, then
+    test, then val), so that a quick run keeps a test split; without, it is drawn uniformly.
+
+    >>> subset_images(["train"] * 8 + ["test"] * 2, 10, 3, seed=0).tolist()[-1] >= 8
+    True
+    """
+    rng = np.random.default_rng([seed, 1])
+    if splits is None:
+        return np.sort(rng.choice(n, size=max_images, replace=False))
+    splits = np.asarray(splits, dtype=object)
+    groups = {s: np.flatnonzero(splits == s) for s in ("train", "test", "val") if (splits == s).any()}
+    share = {s: max_images * len(ix) / n for s, ix in groups.items()}
+    alloc = dict.fromkeys(groups, 0)
+    for s in groups:  # one image of each split first, in order of importance
+        if sum(alloc.values()) < max_images:
+            alloc[s] = 1
+    while sum(alloc.values()) < max_images:  # then the rest to the split furthest below its share
+        s = max((s for s in groups if alloc[s] < len(groups[s])), key=lambda s: share[s] - alloc[s])
+        alloc[s] += 1
+    keep = [rng.choice(groups[s], size=alloc[s], replace=False) for s in groups if alloc[s]]
+    return np.sort(np.concatenate(keep))
+
+
+def _in_splits(table: pd.DataFrame) -> str:
+    counts = table["split"].value_counts()
+    return ", ".join(f"{n} in {s}/" for s, n in counts.items())
+
+
+def _check_splits(source, found: pd.DataFrame, table: pd.DataFrame, *, split: str, test_fraction: float,
+                  max_images: int | None) -> None:
+    """Refuse a store without training images, or without test images when a test split was asked for."""
+    n = table["split"].value_counts()
+    given = f"{option_hint('split', 'given')} keeps the folders' split"
+    resplit = f"re-split with {option_hint('split', 'image')} or {option_hint('split', 'patient')}"
+    if not n.get("train", 0):
+        if split == "given" and (found["split"] == "train").any():
+            raise DataError(f"{source}: {option_hint('max_images', max_images)} kept no training image (the subset has "
+                            f"{_in_splits(table)}); keep more images or {resplit}")
+        raise DataError(f"{source}: no training images: the {len(table)} images are {_in_splits(table)} and {given}; "
+                        f"put training images in train/NORMAL/ and train/PNEUMONIA/ or {resplit}")
+    if n.get("test", 0):
+        return
+    if split == "given" and (found["split"] == "test").any():
+        raise DataError(f"{source}: {option_hint('max_images', max_images)} kept no test image (the subset has "
+                        f"{_in_splits(table)}); keep more images or {resplit}")
+    if split == "image" and test_fraction > 0:
+        raise DataError(f"{source}: {option_hint('test_fraction', test_fraction)} would leave the test split empty: "
+                        f"there is only one image ({table['path'].iloc[0]}); set {option_hint('test_fraction', 0)} "
+                        f"or add images")
+    if split == "patient" and test_fraction > 0:
+        raise DataError(f"{source}: {option_hint('test_fraction', test_fraction)} would leave the test split empty: "
+                        f"all {len(table)} images are of one patient ({table['subject'].iloc[0]}); set "
+                        f"{option_hint('split', 'image')}, {option_hint('test_fraction', 0)} or add patients")
+    if split == "given":
+        print(f"warning: {source}: no test images (no test/ folder with images); the store has no test split")
+
+
 def prepare_xray_store(source, out, *, size: int = 64, fit: str = "pad", split: str = "given",
                        test_fraction: float = 0.2, seed: int = 0, max_images: int | None = None,
                        overwrite: bool = False, progress: bool = True) -> SliceStore:
@@ -387,6 +494,13 @@ def prepare_xray_store(source, out, *, size: int = 64, fit: str = "pad", split: 
     :func:`read_xray`.  Manifest rows: ``subject`` (patient id), ``source`` (the file),
     ``split``, ``label`` (0 NORMAL, 1 PNEUMONIA), ``z`` / ``prev`` / ``next`` empty, plus
     ``class_name`` and ``kind`` (bacteria / virus / None).  The channel is called ``"xray"``.
+
+    No image is dropped silently: files and folders the layout does not read are printed and
+    listed under ``skipped`` in ``store.json``, and a store without training images, or
+    without test images when a test split was asked for (a re-split with ``test_fraction > 0``,
+    or a ``max_images`` subset that leaves out every image of ``test/``), is a
+    :class:`DataError` and nothing is written.  An unreadable image stops the whole store with
+    an error naming the file.
 
     Parameters
     ----------
@@ -408,7 +522,9 @@ def prepare_xray_store(source, out, *, size: int = 64, fit: str = "pad", split: 
     seed : int, optional
         Seed of the re-split and of the ``max_images`` subset (written to the store's metadata).
     max_images : int, optional
-        Keep a seeded random subset of this many images (for quick runs).
+        Keep a seeded random subset of this many images (for quick runs).  With
+        ``split="given"`` the subset keeps each folder split's share and at least one image of
+        each split (see :func:`subset_images`).
     overwrite : bool, optional
         Replace an existing store at ``out``.
     progress : bool, optional
@@ -432,12 +548,15 @@ def prepare_xray_store(source, out, *, size: int = 64, fit: str = "pad", split: 
                                    or max_images < 1):
         raise DataError(f"max_images must be a positive integer or None, got {max_images!r}")
 
-    table = find_xrays(source)
-    found = len(table)
+    table, skipped = scan_xrays(source)
+    for item in skipped:
+        print(f"warning: {item['path']}: {item['reason']}")
+    found = table
     if max_images is not None and max_images < len(table):
-        keep = np.sort(np.random.default_rng([seed, 1]).choice(len(table), size=max_images, replace=False))
+        keep = subset_images(table["split"] if split == "given" else None, len(table), max_images, seed=seed)
         table = table.iloc[keep].reset_index(drop=True)
     table = table.assign(split=_assign_splits(table, split, test_fraction, seed).to_numpy())
+    _check_splits(source, found, table, split=split, test_fraction=test_fraction, max_images=max_images)
     summary = _summary(table)
     meta = {
         "source": str(Path(source).resolve()),
@@ -446,7 +565,8 @@ def prepare_xray_store(source, out, *, size: int = 64, fit: str = "pad", split: 
         "options": dict(size=size, fit=fit, split=split, test_fraction=test_fraction, seed=seed, max_images=max_images),
         "labels": dict(CLASSES),
         "orientation": "as stored in the files (PA view: the patient's left on the image's right)",
-        "images_found": found,
+        "images_found": len(found),
+        "skipped": skipped,
         **summary,
     }
     block = max(1, min(512, _BLOCK_BYTES // (size * size * 4)))
