@@ -13,19 +13,49 @@
     workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
     workbench demo --out runs/demo
     workbench app runs/demo --port 8866 --reviewer dr-a
+    workbench clean runs/brats64 --remove
+    workbench delete runs/old/store --yes
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-from .errors import WorkbenchError
+from . import __version__
+from .errors import INTERFACE, WorkbenchError
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows each option's default where it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS, []) or action.required \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parser(sub, name: str, text: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, formatter_class=_Help, **kwargs)
+
+
+def _overwrite(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing {what}; the old one stays in place until the new one is complete")
+
+
+def _seed(p, what: str, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"seed of {what} (written beside the result)")
 
 
 def _add_data(sub):
-    data = sub.add_parser("data", help="built-in phantoms and data preparation").add_subparsers(dest="data_command", required=True)
-    ph = data.add_parser("phantom", help="write a built-in phantom dataset (generated, not patient data)")
+    data = _parser(sub, "data", "built-in phantoms and data preparation").add_subparsers(
+        dest="data_command", required=True, metavar="{phantom,prepare,prepare-xray}")
+    ph = _parser(data, "phantom", "write a built-in phantom dataset (generated, not patient data)")
     ph.add_argument("kind", choices=["brain", "xray"],
                     help="brain: BraTS-layout MRI volumes (t1, t1ce, t2, flair, seg); "
                          "xray: Kermany-layout chest radiographs (train|test/NORMAL|PNEUMONIA/*.png)")
@@ -35,22 +65,26 @@ def _add_data(sub):
     ph.add_argument("--test-fraction", type=float, default=None, help="xray: fraction of patients held out (default 0.25)")
     ph.add_argument("--size", type=int, default=None, help="xray: image height in pixels (default 256)")
     ph.add_argument("--out", required=True, help="folder to write the phantom into")
-    ph.add_argument("--seed", type=int, default=0)
-    ph.add_argument("--overwrite", action="store_true")
-    pr = data.add_parser("prepare", help="slice a BraTS-layout folder into a SliceStore")
+    _seed(ph, "the phantom (the same seed gives the same files)")
+    _overwrite(ph, "phantom")
+    pr = _parser(data, "prepare", "slice a BraTS-layout folder into a SliceStore")
     pr.add_argument("--source", required=True, help="folder of <ID>/<ID>_<contrast>.nii.gz subject folders")
     pr.add_argument("--out", required=True, help="SliceStore folder to write")
-    pr.add_argument("--channels", default="t1,t1ce,t2,flair,seg", help="comma-separated contrasts")
-    pr.add_argument("--size", type=int, default=64, help="image size after padding to 256 (64, 128, 256)")
+    pr.add_argument("--channels", default="t1,t1ce,t2,flair,seg", help="comma-separated contrasts, in store order")
+    pr.add_argument("--size", type=int, default=64, help="image size after padding (64, 128, 256)")
+    pr.add_argument("--pad", type=int, default=256,
+                    help="zero-pad axial slices to this size before resizing (BraTS' 240 -> 256); 0: no padding")
     pr.add_argument("--reference", default="flair", help="contrast whose foreground selects slices")
-    pr.add_argument("--min-foreground", type=float, default=0.15)
-    pr.add_argument("--scaling", choices=["max", "percentile"], default="max")
-    pr.add_argument("--percentile", type=float, default=99.5)
-    pr.add_argument("--test-fraction", type=float, default=0.25)
+    pr.add_argument("--min-foreground", type=float, default=0.15,
+                    help="keep slices where at least this fraction of the reference contrast's pixels is non-zero")
+    pr.add_argument("--scaling", choices=["max", "percentile"], default="max",
+                    help="intensity scaling to [0, 1] per volume: by its maximum or by --percentile")
+    pr.add_argument("--percentile", type=float, default=99.5, help="percentile of --scaling percentile")
+    pr.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects held out")
     pr.add_argument("--n-test", type=int, default=None, help="number of held-out subjects (overrides --test-fraction)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the subject split")
-    pr.add_argument("--overwrite", action="store_true")
-    px = data.add_parser("prepare-xray", help="read a Kermany-layout chest X-ray folder into a SliceStore")
+    _seed(pr, "the subject split")
+    _overwrite(pr, "store")
+    px = _parser(data, "prepare-xray", "read a Kermany-layout chest X-ray folder into a SliceStore")
     px.add_argument("--source", required=True, help="folder with train/ and test/ (and val/) of NORMAL/ and PNEUMONIA/")
     px.add_argument("--out", required=True, help="SliceStore folder to write")
     px.add_argument("--size", type=int, default=64, help="image size (64, 128, 256)")
@@ -58,115 +92,192 @@ def _add_data(sub):
     px.add_argument("--split", choices=["given", "image", "patient"], default="given",
                     help="keep the folders' split, or re-split at random by image or by patient")
     px.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction when re-splitting")
-    px.add_argument("--seed", type=int, default=0, help="seed of the re-split and of --max-images")
+    _seed(px, "the re-split and of --max-images")
     px.add_argument("--max-images", type=int, default=None, help="keep a seeded random subset of this many images")
-    px.add_argument("--overwrite", action="store_true")
+    _overwrite(px, "store")
 
 
 def _add_model(sub):
-    tr = sub.add_parser("train", help="train a DDPM, latent diffusion model or GAN on a store's train split")
-    tr.add_argument("--store", required=True)
+    tr = _parser(sub, "train", "train a DDPM, latent diffusion model or GAN on a store's train split")
+    tr.add_argument("--store", required=True, help="SliceStore folder; its train split is trained on")
     tr.add_argument("--out", required=True, help="run folder (model + checkpoints)")
-    tr.add_argument("--model", default="ddpm", choices=["ddpm", "ldm", "gan"])
-    tr.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
-    tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--model", default="ddpm", choices=["ddpm", "ldm", "gan"], help="model family")
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="network size")
+    tr.add_argument("--steps", type=int, default=1000, help="optimisation steps")
+    tr.add_argument("--batch-size", type=int, default=16, help="images per step")
     tr.add_argument("--lr", type=float, default=None, help="learning rate (default: the family's)")
-    tr.add_argument("--warmup-steps", type=int, default=0)
-    tr.add_argument("--max-images", type=int, default=None)
-    tr.add_argument("--augment", default=None, help="none, flip, affine or flip,affine")
+    tr.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warm-up")
+    tr.add_argument("--max-images", type=int, default=None,
+                    help="train on a seeded subset of this many images (default: all of the train split)")
+    tr.add_argument("--augment", default=None, help="none, flip, affine or flip,affine (default: none)")
     tr.add_argument("--conditional", action="store_true", help="condition on the manifest's label column")
     tr.add_argument("--no-ema", action="store_true", help="keep no EMA copy of the weights")
-    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--no-bf16", action="store_true", help="train in float32")
+    _seed(tr, "everything: subset, data order, noise, initial weights")
+    tr.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
     tr.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="model-config or family option, e.g. --option beta_schedule squaredcos_cap_v2, "
                          "--option ae_steps 2000, --option diffaugment color,translation (VALUE read as JSON when it parses)")
-    tr.add_argument("--overwrite", action="store_true")
-    sa = sub.add_parser("sample", help="sample a synthetic SliceStore from a checkpoint of any family")
-    sa.add_argument("--checkpoint", required=True)
-    sa.add_argument("--out", required=True)
-    sa.add_argument("--n", type=int, default=64)
+    _overwrite(tr, "model in --out")
+    sa = _parser(sub, "sample", "sample a synthetic SliceStore from a checkpoint of any family")
+    sa.add_argument("--checkpoint", required=True, help="model folder written by `workbench train`")
+    sa.add_argument("--out", required=True, help="synthetic SliceStore folder to write")
+    sa.add_argument("--n", type=int, default=64, help="number of images")
     sa.add_argument("--steps", type=int, default=50, help="denoising steps (diffusion models)")
-    sa.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    sa.add_argument("--eta", type=float, default=0.0)
-    sa.add_argument("--labels", default=None, help="class label(s) for a conditional model: one, or comma-separated per image")
+    sa.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="diffusion sampler")
+    sa.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    sa.add_argument("--labels", default=None,
+                    help="class label(s) for a conditional model: one integer, or comma-separated, one per image")
     sa.add_argument("--truncation-psi", type=float, default=1.0, help="GAN truncation")
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--batch-size", type=int, default=32)
-    sa.add_argument("--overwrite", action="store_true")
+    _seed(sa, "the sampling noise (image i uses seed + i)")
+    sa.add_argument("--batch-size", type=int, default=32, help="images sampled at once")
+    _overwrite(sa, "store")
 
 
 def _add_search(sub):
-    se = sub.add_parser("search", help="top-k Pearson correlation of every query image with a reference store")
+    se = _parser(sub, "search", "top-k Pearson correlation of every query image with a reference store")
     se.add_argument("--queries", required=True, help="SliceStore of query images (e.g. synthetic)")
     se.add_argument("--reference", required=True, help="SliceStore to search (e.g. the training store)")
-    se.add_argument("--split", default=None, help="search only this split of the reference (e.g. train)")
-    se.add_argument("--k", type=int, default=1)
-    se.add_argument("--device", default="auto")
-    se.add_argument("--method", default="auto", choices=["auto", "brute", "pruned"])
+    se.add_argument("--split", default=None, help="search only this split of the reference, e.g. train (default: all)")
+    se.add_argument("--k", type=int, default=1, help="matches per query")
+    se.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    se.add_argument("--method", default="auto", choices=["auto", "brute", "pruned"], help="search method (exact either way)")
     se.add_argument("--precision", default="auto", choices=["auto", "bf16", "float32"],
                     help="precision of the screen (the answer is exact either way)")
     se.add_argument("--channels", default=None, help="comma-separated channels to correlate (default: all)")
     se.add_argument("--distinct", default=None, metavar="COLUMN",
                     help="e.g. subject: the best match from each of the k best different subjects")
-    se.add_argument("--out", required=True, help="matches table (.parquet or .csv)")
+    se.add_argument("--out", required=True, help="matches table to write (.parquet or .csv)")
+    _overwrite(se, "table")
 
 
 def _add_release(sub):
-    de = sub.add_parser("detector", help="train the self-supervised copy detector on a store's train split")
-    de.add_argument("--store", required=True)
-    de.add_argument("--out", required=True, help="detector folder")
-    de.add_argument("--steps", type=int, default=800)
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--overwrite", action="store_true")
-    re = sub.add_parser("release", help="write only the synthetic images that are not copies, with a report")
-    re.add_argument("--synthetic", required=True, help="SliceStore of synthetic images")
+    de = _parser(sub, "detector", "train the self-supervised copy detector on a store's train split")
+    de.add_argument("--store", required=True, help="SliceStore folder; its train split is trained on")
+    de.add_argument("--out", required=True, help="detector folder to write")
+    de.add_argument("--steps", type=int, default=800, help="optimisation steps")
+    _seed(de, "the detector's training")
+    _overwrite(de, "detector")
+    re = _parser(sub, "release", "write only the synthetic images that are not copies, with a report")
+    re.add_argument("--synthetic", required=True, help="SliceStore of synthetic images (made by `workbench sample`)")
     re.add_argument("--reference", required=True, help="SliceStore with train and test splits (calibration)")
-    re.add_argument("--out", required=True)
+    re.add_argument("--out", required=True, help="release folder to write")
     re.add_argument("--checkpoint", default=None,
                     help="compare with exactly the images this model was trained on (its training view)")
     re.add_argument("--detector", default=None, help="trained copy detector folder (default: pixel r only)")
-    re.add_argument("--rule", default="dar95", choices=["dar95", "test_quantile"])
+    re.add_argument("--rule", default="dar95", choices=["dar95", "test_quantile"], help="threshold rule")
     re.add_argument("--quantile", type=float, default=0.95, help="quantile of the test_quantile rule")
     re.add_argument("--threshold", type=float, default=None, help="fixed pixel-r threshold instead of the rule")
     re.add_argument("--embedding-threshold", type=float, default=None,
                     help="fixed embedding-similarity threshold instead of the rule (needs --detector)")
-    re.add_argument("--format", default="png", choices=["png", "nifti"])
+    re.add_argument("--format", default="png", choices=["png", "nifti"], help="image format of the release")
     re.add_argument("--show-training", action="store_true", help="show matched training slices in the report")
-    re.add_argument("--overwrite", action="store_true")
+    _overwrite(re, "release folder")
+
+
+class _RunHelp(argparse.Action):
+    """``workbench run -h``: the usual help plus every notebook's parameters (papermill loads only now)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .runs.notebook import describe_notebooks
+
+        chosen = getattr(namespace, "notebook", None)  # `workbench run 02_train -h`: that notebook only
+        try:
+            parser.epilog = describe_notebooks([chosen] if chosen else None)
+        except WorkbenchError:
+            parser.epilog = describe_notebooks()
+        parser.print_help()
+        parser.exit()
 
 
 def _add_runs(sub):
-    ru = sub.add_parser("run", help="execute a notebook through papermill into a run folder")
-    ru.add_argument("notebook", help="01_prepare_data, 02_train, 03_sample, 04_memorization or a path")
+    ru = _parser(sub, "run", "execute a notebook through papermill into a run folder", add_help=False)
+    ru.add_argument("-h", "--help", action=_RunHelp, help="show this help with the notebooks' parameters, and exit")
+    ru.add_argument("notebook", help="01_prepare_data, 02_train, 03_sample, 04_memorization, ... or a path")
     ru.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     ru.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="notebook parameter (VALUE is read as JSON when it parses: 3, 0.5, true, null, [..])")
-    ru.add_argument("--no-html", action="store_true")
-    de = sub.add_parser("demo", help="phantom -> store -> train -> sample -> memorization, into runs/demo")
-    de.add_argument("--out", default="runs/demo")
+                    help="notebook parameter (VALUE is read as JSON when it parses: 3, 0.5, true, null, [..]); "
+                         "a name the notebook does not declare is refused")
+    ru.add_argument("--no-html", action="store_true", help="do not write an HTML page of the executed notebook")
+    de = _parser(sub, "demo", "phantom -> store -> train -> sample -> memorization, into runs/demo")
+    de.add_argument("--out", default="runs/demo", help="run folder")
     de.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a demo setting (see workbench.runs.DEMO)")
-    ap = sub.add_parser("app", help="serve a run's match browser and reader study in the browser (Voila, 127.0.0.1)")
+    ap = _parser(sub, "app", "serve a run's match browser and reader study in the browser "
+                             "(Voila; 127.0.0.1 and an access token by default)")
     ap.add_argument("run", help="run folder written by 04_memorization, e.g. runs/demo")
-    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ap.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    ap.add_argument("--ip", default="127.0.0.1", metavar="HOST",
+                    help="address to listen on: 127.0.0.1 is this machine only (share through an ssh -L tunnel); "
+                         "0.0.0.0 listens on every network interface, so anyone who can reach the port gets the login "
+                         "page, and anyone with the printed URL (it carries the token) sees patient images, over "
+                         "plain http")
+    ap.add_argument("--token", default=os.environ.get("WORKBENCH_APP_TOKEN") or None,
+                    help="access token the pages ask for (default: $WORKBENCH_APP_TOKEN, else a new random one at "
+                         "every start); given here, it shows on this command line, which `ps` shows to every user")
     ap.add_argument("--reviewer", default="reviewer", help="reviewer name written beside match marks")
     ap.add_argument("--open", action="store_true", help="open the app in a web browser")
+
+
+def _add_housekeeping(sub):
+    cl = _parser(sub, "clean", "list (and remove) temporary outputs that killed runs left in a folder; "
+                               "they may hold patient images")
+    cl.add_argument("folder", help="a run folder, a store, or any folder the workbench wrote into")
+    cl.add_argument("--remove", action="store_true", help="remove the stale ones (never one a running process writes)")
+    cl.add_argument("--force", action="store_true",
+                    help="with --remove: also remove those written on another machine (check it is not running)")
+    dl = _parser(sub, "delete", "delete a SliceStore and every temporary of its killed writes")
+    dl.add_argument("store", help="SliceStore folder")
+    dl.add_argument("--yes", action="store_true", help="delete; without it, list what would be deleted")
+    dl.add_argument("--force", action="store_true", help="also delete temporaries written on another machine")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_model(sub)
     _add_search(sub)
     _add_release(sub)
     _add_runs(sub)
+    _add_housekeeping(sub)
     return parser
+
+
+def _channels(text: str | None, flag: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",")]
+    if not any(names) or not all(names):
+        raise WorkbenchError(f"{flag} {text!r}: give comma-separated channel names, e.g. {flag} t1,flair")
+    return names
+
+
+def _labels(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise WorkbenchError(f"--labels {text!r}: give one integer class label, or comma-separated integers "
+                             f"(one per image), e.g. --labels 1 or --labels 0,1,1") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _split_view(store, split: str | None):
+    if not split:
+        return store
+    view = store.where(split=split)
+    if len(view) == 0:
+        have = sorted(store.manifest["split"].dropna().unique().tolist())
+        raise WorkbenchError(f"{store.path}: no images in split {split!r}; its splits are {have}")
+    return view
 
 
 def _search(args) -> None:
@@ -176,17 +287,21 @@ def _search(args) -> None:
     from .data.store import SliceStore
     from .memorization import match_table
 
+    out = Path(args.out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise WorkbenchError(f"--out {out}: name a .parquet or .csv file")
+    if out.is_dir():
+        raise WorkbenchError(f"--out {out}: is a folder; name a .parquet or .csv file")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    channels = _channels(args.channels, "--channels")
     queries = SliceStore.open(args.queries)
-    reference = SliceStore.open(args.reference)
-    if args.split:
-        reference = reference.where(split=args.split)
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    reference = _split_view(SliceStore.open(args.reference), args.split)
     t0 = time.time()
     table = match_table(queries, reference, k=args.k, device=args.device, progress=True, method=args.method,
                         precision=args.precision, channels=channels, distinct=args.distinct)
     seconds = time.time() - t0
     stats = table.attrs.get("search_stats", {})
-    out = Path(args.out)
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False) if out.suffix == ".csv" else table.to_parquet(tmp, index=False)
     pairs = len(queries) * len(reference)
@@ -194,6 +309,42 @@ def _search(args) -> None:
     print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.1f} s "
           f"({pairs / max(seconds, 1e-9):,.0f} pairs/s; {stats.get('method', 'brute')}, {stats.get('precision')} screen, "
           f"{stats.get('candidates_per_query', 0):.1f} candidates rescored per query{pruned}); wrote {out}")
+
+
+def _clean(args) -> None:
+    from .data.temporaries import ELSEWHERE, IN_USE, STALE, find_temporaries, human_size, remove_temporaries
+
+    found = find_temporaries(args.folder)
+    if not found:
+        print(f"{args.folder}: no temporary outputs of killed runs")
+        return
+    for t in found:
+        who = {IN_USE: f"in use by running process {t.pid}", STALE: f"stale: process {t.pid} has ended",
+               ELSEWHERE: f"written by process {t.pid} on another machine"}[t.state]
+        print(f"{t.path}  {human_size(t.size)}  {t.age / 3600:.1f} h old  ({who}; would have become {t.target.name})")
+    if args.remove:
+        removed = remove_temporaries(args.folder, force=args.force)
+        kept = len(found) - len(removed)
+        print(f"removed {len(removed)} ({human_size(sum(t.size for t in removed))})"
+              + (f"; kept {kept} (in use, or from another machine: add --force for those)" if kept else ""))
+    else:
+        stale = sum(t.state == STALE for t in found)
+        print(f"{len(found)} temporary output(s), {stale} stale; remove the stale ones with "
+              f"`workbench clean {args.folder} --remove`")
+
+
+def _delete(args) -> None:
+    from .data.store import delete_store
+    from .data.temporaries import human_size, tree_stats
+
+    doomed = delete_store(args.store, force=args.force, dry_run=not args.yes)
+    size = sum(tree_stats(p)[0] for p in doomed)
+    for p in doomed:
+        print(("deleted " if args.yes else "would delete ") + str(p))
+    if args.yes:
+        print(f"deleted {len(doomed)} path(s), {human_size(size)}")
+    else:
+        print(f"nothing deleted: {len(doomed)} path(s), {human_size(size)}; add --yes to delete them")
 
 
 def run(args) -> None:
@@ -219,10 +370,11 @@ def run(args) -> None:
     elif args.command == "data" and args.data_command == "prepare":
         from .data.prepare import prepare_brats_store
 
-        prepare_brats_store(args.source, args.out, channels=[c.strip() for c in args.channels.split(",") if c.strip()],
-                            size=args.size, reference=args.reference, min_foreground=args.min_foreground,
-                            scaling=args.scaling, percentile=args.percentile, test_fraction=args.test_fraction,
-                            n_test=args.n_test, seed=args.seed, overwrite=args.overwrite)
+        prepare_brats_store(args.source, args.out, channels=_channels(args.channels, "--channels"),
+                            size=args.size, pad=args.pad or None, reference=args.reference,
+                            min_foreground=args.min_foreground, scaling=args.scaling, percentile=args.percentile,
+                            test_fraction=args.test_fraction, n_test=args.n_test, seed=args.seed,
+                            overwrite=args.overwrite)
     elif args.command == "data" and args.data_command == "prepare-xray":
         from .data.xray import prepare_xray_store
 
@@ -235,28 +387,24 @@ def run(args) -> None:
         from .train import train_model
 
         options = {name: parse_value(value) for name, value in args.option}
-        train_model(SliceStore.open(args.store).where(split="train"), args.out, model=args.model, preset=args.preset,
-                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                    max_images=args.max_images, augment=args.augment, conditional=args.conditional,
-                    ema=not args.no_ema, checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-                    bf16=not args.no_bf16, overwrite=args.overwrite, **options)
+        train_model(_split_view(SliceStore.open(args.store), "train"), args.out, model=args.model,
+                    preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                    warmup_steps=args.warmup_steps, max_images=args.max_images, augment=args.augment,
+                    conditional=args.conditional, ema=not args.no_ema, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, seed=args.seed, bf16=not args.no_bf16, overwrite=args.overwrite, **options)
     elif args.command == "sample":
         from .sample import sample_model
 
-        labels = None
-        if args.labels:
-            values = [int(v) for v in args.labels.split(",") if v.strip()]
-            labels = values[0] if len(values) == 1 else values
         sample_model(args.checkpoint, args.out, n=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                     labels=labels, truncation_psi=args.truncation_psi, seed=args.seed, batch_size=args.batch_size,
-                     overwrite=args.overwrite)
+                     labels=_labels(args.labels), truncation_psi=args.truncation_psi, seed=args.seed,
+                     batch_size=args.batch_size, overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
     elif args.command == "detector":
         from .data.store import SliceStore
         from .memorization.detector import train_detector
 
-        train_detector(SliceStore.open(args.store).where(split="train"), args.out, steps=args.steps, seed=args.seed,
+        train_detector(_split_view(SliceStore.open(args.store), "train"), args.out, steps=args.steps, seed=args.seed,
                        overwrite=args.overwrite)
     elif args.command == "release":
         from .memorization.release import release_gate
@@ -287,19 +435,39 @@ def run(args) -> None:
     elif args.command == "app":
         from .runs.app import serve_app
 
-        status = serve_app(args.run, port=args.port, reviewer=args.reviewer, open_browser=args.open)
+        status = serve_app(args.run, port=args.port, ip=args.ip, token=args.token, reviewer=args.reviewer,
+                           open_browser=args.open)
         if status:
             raise WorkbenchError(f"voila stopped with status {status} (its messages are above)")
+    elif args.command == "clean":
+        _clean(args)
+    elif args.command == "delete":
+        _delete(args)
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OS error: the file and what went wrong, without the errno prefix."""
+    where = err.filename if err.filename is not None else ""
+    text = err.strerror or str(err)
+    if err.filename is None and err.args and isinstance(err.args[0], str):  # raised with a message of ours
+        return err.args[0]
+    return f"{where}: {text}" if where else text
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    token = INTERFACE.set("cli")  # messages name options as flags (--overwrite), not keywords
     try:
         run(args)
-    except (WorkbenchError, FileExistsError, FileNotFoundError) as err:
+    except WorkbenchError as err:
         print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError, ...
+        print(f"workbench: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("workbench: interrupted; nothing half-written was left looking complete", file=sys.stderr)
         return 130
+    finally:
+        INTERFACE.reset(token)
     return 0

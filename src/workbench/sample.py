@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.store import SliceStore, StoreWriter
-from .errors import WorkbenchError
+from .errors import WorkbenchError, option_hint
 from .models.checkpoint import LoadedModel, load_model
 
 SAMPLERS = ("ddim", "ddpm")
@@ -172,7 +172,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
         raise WorkbenchError(f"sample: truncation_psi must be in [0, 1], got {truncation_psi!r}")
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_model(checkpoint, device=device)

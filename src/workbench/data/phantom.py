@@ -38,8 +38,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import DataError
-from .atomic import atomic_dir, atomic_file
+from ..errors import DataError, option_hint
+from .atomic import atomic_dir, atomic_file, replace_path
+from .temporaries import remove_path, temporary_name
 
 #: File suffixes of one phantom subject, in BraTS order: ``<ID>_<suffix>.nii.gz``.
 PHANTOM_CONTRASTS = ("t1", "t1ce", "t2", "flair", "seg")
@@ -589,9 +590,13 @@ def write_brain_phantom(
             raise DataError(
                 f"{out}: phantom subject folder(s) already exist: {', '.join(existing[:3])}"
                 f"{' ...' if len(existing) > 3 else ''}; "
-                "pass overwrite=True (--overwrite on the command line) to replace them"
+                f"pass {option_hint('overwrite')} to replace them"
             )
     out.mkdir(parents=True, exist_ok=True)
+    # replacing subjects: write them all beside `out` first and swap each in only when every one is
+    # complete, so a killed run leaves the previous phantom as it was
+    staging = temporary_name(out) if overwrite and _existing(out, subjects) else None
+    target = out if staging is None else staging
     for name in ("t1", "gm", "wm"):  # fail early, without loading the maps in this process
         if not _template_path(name).is_file():
             raise DataError(f"{_template_path(name)}: MNI152 template missing; reinstall nilearn")
@@ -601,17 +606,19 @@ def write_brain_phantom(
     workers = min(workers, subjects)
     bar = tqdm(total=subjects, desc="brain phantom", unit="subject", disable=not progress)
     folders: dict[int, Path] = {}
+    if staging is not None:
+        staging.mkdir()
     try:
         if workers == 1:
             for subject in range(1, subjects + 1):
-                folders[subject] = Path(_write_subject(str(out), subject, seed, overwrite))
+                folders[subject] = Path(_write_subject(str(target), subject, seed, overwrite))
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
                 with warnings.catch_warnings():  # Python >= 3.12 warns on fork of a threaded process
                     warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
                     jobs = {
-                        pool.submit(_write_subject, str(out), subject, seed, overwrite): subject
+                        pool.submit(_write_subject, str(target), subject, seed, overwrite): subject
                         for subject in range(1, subjects + 1)
                     }
                 try:
@@ -622,10 +629,16 @@ def write_brain_phantom(
                     for job in jobs:
                         job.cancel()
                     raise
+        if staging is not None:
+            for subject, folder in sorted(folders.items()):
+                replace_path(folder, out / folder.name)
+                folders[subject] = out / folder.name
     except FileExistsError as exc:  # another writer created a folder meanwhile
         raise DataError(f"{exc}") from exc
     finally:
         bar.close()
+        if staging is not None:
+            remove_path(staging)
 
     with atomic_file(out / "README.txt") as tmp:
         tmp.write_text(_readme(seed, subjects, out))

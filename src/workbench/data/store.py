@@ -36,8 +36,11 @@ import pandas as pd
 
 from ..errors import StoreError
 from .atomic import atomic_dir
+from .temporaries import ELSEWHERE, IN_USE, find_temporaries, remove_path
 
 FORMAT_VERSION = 1
+#: what a store holds: images of patients ("real") or images a model made ("synthetic")
+KINDS = ("real", "synthetic")
 IMAGES = "images.npy"
 MANIFEST = "manifest.parquet"
 META = "store.json"
@@ -103,7 +106,13 @@ class StoreWriter:
     def __init__(self, path, *, channels: Sequence[str], height: int, width: int,
                  kind: str = "real", meta: dict | None = None, overwrite: bool = False):
         self.path = Path(path)
-        self.channels = list(channels)
+        self.channels = [str(c) for c in channels]
+        if not self.channels or any(not c.strip() for c in self.channels):
+            raise StoreError(f"{self.path}: channel names {self.channels} must be non-empty")
+        if len(set(self.channels)) != len(self.channels):
+            raise StoreError(f"{self.path}: channel names {self.channels} name a channel twice")
+        if kind not in KINDS:
+            raise StoreError(f"{self.path}: kind must be one of {KINDS}, got {kind!r}")
         self.height, self.width = int(height), int(width)
         self.kind = kind
         self.meta = dict(meta or {})
@@ -182,15 +191,19 @@ class SliceStore:
     Open one with :meth:`SliceStore.open`; take views with :meth:`where` / :meth:`take`.
     A view keeps ``rows``: the store rows it holds, in order, so positions in the view map back
     to store rows (and to the ``prev`` / ``next`` neighbour links, which are store rows).
+    A view may also pick channels by name, in another order (:meth:`with_channels`): images are
+    then read with those channels only, in that order.
     """
 
     def __init__(self, path: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict,
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, channel_index: Sequence[int] | None = None):
         self.path = Path(path)
         self._images = images
         self._manifest = manifest
         self.meta = meta
         self.rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
+        # None: every channel of the file, in its order; else the file's channel positions to read
+        self._channel_index = None if channel_index is None else [int(c) for c in channel_index]
 
     # -- opening and checking ---------------------------------------------------------------
     @classmethod
@@ -204,18 +217,31 @@ class SliceStore:
                 raise StoreError(f"{path}: missing {name}; the store is incomplete or was not written by the workbench")
         try:
             meta = json.loads((path / META).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StoreError(f"{path / META}: unreadable ({err})") from None
+        if not isinstance(meta, dict):
+            raise StoreError(f"{path / META}: holds a JSON {type(meta).__name__}, not a store description "
+                             f"(an object with channels, shape and kind)")
+        if meta.get("kind", "real") not in KINDS:
+            raise StoreError(f"{path / META}: kind is {meta.get('kind')!r}; expected one of {KINDS}")
+        channels = meta.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) and c for c in channels) \
+                or len(set(channels)) != len(channels):
+            raise StoreError(f"{path / META}: channels must be a list of distinct names, got {channels!r}")
         try:
             images = np.load(path / IMAGES, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise StoreError(f"{path / IMAGES}: unreadable or truncated ({err})") from None
+        except (OSError, ValueError, EOFError) as err:
+            detail = "the file is empty" if isinstance(err, EOFError) else str(err)
+            raise StoreError(f"{path / IMAGES}: unreadable or truncated ({detail})") from None
         try:
             manifest = pd.read_parquet(path / MANIFEST)
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise StoreError(f"{path / MANIFEST}: unreadable ({err})") from None
         if images.ndim != 4 or images.dtype != np.float32:
             raise StoreError(f"{path / IMAGES}: expected float32 (N, C, H, W), found {images.dtype} {images.shape}")
+        if not images.flags.c_contiguous:  # reads go through the file row by row: C order only
+            raise StoreError(f"{path / IMAGES}: stored in Fortran (column-major) order; the workbench reads images "
+                             f"row by row and needs C order (rewrite it with np.save(path, np.ascontiguousarray(a)))")
         if list(images.shape) != list(meta.get("shape", [])):
             raise StoreError(f"{path}: images.npy has shape {images.shape} but store.json says {meta.get('shape')}")
         if len(manifest) != images.shape[0]:
@@ -235,11 +261,13 @@ class SliceStore:
     # -- basic properties --------------------------------------------------------------------
     @property
     def channels(self) -> list[str]:
-        return list(self.meta["channels"])
+        names = list(self.meta["channels"])
+        return names if self._channel_index is None else [names[i] for i in self._channel_index]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self._images.shape[1:])
+        _, c, h, w = self._images.shape
+        return (c if self._channel_index is None else len(self._channel_index), h, w)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -284,6 +312,12 @@ class SliceStore:
         return self._read_store_rows(np.asarray(store_rows, dtype=np.int64))
 
     def _read_store_rows(self, rows: np.ndarray) -> np.ndarray:
+        full = self._read_full_rows(rows)
+        if self._channel_index is None:
+            return full
+        return np.ascontiguousarray(full[:, self._channel_index])
+
+    def _read_full_rows(self, rows: np.ndarray) -> np.ndarray:
         images = self._images
         shape = images.shape[1:]
         out = np.empty((len(rows), *shape), dtype=np.float32)
@@ -340,7 +374,29 @@ class SliceStore:
     # -- views ---------------------------------------------------------------------------------
     def take(self, positions) -> "SliceStore":
         """A view of the images at the given view positions."""
-        return SliceStore(self.path, self._images, self._manifest, self.meta, self.rows[np.asarray(positions, dtype=np.int64)])
+        return SliceStore(self.path, self._images, self._manifest, self.meta,
+                          self.rows[np.asarray(positions, dtype=np.int64)], self._channel_index)
+
+    def all_rows(self) -> "SliceStore":
+        """The view of every row of the store (with this view's channels), e.g. to read neighbours."""
+        return SliceStore(self.path, self._images, self._manifest, self.meta, None, self._channel_index)
+
+    def with_channels(self, names: Sequence[str]) -> "SliceStore":
+        """A view that reads only the named channels, in the order given.
+
+        >>> store.with_channels(["flair", "t1"]).channels       # doctest: +SKIP
+        ['flair', 't1']
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        have = self.channels
+        missing = [c for c in names if c not in have]
+        if missing or not names or len(set(names)) != len(names):
+            why = f"has no channel(s) {missing}" if missing else f"cannot select channels {names}"
+            raise StoreError(f"{self.path}: {why}; its channels are {have}")
+        base = list(range(len(self.meta["channels"]))) if self._channel_index is None else self._channel_index
+        index = [base[have.index(c)] for c in names]
+        return SliceStore(self.path, self._images, self._manifest, self.meta, self.rows,
+                          None if index == list(range(self._images.shape[1])) else index)
 
     def where(self, **conditions) -> "SliceStore":
         """A view of the rows whose manifest columns equal the given values, e.g. ``where(split="train")``."""
@@ -368,3 +424,61 @@ class SliceStore:
 def open_store(path) -> SliceStore:
     """Open a SliceStore folder (see :class:`SliceStore`)."""
     return SliceStore.open(path)
+
+
+def align_channels(store, reference, *, what: str = "images"):
+    """``store`` with its channels in ``reference``'s order, matched by name, never by position.
+
+    Two stores prepared with ``--channels flair,t1`` and ``--channels t1,flair`` hold the same
+    contrasts in another order; pairing them by position would correlate flair with t1 and
+    under-report copies.  So a store whose channels are the reference's in another order is
+    read reordered, and one with other channels is refused.  Arrays carry no names: they are
+    returned as they are (their channels are taken to be in the reference's order).
+
+    >>> synthetic = align_channels(synthetic, train)      # doctest: +SKIP
+    """
+    if not isinstance(store, SliceStore) or not isinstance(reference, SliceStore):
+        return store
+    mine, theirs = store.channels, reference.channels
+    if mine == theirs:
+        return store
+    if sorted(mine) != sorted(theirs):
+        missing, extra = [c for c in theirs if c not in mine], [c for c in mine if c not in theirs]
+        detail = "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                       f"not in the reference: {extra}" if extra else "") if p)
+        raise StoreError(f"{store.path}: {what} have channels {mine} but {reference.path} has {theirs} ({detail}); "
+                         f"channels are matched by name, so both must hold the same contrasts")
+    return store.with_channels(theirs)
+
+
+def delete_store(path, *, force: bool = False, dry_run: bool = False) -> list[Path]:
+    """Delete a store and every temporary its killed writes left (they may hold patient pixels).
+
+    Deleting only the store folder would leave ``.store.tmp-*`` folders of killed ``prepare`` or
+    ``--overwrite`` runs beside it, with raw images.  This removes those too.  A temporary that a
+    running process is writing makes it refuse (stop that process first); one written on another
+    machine needs ``force``.  Returns the paths deleted (or that would be, with ``dry_run``).
+
+    >>> delete_store("runs/old/store")          # doctest: +SKIP
+    """
+    path = Path(path)
+    temporaries = find_temporaries(path)
+    if path.exists():
+        if not path.is_dir() or not any((path / name).exists() for name in (META, IMAGES, MANIFEST)):
+            raise StoreError(f"{path}: not a SliceStore (no {META}, {IMAGES} or {MANIFEST}); refusing to delete it")
+    elif not temporaries:
+        raise StoreError(f"{path}: no SliceStore here and no temporaries of one beside it; nothing to delete")
+    busy = [t for t in temporaries if t.state == IN_USE]
+    if busy:
+        raise StoreError(f"{path}: process {busy[0].pid} is writing {busy[0].path.name} now; stop it first "
+                         f"(nothing was deleted)")
+    elsewhere = [t for t in temporaries if t.state == ELSEWHERE]
+    if elsewhere and not force:
+        raise StoreError(f"{path}: {elsewhere[0].path.name} was written on another machine, which may still be "
+                         f"writing it; check, then delete with force (nothing was deleted)")
+    # temporaries inside the store go with it; those beside it are removed one by one
+    doomed = [t.path for t in temporaries if path not in t.path.parents] + ([path] if path.exists() else [])
+    if not dry_run:
+        for p in doomed:
+            remove_path(p)
+    return doomed

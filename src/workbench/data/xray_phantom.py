@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import DataError
+from ..errors import DataError, option_hint
 from .atomic import atomic_dir
 from .phantom import _check_int
 
@@ -480,8 +480,7 @@ def write_xray_phantom(out, *, images: int = 40, seed: int = 0, pneumonia_fracti
     except TypeError as exc:
         raise DataError(f"out must be a folder path, got {out!r}") from exc
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True, --overwrite on the command line, "
-                              "to replace it)")
+        raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
 
     from tqdm.auto import tqdm
 

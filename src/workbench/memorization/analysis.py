@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.atomic import atomic_file
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from ..search import topk_correlation
 from .calibration import (MIN_CALIBRATION_IMAGES, CopyRates, Threshold, baseline_threshold, check_threshold, copy_rates,
@@ -152,14 +152,17 @@ def _json(value):
     return str(value)
 
 
-def check_compatible(synthetic: SliceStore, train: SliceStore) -> None:
-    """Synthetic and training images must have the same channels and size: else a clear error."""
-    if list(synthetic.channels) != list(train.channels):
-        raise WorkbenchError(f"{synthetic.path}: channels {list(synthetic.channels)} differ from the training store's "
-                             f"{list(train.channels)} ({train.path}); compare images of the same contrasts")
+def check_compatible(synthetic: SliceStore, train: SliceStore, what: str = "synthetic images") -> SliceStore:
+    """``synthetic`` with the training images' channels, matched by name (reordered if needed), and size.
+
+    Returns the view to use (channels in the training store's order); other channels or another
+    image size are a clear error.
+    """
+    synthetic = align_channels(synthetic, train, what=what)
     if tuple(synthetic.image_shape) != tuple(train.image_shape):
         raise WorkbenchError(f"{synthetic.path}: images are {tuple(synthetic.image_shape)} but the training images in "
                              f"{train.path} are {tuple(train.image_shape)}")
+    return synthetic
 
 
 def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> Similarity:
@@ -232,8 +235,8 @@ def copy_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *,
         if detector is None:
             raise WorkbenchError("embedding_threshold needs a copy detector (detector=...)")
         fixed[EMBEDDING] = check_threshold(embedding_threshold)
-    check_compatible(synthetic, train)
-    check_compatible(test, train)
+    synthetic = check_compatible(synthetic, train)
+    test = check_compatible(test, train, what="held-out images")
     for view, what in ((synthetic, "synthetic images"), (train, "training images")):
         if len(view) == 0:
             raise WorkbenchError(f"{view.path}: no {what} to analyse")

@@ -65,7 +65,7 @@ from torch import nn
 from ..data.atomic import atomic_dir, atomic_file
 from ..data.brats import LABEL_CONTRASTS
 from ..data.store import SliceStore
-from ..errors import CheckpointError, StoreError, WorkbenchError
+from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
 from ..search.brute import _pick_device
 
 WEIGHTS = "detector.safetensors"
@@ -414,7 +414,7 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
         store = SliceStore.open(store)
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
     if len(store) < 2:
         raise StoreError(f"{store.path}: the view to train on holds {len(store)} image(s); "
                          "contrastive training needs at least 2 (check the split / filter)")
@@ -561,9 +561,12 @@ def embed(encoder: Encoder, images, *, batch_size: int = 256, bf16: bool = False
     size = config.image_size
     want = (len(config.channels), size, size)
     if isinstance(images, SliceStore):
-        if list(images.channels) != list(config.channels):
-            raise WorkbenchError(f"{images.path}: channels {images.channels} differ from the detector's "
-                                 f"{list(config.channels)}; embed a store with the channels the detector was trained on")
+        if list(images.channels) != list(config.channels):  # matched by name: reorder, or refuse others
+            if sorted(images.channels) != sorted(config.channels):
+                raise WorkbenchError(f"{images.path}: channels {images.channels} differ from the detector's "
+                                     f"{list(config.channels)}; embed a store with the channels the detector was "
+                                     f"trained on")
+            images = images.with_channels(config.channels)
         if tuple(images.image_shape) != want:
             raise WorkbenchError(f"{images.path}: images are {images.image_shape[1]}x{images.image_shape[2]} but the "
                                  f"detector was trained on {size}x{size}; use a store of that size")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.atomic import atomic_file
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from ..search import topk_correlation
 
@@ -129,10 +129,11 @@ def memorization_analysis(synthetic: SliceStore, train: SliceStore, test: SliceS
     >>> res = memorization_analysis(synth, store.where(split="train"), store.where(split="test"))  # doctest: +SKIP
     >>> res.summary["synthetic_above_test_max"]                                                    # doctest: +SKIP
     """
+    synthetic = align_channels(synthetic, train, what="synthetic images")  # by name, never by position
+    if test is not None:
+        test = align_channels(test, train, what="held-out images")
     if synthetic.image_shape != train.image_shape:
         raise WorkbenchError(f"{synthetic.path}: synthetic images are {synthetic.image_shape} but training images in {train.path} are {train.image_shape}")
-    if synthetic.channels != train.channels:
-        raise WorkbenchError(f"{synthetic.path}: channels {synthetic.channels} differ from the training store's {train.channels}")
     syn = match_table(synthetic, train, k=k, device=device, progress=progress)
     subjects = None
     if k > 1 and "subject" in train.manifest.columns and train.manifest["subject"].notna().all():

@@ -14,6 +14,14 @@ An image is kept only if it is at or below *both* thresholds: pixel Pearson r an
 detector is given, its embedding similarity (each by the chosen rule).  The report never shows
 a training image unless ``show_training=True``; even then it shows only the matched training
 slices of removed images.  The whole folder appears only when complete.
+
+Before anything is searched or written, the gate checks that what it is asked to release is a
+synthetic store (:func:`check_synthetic_store`): ``store.json`` says ``kind: synthetic``, no row
+names a patient (``subject``) or a source file, and it is not the reference store itself.  A
+store of patient images given by mistake as ``--synthetic`` is refused, and nothing is written.
+As a last line of defence, an image that is the same as a held-out image (pixel r of at least
+:data:`IDENTICAL_R`) is removed too: no model that never saw that patient makes it.  The report
+lists every check and its result.
 """
 from __future__ import annotations
 
@@ -29,10 +37,49 @@ import pandas as pd
 
 from ..data.atomic import atomic_dir
 from ..data.store import SliceStore
-from ..errors import WorkbenchError
+from ..errors import WorkbenchError, option_hint
 from .analysis import EMBEDDING, PIXEL, CopyAnalysis, copy_analysis
 
 FORMATS = ("png", "nifti")
+#: pixel r at which a synthetic image is taken to be the same image as a held-out one
+IDENTICAL_R = 0.999
+
+
+def check_synthetic_store(synthetic: SliceStore, reference: SliceStore | None = None) -> list[dict]:
+    """Refuse anything but a store of synthetic images; return the checks made, for the report.
+
+    A store is synthetic when its ``store.json`` says ``kind: synthetic`` (``workbench sample``
+    writes that) and none of its rows names a subject or a source file (rows of patient images
+    always do).  It must not be the reference store either.
+    """
+    where = f"{synthetic.path}"
+    hint = ("the release gate writes only images a model made (`workbench sample` writes such a store); "
+            "check the --synthetic argument")
+    if synthetic.kind != "synthetic":
+        raise WorkbenchError(f"{where}: store.json says kind {synthetic.kind!r}, not 'synthetic': these are images of "
+                             f"patients, not synthetic images; nothing was released ({hint})")
+    m = synthetic.manifest
+    named = {col: int(m[col].notna().sum()) for col in ("subject", "source")}
+    if any(named.values()):
+        example = m.loc[m["subject"].notna() | m["source"].notna(), ["subject", "source"]].iloc[0]
+        raise WorkbenchError(f"{where}: {named['subject']} of {len(m)} rows name a subject and {named['source']} a source "
+                             f"file (e.g. {example['subject']}, {example['source']}): rows of patient images, not "
+                             f"synthetic ones; nothing was released ({hint})")
+    same = reference is not None and (
+        Path(synthetic.path).resolve() == Path(reference.path).resolve()
+        or (synthetic.meta.get("id") is not None and synthetic.meta.get("id") == reference.meta.get("id")))
+    if same:
+        raise WorkbenchError(f"{where}: is the reference store {reference.path} itself; nothing was released ({hint})")
+    models = int(m["model"].notna().sum())
+    return [
+        {"check": "store kind", "passed": True, "detail": f"store.json of {where} says kind 'synthetic'"},
+        {"check": "no patient identifiers", "passed": True,
+         "detail": f"none of its {len(m)} rows names a subject or a source file"},
+        {"check": "not the reference store", "passed": True,
+         "detail": "another folder and store id than the reference store" if reference is not None else "no reference"},
+        {"check": "model recorded", "passed": models == len(m),
+         "detail": f"{models} of {len(m)} rows name the model that made them ({synthetic.meta.get('model')!r} in store.json)"},
+    ]
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -96,6 +143,8 @@ def _html_report(report: dict, analysis: CopyAnalysis, training_panels: list[tup
         f"measured. "
         f"Thresholds are calibrated on {report['n_train']} training and {report['n_test']} held-out images of "
         f"{html.escape(report['reference_store'])}.</p>",
+        "<h2>What was checked before release</h2>",
+        _table_html(pd.DataFrame(report["checks"])),
         "<h2>Thresholds and copy rates (95 % bootstrap intervals)</h2>",
         _table_html(pd.DataFrame(rows)),
     ]
@@ -139,9 +188,10 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
         raise WorkbenchError(f"release: format must be one of {FORMATS}, got {fmt!r}")
     synthetic = synthetic if isinstance(synthetic, SliceStore) else SliceStore.open(synthetic)
     reference = reference if isinstance(reference, SliceStore) else SliceStore.open(reference)
+    checks = check_synthetic_store(synthetic, reference)  # before any search or write
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
     train = reference.where(split="train") if train is None else train
     test = reference.where(split="test") if test is None else test
     if isinstance(detector, (str, Path)):
@@ -152,8 +202,15 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
                              pixel_threshold=pixel_threshold, embedding_threshold=embedding_threshold,
                              bootstrap=bootstrap, seed=seed, progress=progress)
     flags = analysis.flags
-    keep = np.flatnonzero(~flags["copy"].to_numpy())
-    removed = np.flatnonzero(flags["copy"].to_numpy())
+    to_test = analysis.similarities[PIXEL].synthetic_to_test
+    identical = to_test >= IDENTICAL_R
+    checks.append({"check": "not identical to a held-out image", "passed": not identical.any(),
+                   "detail": f"{int(identical.sum())} synthetic image(s) have pixel r >= {IDENTICAL_R} with a held-out "
+                             f"image and are removed" if identical.any() else
+                             f"no synthetic image has pixel r >= {IDENTICAL_R} with any of the {len(test)} held-out images"})
+    removed_mask = flags["copy"].to_numpy() | identical
+    keep = np.flatnonzero(~removed_mask)
+    removed = np.flatnonzero(removed_mask)
     meta = synthetic.meta
     summary = analysis.summary()
     report = {
@@ -167,6 +224,8 @@ def release_gate(synthetic, reference, out, *, train=None, test=None, detector=N
         "n_train": int(len(train)), "n_test": int(len(test)), "format": fmt,
         "copy_rates": {k: v for k, v in summary.items() if k in (PIXEL, EMBEDDING)},
         "data_copying": summary.get("data_copying"),
+        "removed_identical_to_held_out": int(identical.sum()),
+        "checks": checks,
         "shows_training_images": bool(show_training),
     }
     panels = []

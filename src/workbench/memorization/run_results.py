@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from .analysis import EMBEDDING, PIXEL
 
@@ -96,6 +96,7 @@ def run_matches(matches: pd.DataFrame, synthetic: SliceStore, train: SliceStore,
     ``train`` may be a view (e.g. the training view of a checkpoint): matches refer to store rows,
     so the whole store is opened for reading neighbours.
     """
+    synthetic = align_channels(synthetic, train, what="synthetic images")  # panels pair channels by name
     missing = [c for c in ["query", *MATCH_COLUMNS] if c not in matches.columns]
     if missing:
         raise WorkbenchError(f"search results lack columns {missing}: make them with "
@@ -105,10 +106,10 @@ def run_matches(matches: pd.DataFrame, synthetic: SliceStore, train: SliceStore,
     if int(matches["query"].max()) >= len(synthetic):
         raise WorkbenchError(f"{synthetic.path}: the search results name synthetic image {int(matches['query'].max())} "
                              f"but the store holds {len(synthetic)} images; were they searched against another store? {HOW}")
-    if int(matches["match_row"].max()) >= len(train._manifest):
+    if int(matches["match_row"].max()) >= len(train.all_rows()):
         raise WorkbenchError(f"{train.path}: the search results name training row {int(matches['match_row'].max())} "
-                             f"but the store holds {len(train._manifest)} rows; {HOW}")
-    store = SliceStore(train.path, train._images, train._manifest, train.meta)  # all rows
+                             f"but the store holds {len(train.all_rows())} rows; {HOW}")
+    store = train.all_rows()
     best = (matches[matches["rank"] == 1][["query", *MATCH_COLUMNS[1:]]].rename(columns={"query": "synthetic"})
             .sort_values("synthetic").reset_index(drop=True))
     distinct = subjects is not None and len(subjects) > 0

@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, option_hint
 from .config import ModelConfig, family_of
 
 WEIGHTS = "model.safetensors"
@@ -116,7 +116,7 @@ def _check_folder(path: Path) -> None:
             ckpts = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
             if ckpts:
                 hint = (f"; training has not finished: the latest checkpoint is {ckpts[-1]} "
-                        f"(train again with resume=True to continue, or load that folder)")
+                        f"(train again with {option_hint('resume')} to continue, or load that folder)")
             raise CheckpointError(f"{path}: missing {name}; the checkpoint is incomplete or was not written "
                                   f"by the workbench{hint}")
 

@@ -58,7 +58,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 
 #: reference images per block: about this many bytes of float32 per block
@@ -339,6 +339,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
 
     >>> values, indices = topk_correlation(synthetic, store.where(split="train"), k=5)   # doctest: +SKIP
     """
+    # stores are paired by channel name: queries are read in the reference's channel order
+    queries = align_channels(queries, reference, what="queries")
     if distinct is not None:
         return _topk_distinct(queries, reference, k, distinct, device=device, method=method, channels=channels,
                               mask=mask, precision=precision, block_size=block_size, progress=progress,
@@ -372,9 +374,6 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     if not 1 <= k <= rshape[0]:
         raise WorkbenchError(f"k={k} must be between 1 and the reference size {rshape[0]}")
     chans = _channel_index(reference, channels, rshape[1])
-    if chans is not None and isinstance(queries, SliceStore) and isinstance(reference, SliceStore) \
-            and queries.channels != reference.channels:
-        raise WorkbenchError(f"queries have channels {queries.channels} but the reference has {reference.channels}")
     select = _Selector(rshape[1:], chans, mask)
     dev = _pick_device(device)
     dtype = _pick_precision(precision, dev)

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from .brute import SearchResult, mark_constant_queries, topk_correlation
 
@@ -133,7 +133,7 @@ def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, la
                 f"the store found at this path has shape {tuple(shape)} (created {store.meta.get('created')}) but the "
                 f"client's has {tuple(expect['shape'])} (created {expect['created']}): is the same store mounted at "
                 "this path on every worker?")
-        shard = store.take(_unpack_rows(rows))
+        shard = store.take(_unpack_rows(rows)).with_channels(expect.get("channels", store.channels))
         kk = min(k, len(shard))
         with warnings.catch_warnings():  # constant-image warnings are merged and issued once by the client
             warnings.simplefilter("ignore")
@@ -198,8 +198,7 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
             f"reference: the Dask search needs a SliceStore (or a view of one) on storage that every worker can "
             f"read, got a {type(reference).__name__}; write it with StoreWriter to a shared folder and pass "
             "SliceStore.open(path), or call topk_correlation without client= to search in this process")
-    if options.get("channels") is not None and isinstance(queries, SliceStore) and queries.channels != reference.channels:
-        raise WorkbenchError(f"queries have channels {queries.channels} but the reference has {reference.channels}")
+    queries = align_channels(queries, reference, what="queries")  # paired by channel name, never by position
     from distributed import as_completed  # imported here: the compute layer does not need Dask
 
     q = _queries_array(queries)
@@ -224,7 +223,8 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
     bounds = _shard_bounds(n, shards)
 
     path = str(worker_path if worker_path is not None else reference.path)
-    expect = {"shape": list(reference.meta.get("shape", [])), "created": reference.meta.get("created")}
+    expect = {"shape": list(reference.meta.get("shape", [])), "created": reference.meta.get("created"),
+              "channels": reference.channels}  # a view may read some channels, in its own order
     q_future = client.scatter(np.ascontiguousarray(q), broadcast=True, hash=False)  # a fresh key per call
     futures = {}
     for i, (a, b) in enumerate(bounds):

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.atomic import atomic_dir
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from . import pruned
 from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
@@ -107,7 +107,7 @@ class CorrelationIndex:
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
-        queries = _as_source(queries, "queries")
+        queries = _as_source(align_channels(queries, self.reference, what="queries"), "queries")
         if tuple(queries.shape[1:]) != self.image_shape:
             raise WorkbenchError(f"queries have images of shape {tuple(queries.shape[1:])} but the index was built "
                                  f"on {self.image_shape}")
@@ -180,8 +180,9 @@ class CorrelationIndex:
                 "precision": "bf16" if self.dtype == torch.bfloat16 else "float32",
                 "store": str(self.reference.path.resolve()),
                 "store_id": self.reference.meta.get("id"),
-                "store_shape": list(self.reference._images.shape),
+                "store_shape": list(self.reference.meta["shape"]),
                 "rows": self.reference.rows.tolist(),
+                "store_channels": self.reference.channels,  # the view's channels, by name and order
                 "channels": self.channel_index,
                 "image_shape": list(self.image_shape),
                 "pixels": self.select.dim,
@@ -207,9 +208,10 @@ class CorrelationIndex:
         except (OSError, ValueError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store = SliceStore.open(meta["store"])
-        if list(store._images.shape) != meta["store_shape"] or store.meta.get("id") != meta["store_id"]:
+        if list(store.meta["shape"]) != meta["store_shape"] or store.meta.get("id") != meta["store_id"]:
             raise WorkbenchError(f"{path}: the store {meta['store']} has changed since the index was built; build it again")
         reference = store.take(np.asarray(meta["rows"], dtype=np.int64))
+        reference = reference.with_channels(meta.get("store_channels", store.channels))
         mask = None
         if (path / "mask.npy").is_file():
             n_ch = len(meta["channels"]) if meta["channels"] else meta["image_shape"][0]

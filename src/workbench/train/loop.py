@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.atomic import atomic_dir
+from ..data.atomic import atomic_dir, replace_path
+from ..data.temporaries import remove_path, temporary_name
 from ..data.store import SliceStore
-from ..errors import CheckpointError, StoreError, WorkbenchError
+from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
 from ..models.checkpoint import (REQUIRED, TRAINING, WEIGHTS, config_class, read_tensors, read_training_info,
                                  split_modules, write_model_files)
 from .augment import Augment
@@ -232,9 +233,9 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         store = SliceStore.open(store)
     out = Path(out)
     if out.exists() and not (resume or overwrite):
-        hint = " (it holds checkpoints of an unfinished run: pass resume=True to continue it)" \
+        hint = f" (it holds checkpoints of an unfinished run: pass {option_hint('resume')} to continue it)" \
             if (out / CHECKPOINTS).is_dir() else ""
-        raise FileExistsError(f"{out}: already exists{hint} (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out}: already exists{hint} (pass {option_hint('overwrite')} to replace it)")
     if len(store) == 0:
         raise StoreError(f"{store.path}: the view to train on is empty (check the split / filter)")
     _, height, width = store.image_shape
@@ -276,8 +277,15 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     source = None
     if resume and out.exists():
         source = latest_checkpoint(out)
+    work = out
     if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
+        # keep the previous model until the new one is complete: train in a temporary folder beside
+        # it and swap the two at the end; a killed run leaves the old model as it was (and a stale
+        # temporary that `workbench clean` finds)
+        if not out.is_dir():
+            raise FileExistsError(f"{out}: is a file, not a run folder; choose another --out")
+        work = temporary_name(out)
+        work.mkdir()
     n_train = len(view)
     images = None
     if n_train * int(np.prod(store.image_shape)) * 4 <= IN_MEMORY_BYTES:
@@ -351,19 +359,18 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         write_model_files(folder, trainer.saved_modules(), config, info(step_done, seconds))
 
     def checkpoint(step_done: int, seconds: float) -> None:
-        folder = out / CHECKPOINTS / f"step-{step_done:07d}"
+        folder = work / CHECKPOINTS / f"step-{step_done:07d}"
         with atomic_dir(folder, overwrite=True) as tmp:
             save(tmp, step_done, seconds)
         saved_steps.append(step_done)
         if keep_checkpoints:
-            for old in sorted((out / CHECKPOINTS).glob("step-*"))[:-keep_checkpoints]:
+            for old in sorted((work / CHECKPOINTS).glob("step-*"))[:-keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
 
     window: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
-    bar = tqdm(total=total * batch_size, initial=start * batch_size, desc=f"train {model} {run_name}",
-               unit="img", unit_scale=False, disable=not progress)
-    try:
+
+    def _train_steps() -> None:
+        nonlocal window
         for step in range(start + 1, total + 1):
             s = step_seed(seed, step)
             torch.manual_seed(s)
@@ -374,7 +381,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             for name, value in losses.items():
                 if not math.isfinite(value):
                     raise WorkbenchError(f"train {model}: {name} became {value} at step {step} "
-                                         f"(try a lower lr than {lr} or bf16=False)")
+                                         f"(try a lower learning rate than {lr}, or float32: "
+                                         f"{'--no-bf16' if option_hint('bf16') == '--bf16' else 'bf16=False'})")
                 window.setdefault(name, []).append(value)
             if step % log_every == 0 or step == total:
                 logged = {name: float(np.mean(values)) for name, values in window.items()}
@@ -387,13 +395,26 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             bar.update(batch_size)
             if checkpoint_every and step % checkpoint_every == 0 and step < total:
                 checkpoint(step, elapsed + time.perf_counter() - t0)
-    finally:
-        bar.close()
-    seconds = elapsed + time.perf_counter() - t0
-    trainer.on_finish(view)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TRAINING).unlink(missing_ok=True)  # the folder is unfinished until training.json is back
-    save(out, total, seconds)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=total * batch_size, initial=start * batch_size, desc=f"train {model} {run_name}",
+               unit="img", unit_scale=False, disable=not progress)
+    try:
+        try:
+            _train_steps()
+        finally:
+            bar.close()
+        seconds = elapsed + time.perf_counter() - t0
+        trainer.on_finish(view)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / TRAINING).unlink(missing_ok=True)  # the folder is unfinished until training.json is back
+        save(work, total, seconds)
+        if work != out:
+            replace_path(work, out)
+    except BaseException:
+        if work != out:
+            remove_path(work)  # the previous model stays as it was
+        raise
     final = read_training_info(out)
     loss = final["final_loss"]
     print(f"wrote {model.upper()} model {out} ({config.preset} preset, {total} steps on {n_train} images of "

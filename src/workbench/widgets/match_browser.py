@@ -28,7 +28,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
 from ..evaluate.marks import VERDICTS, MarkLog
 from ..memorization.analysis import EMBEDDING, PIXEL
@@ -518,6 +518,7 @@ def _best_rows(matches: pd.DataFrame) -> pd.DataFrame:
 
 def match_images(matches: pd.DataFrame, position: int, synthetic: SliceStore, train: SliceStore) -> dict:
     """Images and labels of the ``position``-th strongest match (0 = highest r)."""
+    synthetic = align_channels(synthetic, train, what="synthetic images")  # panels pair channels by name
     row = _best_rows(matches).iloc[int(position)]
     z = row["match_z"]
     prev = None if pd.isna(row["match_prev"]) else train.read_rows([int(row["match_prev"])])[0]
@@ -539,6 +540,7 @@ def match_images(matches: pd.DataFrame, position: int, synthetic: SliceStore, tr
 
 def figure_for(matches: pd.DataFrame, position: int, synthetic: SliceStore, train: SliceStore, *, channel: int = 0):
     """The study's five-panel plotly figure for the ``position``-th strongest match."""
+    synthetic = align_channels(synthetic, train, what="synthetic images")
     m = match_images(matches, position, synthetic, train)
     n = len(_best_rows(matches))
     return match_figure(m["synthetic"], m["match"], m["prev"], m["next"], r=float(m["row"]["r"]), channel=channel,

@@ -20,7 +20,7 @@ from pathlib import Path
 import ipywidgets as widgets
 from ipyevents import Event
 
-from ..data.store import SliceStore
+from ..data.store import SliceStore, align_channels
 from ..evaluate.reader_study import AnswerLog, load_answers, load_plan, plan_study, save_plan, summarize
 from ..errors import WorkbenchError
 from .render import to_png
@@ -40,6 +40,7 @@ class ReaderStudy:
     def __init__(self, run, reader: str, *, real: SliceStore, synthetic: SliceStore, n_real: int = 20,
                  n_synthetic: int = 20, seed: int = 0, channel: int | str | None = None, panel_size: int = 320):
         real, synthetic = _open(real), _open(synthetic)
+        synthetic = align_channels(synthetic, real, what="synthetic images")  # shown channel by name, not position
         self.run, self.real, self.synthetic = run, real, synthetic
         try:
             plan = load_plan(run)
