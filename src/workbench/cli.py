@@ -33,7 +33,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS, []) or action.required \
+        if "default" in text or default in (None, False, argparse.SUPPRESS, []) or action.required \
                 or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
@@ -50,6 +50,14 @@ def _overwrite(p, what: str) -> None:
 
 def _seed(p, what: str, default: int = 0) -> None:
     p.add_argument("--seed", type=int, default=default, help=f"seed of {what} (written beside the result)")
+
+
+def _precision(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bf16", dest="bf16", action="store_const", const=True, default="auto",
+                   help="bf16 autocast even where it is slower (default: bf16 only where a short probe measured it "
+                        "faster than float32 on this machine)")
+    g.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, help="float32 throughout")
 
 
 def _add_data(sub):
@@ -115,7 +123,7 @@ def _add_model(sub):
     tr.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     _seed(tr, "everything: subset, data order, noise, initial weights")
-    tr.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
+    _precision(tr)
     tr.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="model-config or family option, e.g. --option beta_schedule squaredcos_cap_v2, "
                          "--option ae_steps 2000, --option diffaugment color,translation (VALUE read as JSON when it parses)")
@@ -132,6 +140,7 @@ def _add_model(sub):
     sa.add_argument("--truncation-psi", type=float, default=1.0, help="GAN truncation")
     _seed(sa, "the sampling noise (image i uses seed + i)")
     sa.add_argument("--batch-size", type=int, default=32, help="images sampled at once")
+    _precision(sa)
     _overwrite(sa, "store")
 
 
@@ -391,13 +400,13 @@ def run(args) -> None:
                     preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     warmup_steps=args.warmup_steps, max_images=args.max_images, augment=args.augment,
                     conditional=args.conditional, ema=not args.no_ema, checkpoint_every=args.checkpoint_every,
-                    resume=args.resume, seed=args.seed, bf16=not args.no_bf16, overwrite=args.overwrite, **options)
+                    resume=args.resume, seed=args.seed, bf16=args.bf16, overwrite=args.overwrite, **options)
     elif args.command == "sample":
         from .sample import sample_model
 
         sample_model(args.checkpoint, args.out, n=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
                      labels=_labels(args.labels), truncation_psi=args.truncation_psi, seed=args.seed,
-                     batch_size=args.batch_size, overwrite=args.overwrite)
+                     batch_size=args.batch_size, bf16=args.bf16, overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
     elif args.command == "detector":

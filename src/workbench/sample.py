@@ -20,6 +20,8 @@ import numpy as np
 
 from .data.store import SliceStore, StoreWriter
 from .errors import WorkbenchError, option_hint
+from .precision import describe as describe_precision
+from .precision import use_bf16
 from .models.checkpoint import LoadedModel, load_model
 
 SAMPLERS = ("ddim", "ddpm")
@@ -130,7 +132,7 @@ def _labels_for(config, labels, n: int, checkpoint: Path):
 
 def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50, sampler: str = "ddim",
                  eta: float = 0.0, labels=None, truncation_psi: float = 1.0, batch_size: int = 32, ema: bool = True,
-                 bf16: bool = True, device=None, progress: bool = True, overwrite: bool = False) -> SliceStore:
+                 bf16: bool | str = "auto", device=None, progress: bool = True, overwrite: bool = False) -> SliceStore:
     """Sample ``n`` images from a checkpoint of any family and write them as a synthetic SliceStore.
 
     Parameters
@@ -149,7 +151,8 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     truncation_psi : GAN truncation (1: none; smaller trades variety for typical images).
     batch_size : images made at once; each batch is written as soon as it is made.
     ema : use the EMA weights when the checkpoint has them.
-    bf16 : bfloat16 autocast (faster on CPUs with AMX and on GPUs).
+    bf16 : bfloat16 autocast: ``"auto"`` where measured faster than float32 on this machine
+        (:mod:`workbench.precision`), ``True`` / ``False`` to choose.
     device : ``"cpu"``, ``"cuda"``... (default: CUDA when available).
     progress : progress bar with ETA.
     overwrite : replace an existing store at ``out``.
@@ -178,6 +181,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     loaded = load_model(checkpoint, device=device)
     config, info = loaded.config, loaded.info
     family = config.family
+    requested_bf16, bf16 = bf16, use_bf16(bf16, device)  # "auto": measured on this machine
     diffusion = family in ("ddpm", "ldm")
     if diffusion and steps > config.num_train_timesteps:
         raise WorkbenchError(f"sample: steps={steps} exceeds the {config.num_train_timesteps} "
@@ -190,7 +194,8 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
         "model": family, "checkpoint": str(checkpoint.resolve()), "run": run, "seed": int(seed),
         "sampler": sampler if diffusion else "generator", "steps": int(steps) if diffusion else None,
         "eta": float(eta) if diffusion else None, "truncation_psi": float(truncation_psi) if family == "gan" else None,
-        "ema": bool(ema), "bf16": bool(bf16), "n": int(n), "train_store": info.get("store"),
+        "ema": bool(ema), "bf16": bool(bf16), "precision": describe_precision(requested_bf16, bf16, device),
+        "n": int(n), "train_store": info.get("store"),
         "train_steps": info.get("steps_done", info.get("steps")),
     }
     t0 = time.perf_counter()

@@ -103,8 +103,6 @@ def tree_stats(path: Path) -> tuple[int, float]:
 def _state(pid: int, host: str | None, modified: float) -> str:
     if host is not None and host != host_tag():
         return ELSEWHERE
-    if pid == os.getpid():
-        return IN_USE
     try:
         import psutil
 

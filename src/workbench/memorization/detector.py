@@ -66,6 +66,8 @@ from ..data.atomic import atomic_dir, atomic_file
 from ..data.brats import LABEL_CONTRASTS
 from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
+from ..precision import describe as describe_precision
+from ..precision import use_bf16
 from ..search.brute import _pick_device
 
 WEIGHTS = "detector.safetensors"
@@ -370,7 +372,7 @@ def _check_positive_int(name: str, value) -> int:
 
 
 def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: float = 2e-3,
-                   weight_decay: float = 1e-4, warmup_steps: int = 20, seed: int = 0, bf16: bool = True,
+                   weight_decay: float = 1e-4, warmup_steps: int = 20, seed: int = 0, bf16: bool | str = "auto",
                    device: str = "auto", progress: bool = True, overwrite: bool = False,
                    **config_overrides) -> Path:
     """Train a copy detector on a SliceStore view (the training split) and write it to ``out``.
@@ -385,7 +387,8 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
         a batch never holds an image twice, so it is capped at the number of images.
     lr, weight_decay, warmup_steps : AdamW, with a linear warm-up and a cosine decay to zero.
     seed : seeds the weights, the batches and the augmentations (written to ``detector.json``).
-    bf16 : bfloat16 autocast for the network (AMX CPUs, GPUs); the loss is always float32.
+    bf16 : bfloat16 autocast for the network: ``"auto"`` where measured faster than float32 on this
+        machine (:mod:`workbench.precision`); the loss is always float32.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
     progress : progress bar with images/s.
     overwrite : replace an existing ``out``.
@@ -423,6 +426,7 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
         raise WorkbenchError(f"{store.path}: images are {height}x{width}; the detector needs square images")
     config = DetectorConfig(image_size=int(height), channels=tuple(store.channels), **config_overrides).validate()
     dev = _pick_device(device)
+    requested_bf16, bf16 = bf16, use_bf16(bf16, dev)  # "auto": measured on this machine
     n = len(store)
     batch_size = min(batch_size, n)
 
@@ -481,7 +485,8 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
     seconds = time.perf_counter() - t0
     info = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup_steps": warmup_steps, "seed": int(seed), "bf16": bool(bf16), "device": str(dev),
+        "warmup_steps": warmup_steps, "seed": int(seed), "bf16": bool(bf16),
+        "precision": describe_precision(requested_bf16, bf16, dev), "device": str(dev),
         "loss": history, "final_loss": float(np.mean(history[-10:])),
         "seconds": round(seconds, 2), "images_per_second": round(steps * batch_size / max(seconds, 1e-9), 2),
         "store": str(Path(store.path).resolve()), "train_rows": [int(r) for r in store.rows], "n_images": n,

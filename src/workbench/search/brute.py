@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
+from ..precision import use_bf16
 
 #: reference images per block: about this many bytes of float32 per block
 BLOCK_BYTES = 128 * 2**20
@@ -198,27 +199,19 @@ def _pick_device(device: str) -> torch.device:
     return dev
 
 
-def _cpu_has_bf16_matmul() -> bool:
-    """AMX or AVX-512 BF16: without them torch's bf16 products run slower than float32."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def _pick_precision(precision: str, dev: torch.device, prepared: bool = False) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WorkbenchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         # Measured (BENCHMARKS.md): on a prepared CorrelationIndex the bf16 screen with its
-        # per-pair bound is the faster exact search where the hardware multiplies bf16 natively
-        # (AMX, AVX-512 BF16).  Unprepared, the CPU pays for the bf16 copy and its split norms in
-        # every call and float32 is faster.  GPUs: bf16 (tensor cores; not measured yet).
+        # per-pair bound is the faster exact search where the hardware multiplies bf16 much faster
+        # than float32 (AMX), which the precision probe measures on the machine at hand; CPUs with
+        # only AVX-512 BF16 or none run it slower.  Unprepared, the CPU pays for the bf16 copy and
+        # its split norms in every call and float32 is faster.  GPUs: bf16 (tensor cores).
         if dev.type == "cuda":
             precision = "bf16"
         else:
-            precision = "bf16" if prepared and _cpu_has_bf16_matmul() else "float32"
+            precision = "bf16" if prepared and use_bf16("auto", dev, kind="matmul") else "float32"
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 

@@ -39,6 +39,8 @@ from ..data.atomic import atomic_dir, replace_path
 from ..data.temporaries import remove_path, temporary_name
 from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
+from ..precision import describe as describe_precision
+from ..precision import use_bf16
 from ..models.checkpoint import (REQUIRED, TRAINING, WEIGHTS, config_class, read_tensors, read_training_info,
                                  split_modules, write_model_files)
 from .augment import Augment
@@ -180,7 +182,7 @@ def _differences(saved: dict, current: dict) -> list[str]:
 def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps: int = 1000, batch_size: int = 16,
                 lr: float | None = None, warmup_steps: int = 0, seed: int = 0, max_images: int | None = None,
                 augment: str | None = None, conditional: bool = False, ema: bool = True, ema_decay: float = 0.9999,
-                ema_power: float = 0.75, bf16: bool = True, grad_clip: float | None = 1.0,
+                ema_power: float = 0.75, bf16: bool | str = "auto", grad_clip: float | None = 1.0,
                 checkpoint_every: int | None = 500, keep_checkpoints: int | None = 3, resume: bool = False,
                 overwrite: bool = False, log_every: int | None = None, device=None, progress: bool = True,
                 run_name: str | None = None, callback=None, **kwargs) -> Path:
@@ -201,7 +203,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     ema, ema_decay, ema_power : keep an exponential moving average of the weights (diffusers
         ``EMAModel`` with warm-up ``1 - (1 + step) ** -ema_power``, capped at ``ema_decay``);
         sampling uses it.
-    bf16 : bfloat16 autocast for the forward passes (AMX CPUs, GPUs); ``False`` trains in float32.
+    bf16 : bfloat16 autocast for the forward passes: ``"auto"`` where a short probe measured it faster
+        than float32 on this machine (:mod:`workbench.precision`), ``True`` / ``False`` to choose.
     checkpoint_every : write a resumable checkpoint every this many steps (None: only at the end).
     keep_checkpoints : how many intermediate checkpoints to keep (None: all).
     resume : continue from the latest checkpoint in ``out`` (start fresh if there is none).  The
@@ -268,7 +271,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         "warmup_steps": int(warmup_steps), "seed": int(seed), "max_images": max_images,
         "train_rows": [int(r) for r in view.rows], "store": str(Path(store.path).resolve()),
         "augment": augmenter.describe(), "conditional": bool(conditional), "ema": bool(ema),
-        "ema_decay": float(ema_decay), "ema_power": float(ema_power), "bf16": bool(bf16), "grad_clip": grad_clip,
+        "ema_decay": float(ema_decay), "ema_power": float(ema_power), "bf16": None, "grad_clip": grad_clip,
         "options": {**trainer_cls.OPTIONS, **options},
     }
     settings = json.loads(json.dumps(settings, default=str))  # compare as the checkpoint will hold them
@@ -277,6 +280,14 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     source = None
     if resume and out.exists():
         source = latest_checkpoint(out)
+    # bf16="auto": measured on this machine (workbench.precision); a resumed run keeps the precision it
+    # started with, so that it ends bit-identical to an uninterrupted one
+    requested_bf16 = bf16
+    state = read_trainer_state(source) if source is not None else None
+    if state is not None and bf16 == "auto" and isinstance(state[1].get("settings", {}).get("bf16"), bool):
+        bf16 = state[1]["settings"]["bf16"]
+    bf16 = use_bf16(bf16, device)
+    settings["bf16"] = bf16
     work = out
     if overwrite and out.exists() and not resume:
         # keep the previous model until the new one is complete: train in a temporary folder beside
@@ -307,7 +318,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     trainer.view = view  # the LDM measures its latent scale and reconstruction error on it
     start, history, elapsed, resumed_at = 0, {}, 0.0, []
     if source is not None:
-        tensors, doc = read_trainer_state(source)
+        tensors, doc = state
         diffs = _differences(doc.get("settings", {}), settings)
         if diffs:
             raise CheckpointError(f"{source}: cannot resume with different settings: " + "; ".join(diffs))
@@ -335,7 +346,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             "run": run_name, "model": model, "family": config.family, "preset": preset,
             "steps": int(steps), "steps_done": int(step_done), "total_steps": int(total),
             "batch_size": int(batch_size), "lr": lr, "warmup_steps": int(warmup_steps), "grad_clip": grad_clip,
-            "seed": int(seed), "bf16": bool(bf16), "augment": augmenter.describe(), "conditional": bool(conditional),
+            "seed": int(seed), "bf16": bool(bf16), "precision": describe_precision(requested_bf16, bf16, device),
+            "augment": augmenter.describe(), "conditional": bool(conditional),
             "ema": bool(ema), "ema_decay": float(ema_decay), "ema_power": float(ema_power),
             "options": settings["options"], "device": str(device), "store": settings["store"],
             "store_kind": store.kind, "max_images": max_images, "n_train": int(n_train),
