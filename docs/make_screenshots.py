@@ -3,8 +3,9 @@
     make demo                                   # the run the screenshots show (phantom data only)
     .venv/bin/python docs/make_screenshots.py   # writes docs/screenshots/*.png
 
-Serves the run's app notebooks (``workbench.runs.app.prepare_app``) one at a time with Voila on
-127.0.0.1, exactly as ``workbench app`` does, and photographs each widget.  The reader study is
+Serves the run's app notebooks (``workbench.runs.app.prepare_app``, the notebooks ``workbench app``
+serves) one at a time with Voila on 127.0.0.1 for the time of one screenshot (without the app's
+access token: a test server that only this script talks to), and photographs each widget.  The reader study is
 opened for a reader called "screenshot" and left unanswered.
 """
 from __future__ import annotations

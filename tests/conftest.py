@@ -54,3 +54,14 @@ def write_subject(root, sid, *, shape=(24, 20, 10), contrasts=("t1", "t1ce", "t2
             data = overrides[c]
         nib.save(nib.Nifti1Image(data, affine), folder / f"{sid}_{c}{suffix}")
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """End a run that skipped the browser tests with how many, and the one command that runs them."""
+    from browser import CHROMIUM
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "chromium" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} browser test(s) skipped: {CHROMIUM} is missing. Run them with: "
+            f"sudo apt-get install -y chromium && make test", yellow=True, bold=True)

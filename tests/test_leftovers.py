@@ -255,3 +255,35 @@ def test_cli_messages_name_the_flags(tmp_path, capsys):
     assert "pass --overwrite to replace it" in err and "overwrite=True" not in err
     with pytest.raises(FileExistsError, match=r"pass overwrite=True to replace it"):
         train_model(store.where(split="train"), model, steps=1, **{k: v for k, v in TINY.items()})
+
+
+KILLED_WRITER = """
+import sys, time
+import numpy as np
+from workbench.data.store import StoreWriter
+with StoreWriter(sys.argv[1], channels=["t1"], height=16, width=16, overwrite=True) as w:
+    w.append(np.random.default_rng(0).random((64, 1, 16, 16), dtype=np.float32), [{"subject": "p1", "split": "train"}] * 64)
+    print("written", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_store_write_is_found_reported_on_the_next_write_and_deleted_with_the_store(tmp_path, capsys):
+    old = _store(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "store")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        running = find_temporaries(tmp_path)
+        assert [(t.state, t.pid, t.target) for t in running] == [(IN_USE, proc.pid, tmp_path / "store")]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = find_temporaries(tmp_path)
+    assert [t.state for t in left] == [STALE] and (left[0].path / "images.npy").stat().st_size > 32 * 16 * 16 * 4  # raw pixels on disk
+    assert SliceStore.open(old.path).shape == old.shape  # the old store is still whole
+    with pytest.warns(StaleTemporariesWarning, match="may hold patient images"):
+        _store(tmp_path / "other")  # the next write into that folder says so
+    assert main(["delete", str(tmp_path / "store"), "--yes"]) == 0
+    assert find_temporaries(tmp_path) == [] and not (tmp_path / "store").exists()
+    assert (tmp_path / "other").exists()

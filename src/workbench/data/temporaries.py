@@ -193,18 +193,22 @@ _warned: set[str] = set()
 
 
 def warn_if_stale(folder) -> None:
-    """Warn (once per folder and process) when ``folder`` holds stale temporaries of killed runs.
+    """Warn (once per folder and set of leftovers, per process) when ``folder`` holds stale temporaries.
 
     Called by every atomic writer before it writes into ``folder``, so a user learns about
     leftover patient pixels where they work, not only by running ``workbench clean``.
     """
     folder = Path(folder)
-    key = str(folder.resolve())
-    if key in _warned or not folder.is_dir():
+    if not folder.is_dir():
         return
-    _warned.add(key)
-    stale = [t for t in find_temporaries(folder, recursive=False) if t.state == STALE and t.path.parent == folder]
-    if stale:
+    # a listing of one folder per write: cheap; only names of temporaries are looked at further
+    candidates = [p for p in folder.iterdir() if p.name.startswith(".") and parse_temporary(p) is not None]
+    if not candidates:
+        return
+    stale = [t for t in map(_describe, candidates) if t is not None and t.state == STALE]
+    key = str(folder.resolve()) + "|" + "|".join(sorted(t.path.name for t in stale))
+    if stale and key not in _warned:
+        _warned.add(key)
         names = ", ".join(t.path.name for t in stale[:3]) + (" ..." if len(stale) > 3 else "")
         warnings.warn(StaleTemporariesWarning(
             f"{folder}: {len(stale)} temporary output(s) of killed runs ({human_size(sum(t.size for t in stale))}; they "

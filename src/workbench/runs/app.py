@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..data.atomic import atomic_file
 from ..errors import WorkbenchError
-from .notebook import find_notebook
+from .notebook import check_parameters
 
 #: the app's notebooks, in the order the tree page lists them
 APP_NOTEBOOKS = ("05_match_browser", "06_reader_study")
@@ -71,7 +71,7 @@ def prepare_app(run, *, reviewer: str = "reviewer", **reader_study) -> Path:
     parameters = {"05_match_browser": {"run": str(run), "reviewer": str(reviewer)},
                   "06_reader_study": {"run": str(run), **reader_study}}
     for name in APP_NOTEBOOKS:
-        src = find_notebook(name)
+        src = check_parameters(name, parameters[name])  # declared by the notebook, of the right kind
         with atomic_file(folder / src.name) as tmp:
             pm.execute_notebook(str(src), str(tmp), parameters=parameters[name], prepare_only=True,
                                 kernel_name="python3", progress_bar=False, log_output=False)
