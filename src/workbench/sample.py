@@ -20,8 +20,8 @@ import numpy as np
 
 from .data.store import SliceStore, StoreWriter
 from .errors import WorkbenchError, option_hint
-from .precision import describe as describe_precision
-from .precision import use_bf16
+from .device import describe as describe_precision
+from .device import resolve_device, use_bf16
 from .models.checkpoint import LoadedModel, load_model
 
 SAMPLERS = ("ddim", "ddpm")
@@ -152,7 +152,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     batch_size : images made at once; each batch is written as soon as it is made.
     ema : use the EMA weights when the checkpoint has them.
     bf16 : bfloat16 autocast: ``"auto"`` where measured faster than float32 on this machine
-        (:mod:`workbench.precision`), ``True`` / ``False`` to choose.
+        (:mod:`workbench.device`), ``True`` / ``False`` to choose.
     device : ``"cpu"``, ``"cuda"``... (default: CUDA when available).
     progress : progress bar with ETA.
     overwrite : replace an existing store at ``out``.
@@ -176,8 +176,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     loaded = load_model(checkpoint, device=device)
     config, info = loaded.config, loaded.info
     family = config.family

@@ -66,9 +66,8 @@ from ..data.atomic import atomic_dir, atomic_file
 from ..data.brats import LABEL_CONTRASTS
 from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
-from ..precision import describe as describe_precision
-from ..precision import use_bf16
-from ..search.brute import _pick_device
+from ..device import describe as describe_precision
+from ..device import resolve_device, use_bf16
 
 WEIGHTS = "detector.safetensors"
 CONFIG = "detector.json"
@@ -388,7 +387,7 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
     lr, weight_decay, warmup_steps : AdamW, with a linear warm-up and a cosine decay to zero.
     seed : seeds the weights, the batches and the augmentations (written to ``detector.json``).
     bf16 : bfloat16 autocast for the network: ``"auto"`` where measured faster than float32 on this
-        machine (:mod:`workbench.precision`); the loss is always float32.
+        machine (:mod:`workbench.device`); the loss is always float32.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
     progress : progress bar with images/s.
     overwrite : replace an existing ``out``.
@@ -425,7 +424,7 @@ def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: f
     if height != width:
         raise WorkbenchError(f"{store.path}: images are {height}x{width}; the detector needs square images")
     config = DetectorConfig(image_size=int(height), channels=tuple(store.channels), **config_overrides).validate()
-    dev = _pick_device(device)
+    dev = resolve_device(device)
     requested_bf16, bf16 = bf16, use_bf16(bf16, dev)  # "auto": measured on this machine
     n = len(store)
     batch_size = min(batch_size, n)

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
-from ..precision import use_bf16
+from ..device import resolve_device, use_bf16
 
 #: reference images per block: about this many bytes of float32 per block
 BLOCK_BYTES = 128 * 2**20
@@ -190,15 +190,6 @@ def _normalise(flat: np.ndarray, dtype, device="cpu") -> tuple[torch.Tensor, np.
 
 
 # -- precision and the error bound -----------------------------------------------------------
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError("device='cuda' asked for, but torch sees no CUDA GPU")
-    return dev
-
-
 def _pick_precision(precision: str, dev: torch.device, prepared: bool = False) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WorkbenchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -368,7 +359,7 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
         raise WorkbenchError(f"k={k} must be between 1 and the reference size {rshape[0]}")
     chans = _channel_index(reference, channels, rshape[1])
     select = _Selector(rshape[1:], chans, mask)
-    dev = _pick_device(device)
+    dev = resolve_device(device)
     dtype = _pick_precision(precision, dev)
     block_size = block_size or max(1, BLOCK_BYTES // (4 * select.dim))
 

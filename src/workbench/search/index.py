@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
+from ..device import resolve_device
 from ..errors import WorkbenchError
 from . import pruned
-from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise, _pick_device,
+from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise,
                     _pick_precision, _prepare_queries, _search, _Selector, exact_pairs, pad_slices, padded_width,
                     split_norms)
 
@@ -56,7 +57,7 @@ class CorrelationIndex:
         self.image_shape = shape[1:]
         self.channel_index = _channel_index(self.reference, channels, shape[1])
         self.select = _Selector(self.image_shape, self.channel_index, mask)
-        self.device = _pick_device(device)
+        self.device = resolve_device(device)
         self.dtype = _pick_precision(precision, self.device, prepared=True)
         if block < 1:
             raise WorkbenchError(f"block must be >= 1 pixel, got {block}")

@@ -39,8 +39,8 @@ from ..data.atomic import atomic_dir, replace_path
 from ..data.temporaries import remove_path, temporary_name
 from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
-from ..precision import describe as describe_precision
-from ..precision import use_bf16
+from ..device import describe as describe_precision
+from ..device import resolve_device, use_bf16
 from ..models.checkpoint import (REQUIRED, TRAINING, WEIGHTS, config_class, read_tensors, read_training_info,
                                  split_modules, write_model_files)
 from .augment import Augment
@@ -90,14 +90,6 @@ def batch_positions(seed: int, step: int, batch_size: int, n: int) -> np.ndarray
         perm = np.random.default_rng([int(seed), 1, int(epoch)]).permutation(n)
         out.extend(perm[offset:offset + batch_size - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
-
-
-def _resolve_device(device):
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _check_int(name, value, low, *, none_ok=False):
@@ -204,7 +196,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         ``EMAModel`` with warm-up ``1 - (1 + step) ** -ema_power``, capped at ``ema_decay``);
         sampling uses it.
     bf16 : bfloat16 autocast for the forward passes: ``"auto"`` where a short probe measured it faster
-        than float32 on this machine (:mod:`workbench.precision`), ``True`` / ``False`` to choose.
+        than float32 on this machine (:mod:`workbench.device`), ``True`` / ``False`` to choose.
     checkpoint_every : write a resumable checkpoint every this many steps (None: only at the end).
     keep_checkpoints : how many intermediate checkpoints to keep (None: all).
     resume : continue from the latest checkpoint in ``out`` (start fresh if there is none).  The
@@ -258,7 +250,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     config = trainer_cls.make_config(preset, image_size=int(height), channels=store.channels, **config_overrides)
     if conditional and not getattr(config, "num_classes", 0):
         raise WorkbenchError("train: conditional=True needs num_classes >= 2")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     run_name = run_name or out.name
     total = trainer_cls.total_steps(int(steps), {**trainer_cls.OPTIONS, **options})
     log_every = int(log_every or max(1, total // 1000))
@@ -280,7 +272,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     source = None
     if resume and out.exists():
         source = latest_checkpoint(out)
-    # bf16="auto": measured on this machine (workbench.precision); a resumed run keeps the precision it
+    # bf16="auto": measured on this machine (workbench.device); a resumed run keeps the precision it
     # started with, so that it ends bit-identical to an uninterrupted one
     requested_bf16 = bf16
     state = read_trainer_state(source) if source is not None else None

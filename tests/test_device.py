@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import workbench.precision as precision
+import workbench.device as precision
 from workbench.errors import WorkbenchError
 
 

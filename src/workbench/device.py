@@ -1,4 +1,8 @@
-"""Whether bfloat16 pays on the machine at hand: measured by a short probe, never read from CPU flags.
+"""Where and in which precision the workbench computes: the one place that resolves both.
+
+:func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda"`` into a ``torch.device`` (CUDA when
+torch sees a GPU); :func:`use_bf16` decides whether bfloat16 pays on the machine at hand, measured by
+a short probe, never read from CPU flags.
 
 bf16 autocast is 1.5-5x faster than float32 where the hardware multiplies bf16 natively (AMX,
 tensor cores), about 0.6x on CPUs with only AVX-512 BF16, and some 30x *slower* on CPUs without
@@ -33,6 +37,24 @@ MIN_SPEEDUP = 1.2
 CHOICES = (True, False, "auto")
 
 _memo: dict[str, dict] = {}
+
+
+def resolve_device(device=None) -> torch.device:
+    """``"auto"`` or None: CUDA when torch sees a GPU, else the CPU; otherwise the device asked for.
+
+    Asking for CUDA where torch sees none is a clear error, not a fall-back.
+    """
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise WorkbenchError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"device={device!r} asked for, but torch sees no CUDA GPU (use device='auto' or 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise WorkbenchError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return dev
 
 
 def _cache_file() -> Path:
