@@ -31,7 +31,7 @@ from browser import browser_page, install_step_timer, timed_key, voila  # noqa: 
 from workbench.data.phantom import write_brain_phantom  # noqa: E402
 from workbench.data.prepare import prepare_brats_store  # noqa: E402
 from workbench.data.store import SliceStore, StoreWriter  # noqa: E402
-from workbench.memorization import copy_analysis, memorization_analysis  # noqa: E402
+from workbench.memorization import run_analysis  # noqa: E402
 
 CACHE = ROOT / "runs" / "bench-cache"
 
@@ -59,8 +59,7 @@ def bench_run() -> Path:
                  [{"split": "synthetic", "model": "benchmark", "seed": i} for i in range(32)])
     synth = SliceStore.open(synth_path)
     run.mkdir(parents=True, exist_ok=True)
-    memorization_analysis(synth, train, test, k=5, progress=False).save(run)
-    copy_analysis(synth, train, test, k=5, bootstrap=200, per_channel=False, progress=False).save(run)
+    run_analysis(synth, train, test, k=5, bootstrap=200, per_channel=False, progress=False).save(run)
     return run
 
 

@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.models.checkpoint import LoadedModel, config_class
+from workbench.models.checkpoint import LoadedModel
+from workbench.models.family import get_family
 from workbench.sample import image_seeds, sample_images
-from workbench.train.loop import step_seed, trainer_class
+from workbench.train.loop import step_seed
 
 CHANNELS = ["t1", "t1ce", "t2", "flair", "seg"]
 
 
 def make_trainer(family: str, size: int, preset: str, bf16: bool, options: dict):
-    cls = trainer_class(family)
-    config = config_class(family).preset(preset, image_size=size, channels=CHANNELS)
+    cls = get_family(family).trainer_class
+    config = get_family(family).config_class.preset(preset, image_size=size, channels=CHANNELS)
     torch.manual_seed(0)
     return cls(config, lr=cls.DEFAULT_LR, warmup_steps=0, grad_clip=1.0, ema=True, ema_decay=0.9999,
                ema_power=0.75, bf16=bf16, device=torch.device("cpu"), options={**cls.OPTIONS, **options})
@@ -56,7 +57,7 @@ def time_training(family: str, size: int, preset: str, bf16: bool, batch: int, s
 
 
 def time_sampling(family: str, size: int, preset: str, bf16: bool, n: int, steps: int) -> dict:
-    config = config_class(family).preset(preset, image_size=size, channels=CHANNELS)
+    config = get_family(family).config_class.preset(preset, image_size=size, channels=CHANNELS)
     trainer = make_trainer(family, size, preset, False, {"ae_steps": 1} if family == "ldm" else {})
     modules = trainer.saved_modules()
     for m in modules.values():

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.store import SliceStore, StoreWriter
-from workbench.memorization import copy_analysis, memorization_analysis
+from workbench.memorization import run_analysis
+from workbench.runs.run import record_stage
 
 CHANNELS = ["t1", "t1ce", "t2", "flair", "seg"]
 
@@ -54,7 +55,9 @@ def make_run(root: Path, *, size: int = 32, train_subjects: int = 3, test_subjec
     synth = SliceStore.open(root / "synthetic")
     run = root / "run"
     run.mkdir()
-    memorization_analysis(synth, train, test, k=k, progress=False).save(run)
-    copy_analysis(synth, train, test, k=k, bootstrap=50, per_channel=False, data_copying_cells=None,
-                  progress=False).save(run)
+    run_analysis(synth, train, test, k=k, bootstrap=50, per_channel=False, data_copying_cells=None,
+                 progress=False).save(run)
+    # what the stages would have recorded (there is no model: the synthetic images are planted)
+    record_stage(run, "01_prepare_data", {"store": str(root / "store")})
+    record_stage(run, "03_sample", {"out": str(root / "synthetic")})
     return {"run": run, "store": root / "store", "synthetic": root / "synthetic", "copied": train.rows[copied]}

@@ -7,7 +7,8 @@ import pytest
 
 from workbench.errors import WorkbenchError
 from workbench.memorization.calibration import baseline_threshold, check_threshold, copy_rates, dar_threshold
-from workbench.memorization.patients import copy_matches, patient_figure, patient_table
+from workbench.memorization.patients import copy_matches, patient_table
+from workbench.widgets.report import patient_figure
 
 
 def test_thresholds_are_the_stated_quantiles():
@@ -38,19 +39,42 @@ def test_copy_rates_count_synthetic_images_training_images_and_subjects():
     sims = np.array([0.99, 0.5, 0.97, 0.2, 0.95, 0.86])
     match = np.array([0, 1, 0, 2, 3, 4])
     subjects = np.array(["A", "A", "B", "C", "C"])
-    rates = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, bootstrap=500, seed=1)
+    # each training image's nearest synthetic image: 0, 3, 4 are best matches (>= their copies' r); 1 is
+    # also close to a synthetic image without being its best match; 2 is not memorized
+    train_to_synth = np.array([0.99, 0.90, 0.30, 0.95, 0.86])
+    rates = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, train_to_synthetic_max=train_to_synth,
+                       bootstrap=500, seed=1)
     assert rates.synthetic_copies == 4  # 0.99, 0.97, 0.95, 0.86 > 0.855
     assert rates.synthetic_copy_fraction.value == pytest.approx(4 / 6)
-    assert rates.copied_train_rows == [0, 3, 4] and rates.train_copied_fraction.value == pytest.approx(3 / 5)
-    assert rates.subjects_copied == 2 and rates.subjects_copied_fraction.value == pytest.approx(2 / 3)  # A and C
-    for interval in (rates.synthetic_copy_fraction, rates.train_copied_fraction, rates.subjects_copied_fraction):
+    assert rates.best_match_train_rows == [0, 3, 4] and rates.train_best_match_fraction.value == pytest.approx(3 / 5)
+    assert rates.subjects_best_match_copied == 2 and rates.subjects_best_match_fraction.value == pytest.approx(2 / 3)
+    assert rates.memorized_train_rows == [0, 1, 3, 4] and rates.train_memorized == 4
+    assert rates.train_memorized_fraction.value == pytest.approx(4 / 5)
+    assert rates.subjects_memorized == 2 and rates.subjects_memorized_fraction.value == pytest.approx(2 / 3)  # A, C
+    for interval in (rates.synthetic_copy_fraction, rates.train_best_match_fraction, rates.subjects_best_match_fraction,
+                     rates.train_memorized_fraction, rates.subjects_memorized_fraction):
         assert 0 <= interval.low <= interval.value <= interval.high <= 1
     assert rates.synthetic_copy_fraction.low < rates.synthetic_copy_fraction.high  # a real interval
-    again = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, bootstrap=500, seed=1)
+    assert rates.resampling["synthetic_copy_fraction"] == "synthetic images"
+    assert rates.resampling["train_memorized_fraction"].startswith("training subjects")
+    again = copy_rates(sims, match, tau, n_train=5, train_subjects=subjects, train_to_synthetic_max=train_to_synth,
+                       bootstrap=500, seed=1)
     assert again.as_dict() == rates.as_dict()
-    assert "4 of 6 synthetic images are copies" in rates.summary()
+    text = rates.summary()
+    assert "4 of 6 synthetic images are copies" in text
+    assert "4 of 5 training images memorized" in text and "3 of 5 training images are a copy's best match" in text
     with pytest.raises(WorkbenchError, match="outside the 5 training images"):
         copy_rates(sims, match + 5, tau, n_train=5)
+    with pytest.raises(WorkbenchError, match="train_to_synthetic_max has 4 entries for 5 training images"):
+        copy_rates(sims, match, tau, n_train=5, train_to_synthetic_max=train_to_synth[:4])
+    # without the training images' nearest-synthetic similarities Dar's memorized figures are absent, and say so
+    plain = copy_rates(sims, match, tau, n_train=5, bootstrap=0)
+    assert plain.train_memorized is None and plain.train_memorized_fraction is None
+    assert "not computed" in plain.summary()
+    # without subjects the memorized interval resamples training images
+    no_subjects = copy_rates(sims, match, tau, n_train=5, train_to_synthetic_max=train_to_synth, bootstrap=200)
+    assert no_subjects.resampling["train_memorized_fraction"] == "training images"
+    assert no_subjects.subjects_memorized is None and no_subjects.subjects_best_match_fraction is None
 
 
 def _manifest():
@@ -70,7 +94,7 @@ def test_patient_table_finds_copied_subjects_slices_and_adjacent_runner_ups():
     assert table.loc["A", "runner_up_adjacent"] == pytest.approx(0.5)
     assert table.loc["B", "copies"] == 1 and table.loc["B", "copied_z"] == [3]
     assert table.index[0] == "A"  # most copies first
-    fig = patient_figure(values, indices, m, 0.9)
+    fig = patient_figure(matches.rename(columns={"subject": "match_subject", "z": "match_z", "similarity": "r"}), 0.9)
     assert len(fig.data) == 1 and sorted(fig.data[0].x.tolist()) == [2, 3]
     # nothing above the threshold: every subject listed with zero copies
     none = patient_table(values, indices, m, 0.999)

@@ -95,13 +95,13 @@ def test_an_index_of_a_channel_view_reopens_with_that_view(phantom_store, tmp_pa
 
 def test_analysis_and_the_match_browser_pair_channels_by_name(reordered, phantom_store):
     from workbench.memorization import match_table
-    from workbench.memorization.analysis import copy_analysis
+    from workbench.memorization.analysis import run_analysis
     from workbench.memorization.run_results import run_matches
 
     synthetic, train = reordered
     test = phantom_store.where(split="test")
-    analysis = copy_analysis(synthetic, train, test, per_channel=True, bootstrap=20, data_copying_cells=None,
-                             progress=False)
+    analysis = run_analysis(synthetic, train, test, per_channel=True, bootstrap=20, data_copying_cells=None,
+                            progress=False)
     np.testing.assert_allclose(analysis.flags["pixel_max"], 1.0, atol=1e-6)
     assert analysis.flags["copy"].all()
     table = match_table(synthetic, train, k=1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from workbench.data.store import default_label_channels
 from workbench.errors import CheckpointError, WorkbenchError
 from workbench.memorization.detector import (
     CONFIG,
@@ -64,17 +65,19 @@ def test_nt_xent_is_lower_for_aligned_views_than_for_shuffled_ones():
 @pytest.mark.parametrize("channels", [("xray",), BRAIN])
 def test_augment_pair_is_reproducible_and_keeps_shapes(channels):
     cfg = DetectorConfig(image_size=24, channels=channels).validate()
+    labels = [channels.index(c) for c in default_label_channels(channels)]  # as a store says
     x = torch.rand(4, len(channels), 24, 24, generator=torch.Generator().manual_seed(0))
-    a1, a2 = augment_pair(x, torch.Generator().manual_seed(7), cfg)
-    b1, b2 = augment_pair(x, torch.Generator().manual_seed(7), cfg)
-    c1, _ = augment_pair(x, torch.Generator().manual_seed(8), cfg)
+    a1, a2 = augment_pair(x, torch.Generator().manual_seed(7), cfg, label_channels=labels)
+    b1, b2 = augment_pair(x, torch.Generator().manual_seed(7), cfg, label_channels=labels)
+    c1, _ = augment_pair(x, torch.Generator().manual_seed(8), cfg, label_channels=labels)
     assert a1.shape == a2.shape == x.shape and a1.dtype == torch.float32
     assert torch.equal(a1, b1) and torch.equal(a2, b2)
     assert not torch.equal(a1, a2) and not torch.equal(a1, c1)
     assert float(a1.min()) >= 0 and float(a1.max()) <= 1
     if "seg" in channels:  # label channel: nearest neighbour, no jitter, so only the original values
         seg = x[:, 4].mul(4).round().div(4)
-        s1, _ = augment_pair(torch.cat([x[:, :4], seg[:, None]], 1), torch.Generator().manual_seed(7), cfg)
+        s1, _ = augment_pair(torch.cat([x[:, :4], seg[:, None]], 1), torch.Generator().manual_seed(7), cfg,
+                             label_channels=labels)
         assert set(torch.unique(s1[:, 4]).tolist()) <= set(torch.unique(seg).tolist()) | {0.0}
     with pytest.raises(WorkbenchError, match="channels"):
         augment_pair(torch.rand(2, 3, 24, 24), torch.Generator(), cfg)
@@ -112,6 +115,30 @@ def test_load_rejects_missing_and_truncated_files(tmp_path):
     (tmp_path / "det" / CONFIG).unlink()
     with pytest.raises(CheckpointError, match=CONFIG):
         load_detector(tmp_path / "det")
+
+
+def test_a_detector_written_before_the_shared_loop_still_loads(tmp_path):
+    # the first detectors were a folder of detector.json (config with "kind", version 1) + detector.safetensors
+    from safetensors.torch import save_file
+
+    from workbench.memorization.detector import KIND, LEGACY_CONFIG, LEGACY_WEIGHTS
+
+    cfg = DetectorConfig(image_size=16, channels=["t1", "seg"], widths=(8, 16)).validate()
+    enc = Encoder(cfg)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("family", "preset")}
+    (folder / LEGACY_CONFIG).write_text(json.dumps({"config": {"kind": KIND, **old, "version": 1},
+                                                    "training": {"steps": 3, "seed": 1}}))
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(folder / LEGACY_WEIGHTS),
+              metadata={"format": "pt", "workbench": KIND})
+    loaded, cfg2, info = load_detector(folder)
+    assert cfg2 == cfg and info == {"steps": 3, "seed": 1}
+    x = torch.rand(3, 2, 16, 16)
+    assert np.allclose(embed(loaded, x), embed(enc, x), atol=1e-6)
+    (folder / LEGACY_WEIGHTS).unlink()
+    with pytest.raises(CheckpointError, match="detector.safetensors: missing.*train it again"):
+        load_detector(folder)
 
 
 def test_embed_checks_channels_and_size(phantom_store):
@@ -154,9 +181,13 @@ def trained(phantom_store, phantom_detector):
 def test_training_writes_the_detector_and_its_record(trained, phantom_store):
     (enc, cfg, info), train, out = trained
     assert cfg.channels == tuple(phantom_store.channels) and cfg.image_size == 32
-    assert info["seed"] == 0 and info["steps"] == len(info["loss"]) == 600
-    assert info["train_rows"] == train.rows.tolist() and info["seconds"] > 0
-    assert np.mean(info["loss"][-10:]) < np.mean(info["loss"][:10]) - 1.0  # it learned something
+    # a checkpoint folder of the "detector" family, written by the shared training loop
+    assert json.loads((out / "config.json").read_text())["family"] == "detector" and info["model"] == "detector"
+    assert info["label_channels"] == ["seg"] and info["augment"] == "none"
+    losses = [value for _, value in info["loss"]]
+    assert info["seed"] == 0 and info["steps"] == len(losses) == 600
+    assert info["train_rows"] == train.rows.tolist() and info["train_seconds"] > 0
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1.0  # it learned something
     with pytest.raises(FileExistsError):
         train_detector(train, out, steps=1, progress=False)
     with pytest.raises(WorkbenchError, match="unknown option"):

@@ -246,11 +246,11 @@ def test_the_overlay_tints_labels_only_and_higher_labels_more():
 def test_chest_xrays_one_channel_no_slices(tmp_path):
     """Radiographs: one channel, no segmentation to overlay, no z and no adjacent slices."""
     from workbench.data.store import StoreWriter
-    from workbench.memorization import memorization_analysis
+    from workbench.memorization import run_analysis
 
     rng = np.random.default_rng(0)
-    images = rng.random((30, 1, 16, 16), dtype=np.float32)
-    rows = [{"subject": f"patient{i}", "split": "train" if i < 20 else "test"} for i in range(30)]
+    images = rng.random((50, 1, 16, 16), dtype=np.float32)
+    rows = [{"subject": f"patient{i}", "split": "train" if i < 25 else "test"} for i in range(50)]
     with StoreWriter(tmp_path / "xray", channels=["xray"], height=16, width=16) as w:
         w.append(images, rows)
     with StoreWriter(tmp_path / "synthetic", channels=["xray"], height=16, width=16, kind="synthetic") as w:
@@ -258,7 +258,8 @@ def test_chest_xrays_one_channel_no_slices(tmp_path):
     store, synth = SliceStore.open(tmp_path / "xray"), SliceStore.open(tmp_path / "synthetic")
     run = tmp_path / "run"
     run.mkdir()
-    memorization_analysis(synth, store.where(split="train"), store.where(split="test"), k=2, progress=False).save(run)
+    run_analysis(synth, store.where(split="train"), store.where(split="test"), k=2, bootstrap=0, per_channel=False,
+                 data_copying_cells=None, progress=False).save(run)
     b = MatchBrowser(run)
     assert b.overlay.disabled and b.channel.label == "xray"
     assert b.titles["prev"].value == "no adjacent slices (a 2D image)" and "z=" not in b.titles["match"].value

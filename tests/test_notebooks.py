@@ -50,14 +50,29 @@ def test_notebooks_record_their_key_numbers(demo_run):
     assert mem["pixel_threshold"] == pytest.approx(analysis["pixel r"]["dar95"]["threshold"]["value"])
     assert 0 <= mem["pixel_synthetic_copy_fraction"] <= 1 and 0 <= mem["embedding_synthetic_copy_fraction"] <= 1
     assert mem["flagged_copies"] == analysis["flagged"]
-    assert (out / "detector" / "detector.json").is_file() and (out / "patients.csv").is_file()
+    assert (out / "detector" / "model.safetensors").is_file() and (out / "patients.csv").is_file()
+
+
+@pytest.mark.slow
+def test_the_run_is_one_object_described_by_run_json(demo_run):
+    import workbench
+
+    out, _ = demo_run
+    run = workbench.open_run(out)
+    stages = run.record["stages"]
+    assert set(stages) >= {"01_prepare_data", "02_train", "03_sample", "04_memorization", "analyze"}
+    assert run.record["outputs"] == {"store": "store", "model": "model", "synthetic": "synthetic", "analysis": "."}
+    assert run.parameters["02_train"]["max_images"] == 6 and run.parameters["analyze"]["detector"] == "train"
+    assert len(run.train) == 6 and len(run.synthetic) == 4 and len(run.test) > 0
+    mem = sb.read_notebook(str(out / "04_memorization.ipynb")).scraps.data_dict
+    assert run.analysis.record() == pytest.approx(mem)  # the saved analysis is the one the notebook showed
 
 
 @pytest.mark.slow
 def test_html_export_holds_the_figures(demo_run):
     out, _ = demo_run
     html = (out / "04_memorization.html").read_text()
-    assert "Highest Pearson r with any training slice" in html  # the histogram
+    assert "Highest pixel r" in html and "ECDF of the highest pixel r" in html  # histogram and ECDF
     assert "pixels (r = " in html and "synthetic #" in html  # the study's figure
 
 
@@ -73,3 +88,24 @@ def test_a_failing_notebook_says_where_and_leaves_no_finished_copy(tmp_path):
 def test_unknown_notebook_lists_the_known_ones():
     with pytest.raises(WorkbenchError, match="04_memorization"):
         run_notebook("05_nothing", "/tmp/never", {})
+
+
+@pytest.mark.slow
+def test_workbench_analyze_on_the_command_line(demo_run, tmp_path, capsys):
+    import shutil
+
+    import workbench
+    from workbench.cli import main
+
+    out, _ = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # run.json's outputs are relative: the copy is a run of its own
+    code = main(["analyze", str(copy), "--detector", "none", "--bootstrap", "0", "--rule", "test_quantile"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "synthetic images are copies" in printed.out and "training images memorized" in printed.out
+    run = workbench.open_run(copy)
+    assert run.parameters["analyze"]["rule"] == "test_quantile" and run.parameters["analyze"]["detector"] is None
+    assert set(run.analysis.similarities) == {"pixel r"} and run.analysis.rule == "test_quantile"
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
-from workbench.memorization.analysis import EMBEDDING, PIXEL, copy_analysis
-from workbench.memorization.release import release_gate
+from workbench.memorization.analysis import EMBEDDING, PIXEL, run_analysis
+from workbench.runs.release import release_gate
 
 KINDS = ("exact", "noisy", "scaled", "shifted", "rotated")
 PER_KIND = 8
@@ -74,7 +75,7 @@ def detector(phantom_detector):
 def analysis(planted, detector):
     synthetic, train, calib, _ = planted
     # the test-quantile rule: its false-positive rate on novel images is what it is calibrated to
-    return copy_analysis(synthetic, train, calib, detector=detector, k=3, bootstrap=200, progress=False,
+    return run_analysis(synthetic, train, calib, detector=detector, k=3, bootstrap=200, progress=False,
                          data_copying_cells=4, rule="test_quantile", quantile=0.95)
 
 
@@ -117,7 +118,7 @@ def test_novel_images_are_not_flagged_beyond_the_calibrated_rate(planted, analys
             block = summary[name][rule]
             assert 0 < block["synthetic_copy_fraction"]["value"] < 1
             assert block["threshold"]["rule"] == rule and block["threshold"]["similarity"] == name
-    assert json.dumps(summary, default=str)  # JSON-able
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON values: nothing numpy, nothing lost
 
 
 def test_patient_view_lists_the_copied_subjects(planted, analysis):
@@ -130,12 +131,12 @@ def test_patient_view_lists_the_copied_subjects(planted, analysis):
 def test_bad_input_is_refused(planted, phantom_store, tmp_path):
     synthetic, train, calib, _ = planted
     with pytest.raises(WorkbenchError, match="only 5 held-out images"):
-        copy_analysis(synthetic, train, calib.take(np.arange(5)), progress=False)
+        run_analysis(synthetic, train, calib.take(np.arange(5)), progress=False)
     one = tmp_path / "one"
     with StoreWriter(one, channels=["t1"], height=32, width=32) as w:
         w.append(np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32), [{"split": "synthetic"}] * 3)
     with pytest.raises(WorkbenchError, match="channels"):
-        copy_analysis(SliceStore.open(one), train, calib, progress=False)
+        run_analysis(SliceStore.open(one), train, calib, progress=False)
 
 
 def test_release_gate_writes_only_kept_images_and_a_report(planted, detector, phantom_store, tmp_path):
@@ -169,10 +170,10 @@ def test_fixed_thresholds_and_the_release_command(planted, phantom_store, tmp_pa
 
     synthetic, train, calib, _ = planted
     with pytest.raises(WorkbenchError, match=r"threshold must be a number in \[-1, 1\]"):
-        copy_analysis(synthetic, train, calib, pixel_threshold=1.5, progress=False)
+        run_analysis(synthetic, train, calib, pixel_threshold=1.5, progress=False)
     with pytest.raises(WorkbenchError, match="needs a copy detector"):
-        copy_analysis(synthetic, train, calib, embedding_threshold=0.9, progress=False)
-    fixed = copy_analysis(synthetic, train, calib, pixel_threshold=0.999, per_channel=False, data_copying_cells=None,
+        run_analysis(synthetic, train, calib, embedding_threshold=0.9, progress=False)
+    fixed = run_analysis(synthetic, train, calib, pixel_threshold=0.999, per_channel=False, data_copying_cells=None,
                           bootstrap=50, progress=False)
     assert fixed.flag_rules == {PIXEL: "fixed"} and fixed.threshold(PIXEL).value == 0.999
     assert fixed.flags["copy"].sum() == (fixed.flags["pixel_max"] > 0.999).sum() >= PER_KIND  # the exact copies
@@ -191,20 +192,24 @@ def test_fixed_thresholds_and_the_release_command(planted, phantom_store, tmp_pa
     assert not (tmp_path / "bad").exists()
 
 
-def test_saved_analysis_overlays_across_runs(analysis, tmp_path):
-    from workbench.memorization.analysis import load_run_flags
+def test_saved_analysis_reads_back_the_same_and_overlays_across_runs(analysis, tmp_path):
+    from workbench.data import layout
+    from workbench.memorization.analysis import load_analysis
     from workbench.widgets import ecdf_figure, overlaid_histograms
 
     written = analysis.save(tmp_path / "run-a")
-    assert {p.name for p in written} == {"copy_analysis.json", "copy_flags.parquet", "patients.csv", "per_channel.csv"}
-    flags = load_run_flags(tmp_path / "run-a")
-    assert flags["pixel_max"].tolist() == analysis.flags["pixel_max"].tolist()
-    series = {"run-a": flags["pixel_max"], "run-b": flags["pixel_max"] * 0.9}
+    assert {p.name for p in written} == set(layout.ANALYSIS_FILES)
+    assert written[-1].name == layout.MEMORIZATION  # last: its presence means the rest is complete
+    loaded = load_analysis(tmp_path / "run-a")
+    assert loaded.summary() == analysis.summary()  # thresholds and rates recomputed from the saved similarities
+    pd.testing.assert_frame_equal(loaded.flags, analysis.flags)
+    pd.testing.assert_frame_equal(loaded.patients.reset_index(), analysis.patients.reset_index(), check_dtype=False)
+    series = {"run-a": loaded.flags["pixel_max"], "run-b": loaded.flags["pixel_max"] * 0.9}
     fig = ecdf_figure(series, thresholds={"τ": analysis.threshold(PIXEL).value})
     assert [t.name.split(" ")[0] for t in fig.data] == ["run-a", "run-b"]
     assert fig.data[0].y[-1] == 1.0  # an ECDF ends at 1
     assert len(overlaid_histograms(analysis.series(PIXEL)).data) == 3
-    saved = json.loads((tmp_path / "run-a" / "copy_analysis.json").read_text())
+    saved = json.loads((tmp_path / "run-a" / layout.COPY_ANALYSIS).read_text())
     assert saved["pixel r"]["flag_rule"] == "test_quantile"
-    with pytest.raises(WorkbenchError, match="copy_flags.parquet: missing"):
-        load_run_flags(tmp_path / "nowhere")
+    with pytest.raises(WorkbenchError, match="no complete analysis here.*workbench analyze"):
+        load_analysis(tmp_path / "nowhere")

@@ -14,7 +14,8 @@ import pytest
 from workbench.cli import main
 from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
-from workbench.memorization.release import IDENTICAL_R, check_synthetic_store, release_gate
+from workbench.memorization.release import IDENTICAL_R, check_synthetic_store
+from workbench.runs.release import release_gate
 
 
 def _synthetic(path, images, rows=None, channels=("t1", "t1ce", "t2", "flair", "seg"), kind="synthetic"):

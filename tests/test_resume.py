@@ -19,14 +19,18 @@ import torch
 from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import CheckpointError
 from workbench.models.checkpoint import load_model
+from workbench.models.family import family_names
 from workbench.train import latest_checkpoint, train_model
 
 SIZE = 16
-#: per family: small networks and options so a step takes milliseconds
+#: per family (every family of the registry needs an entry): small networks and options so a step
+#: takes milliseconds
 FAMILIES = {
     "ddpm": dict(block_out_channels=(8, 16), norm_num_groups=4),
     "gan": dict(preset="tiny", r1_interval=2, diffaugment="color,translation,cutout", conditional=True),
     "ldm": dict(preset="tiny", ae_steps=4, conditional=True, disc_weight=0.5, disc_start=2, disc_layers=2),
+    # the copy detector: NT-Xent on two views per image, label channel "seg" kept a label, EMA on
+    "detector": dict(widths=(8, 16), groups=4, head_dim=16, embedding_dim=8, weight_decay=1e-4, warmup_steps=2),
 }
 COMMON = dict(steps=9, batch_size=2, max_images=4, seed=5, checkpoint_every=3, log_every=1, progress=False,
               augment="flip,affine", lr=1e-3)
@@ -65,7 +69,7 @@ def _assert_same(a: dict, b: dict):
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-@pytest.mark.parametrize("model", sorted(FAMILIES))
+@pytest.mark.parametrize("model", family_names())
 def test_sigkill_and_resume_gives_the_uninterrupted_weights(store, tmp_path, model):
     import json
 
@@ -95,6 +99,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(store, tmp_path, mod
     _assert_same(_weights(killed), _weights(whole))
     info = json.loads((killed / "training.json").read_text())
     assert info["resumed_at"] and info["resumed_at"][0] % 3 == 0
+    assert info["label_channels"] == ["seg"]  # read from the store: "seg" is augmented as a label map
     assert info["steps_done"] == info["total_steps"] == 9 + kwargs.get("ae_steps", 0)
     # the loss history is continuous: one value per step, as in the uninterrupted run
     logged = sorted({s for pairs in info["losses"].values() for s, _ in pairs})

@@ -138,7 +138,10 @@ def test_the_demo_passes_only_parameters_its_notebooks_declare(tmp_path, no_exec
     # every demo setting reaches some notebook
     passed = {key for _, parameters in stages for key in parameters}
     assert {"phantom_subjects", "n_test", "size", "preset", "steps", "batch_size", "lr"} <= passed
-    assert set(DEMO) - passed <= {"samples", "ddim_steps", "seed"}  # renamed on the way: n, steps, *_seed
+    assert set(DEMO) - passed <= {"samples", "ddim_steps", "seed", "block_out_channels"}  # renamed: n, steps, *_seed
+    train = dict(stages)["02_train"]
+    assert train["options"] == {"block_out_channels": list((settings or {}).get("block_out_channels",
+                                                                              DEMO["block_out_channels"]))}
 
 
 def test_a_line_papermill_cannot_read_is_still_a_parameter(tmp_path):

@@ -287,7 +287,9 @@ def test_distinct_subjects_are_the_best_match_of_each_of_the_k_best_subjects(pha
 @pytest.mark.parametrize("dim", [300, 4096 + 777])
 def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
     """The screened value lies within its stated bound of the float64 product, for all pairs."""
-    from workbench.search.brute import _offset_columns, _screen, pad_slices, slice_bounds, split_norms
+    from workbench.search.bounds import split_norms
+    from workbench.search.kernel import screen
+    from workbench.search.layout import offset_columns, pad_slices, slice_bounds
 
     rng = np.random.default_rng(dim)
     base = rng.standard_normal((40, dim))
@@ -302,8 +304,21 @@ def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
     share = torch.stack([(x64[:, a:b] ** 2).sum(1) for a, b in slice_bounds(dim)], 1).float()
     for t in (0.0, 0.5, 0.93, -0.7):
         tc = (t * share).bfloat16()
-        q_pad[:, _offset_columns(dim)] = -tc
-        s, err = _screen(q_pad, r_pad, qn, rn, offsets=(tc.double().sum(1), tc.float().abs().sum(1)))
+        q_pad[:, offset_columns(dim)] = -tc
+        s, err = screen(q_pad, r_pad, qn, rn, offsets=(tc.double().sum(1), tc.float().abs().sum(1)))
         gap = np.abs(s.double().numpy() - exact)
         assert (gap <= err.double().numpy()).all(), (t, float((gap - err.numpy()).max()))
         assert float(err.max()) < 0.012  # never looser than the worst case over all unit vectors
+
+
+def test_too_few_non_constant_reference_images_is_a_typed_error():
+    from workbench.errors import TooFewReferenceImages
+
+    rng = np.random.default_rng(3)
+    ref = rng.random((6, 1, 8, 8)).astype(np.float32)
+    ref[:4] = 0.5  # four constant images: two can be matched
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TooFewReferenceImages, match="k=3 but only 2 reference images are non-constant") as err:
+            topk_correlation(rng.random((2, 1, 8, 8)), ref, k=3, device="cpu")
+    assert isinstance(err.value, WorkbenchError) and (err.value.k, err.value.available) == (3, 2)

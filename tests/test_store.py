@@ -123,3 +123,35 @@ def test_reads_through_the_file_in_runs_and_prefetched_blocks(tmp_path):
     short = SliceStore(store.path, store._images, store._manifest, store.meta, store.rows)
     with pytest.raises(StoreError, match="file ends before row 20"):
         short.read([20])
+
+
+def test_the_store_records_its_label_channels(tmp_path):
+    def write(path, channels, **kw):
+        with StoreWriter(path, channels=channels, height=8, width=8, **kw) as w:
+            w.append(np.zeros((1, len(channels), 8, 8), np.float32), _rows(1))
+        return SliceStore.open(path)
+
+    # written by the writer: by default the channels named like label maps (BraTS's "seg")
+    brain = write(tmp_path / "brain", ["t1", "seg", "flair"])
+    assert json.loads((tmp_path / "brain" / "store.json").read_text())["label_channels"] == ["seg"]
+    assert brain.label_channels == ["seg"] and brain.channel_index("seg") == 1
+    assert write(tmp_path / "xray", ["xray"]).label_channels == []
+    # or as the writer is told; a view reports the label channels it holds, at its own positions
+    told = write(tmp_path / "told", ["t1", "lesion"], label_channels=["lesion"])
+    assert told.label_channels == ["lesion"]
+    view = brain.with_channels(["seg", "t1"])
+    assert view.label_channels == ["seg"] and view.channel_index("seg") == 0 and view.channel_index("t1") == 1
+    assert brain.with_channels(["t1"]).label_channels == []
+    with pytest.raises(StoreError, match="no channel 'seg'"):
+        brain.with_channels(["t1"]).channel_index("seg")
+    with pytest.raises(StoreError, match=r"label channel\(s\) \['mask'\] are not among"):
+        StoreWriter(tmp_path / "bad", channels=["t1"], height=8, width=8, label_channels=["mask"])
+    # a store written before store.json recorded them: the same rule, from the channel names
+    meta = json.loads((tmp_path / "brain" / "store.json").read_text())
+    del meta["label_channels"]
+    (tmp_path / "brain" / "store.json").write_text(json.dumps(meta))
+    assert SliceStore.open(tmp_path / "brain").label_channels == ["seg"]
+    meta["label_channels"] = ["nope"]
+    (tmp_path / "brain" / "store.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="label_channels must be a list of names among the channels"):
+        SliceStore.open(tmp_path / "brain")

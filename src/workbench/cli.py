@@ -8,9 +8,10 @@
     workbench train --model gan --store runs/cxr64/store --out runs/cxr64/gan --steps 5000 --conditional --resume
     workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
     workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
+    workbench analyze runs/brats64 --detector train --rule dar95
     workbench detector --store runs/brats64/store --out runs/brats64/detector
     workbench release --synthetic runs/brats64/synthetic --reference runs/brats64/store --detector runs/brats64/detector --out runs/brats64/release
-    workbench run 04_memorization --out runs/brats64 -p checkpoint runs/brats64/model -p synthetic runs/brats64/synthetic
+    workbench run 04_memorization --out runs/brats64 -p run runs/brats64
     workbench demo --out runs/demo
     workbench app runs/demo --port 8866 --reviewer dr-a
     workbench clean runs/brats64 --remove
@@ -106,10 +107,13 @@ def _add_data(sub):
 
 
 def _add_model(sub):
+    from .models.family import family_names
+
     tr = _parser(sub, "train", "train a DDPM, latent diffusion model or GAN on a store's train split")
     tr.add_argument("--store", required=True, help="SliceStore folder; its train split is trained on")
     tr.add_argument("--out", required=True, help="run folder (model + checkpoints)")
-    tr.add_argument("--model", default="ddpm", choices=["ddpm", "ldm", "gan"], help="model family")
+    tr.add_argument("--model", default="ddpm", choices=family_names(makes_images=True),
+                    help="model family (the copy detector has its own command, `workbench detector`)")
     tr.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="network size")
     tr.add_argument("--steps", type=int, default=1000, help="optimisation steps")
     tr.add_argument("--batch-size", type=int, default=16, help="images per step")
@@ -161,11 +165,30 @@ def _add_search(sub):
     _overwrite(se, "table")
 
 
+def _add_analyze(sub):
+    an = _parser(sub, "analyze", "the copy analysis of a run: every search once, calibrated thresholds, copy rates, "
+                                 "patients, C_T; saved into the run")
+    an.add_argument("run", help="run folder (run.json, or store/, model/ and synthetic/ in it), e.g. runs/demo")
+    an.add_argument("--detector", default="train",
+                    help="copy detector: train (train one into RUN/detector), a detector folder, or none (pixel r only)")
+    an.add_argument("--detector-steps", type=int, default=300, help="training steps of the detector (with train)")
+    an.add_argument("--rule", default="dar95", choices=["dar95", "test_quantile"], help="threshold that flags copies")
+    an.add_argument("--quantile", type=float, default=0.95, help="quantile of the test_quantile rule")
+    an.add_argument("--k", type=int, default=5, help="matches kept per synthetic image")
+    an.add_argument("--bootstrap", type=int, default=1000, help="resamples for the copy rates' intervals (0: none)")
+    _seed(an, "the detector's training and the bootstrap")
+    an.add_argument("--threshold", type=float, default=None, help="fixed pixel-r threshold instead of the rule")
+    an.add_argument("--embedding-metric", default="cosine", choices=["cosine", "correlation"],
+                    help="how detector embeddings are compared (Dar et al.'s code: correlation)")
+    an.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+
+
 def _add_release(sub):
     de = _parser(sub, "detector", "train the self-supervised copy detector on a store's train split")
     de.add_argument("--store", required=True, help="SliceStore folder; its train split is trained on")
     de.add_argument("--out", required=True, help="detector folder to write")
     de.add_argument("--steps", type=int, default=800, help="optimisation steps")
+    de.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     _seed(de, "the detector's training")
     _overwrite(de, "detector")
     re = _parser(sub, "release", "write only the synthetic images that are not copies, with a report")
@@ -253,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_model(sub)
     _add_search(sub)
+    _add_analyze(sub)
     _add_release(sub)
     _add_runs(sub)
     _add_housekeeping(sub)
@@ -409,14 +433,23 @@ def run(args) -> None:
                      batch_size=args.batch_size, bf16=args.bf16, overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
+    elif args.command == "analyze":
+        from .runs.analyze import analyze
+
+        detector = None if str(args.detector).lower() in ("none", "") else args.detector
+        analysis = analyze(args.run, detector=detector, detector_steps=args.detector_steps, rule=args.rule,
+                           quantile=args.quantile, k=args.k, bootstrap=args.bootstrap, seed=args.seed,
+                           pixel_threshold=args.threshold, embedding_metric=args.embedding_metric, device=args.device)
+        for line in analysis.text():
+            print(line)
     elif args.command == "detector":
         from .data.store import SliceStore
         from .memorization.detector import train_detector
 
         train_detector(_split_view(SliceStore.open(args.store), "train"), args.out, steps=args.steps, seed=args.seed,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, resume=args.resume)
     elif args.command == "release":
-        from .memorization.release import release_gate
+        from .runs.release import release_gate
 
         train = None
         if args.checkpoint:

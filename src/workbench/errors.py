@@ -23,6 +23,18 @@ class CheckpointError(WorkbenchError):
     """A model checkpoint is missing, truncated or does not fit the model asked for."""
 
 
+class TooFewReferenceImages(WorkbenchError):
+    """A search asked for ``k`` matches per query, but only ``available`` reference images are
+    non-constant (constant images have no Pearson r and are never matched).
+
+    A Dask shard catches it and searches its shard for as many as it holds; the client checks the total.
+    """
+
+    def __init__(self, message: str, *, k: int | None = None, available: int | None = None):
+        super().__init__(message)
+        self.k, self.available = k, available
+
+
 # -- naming options the way the user gives them ------------------------------------------------
 # The same check runs under the command line (`--overwrite`) and from Python or a notebook
 # (`overwrite=True`); a message must name the option as the user at hand spells it.  The CLI
@@ -44,3 +56,20 @@ def option_hint(name: str, value: object = True) -> str:
         flag = "--" + name.replace("_", "-")
         return flag if value is True else f"{flag} {value}"
     return f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+
+
+def check_int(name: str, value, *, low: int, high: int | None = None, error: type = WorkbenchError) -> int:
+    """``value`` if it is an integer (not a bool) in [low, high], else ``error`` naming ``name``.
+
+    >>> check_int("subjects", 4, low=1)
+    4
+    """
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise error(f"{name} must be {bound}, got {value}")
+    return int(value)
+

@@ -1,4 +1,4 @@
-"""Sample any trained model (DDPM, latent diffusion, GAN) into a synthetic SliceStore.
+"""Sample any trained image model (DDPM, latent diffusion, GAN) into a synthetic SliceStore.
 
 >>> synth = sample_model("runs/demo/model", "runs/demo/synthetic", n=64, seed=0)   # doctest: +SKIP
 >>> synth.manifest[["model", "run", "seed", "sample_index", "label"]].head()     # doctest: +SKIP
@@ -10,6 +10,8 @@ can be remade alone.  Diffusion models sample with DDIM (``eta`` = 0: determinis
 ancestral DDPM sampler, with a chosen number of steps; the GAN uses its EMA generator with
 ``truncation_psi`` and constant noise inputs.  A class-conditional model makes the ``labels``
 asked for (one label, one per image, or by default the classes in turn), written to ``label``.
+Each family's sampler is named in its record (:mod:`workbench.models.family`).  The synthetic
+store's label channels are those of the training store (recorded in ``training.json``).
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from .errors import WorkbenchError, option_hint
 from .device import describe as describe_precision
 from .device import resolve_device, use_bf16
 from .models.checkpoint import LoadedModel, load_model
-
-SAMPLERS = ("ddim", "ddpm")
+from .models.family import family_names
+from .models.scheduler import SAMPLERS
 
 
 def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
@@ -33,84 +35,20 @@ def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
                      for i in range(start, start + n)], dtype=np.int64)
 
 
-def diffusion_scheduler(config, sampler: str, steps: int, device):
-    """The DDIM or DDPM sampling scheduler for a diffusion config, set to ``steps`` steps."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    from .models import ddpm as ddpm_model
-
-    if config.family == "ldm":
-        from .models import ldm as ldm_model
-
-        base = ldm_model.build_scheduler(config)
-    else:
-        base = ddpm_model.build_scheduler(config)
-    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-    scheduler = cls.from_config(base.config)
-    scheduler.set_timesteps(steps, device=device)
-    return scheduler
-
-
-def _denoise(unet, scheduler, seeds, shape, *, labels, eta, sampler, amp, device, on_step):
-    """Run the reverse process for one batch; every random draw comes from the image's own generator."""
-    import torch
-
-    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * scheduler.init_noise_sigma
-    class_labels = None if labels is None else torch.as_tensor(labels, device=device)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            with amp:
-                out = unet(x, t, class_labels=class_labels).sample.float()
-            if sampler == "ddim":
-                kwargs = {"eta": float(eta)}
-                if eta > 0:
-                    kwargs["variance_noise"] = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-                x = scheduler.step(out, t, x, **kwargs).prev_sample
-            else:
-                # the ancestral sampler draws its noise from one generator per call: step image by image
-                # with each image's generator, so an image does not depend on the batch it is in
-                x = torch.cat([scheduler.step(out[i:i + 1], t, x[i:i + 1], generator=g).prev_sample
-                               for i, g in enumerate(gens)])
-            if on_step is not None:
-                on_step()
-    return x
-
-
 def sample_images(loaded: LoadedModel, seeds, *, labels=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                   truncation_psi: float = 1.0, bf16: bool = True, ema: bool = True, device=None, on_step=None):
-    """Make one batch of images: float32 numpy ``(len(seeds), C, H, W)`` in [0, 1]."""
+    """Make one batch of images: float32 numpy ``(len(seeds), C, H, W)`` in [0, 1].
+
+    The family's sampler (its record's ``generate``, :mod:`workbench.models.family`) makes them;
+    options a family does not use (``truncation_psi`` for diffusion, ``steps`` for the GAN) are ignored.
+    """
     import torch
 
-    config = loaded.config
     net = loaded.sampling_module(ema=ema)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
-    if config.family == "gan":
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        z = torch.stack([torch.randn(config.z_dim, generator=g) for g in gens]).to(device)
-        y = None if labels is None else torch.as_tensor(labels, device=device)
-        with torch.no_grad(), amp:
-            x = net(z, y, truncation_psi=truncation_psi, noise_mode="const")
-        if on_step is not None:
-            on_step()
-    elif config.family == "ddpm":
-        scheduler = diffusion_scheduler(config, sampler, steps, device)
-        shape = (config.in_channels, config.image_size, config.image_size)
-        x = _denoise(net, scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler, amp=amp,
-                     device=device, on_step=on_step)
-    elif config.family == "ldm":
-        from .models.ldm import decode
-
-        scale = float(loaded.info.get("latent_scale", 1.0))
-        scheduler = diffusion_scheduler(config, sampler, steps, device)
-        shape = (config.latent_channels, config.latent_size, config.latent_size)
-        z = _denoise(net, scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler, amp=amp,
-                     device=device, on_step=on_step)
-        with torch.no_grad():
-            x = decode(loaded.modules["autoencoder"], z.float(), scale=scale)
-    else:  # pragma: no cover
-        raise WorkbenchError(f"cannot sample a {config.family!r} model")
+    x = loaded.record.generate(loaded, seeds, labels=labels, steps=steps, sampler=sampler, eta=eta,
+                               truncation_psi=truncation_psi, ema=ema, amp=amp, device=device, on_step=on_step)
     return ((x.float().clamp(-1, 1) + 1) / 2).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
@@ -162,7 +100,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     ``label`` (for conditional models).
     """
     import torch
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     for name, value, low in (("n", n, 1), ("steps", steps, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -170,7 +108,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     if not 0 <= eta <= 1:
         raise WorkbenchError(f"sample: eta must be in [0, 1], got {eta!r}")
     if sampler not in SAMPLERS:
-        raise WorkbenchError(f"sample: sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise WorkbenchError(f"sample: sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
     if not 0 <= truncation_psi <= 1:
         raise WorkbenchError(f"sample: truncation_psi must be in [0, 1], got {truncation_psi!r}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -178,12 +116,15 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
         raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
     device = resolve_device(device)
     loaded = load_model(checkpoint, device=device)
-    config, info = loaded.config, loaded.info
+    config, info, record = loaded.config, loaded.info, loaded.record
     family = config.family
+    if not record.makes_images:
+        raise WorkbenchError(f"{checkpoint}: a {family} model makes no images ({record.summary}); "
+                             f"sample a model of {', '.join(family_names(makes_images=True))}")
     requested_bf16, bf16 = bf16, use_bf16(bf16, device)  # "auto": measured on this machine
-    diffusion = family in ("ddpm", "ldm")
-    if diffusion and steps > config.num_train_timesteps:
-        raise WorkbenchError(f"sample: steps={steps} exceeds the {config.num_train_timesteps} "
+    diffusion = record.diffusion
+    if diffusion and steps > config.scheduler.num_train_timesteps:
+        raise WorkbenchError(f"sample: steps={steps} exceeds the {config.scheduler.num_train_timesteps} "
                              f"training timesteps of {checkpoint}")
     all_labels = _labels_for(config, labels, n, checkpoint)
     run = info.get("run") or checkpoint.name
@@ -192,7 +133,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     meta = {
         "model": family, "checkpoint": str(checkpoint.resolve()), "run": run, "seed": int(seed),
         "sampler": sampler if diffusion else "generator", "steps": int(steps) if diffusion else None,
-        "eta": float(eta) if diffusion else None, "truncation_psi": float(truncation_psi) if family == "gan" else None,
+        "eta": float(eta) if diffusion else None, "truncation_psi": float(truncation_psi) if record.kind == "gan" else None,
         "ema": bool(ema), "bf16": bool(bf16), "precision": describe_precision(requested_bf16, bf16, device),
         "n": int(n), "train_store": info.get("store"),
         "train_steps": info.get("steps_done", info.get("steps")),
@@ -203,7 +144,8 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
                disable=not progress)
     try:
         with StoreWriter(out, channels=config.channels, height=config.image_size, width=config.image_size,
-                         kind="synthetic", meta=meta, overwrite=overwrite) as writer:
+                         kind="synthetic", meta=meta, overwrite=overwrite,
+                         label_channels=info.get("label_channels")) as writer:
             for start in range(0, n, batch_size):
                 batch_seeds = seeds[start:start + batch_size]
                 batch_labels = None if all_labels is None else all_labels[start:start + batch_size]

@@ -24,9 +24,11 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from .store import LABEL_CHANNEL_NAMES
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair", "seg")
-LABEL_CONTRASTS = ("seg",)
+#: the contrasts that are label maps (read and resized as labels); the rule lives with the store
+LABEL_CONTRASTS = tuple(c for c in CONTRASTS if c in LABEL_CHANNEL_NAMES)
 BRATS_LABELS = (0, 1, 2, 4)
 _SUFFIXES = (".nii.gz", ".nii")
 # Contrast names of other releases, for the "expected <folder>_<contrast>" hint only (BraTS 2023

@@ -26,7 +26,6 @@ import gzip
 import importlib.util
 import math
 import multiprocessing
-import numbers
 import os
 import shlex
 import sys
@@ -38,7 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import DataError, option_hint
+from ..errors import DataError, check_int, option_hint
 from .atomic import atomic_dir, atomic_file, replace_path
 from .temporaries import remove_path, temporary_name
 
@@ -410,8 +409,8 @@ def brain_phantom_subject(subject: int, *, seed: int = 0, tissues: bool = False)
     >>> vols["flair"].shape, sorted(set(vols["seg"].ravel().tolist()))   # doctest: +SKIP
     ((240, 240, 155), [0, 1, 2, 4])
     """
-    _check_int("subject", subject, low=1)
-    _check_int("seed", seed, low=0)
+    check_int("subject", subject, low=1, error=DataError)
+    check_int("seed", seed, low=0, error=DataError)
     rng = np.random.default_rng(np.random.SeedSequence([seed, subject]))
     maps, box = _warp_anatomy(rng)
     brain = (maps["csf"] + maps["gm"] + maps["wm"]) > 0.5
@@ -490,14 +489,6 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def _check_int(name: str, value, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise DataError(f"{name} must be {bound}, got {value}")
-
-
 def _existing(out: Path, subjects: int) -> list[str]:
     found = []
     for subject in range(1, subjects + 1):
@@ -573,11 +564,11 @@ def write_brain_phantom(
     >>> sorted(p.name for p in folders[0].iterdir())                       # doctest: +SKIP
     ['Phantom_001_flair.nii.gz', 'Phantom_001_seg.nii.gz', 'Phantom_001_t1.nii.gz', ...]
     """
-    _check_int("subjects", subjects, low=1, high=_MAX_SUBJECTS)
-    _check_int("seed", seed, low=0)
+    check_int("subjects", subjects, low=1, high=_MAX_SUBJECTS, error=DataError)
+    check_int("seed", seed, low=0, error=DataError)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
-    _check_int("workers", workers, low=1)
+    check_int("workers", workers, low=1, error=DataError)
     try:
         out = Path(out)
     except TypeError as exc:
@@ -601,7 +592,7 @@ def write_brain_phantom(
         if not _template_path(name).is_file():
             raise DataError(f"{_template_path(name)}: MNI152 template missing; reinstall nilearn")
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     workers = min(workers, subjects)
     bar = tqdm(total=subjects, desc="brain phantom", unit="subject", disable=not progress)

@@ -5,7 +5,8 @@ On disk a store is a folder::
     store/
       images.npy        float32 array (N, C, H, W), values in [0, 1], read memory-mapped
       manifest.parquet  one row per image (see MANIFEST_COLUMNS)
-      store.json        channels, image size, kind ("real" / "synthetic"), provenance
+      store.json        channels, which of them are label maps, image size, kind ("real" /
+                        "synthetic"), provenance
 
 Real training data, held-out test data and synthetic samples are all SliceStores, so the
 search, the analysis and the widgets never care where images came from.
@@ -61,6 +62,18 @@ MANIFEST_COLUMNS = {
     "seed": "Int64",
 }
 
+#: Channel names (any case) that hold label maps, e.g. BraTS's tumour segmentation ``seg``: the
+#: rule for writers that do not say which channels are labels, and for stores written before
+#: store.json recorded ``label_channels``.
+LABEL_CHANNEL_NAMES = ("seg", "segmentation", "mask", "label")
+
+
+def default_label_channels(channels: Sequence[str]) -> list[str]:
+    """The channels among ``channels`` that are label maps when nobody said which: those named
+    in :data:`LABEL_CHANNEL_NAMES` (the one rule; a store records its own in store.json)."""
+    return [str(c) for c in channels if str(c).lower() in LABEL_CHANNEL_NAMES]
+
+
 # The .npy header is written last (N is only known at the end), into a fixed 128-byte slot
 # reserved at the start of the file; the image data follows it.
 _HEADER_BYTES = 128
@@ -98,19 +111,28 @@ class StoreWriter:
     path : folder to create.
     channels : channel names, in order (e.g. ``["t1", "t1ce", "t2", "flair", "seg"]``).
     height, width : image size.
+    label_channels : names of the channels that hold label maps (segmentations: resampled with
+        nearest neighbours, never intensity-jittered); None: :func:`default_label_channels`.
+        Written to ``store.json`` as ``label_channels``.
     kind : ``"real"`` or ``"synthetic"``.
     meta : extra provenance written into ``store.json`` (source folder, options, seed...).
     overwrite : replace an existing store at ``path``.
     """
 
     def __init__(self, path, *, channels: Sequence[str], height: int, width: int,
-                 kind: str = "real", meta: dict | None = None, overwrite: bool = False):
+                 kind: str = "real", meta: dict | None = None, overwrite: bool = False,
+                 label_channels: Sequence[str] | None = None):
         self.path = Path(path)
         self.channels = [str(c) for c in channels]
         if not self.channels or any(not c.strip() for c in self.channels):
             raise StoreError(f"{self.path}: channel names {self.channels} must be non-empty")
         if len(set(self.channels)) != len(self.channels):
             raise StoreError(f"{self.path}: channel names {self.channels} name a channel twice")
+        labels = default_label_channels(self.channels) if label_channels is None else [str(c) for c in label_channels]
+        unknown = [c for c in labels if c not in self.channels]
+        if unknown:
+            raise StoreError(f"{self.path}: label channel(s) {unknown} are not among the channels {self.channels}")
+        self.label_channels = labels
         if kind not in KINDS:
             raise StoreError(f"{self.path}: kind must be one of {KINDS}, got {kind!r}")
         self.height, self.width = int(height), int(width)
@@ -173,6 +195,7 @@ class StoreWriter:
                     "id": uuid.uuid4().hex,  # tells a rebuilt store from the old one (indexes check it)
                     "kind": self.kind,
                     "channels": self.channels,
+                    "label_channels": self.label_channels,
                     "shape": list(shape),
                     "dtype": "float32",
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -228,6 +251,10 @@ class SliceStore:
         if not isinstance(channels, list) or not all(isinstance(c, str) and c for c in channels) \
                 or len(set(channels)) != len(channels):
             raise StoreError(f"{path / META}: channels must be a list of distinct names, got {channels!r}")
+        labels = meta.get("label_channels", [])
+        if not isinstance(labels, list) or not all(isinstance(c, str) and c in channels for c in labels):
+            raise StoreError(f"{path / META}: label_channels must be a list of names among the channels "
+                             f"{channels}, got {labels!r}")
         try:
             images = np.load(path / IMAGES, mmap_mode="r")
         except (OSError, ValueError, EOFError) as err:
@@ -263,6 +290,24 @@ class SliceStore:
     def channels(self) -> list[str]:
         names = list(self.meta["channels"])
         return names if self._channel_index is None else [names[i] for i in self._channel_index]
+
+    @property
+    def label_channels(self) -> list[str]:
+        """Names of this view's channels that hold label maps (e.g. ``["seg"]``), in channel order.
+
+        Read from ``store.json``'s ``label_channels``; a store written before it was recorded
+        gets :func:`default_label_channels` of its channels.
+        """
+        recorded = self.meta.get("label_channels")
+        labels = default_label_channels(self.meta["channels"]) if recorded is None else list(recorded)
+        return [c for c in self.channels if c in labels]
+
+    def channel_index(self, name: str) -> int:
+        """Position of the channel ``name`` in this view's images (axis 1 of what :meth:`read` returns)."""
+        channels = self.channels
+        if name not in channels:
+            raise StoreError(f"{self.path}: has no channel {name!r}; its channels are {channels}")
+        return channels.index(name)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

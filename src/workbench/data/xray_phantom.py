@@ -39,9 +39,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import DataError, option_hint
+from ..errors import DataError, check_int, option_hint
 from .atomic import atomic_dir
-from .phantom import _check_int
 
 _MAX_IMAGES = 100_000
 _KINDS = ("bacteria", "virus")
@@ -362,10 +361,10 @@ def xray_phantom_image(patient: int, image: int, *, seed: int = 0, pneumonia: bo
     >>> xray_phantom_image(1, 1, seed=0, size=64).dtype
     dtype('uint8')
     """
-    _check_int("patient", patient, low=1)
-    _check_int("image", image, low=1)
-    _check_int("seed", seed, low=0)
-    _check_int("size", size, low=32, high=2048)
+    check_int("patient", patient, low=1, error=DataError)
+    check_int("image", image, low=1, error=DataError)
+    check_int("seed", seed, low=0, error=DataError)
+    check_int("size", size, low=32, high=2048, error=DataError)
     if pneumonia and kind not in _KINDS:
         kind = "bacteria"
     patient_rng = np.random.default_rng(np.random.SeedSequence([seed, 1, patient]))
@@ -470,9 +469,9 @@ def write_xray_phantom(out, *, images: int = 40, seed: int = 0, pneumonia_fracti
     >>> from workbench.data.xray import find_xrays
     >>> find_xrays(out).groupby(["split", "class_name"]).size()          # doctest: +SKIP
     """
-    _check_int("images", images, low=1, high=_MAX_IMAGES)
-    _check_int("seed", seed, low=0)
-    _check_int("size", size, low=32, high=2048)
+    check_int("images", images, low=1, high=_MAX_IMAGES, error=DataError)
+    check_int("seed", seed, low=0, error=DataError)
+    check_int("size", size, low=32, high=2048, error=DataError)
     _check_fraction("pneumonia_fraction", pneumonia_fraction, upper_open=False)
     _check_fraction("test_fraction", test_fraction, upper_open=True)
     try:
@@ -482,7 +481,7 @@ def write_xray_phantom(out, *, images: int = 40, seed: int = 0, pneumonia_fracti
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     plan = plan_xray_phantom(images=images, seed=seed, pneumonia_fraction=pneumonia_fraction,
                              test_fraction=test_fraction)

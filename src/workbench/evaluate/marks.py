@@ -21,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.csv_log import append_row, read_complete
+from ..data import layout
 from ..errors import WorkbenchError
 
 VERDICTS = ("copy", "not a copy", "unsure")
 COLUMNS = ["synthetic", "verdict", "comment", "reviewer", "marked_at"]
-FILE = "marks.csv"
+FILE = layout.MARKS
 
 
 class MarkLog:

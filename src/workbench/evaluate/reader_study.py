@@ -30,12 +30,13 @@ import pandas as pd
 
 from ..data.store import SliceStore
 from ..data.csv_log import append_row, read_complete
+from ..data import layout
 from ..errors import WorkbenchError
 
 ANSWERS = ("real", "synthetic")
 COLUMNS = ["item", "truth", "answer", "confidence", "answered_at"]
-FOLDER = "reader_study"
-PLAN = "plan.csv"
+FOLDER = layout.READER_STUDY
+PLAN = layout.READER_PLAN
 
 
 def plan_study(real: SliceStore, synthetic: SliceStore, *, n_real: int = 20, n_synthetic: int = 20,
@@ -74,10 +75,14 @@ def save_plan(run, plan: pd.DataFrame) -> Path:
     return path
 
 
+class NoStudyPlanned(WorkbenchError):
+    """The run has no reader-study plan yet (the widget then plans one)."""
+
+
 def load_plan(run) -> pd.DataFrame:
     path = Path(run) / FOLDER / PLAN
     if not path.is_file():
-        raise WorkbenchError(f"{path}: no reader study planned in {run}; make one with plan_study() and save_plan()")
+        raise NoStudyPlanned(f"{path}: no reader study planned in {run}; make one with plan_study() and save_plan()")
     try:
         plan = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -90,7 +95,7 @@ def load_plan(run) -> pd.DataFrame:
 def _reader_file(run, reader: str) -> Path:
     if not isinstance(reader, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", reader):
         raise WorkbenchError(f"reader name {reader!r}: use letters, digits, '-', '_' or '.' (it names a file)")
-    return Path(run) / FOLDER / f"{reader}.csv"
+    return layout.reader_answers(run, reader)
 
 
 def read_answer_file(path: Path) -> pd.DataFrame:

@@ -1,13 +1,13 @@
 """Memorization analysis: nearest training images of synthetic images, calibrated copy thresholds,
 copy rates, the learned copy detector, patient-level findings, the data-copying test and the
-release gate.
+release checks.
 
-Analysis layer: imports ``workbench.data`` and the compute layer.
+Analysis layer: imports ``workbench.data`` and the compute layer.  For a run, the one entry
+point is :func:`workbench.analyze`, which calls :func:`run_analysis`.
 """
-from .analysis import CopyAnalysis, copy_analysis
+from .analysis import Analysis, load_analysis, run_analysis
 from .calibration import baseline_threshold, copy_rates, dar_threshold
-from .nearest import MemorizationResult, match_table, memorization_analysis, summarize
-from .release import release_gate
+from .nearest import match_table, summarize
 
-__all__ = ["CopyAnalysis", "MemorizationResult", "baseline_threshold", "copy_analysis", "copy_rates", "dar_threshold",
-           "match_table", "memorization_analysis", "release_gate", "summarize"]
+__all__ = ["Analysis", "baseline_threshold", "copy_rates", "dar_threshold", "load_analysis", "match_table",
+           "run_analysis", "summarize"]

@@ -10,14 +10,62 @@ does.  Two rules, each computed from the similarities of real images only:
   each held-out image's highest similarity to any training image.  At quantile q, about 1 − q
   of novel images would be flagged: the rule's false-positive rate by construction.
 
-With τ, :func:`copy_rates` gives Dar et al.'s two figures — the share of synthetic images that
-are copies and the share of training images (and of training subjects) with at least one copy —
-each with a bootstrap confidence interval over synthetic images.  Every result says which rule,
-which similarity and which data produced it.
+Dar et al.'s definitions, as their code computes them
+------------------------------------------------------
+Read from GitHub Cardio-AI/memorization-ldm, notebook ``memorization_assessement3D.ipynb`` (cells
+8-9; the older ``.ipynb_checkpoints/memorization_assessement-checkpoint.ipynb`` computes the same;
+the 2D notebook ``memorization_assessment2D.ipynb`` is named in their README but its content was
+not retrievable, so the 2D variant is unchecked):
 
->>> tau = dar_threshold(train_to_test_max, similarity="pixel r")            # doctest: +SKIP
->>> rates = copy_rates(synth_max, synth_match, tau, train_subjects=subjects)  # doctest: +SKIP
->>> rates.as_dict()["synthetic_copy_fraction"]                                # doctest: +SKIP
+* similarity: scipy ``cdist(..., "correlation")`` between the contrastive network's embedding
+  vectors, i.e. distance 1 − r with r the Pearson correlation of two embeddings (their network is
+  trained with NT-Xent, a cosine loss, but compared by correlation);
+* threshold: ``Thr = np.percentile(d_min, 5)`` where ``d_min`` is, per *training* image, the
+  distance to its nearest *validation* image; τ = 1 − Thr.  With numpy's default (linear)
+  interpolation that is exactly the 95th percentile (linear) of each training image's highest r
+  with a held-out image, which is what :func:`dar_threshold` computes;
+* "synthetic samples that are copies": synthetic images whose nearest training image has
+  distance ``< Thr``, i.e. r **strictly** above τ, as a percentage (their denominator is the
+  number of training images, equal to the number of synthetic volumes they generated; ours is the
+  number of synthetic images);
+* "training samples that are copies" (the paper's "% of training images memorized"): training
+  images whose nearest *synthetic* image has distance ``< Thr`` (r strictly above τ), as a
+  percentage of the training images.  Every training image close to *some* synthetic image
+  counts, not only the one a copy matches best.
+* their 3D data has one volume per exam; they report no per-subject figure.  Our per-subject
+  figure is the natural extension: subjects with at least one memorized training image.
+
+So :func:`copy_rates` reports, at one τ (every comparison strictly above τ, as theirs):
+
+* ``synthetic_copies`` / ``synthetic_copy_fraction``: synthetic images whose nearest training
+  image is above τ (Dar's "copies");
+* ``train_memorized`` / ``train_memorized_fraction`` and ``subjects_memorized`` /
+  ``subjects_memorized_fraction``: Dar's "training images memorized" (nearest synthetic image
+  above τ; needs ``train_to_synthetic_max``), and training subjects with at least one;
+* ``train_best_match_copied`` / ``train_best_match_fraction`` and ``subjects_best_match_copied`` /
+  ``subjects_best_match_fraction``: the narrower count of training images that are some copy's
+  single best match (and subjects with one).  They are a subset of the memorized images (a
+  training image that a copy matches best at r > τ has a nearest synthetic image at least that
+  close), and on stacks of neighbouring slices far fewer (one measured run: 22 % against 66 %).
+
+Confidence intervals are percentile bootstraps; ``CopyRates.resampling`` names each one's unit:
+
+* the synthetic copy rate and both best-match rates resample **synthetic images** (which training
+  images are a best match depends on which synthetic images were drawn);
+* the memorized rates resample **training subjects** (a cluster bootstrap: a subject's slices are
+  drawn together, as neighbouring slices are far from independent), or training images when no
+  subjects are given.  Each training image's nearest-synthetic similarity is a maximum over the
+  synthetic set; redrawing synthetic images would change that maximum in a way the maximum
+  alone cannot reproduce, so these intervals hold the synthetic set fixed and say how precisely
+  the share is known for training data like this, not how it varies with another synthetic draw.
+
+All intervals treat τ as given.  Every result says which rule, which similarity and which data
+produced it.
+
+>>> tau = dar_threshold(train_to_test_max, similarity="pixel r")                       # doctest: +SKIP
+>>> rates = copy_rates(synth_max, synth_match, tau, n_train=len(train), train_subjects=subjects,
+...                    train_to_synthetic_max=train_to_synth_max)                      # doctest: +SKIP
+>>> rates.as_dict()["train_memorized_fraction"]                                        # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -78,7 +126,11 @@ def _quantile(values: np.ndarray, q: float, name: str, rule: str, minimum: int =
 
 def dar_threshold(train_to_test_max, *, quantile: float = 0.95, similarity: str = "pixel r",
                   data: str = "training images vs held-out images") -> Threshold:
-    """τ by Dar et al.'s rule: the ``quantile`` (0.95) of each training image's similarity to its nearest held-out image."""
+    """τ by Dar et al.'s rule: the ``quantile`` (0.95) of each training image's similarity to its nearest held-out image.
+
+    Linear interpolation (numpy's default), as their ``np.percentile(d_min, 5)`` over distances
+    ``1 - r``: the 5th percentile of ``1 - r`` is exactly one minus the 95th percentile of ``r``.
+    """
     if not 0 < quantile < 1:
         raise WorkbenchError(f"quantile must be in (0, 1), got {quantile!r}")
     values = _check_similarities(train_to_test_max, "train_to_test_max")
@@ -114,38 +166,72 @@ class Interval:
 
 @dataclass
 class CopyRates:
-    """Dar et al.'s figures for one threshold."""
+    """Dar et al.'s figures for one threshold, and the narrower best-match counts beside them.
+
+    ``train_memorized*`` and ``subjects_memorized*`` are None when :func:`copy_rates` was not given
+    the training images' nearest-synthetic similarities; ``subjects_*`` are None without subjects.
+    """
 
     threshold: Threshold
     n_synthetic: int
     n_train: int
     n_subjects: int | None
+    #: synthetic images whose nearest training image is above τ (Dar et al.'s "copies")
     synthetic_copies: int
     synthetic_copy_fraction: Interval
-    train_copied: int
-    train_copied_fraction: Interval
-    subjects_copied: int | None = None
-    subjects_copied_fraction: Interval | None = None
-    copied_train_rows: list = field(default_factory=list)
+    #: training images that are some copy's single best match (not Dar et al.'s figure)
+    train_best_match_copied: int
+    train_best_match_fraction: Interval
+    #: training images whose nearest synthetic image is above τ (Dar et al.'s "memorized")
+    train_memorized: int | None = None
+    train_memorized_fraction: Interval | None = None
+    #: training subjects with at least one memorized training image
+    subjects_memorized: int | None = None
+    subjects_memorized_fraction: Interval | None = None
+    #: training subjects with at least one image that is a copy's best match
+    subjects_best_match_copied: int | None = None
+    subjects_best_match_fraction: Interval | None = None
+    #: positions (in the training view) of the memorized / best-match training images
+    memorized_train_rows: list | None = None
+    best_match_train_rows: list = field(default_factory=list)
     bootstrap: int = 0
     seed: int = 0
+    #: the resampling unit of each interval
+    resampling: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        parts = [f"{self.synthetic_copies} of {self.n_synthetic} synthetic images are copies: {self.synthetic_copy_fraction}",
-                 f"{self.train_copied} of {self.n_train} training images have a copy: {self.train_copied_fraction}"]
-        if self.subjects_copied is not None:
-            parts.append(f"{self.subjects_copied} of {self.n_subjects} training subjects have a copied image: "
-                         f"{self.subjects_copied_fraction}")
+        parts = [f"{self.synthetic_copies} of {self.n_synthetic} synthetic images are copies (nearest training "
+                 f"image above τ): {self.synthetic_copy_fraction}"]
+        if self.train_memorized is None:
+            parts.append("training images memorized (Dar et al.): not computed (pass train_to_synthetic_max)")
+        else:
+            parts.append(f"{self.train_memorized} of {self.n_train} training images memorized (Dar et al.: nearest "
+                         f"synthetic image above τ): {self.train_memorized_fraction}")
+            if self.subjects_memorized is not None:
+                parts.append(f"{self.subjects_memorized} of {self.n_subjects} training subjects have a memorized "
+                             f"image: {self.subjects_memorized_fraction}")
+        parts.append(f"{self.train_best_match_copied} of {self.n_train} training images are a copy's best match: "
+                     f"{self.train_best_match_fraction}")
+        if self.subjects_best_match_copied is not None:
+            parts.append(f"{self.subjects_best_match_copied} of {self.n_subjects} training subjects have a copy's best "
+                         f"match: {self.subjects_best_match_fraction}")
         return (f"threshold {self.threshold.value:.4f} ({self.threshold.rule}, {self.threshold.similarity}): "
                 + "; ".join(parts))
 
 
+def _percentile_interval(point: np.ndarray, draws: np.ndarray | None, ci: float) -> list[Interval]:
+    if draws is None:
+        return [Interval(float(p), float(p), float(p)) for p in point]
+    lo, hi = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+    return [Interval(float(p), float(a), float(b)) for p, a, b in zip(point, lo, hi)]
+
+
 def copy_rates(synthetic_max, synthetic_match, threshold: Threshold, *, n_train: int, train_subjects=None,
-               bootstrap: int = 1000, seed: int = 0, ci: float = 0.95) -> CopyRates:
-    """Share of synthetic images that are copies, and of training images / subjects with a copy.
+               train_to_synthetic_max=None, bootstrap: int = 1000, seed: int = 0, ci: float = 0.95) -> CopyRates:
+    """Dar et al.'s copy and memorization rates at τ, and the training images that are a copy's best match.
 
     Parameters
     ----------
@@ -153,54 +239,110 @@ def copy_rates(synthetic_max, synthetic_match, threshold: Threshold, *, n_train:
     synthetic_match : position (in the training view) of that best match.
     threshold : from :func:`dar_threshold` or :func:`baseline_threshold`.
     n_train : number of training images searched.
-    train_subjects : subject id of each training image (position-aligned), for the per-subject rate.
-    bootstrap : resamples of the synthetic images for the confidence intervals (0: none).
+    train_subjects : subject id of each training image (position-aligned), for the per-subject rates.
+    train_to_synthetic_max : each training image's highest similarity to any synthetic image
+        (position-aligned with the training view), for Dar et al.'s "training images memorized".
+        Without it those figures are None.
+    bootstrap : resamples for the confidence intervals (0: none); see the module docstring for
+        which unit each interval resamples (also in ``CopyRates.resampling``).
     ci : confidence level of the percentile intervals.
 
-    A synthetic image is a copy when its similarity is strictly above τ.
+    Every comparison is strictly above τ, as in Dar et al.'s code (distance ``< Thr``).  A
+    similarity that is not finite (a constant image has no Pearson r) is never above τ.
+
+    Example
+    -------
+    >>> tau = Threshold(0.9, "fixed", float("nan"), "pixel r", 0, "example")
+    >>> rates = copy_rates([0.95, 0.5], [1, 0], tau, n_train=3, train_to_synthetic_max=[0.2, 0.95, 0.93],
+    ...                    bootstrap=0)
+    >>> rates.train_best_match_copied, rates.train_memorized
+    (1, 2)
     """
     sims = _check_similarities(synthetic_max, "synthetic_max")
     match = np.asarray(synthetic_match, dtype=np.int64).reshape(-1)
     if match.shape != sims.shape:
         raise WorkbenchError(f"synthetic_match has {match.size} entries for {sims.size} similarities")
-    if n_train < 1:
-        raise WorkbenchError("n_train must be >= 1")
+    if isinstance(n_train, bool) or int(n_train) != n_train or n_train < 1:
+        raise WorkbenchError(f"n_train must be a whole number >= 1, got {n_train!r}")
+    n_train = int(n_train)
     if match.size and (match.min() < 0 or match.max() >= n_train):
         raise WorkbenchError(f"synthetic_match points outside the {n_train} training images")
-    subjects = None
+    subject_codes = n_subjects = None
     if train_subjects is not None:
-        subjects = np.asarray(train_subjects, dtype=object)
+        subjects = np.asarray(train_subjects, dtype=object).reshape(-1)
         if subjects.shape != (n_train,):
             raise WorkbenchError(f"train_subjects has {subjects.size} entries for {n_train} training images")
         _, subject_codes = np.unique(subjects.astype(str), return_inverse=True)
+        subject_codes = subject_codes.reshape(-1)
         n_subjects = int(subject_codes.max()) + 1
+    train_sims = None
+    if train_to_synthetic_max is not None:
+        train_sims = _check_similarities(train_to_synthetic_max, "train_to_synthetic_max")
+        if train_sims.shape != (n_train,):
+            raise WorkbenchError(f"train_to_synthetic_max has {train_sims.size} entries for {n_train} training "
+                                 f"images (one per training image, in the training view's order)")
     tau = threshold.value
+    rng = np.random.default_rng(seed)
+    bootstrap = int(bootstrap)
 
-    def figures(idx):
+    # -- synthetic side: copies and best matches, resampling synthetic images ----------------------------------
+    def synthetic_figures(idx):
         copy = sims[idx] > tau
         rows = np.unique(match[idx][copy])
         out = [copy.mean() if len(idx) else 0.0, rows.size / n_train]
-        if subjects is not None:
+        if subject_codes is not None:
             out.append(np.unique(subject_codes[rows]).size / n_subjects)
         return out
 
-    all_idx = np.arange(sims.size)
-    point = figures(all_idx)
+    point = np.array(synthetic_figures(np.arange(sims.size)))
+    draws = None
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        draws = np.array([figures(rng.integers(0, sims.size, sims.size)) for _ in range(int(bootstrap))])
-        lo, hi = np.quantile(draws, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
-    else:
-        lo = hi = np.array(point)
-    intervals = [Interval(float(p), float(a), float(b)) for p, a, b in zip(point, lo, hi)]
+        draws = np.array([synthetic_figures(rng.integers(0, sims.size, sims.size)) for _ in range(bootstrap)])
+    synthetic_intervals = _percentile_interval(point, draws, ci)
     copy = sims > tau
-    copied_rows = np.unique(match[copy])
+    best_rows = np.unique(match[copy])
+    resampling = {"synthetic_copy_fraction": "synthetic images", "train_best_match_fraction": "synthetic images"}
+    if subject_codes is not None:
+        resampling["subjects_best_match_fraction"] = "synthetic images"
+
+    # -- training side: Dar et al.'s memorized images, resampling training subjects (or images) -----------------
+    memorized = memorized_intervals = None
+    subjects_memorized = None
+    if train_sims is not None:
+        memorized = train_sims > tau
+        if subject_codes is None:
+            p = float(memorized.mean())
+            # resampling n_train images with replacement: the count drawn is Binomial(n_train, p)
+            draws = rng.binomial(n_train, p, bootstrap)[:, None] / n_train if bootstrap else None
+            memorized_intervals = _percentile_interval(np.array([p]), draws, ci)
+            resampling["train_memorized_fraction"] = "training images"
+        else:
+            images = np.bincount(subject_codes, minlength=n_subjects)
+            hits = np.bincount(subject_codes, weights=memorized, minlength=n_subjects)
+            subject_hit = hits > 0
+            subjects_memorized = int(subject_hit.sum())
+            point = np.array([memorized.mean(), subject_hit.mean()])
+            draws = None
+            if bootstrap:
+                draws = np.empty((bootstrap, 2))
+                for start in range(0, bootstrap, 256):  # blocks keep memory at 256 x n_subjects
+                    d = rng.integers(0, n_subjects, (min(256, bootstrap - start), n_subjects))
+                    draws[start:start + len(d), 0] = hits[d].sum(axis=1) / images[d].sum(axis=1)
+                    draws[start:start + len(d), 1] = subject_hit[d].mean(axis=1)
+            memorized_intervals = _percentile_interval(point, draws, ci)
+            resampling["train_memorized_fraction"] = "training subjects (all of a subject's images together)"
+            resampling["subjects_memorized_fraction"] = "training subjects"
+
     return CopyRates(
-        threshold=threshold, n_synthetic=int(sims.size), n_train=int(n_train),
-        n_subjects=None if subjects is None else n_subjects,
-        synthetic_copies=int(copy.sum()), synthetic_copy_fraction=intervals[0],
-        train_copied=int(copied_rows.size), train_copied_fraction=intervals[1],
-        subjects_copied=None if subjects is None else int(np.unique(subject_codes[copied_rows]).size),
-        subjects_copied_fraction=None if subjects is None else intervals[2],
-        copied_train_rows=[int(r) for r in copied_rows], bootstrap=int(bootstrap), seed=int(seed),
+        threshold=threshold, n_synthetic=int(sims.size), n_train=n_train, n_subjects=n_subjects,
+        synthetic_copies=int(copy.sum()), synthetic_copy_fraction=synthetic_intervals[0],
+        train_best_match_copied=int(best_rows.size), train_best_match_fraction=synthetic_intervals[1],
+        train_memorized=None if memorized is None else int(memorized.sum()),
+        train_memorized_fraction=None if memorized is None else memorized_intervals[0],
+        subjects_memorized=subjects_memorized,
+        subjects_memorized_fraction=None if subjects_memorized is None else memorized_intervals[1],
+        subjects_best_match_copied=None if subject_codes is None else int(np.unique(subject_codes[best_rows]).size),
+        subjects_best_match_fraction=None if subject_codes is None else synthetic_intervals[2],
+        memorized_train_rows=None if memorized is None else [int(r) for r in np.flatnonzero(memorized)],
+        best_match_train_rows=[int(r) for r in best_rows], bootstrap=bootstrap, seed=int(seed), resampling=resampling,
     )

@@ -70,7 +70,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.spatial import cKDTree
 from scipy.stats import rankdata
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data.store import SliceStore
 from ..errors import WorkbenchError

@@ -6,12 +6,13 @@ pixel, and its r with the source drops to the level of an unrelated slice.  Dar 
 therefore used a contrastive copy detector next to pixel similarity.  This module is that
 detector, trained from scratch on the training split (no downloaded weights, ever).
 
-What.  An :class:`Encoder` (3x3 convolutions + GroupNorm + SiLU, strided downsampling, global
+What.  An :class:`~workbench.models.detector.Encoder` (3x3 convolutions + GroupNorm + SiLU, strided downsampling, global
 average pool, a two-layer projection MLP) maps an image ``(C, H, W)`` in [0, 1] to a unit vector of
 ``embedding_dim`` (128) numbers.  It is trained SimCLR-style (Chen et al. 2020): every training
-image in a batch is augmented twice (:func:`augment_pair`: a small random affine transform --
-rotation, translation, scale -- an optional left-right flip and a per-channel brightness / contrast
-jitter), and the NT-Xent loss (:func:`nt_xent_loss`, temperature 0.07) pulls the two views of one
+image in a batch is augmented twice (:func:`~workbench.train.detector.augment_pair`: the shared
+training augmentations of :mod:`workbench.train.augment` -- a small random affine transform, an
+optional left-right flip -- plus a per-channel brightness / contrast jitter), and the NT-Xent loss
+(:func:`~workbench.models.detector.nt_xent_loss`, temperature 0.07) pulls the two views of one
 image together and pushes them away from the other 2N - 2 views of the batch.  The encoder so
 learns to ignore exactly the changes that a copy may carry (shifts, small rotations, intensity
 changes) while telling different slices apart.
@@ -32,6 +33,12 @@ exact cosine similarities).  Calibration and copy rates then work as for pixel r
 nearest-neighbour similarities give the baseline (:func:`embedding_match_table` returns the same
 table as :func:`workbench.memorization.match_table`).
 
+Where things are.  The detector is a model family like the generative ones (``"detector"`` in
+:mod:`workbench.models.family`): its config, network and loss are in :mod:`workbench.models.detector`,
+its trainer in :mod:`workbench.train.detector`, and it is trained by the loop every family shares
+(checkpoints, resume after a kill, optional EMA).  This module is its friendly face
+(:func:`train_detector`, :func:`load_detector`) and uses it (:func:`embed`, :func:`embedding_topk`).
+
 Training time: with the defaults (800 steps of 128 images, bf16 autocast) a 64x64, 5-channel store
 trains in a few minutes on a 2-core CPU with AMX; the measured time, and what the detector finds
 that pixel r misses, are in BENCHMARKS.md (``benchmarks/detector.py``).  The time depends on the
@@ -48,260 +55,29 @@ Example
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..data.atomic import atomic_dir, atomic_file
-from ..data.brats import LABEL_CONTRASTS
 from ..data.store import SliceStore
-from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
-from ..device import describe as describe_precision
-from ..device import resolve_device, use_bf16
+from ..errors import CheckpointError, StoreError, WorkbenchError
+from ..models.checkpoint import CONFIG, WEIGHTS, load_model, load_state, read_tensors, save_model
+from ..models.detector import DetectorConfig, Encoder, nt_xent_loss
+from ..train.detector import augment_pair
 
-WEIGHTS = "detector.safetensors"
-CONFIG = "detector.json"
+#: the files of the detectors written before the detector was a model family (still read)
+LEGACY_WEIGHTS = "detector.safetensors"
+LEGACY_CONFIG = "detector.json"
 KIND = "workbench-copy-detector"
-#: a training view up to this many bytes of float32 is held in memory; larger ones are read per batch
-IN_MEMORY_BYTES = 1 << 30
+
+__all__ = ["CONFIG", "WEIGHTS", "DetectorConfig", "Encoder", "augment_pair", "embed", "embedding_match_table",
+           "embedding_topk", "load_detector", "nt_xent_loss", "save_detector", "train_detector"]
 
 
-# -- configuration -------------------------------------------------------------------------------
-@dataclasses.dataclass
-class DetectorConfig:
-    """Architecture, loss and augmentation settings of a copy detector; round-trips to JSON.
-
-    ``image_size`` and ``channels`` come from the training store: a detector embeds only images
-    of that size with those channels, in that order.  Channels named like label maps (``seg``)
-    are resampled with nearest neighbours and get no intensity jitter.
-    """
-
-    image_size: int
-    channels: tuple[str, ...]
-    embedding_dim: int = 128
-    #: channels of the stages; each stage halves the image size (a stride-2 convolution)
-    widths: tuple[int, ...] = (32, 64, 128, 128)
-    #: hidden units of the projection MLP
-    head_dim: int = 256
-    #: BatchNorm after the projection's hidden layer (as in SimCLR)
-    head_batchnorm: bool = True
-    #: GroupNorm groups (divides every width)
-    groups: int = 8
-    temperature: float = 0.07
-    max_rotation_deg: float = 10.0
-    #: largest shift, as a fraction of the image size (0.1: 6 pixels at 64x64, 3 at 32x32)
-    max_translate: float = 0.1
-    #: scale in [1 - s, 1 + s]
-    max_scale: float = 0.05
-    #: random left-right flips (brain slices: yes; chest X-rays: no, the heart is on one side)
-    flip: bool = True
-    #: per channel, add a brightness offset in [-b, b] ...
-    brightness: float = 0.1
-    #: ... after multiplying by a contrast gain in [1 - c, 1 + c]
-    contrast: float = 0.2
-    version: int = 1
-
-    VERSION = 1
-    TUPLE_FIELDS = ("channels", "widths")
-
-    def __post_init__(self):
-        for name in self.TUPLE_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, tuple(str(v) if name == "channels" else v for v in value))
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """Fields a user may set (all but image_size, channels and version)."""
-        return [f.name for f in dataclasses.fields(cls) if f.name not in ("image_size", "channels", "version")]
-
-    @property
-    def label_channels(self) -> list[int]:
-        """Positions of label-map channels (``seg``)."""
-        return [i for i, c in enumerate(self.channels) if c in LABEL_CONTRASTS]
-
-    def _bad(self, msg: str):
-        raise WorkbenchError(f"detector config: {msg}")
-
-    def validate(self) -> "DetectorConfig":
-        """Raise :class:`WorkbenchError` with a plain message if the settings cannot work."""
-        def number(name, low, high, *, low_open=False, high_open=False):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                self._bad(f"{name} must be a number, got {v!r}")
-            if v < low or (low_open and v == low) or v > high or (high_open and v == high):
-                lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-                self._bad(f"{name} must be in {lo}{low}, {high}{hi}, got {v}")
-
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            self._bad(f"image_size must be an integer of at least 8 pixels, got {self.image_size!r}")
-        if not isinstance(self.channels, tuple) or len(self.channels) < 1:
-            self._bad("channels is empty; name the image channels (e.g. ['t1', 'flair'])")
-        if len(set(self.channels)) != len(self.channels):
-            self._bad(f"channels {list(self.channels)} name a channel twice")
-        if isinstance(self.embedding_dim, bool) or not isinstance(self.embedding_dim, int) or self.embedding_dim < 2:
-            self._bad(f"embedding_dim must be an integer >= 2, got {self.embedding_dim!r}")
-        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
-            self._bad(f"head_dim must be a positive integer, got {self.head_dim!r}")
-        if not isinstance(self.widths, tuple) or not self.widths or \
-                not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.widths):
-            self._bad(f"widths must be a non-empty list of positive integers, got {self.widths!r}")
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            self._bad(f"groups must be a positive integer, got {self.groups!r}")
-        bad = [w for w in self.widths if w % self.groups]
-        if bad:
-            self._bad(f"every width must be divisible by groups={self.groups}; {bad} is not")
-        if 2 ** len(self.widths) > self.image_size:
-            self._bad(f"{len(self.widths)} stages halve the image {len(self.widths)} times, too often for "
-                      f"{self.image_size}x{self.image_size} images; use fewer widths")
-        number("temperature", 0, 10, low_open=True)
-        number("max_rotation_deg", 0, 180)
-        number("max_translate", 0, 0.5, high_open=True)
-        number("max_scale", 0, 0.5, high_open=True)
-        number("brightness", 0, 1)
-        number("contrast", 0, 1, high_open=True)
-        for name in ("flip", "head_batchnorm"):
-            if not isinstance(getattr(self, name), bool):
-                self._bad(f"{name} must be true or false, got {getattr(self, name)!r}")
-        return self
-
-    # -- JSON ----------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        d: dict[str, Any] = {"kind": KIND}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = list(v) if isinstance(v, tuple) else v
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, *, source: str = "detector config") -> "DetectorConfig":
-        """Rebuild a config from :meth:`to_dict` output; unknown, missing or invalid values are errors."""
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        d = dict(d)
-        kind = d.pop("kind", None)
-        if kind != KIND:
-            raise CheckpointError(f"{source}: not a copy-detector config (kind {kind!r}, expected {KIND!r})")
-        version = d.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= cls.VERSION:
-            raise CheckpointError(f"{source}: config version {version!r}; this workbench reads copy-detector "
-                                  f"configs of versions 1..{cls.VERSION}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        missing = sorted(fields - set(d))
-        if unknown or missing:
-            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {unknown}"] if unknown else [])
-            raise CheckpointError(f"{source}: not a copy-detector config written by this workbench ({'; '.join(parts)})")
-        try:
-            return cls(**d).validate()
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: invalid copy-detector config ({err})") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "detector config") -> "DetectorConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{source}: not valid JSON ({err})") from None
-        return cls.from_dict(d, source=source)
-
-
-# -- the network ---------------------------------------------------------------------------------
-def _conv(c_in: int, c_out: int, groups: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(groups, c_out), nn.SiLU()]
-
-
-class Encoder(nn.Module):
-    """Small CNN: image ``(N, C, H, W)`` in [0, 1] -> unit embedding ``(N, embedding_dim)``.
-
-    Per width a stride-2 convolution, followed (from the second width on) by a stride-1
-    convolution, each with GroupNorm and SiLU: 64x64 images become 4x4 maps of ``widths[-1]``
-    features.  The first stage has a single convolution because at half the input size it is
-    the costliest (in a rough trial, a full-size stem and a second convolution there made a
-    training step several times slower).  Then a global average pool (the source of most of
-    the shift invariance) and the projection MLP ``Linear -> BatchNorm -> ReLU -> Linear``
-    (SimCLR's head; in a short trial on the phantom the BatchNorm spread held-out slices
-    further from the training ones: mean nearest similarity 0.91 against 0.97 without it,
-    after 240 steps at 32x32).
-
-    :meth:`forward` returns the L2-normalised projection: the embedding compared by the
-    detector (the module docstring says why).  :meth:`features` gives the pooled features
-    before the projection.
-    """
-
-    def __init__(self, config: DetectorConfig):
-        super().__init__()
-        config.validate()
-        self.config = config
-        g = config.groups
-        prev, layers = len(config.channels), []
-        for i, w in enumerate(config.widths):
-            layers += _conv(prev, w, g, stride=2)
-            if i > 0:  # a second convolution per stage, except at the costly first (half-size) level
-                layers += _conv(w, w, g)
-            prev = w
-        self.body = nn.Sequential(*layers)
-        norm = [nn.BatchNorm1d(config.head_dim)] if config.head_batchnorm else []
-        self.head = nn.Sequential(nn.Linear(prev, config.head_dim), *norm, nn.ReLU(),
-                                  nn.Linear(config.head_dim, config.embedding_dim))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally pooled features ``(N, widths[-1])`` before the projection head."""
-        return self.body(x * 2.0 - 1.0).float().mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings ``(N, embedding_dim)``.
-
-        Under autocast only the convolutions run in bfloat16: the head runs in float32, since
-        the loss compares cosine similarities that differ in the third decimal between
-        neighbouring slices, below bfloat16's resolution.
-        """
-        h = self.features(x).float()
-        with torch.autocast(x.device.type, enabled=False):
-            return F.normalize(self.head(h), dim=1)
-
-
-# -- loss ----------------------------------------------------------------------------------------
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """SimCLR's NT-Xent loss of two views ``z1``, ``z2`` (each ``(N, D)``) of the same N images.
-
-    The 2N views are L2-normalised; each view's logits are its cosine similarities with the other
-    2N - 1 views divided by ``temperature`` (its similarity with itself is left out), and its
-    target is the other view of the same image.  The loss is the cross entropy averaged over all
-    2N views:
-
-        l(i) = -log( exp(s(i, j(i)) / t) / sum_{k != i} exp(s(i, k) / t) )
-
-    Computed in float32.
-    """
-    if z1.shape != z2.shape or z1.ndim != 2:
-        raise WorkbenchError(f"nt_xent_loss: views must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if len(z1) < 2:
-        raise WorkbenchError("nt_xent_loss: needs at least 2 images (the other images are the negatives)")
-    if not temperature > 0:
-        raise WorkbenchError(f"nt_xent_loss: temperature must be > 0, got {temperature}")
-    n = len(z1)
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = (z @ z.T) / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, target)
-
-
-# -- augmentation --------------------------------------------------------------------------------
+# -- images --------------------------------------------------------------------------------------
 def _as_images(x, name: str = "images") -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -314,55 +90,6 @@ def _as_images(x, name: str = "images") -> torch.Tensor:
     return x.float()
 
 
-def _view(x: torch.Tensor, generator: torch.Generator, config: DetectorConfig) -> torch.Tensor:
-    """One random view of every image; the random numbers are drawn on the CPU in a fixed order."""
-    n, c = x.shape[:2]
-
-    def uniform(*shape, low=-1.0, high=1.0):
-        return (low + (high - low) * torch.rand(*shape, generator=generator)).to(x.device)
-
-    flip = torch.rand(n, generator=generator).to(x.device) < 0.5
-    angle = uniform(n) * (config.max_rotation_deg * math.pi / 180)
-    scale = 1 + uniform(n) * config.max_scale
-    shift = uniform(n, 2) * (2 * config.max_translate)  # grid coordinates span [-1, 1]
-    gain = 1 + uniform(n, c) * config.contrast
-    offset = uniform(n, c) * config.brightness
-    if config.flip:
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    labels = config.label_channels
-    if labels:
-        idx = torch.tensor(labels, device=x.device)
-        out[:, idx] = F.grid_sample(x[:, idx], grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        gain[:, idx] = 1.0
-        offset[:, idx] = 0.0
-    out = out * gain[:, :, None, None] + offset[:, :, None, None]
-    return out.clamp_(0.0, 1.0)
-
-
-def augment_pair(x, generator: torch.Generator, config: DetectorConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent random views of every image of a batch ``(N, C, H, W)`` in [0, 1].
-
-    Each view: a left-right flip with probability 1/2 (if ``config.flip``), a random affine
-    transform (rotation up to ``max_rotation_deg``, scale in ``1 +- max_scale``, shift up to
-    ``max_translate`` of the image size in x and y; bilinear, zero border, nearest neighbours for
-    label channels), then per channel ``x * gain + offset`` with gain in ``1 +- contrast`` and
-    offset in ``+- brightness`` (label channels unchanged), clipped to [0, 1].  All randomness
-    comes from ``generator`` (a CPU ``torch.Generator``), so the same seed gives the same views.
-
-    >>> g = torch.Generator().manual_seed(0)                       # doctest: +SKIP
-    >>> v1, v2 = augment_pair(images, g, config)                   # doctest: +SKIP
-    """
-    x = _as_images(x)
-    if x.shape[1] != len(config.channels):
-        raise WorkbenchError(f"augment_pair: images have {x.shape[1]} channels but the config names "
-                             f"{len(config.channels)} ({list(config.channels)})")
-    return _view(x, generator, config), _view(x, generator, config)
-
-
 # -- training ------------------------------------------------------------------------------------
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -372,181 +99,110 @@ def _check_positive_int(name: str, value) -> int:
 
 def train_detector(store, out, *, steps: int = 800, batch_size: int = 128, lr: float = 2e-3,
                    weight_decay: float = 1e-4, warmup_steps: int = 20, seed: int = 0, bf16: bool | str = "auto",
-                   device: str = "auto", progress: bool = True, overwrite: bool = False,
-                   **config_overrides) -> Path:
+                   device: str = "auto", progress: bool = True, overwrite: bool = False, resume: bool = False,
+                   ema: bool = False, checkpoint_every: int | None = 200, **config_overrides) -> Path:
     """Train a copy detector on a SliceStore view (the training split) and write it to ``out``.
+
+    The detector is the model family ``"detector"``, trained by the loop every family shares
+    (:func:`workbench.train.train_model`): ``out`` is a checkpoint folder like a generative
+    model's (``model.safetensors``, ``config.json``, ``training.json``, and resumable
+    ``checkpoints/step-…``), and a killed run continues with ``resume=True`` to the weights an
+    uninterrupted run ends with.
 
     Parameters
     ----------
-    store : a SliceStore (view) or its folder: the images whose copies are to be found.
-    out : folder to write: ``detector.safetensors`` (weights) and ``detector.json`` (config and
-        training info: steps, seed, loss history, seconds, store path and rows).  Written
-        atomically: the folder appears only when complete.
+    store : a SliceStore (view) or its folder: the images whose copies are to be found.  Its label
+        channels (:attr:`~workbench.data.store.SliceStore.label_channels`) are resampled with
+        nearest neighbours and not jittered.
+    out : folder to write (appears complete only at the end; training info: steps, seed, loss
+        history, seconds, store path and rows, in ``training.json``).
     steps, batch_size : optimisation steps of ``batch_size`` images (each seen as two views);
         a batch never holds an image twice, so it is capped at the number of images.
     lr, weight_decay, warmup_steps : AdamW, with a linear warm-up and a cosine decay to zero.
-    seed : seeds the weights, the batches and the augmentations (written to ``detector.json``).
+    seed : seeds the weights, the batches and the augmentations (written to ``training.json``).
     bf16 : bfloat16 autocast for the network: ``"auto"`` where measured faster than float32 on this
         machine (:mod:`workbench.device`); the loss is always float32.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
     progress : progress bar with images/s.
-    overwrite : replace an existing ``out``.
+    overwrite : replace an existing ``out`` (the old one stays until the new one is complete).
+    resume : continue a killed run from its latest checkpoint in ``out``.
+    ema : also keep an EMA of the encoder's weights (``load_detector`` then returns the EMA copy).
+    checkpoint_every : a resumable checkpoint every this many steps (None: only at the end).
     **config_overrides : :class:`DetectorConfig` options, e.g. ``embedding_dim=64``,
         ``max_translate=0.15``, ``flip=False`` (chest X-rays).
 
     With the defaults a 64x64, 5-channel training split trains in about 2.5 minutes on a 2-core
-    AMX CPU (147 s measured, 695 images/s; module docstring).  Returns ``out``.
+    AMX CPU (module docstring).  Returns ``out``.
     """
-    from tqdm.auto import tqdm
+    from ..train import train_model
 
     steps = _check_positive_int("steps", steps)
     batch_size = _check_positive_int("batch_size", batch_size)
-    warmup_steps = int(warmup_steps)
-    if warmup_steps < 0:
-        raise WorkbenchError(f"train_detector: warmup_steps must be >= 0, got {warmup_steps}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise WorkbenchError(f"train_detector: lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise WorkbenchError(f"train_detector: weight_decay must be >= 0, got {weight_decay!r}")
     unknown = sorted(set(config_overrides) - set(DetectorConfig.option_names()))
     if unknown:
         raise WorkbenchError(f"train_detector: unknown option(s) {unknown}; detector options are "
                              f"{DetectorConfig.option_names()}")
     if not isinstance(store, SliceStore):
         store = SliceStore.open(store)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass {option_hint('overwrite')} to replace it)")
     if len(store) < 2:
         raise StoreError(f"{store.path}: the view to train on holds {len(store)} image(s); "
                          "contrastive training needs at least 2 (check the split / filter)")
-    _, height, width = store.image_shape
-    if height != width:
-        raise WorkbenchError(f"{store.path}: images are {height}x{width}; the detector needs square images")
-    config = DetectorConfig(image_size=int(height), channels=tuple(store.channels), **config_overrides).validate()
-    dev = resolve_device(device)
-    requested_bf16, bf16 = bf16, use_bf16(bf16, dev)  # "auto": measured on this machine
-    n = len(store)
-    batch_size = min(batch_size, n)
-
-    images = None
-    if n * int(np.prod(store.image_shape)) * 4 <= IN_MEMORY_BYTES:
-        images = torch.from_numpy(store.to_array()).to(dev)
-
-    def batch(idx: np.ndarray) -> torch.Tensor:
-        if images is not None:
-            return images[torch.from_numpy(idx).to(dev)]
-        return torch.from_numpy(store.read(np.sort(idx))).to(dev)  # order within a batch does not matter
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = Encoder(config).to(dev)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=weight_decay)
-
-    def lr_at(step: int) -> float:  # step counts from 1
-        if step <= warmup_steps:
-            return lr * step / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return lr * 0.5 * (1 + math.cos(math.pi * t))
-
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(int(seed) + 1)
-    order, cursor = rng.permutation(n), 0
-    history: list[float] = []
-    encoder.train()
-    t0 = time.perf_counter()
-    bar = tqdm(total=steps * batch_size, desc=f"train copy detector {out.name}", unit="img", disable=not progress)
-    try:
-        for step in range(1, steps + 1):
-            if cursor + batch_size > n:  # epochs: every image once before any repeats
-                order, cursor = rng.permutation(n), 0
-            idx = order[cursor:cursor + batch_size]
-            cursor += batch_size
-            v1, v2 = augment_pair(batch(idx), gen, config)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                z = encoder(torch.cat([v1, v2]))
-            loss = nt_xent_loss(z[:len(idx)], z[len(idx):], config.temperature)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise WorkbenchError(f"train_detector: the loss became {value} at step {step} "
-                                     f"(try a lower lr than {lr} or bf16=False)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(round(value, 5))
-            bar.update(len(idx))
-            if step % 10 == 0 or step == steps:
-                bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}", refresh=False)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    info = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup_steps": warmup_steps, "seed": int(seed), "bf16": bool(bf16),
-        "precision": describe_precision(requested_bf16, bf16, dev), "device": str(dev),
-        "loss": history, "final_loss": float(np.mean(history[-10:])),
-        "seconds": round(seconds, 2), "images_per_second": round(steps * batch_size / max(seconds, 1e-9), 2),
-        "store": str(Path(store.path).resolve()), "train_rows": [int(r) for r in store.rows], "n_images": n,
-        "torch": torch.__version__, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    save_detector(out, encoder, info, overwrite=overwrite)
-    if progress:
-        print(f"wrote copy detector {out} ({steps} steps of {batch_size} on {n} images of {store.path}, "
-              f"final loss {info['final_loss']:.3f}, {seconds:.0f} s, {info['images_per_second']:.0f} images/s)")
-    return out
+    return train_model(store, out, model="detector", preset="tiny", steps=steps, batch_size=min(batch_size, len(store)),
+                       lr=lr, warmup_steps=warmup_steps, seed=seed, bf16=bf16, device=device, progress=progress,
+                       overwrite=overwrite, resume=resume, ema=ema, grad_clip=None,
+                       checkpoint_every=checkpoint_every, log_every=1, weight_decay=weight_decay, **config_overrides)
 
 
 # -- saving and loading --------------------------------------------------------------------------
 def save_detector(out, encoder: Encoder, info: dict | None = None, *, overwrite: bool = False) -> Path:
-    """Write ``detector.safetensors`` and ``detector.json`` into the folder ``out``, atomically."""
-    from safetensors.torch import save_file
+    """Write an encoder as a detector checkpoint folder (``model.safetensors``, ``config.json``,
+    ``training.json`` holding ``info``), atomically."""
+    return save_model(out, {"encoder": encoder}, encoder.config, info or {}, overwrite=overwrite)
 
-    out = Path(out)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
-    doc = {"config": encoder.config.to_dict(), "training": info or {}}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        with atomic_file(tmp / WEIGHTS) as f:
-            save_file(tensors, str(f), metadata={"format": "pt", "workbench": KIND})
-        with atomic_file(tmp / CONFIG) as f:
-            f.write_text(json.dumps(doc, indent=2, default=str))
-    return out
+
+def _load_legacy(path: Path, device) -> tuple[Encoder, DetectorConfig, dict]:
+    """A detector folder written before the detector was a model family (detector.json + detector.safetensors)."""
+    file = path / LEGACY_CONFIG
+    retrain = "; train it again with train_detector (or `workbench detector --overwrite`)"
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable or truncated ({err}){retrain}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{file}: expected a JSON object with a 'config' entry{retrain}")
+    d = dict(doc["config"])
+    if d.pop("kind", None) != KIND:
+        raise CheckpointError(f"{file}: not a copy-detector config{retrain}")
+    config = DetectorConfig.from_dict({**d, "family": DetectorConfig.family}, source=str(file))
+    weights = path / LEGACY_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing; the detector is incomplete{retrain}")
+    tensors, meta = read_tensors(weights)
+    if meta.get("workbench") != KIND:
+        raise CheckpointError(f"{weights}: not copy-detector weights (metadata says {meta.get('workbench')!r})")
+    encoder = Encoder(config)
+    load_state(encoder, tensors, name="detector", file=weights, config_file=file)
+    return encoder.to(device).eval(), config, doc.get("training") or {}
 
 
 def load_detector(path, *, device: str = "cpu") -> tuple[Encoder, DetectorConfig, dict]:
     """Load a detector folder written by :func:`train_detector`: ``(encoder, config, training info)``.
 
-    ``path`` is the folder (or either file in it).  Weights are read from safetensors only, never
-    unpickled.  A missing, truncated or mismatched file raises :class:`CheckpointError` naming it.
-    The encoder is returned in eval mode.
+    ``path`` is the folder (or a file in it), or one of its ``checkpoints/step-…`` folders.  The
+    encoder is the EMA copy when the detector was trained with ``ema=True``, and is returned in
+    eval mode.  Weights are read from safetensors only, never unpickled.  A missing, truncated or
+    mismatched file raises :class:`CheckpointError` naming it.  Detectors written before the
+    detector was trained by the shared loop (``detector.json``) load too.
     """
-    from ..models.checkpoint import load_state, read_tensors
-
     path = Path(path)
-    if path.is_file() and path.name in (WEIGHTS, CONFIG):
+    if path.is_file() and path.name in (WEIGHTS, CONFIG, LEGACY_WEIGHTS, LEGACY_CONFIG):
         path = path.parent
     if not path.is_dir():
         raise CheckpointError(f"{path}: no copy detector here (folder does not exist)")
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path / name}: missing; the detector is incomplete or was not written by the workbench")
-    file = path / CONFIG
-    try:
-        doc = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file}: unreadable or truncated ({err})") from None
-    if not isinstance(doc, dict) or "config" not in doc:
-        raise CheckpointError(f"{file}: expected a JSON object with a 'config' entry")
-    config = DetectorConfig.from_dict(doc["config"], source=str(file))
-    info = doc.get("training") or {}
-    file = path / WEIGHTS
-    tensors, meta = read_tensors(file)
-    if meta.get("workbench") != KIND:
-        raise CheckpointError(f"{file}: not copy-detector weights (metadata says {meta.get('workbench')!r})")
-    encoder = Encoder(config)
-    load_state(encoder, tensors, name="detector", file=file, config_file=path / CONFIG)
-    return encoder.to(device).eval(), config, info
+    if (path / LEGACY_CONFIG).is_file() and not (path / CONFIG).is_file():
+        return _load_legacy(path, device)
+    loaded = load_model(path, family=DetectorConfig.family, device=device)
+    return loaded.sampling_module(), loaded.config, loaded.info
 
 
 # -- embedding and search ------------------------------------------------------------------------
@@ -557,7 +213,7 @@ def embed(encoder: Encoder, images, *, batch_size: int = 256, bf16: bool = False
     tensor ``(N, C, H, W)`` (``(N, H, W)`` for one channel) in [0, 1].  Runs on the encoder's
     device in eval mode, in float32 unless ``bf16``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     if not isinstance(encoder, Encoder):
         raise WorkbenchError(f"embed: expected a detector Encoder (from load_detector), got {type(encoder).__name__}")
@@ -614,26 +270,58 @@ def _as_embeddings(z, name: str) -> np.ndarray:
     return z / norm[:, None]
 
 
-def embedding_topk(query_embeddings, reference_embeddings, k: int = 1, **search_options) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k nearest reference embeddings of every query by cosine similarity.
+#: the similarities :func:`embedding_topk` computes between two embedding vectors
+EMBEDDING_METRICS = ("cosine", "correlation")
 
-    Returns ``(values, indices)``, both ``(Q, k)``: cosine similarities (descending, ties to the
-    lower index) and positions in the reference.  The search is
-    :func:`workbench.search.topk_correlation`, fed each unit embedding ``z`` as the "image"
-    ``[z, -z]`` (shape ``(N, 1, 1, 2D)``): that vector has mean exactly 0 and squared norm ``2``,
-    so its Pearson r with ``[y, -y]`` is ``2 z.y / 2 = z.y``, the cosine similarity, and the
-    search's exact float64 rescore makes the values exact (to ~1e-15).  (The Pearson r of the raw
-    embeddings would instead be the cosine of the embeddings after removing each one's mean over
-    its 128 components, which is not what the loss trained.)  ``search_options`` go to
-    ``topk_correlation`` (``device``, ``progress``...).
+
+def embedding_topk(query_embeddings, reference_embeddings, k: int = 1, *, metric: str = "cosine",
+                   **search_options) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k nearest reference embeddings of every query, by cosine similarity or Pearson correlation.
+
+    Returns ``(values, indices)``, both ``(Q, k)``: similarities (descending, ties to the lower
+    index) and positions in the reference.
+
+    ``metric``:
+
+    * ``"cosine"`` (default): the cosine of the two embedding vectors, the similarity the
+      detector's NT-Xent loss trained;
+    * ``"correlation"``: the Pearson r of the two embedding vectors (each vector centred on the mean
+      of its own components, then the cosine), i.e. ``np.corrcoef(a, b)[0, 1]``.  This is Dar et
+      al.'s similarity: their notebook (Cardio-AI/memorization-ldm, ``memorization_assessement3D.ipynb``)
+      compares embeddings with scipy ``cdist(..., "correlation")``, the distance ``1 - r``.  An
+      embedding whose components are all equal has no correlation and is refused.
+
+    The search is :func:`workbench.search.topk_correlation`, fed each unit (for "correlation":
+    centred, then unit) vector ``z`` as the "image" ``[z, -z]`` (shape ``(N, 1, 1, 2D)``): that
+    vector has mean exactly 0 and squared norm ``2``, so its Pearson r with ``[y, -y]`` is
+    ``2 z.y / 2 = z.y``, and the search's exact float64 rescore makes the values exact (to
+    ~1e-15).  ``search_options`` go to ``topk_correlation`` (``device``, ``progress``...).
+
+    >>> z = np.random.default_rng(0).normal(size=(4, 8))
+    >>> r, i = embedding_topk(z[:1], z[1:], k=1, metric="correlation")
+    >>> bool(np.isclose(r[0, 0], max(np.corrcoef(z)[0, 1:])))
+    True
     """
     from ..search import topk_correlation
 
+    if metric not in EMBEDDING_METRICS:
+        raise WorkbenchError(f"metric must be one of {EMBEDDING_METRICS}, got {metric!r}")
     q = _as_embeddings(query_embeddings, "query_embeddings")
     r = _as_embeddings(reference_embeddings, "reference_embeddings")
     if q.shape[1] != r.shape[1]:
         raise WorkbenchError(f"query embeddings have {q.shape[1]} dimensions but the reference has {r.shape[1]}; "
                              "embed both with the same detector")
+    if metric == "correlation":  # Pearson r is unchanged by the scaling _as_embeddings did; centre, renormalise
+        centred = []
+        for z, name in ((q, "query_embeddings"), (r, "reference_embeddings")):
+            z = z - z.mean(axis=1, keepdims=True)
+            norm = np.linalg.norm(z, axis=1)
+            flat = norm <= 1e-12
+            if flat.any():
+                raise WorkbenchError(f"{name}: embedding(s) {np.flatnonzero(flat)[:10].tolist()} have all components "
+                                     "equal, so their correlation is undefined; use metric='cosine'")
+            centred.append(z / norm[:, None])
+        q, r = centred
     k = int(k)
     if not 1 <= k <= len(r):
         raise WorkbenchError(f"k={k} must be between 1 and the reference size {len(r)}")
@@ -649,7 +337,8 @@ def embedding_match_table(encoder: Encoder, queries: SliceStore, reference: Slic
                           query_embeddings=None, reference_embeddings=None, **search_options) -> pd.DataFrame:
     """:func:`workbench.memorization.match_table` in embedding space: one row per (query, rank).
 
-    The same columns as ``match_table``, with ``r`` holding the detector's cosine similarity
+    The same columns as ``match_table``, with ``r`` holding the detector's cosine similarity (or,
+    with ``metric="correlation"``, the Pearson correlation of the embeddings, as Dar et al. compare them)
     (``table.attrs["similarity"]`` says so), so the calibration and copy-rate code that reads
     pixel-r tables reads these too.  Pass precomputed ``*_embeddings`` to skip embedding.
     """
@@ -661,6 +350,8 @@ def embedding_match_table(encoder: Encoder, queries: SliceStore, reference: Slic
     from .nearest import matches_frame
 
     table = matches_frame(queries, reference, values, indices)
-    table.attrs["similarity"] = "cosine similarity of copy-detector embeddings"
+    metric = search_options.get("metric", "cosine")
+    table.attrs["similarity"] = ("Pearson correlation" if metric == "correlation" else "cosine similarity") + \
+        " of copy-detector embeddings"
     table.attrs["constant_queries"] = []
     return table

@@ -1,5 +1,5 @@
 """Patient-level findings: which training subjects were copied, at which slices, and whether
-matches run along adjacent slices of one volume.
+matches run along adjacent slices of one volume (the figure: :func:`workbench.widgets.report.patient_figure`).
 
 Akbar et al.'s point about 2D slices from 3D volumes: neighbouring slices of one patient are
 nearly the same image, so a model that memorized slice z of a patient also "matches" z−1 and
@@ -7,7 +7,6 @@ z+1.  For each synthetic copy (best similarity above τ) this module asks whethe
 matches are the z±1 slices of the same subject, and sums up per training subject.
 
 >>> table = patient_table(values, indices, train.manifest, tau)     # doctest: +SKIP
->>> patient_figure(table).show()                                    # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -79,25 +78,3 @@ def patient_table(values, indices, train_manifest: pd.DataFrame, tau: float) -> 
     out["copied_slices"] = out["copied_slices"].fillna(0).astype(int)
     out["copied_z"] = out["copied_z"].apply(lambda v: v if isinstance(v, list) else [])
     return out.sort_values(["copies", "max_similarity"], ascending=False)
-
-
-def patient_figure(values, indices, train_manifest: pd.DataFrame, tau: float):
-    """Scatter of copied training slices: subject against z, marker size = number of copies."""
-    import plotly.graph_objects as go
-
-    matches = copy_matches(values, indices, train_manifest, tau)
-    fig = go.Figure()
-    if len(matches):
-        counts = matches.groupby(["subject", "z"], dropna=False).agg(copies=("synthetic", "size"),
-                                                                     best=("similarity", "max")).reset_index()
-        fig.add_trace(go.Scatter(
-            x=counts["z"], y=counts["subject"], mode="markers",
-            marker=dict(size=8 + 6 * np.sqrt(counts["copies"]), color=counts["best"], colorscale="Reds",
-                        showscale=True, colorbar=dict(title="best r")),
-            text=[f"{s} z={z}: {c} copies, best {b:.3f}" for s, z, c, b in
-                  zip(counts["subject"], counts["z"], counts["copies"], counts["best"])],
-            hoverinfo="text"))
-    fig.update_layout(title=f"Copied training slices (similarity > {tau:.3f}): subject × slice z",
-                      xaxis_title="slice z", yaxis_title="training subject", height=max(300, 40 + 22 * (
-                          matches["subject"].nunique() if len(matches) else 1)), margin=dict(t=50, b=40))
-    return fig

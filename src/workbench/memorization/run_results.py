@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from ..data.store import SliceStore, align_channels
+from ..data import layout
 from ..errors import WorkbenchError
 from .analysis import EMBEDDING, PIXEL
 
-HOW = "run notebooks/04_memorization.ipynb with out= this folder (`make demo` does it for the demo run)"
+HOW = f"make it with {layout.HOW_TO_MAKE['analysis']} (`make demo` does it for the demo run)"
 MATCH_COLUMNS = ["rank", "r", "match_row", "match_subject", "match_z", "match_prev", "match_next"]
 
 
@@ -130,8 +131,8 @@ def load_run_matches(run) -> RunMatches:
     run = Path(run)
     if not run.is_dir():
         raise WorkbenchError(f"{run}: no such run folder")
-    summary_path = run / "memorization.json"
-    matches_path = run / "matches_synthetic.parquet"
+    summary_path = run / layout.MEMORIZATION
+    matches_path = run / layout.MATCHES
     if not summary_path.is_file() or not matches_path.is_file():
         missing = [p.name for p in (summary_path, matches_path) if not p.is_file()]
         raise WorkbenchError(f"{run}: no search results here (missing {', '.join(missing)}); to make them, {HOW}")
@@ -143,12 +144,12 @@ def load_run_matches(run) -> RunMatches:
     synthetic = _open_store(synthetic_path, "synthetic", summary_path)
     train = _open_store(train_path, "training", summary_path)
     matches = _read_parquet(matches_path)
-    subjects_path = run / "matches_synthetic_subjects.parquet"
+    subjects_path = run / layout.SUBJECT_MATCHES
     subjects = _read_parquet(subjects_path) if subjects_path.is_file() else None
     flags = thresholds = None
-    if (run / "copy_flags.parquet").is_file():
-        flags = _read_parquet(run / "copy_flags.parquet")
-        thresholds = _flag_thresholds(run / "copy_analysis.json")
+    if (run / layout.COPY_FLAGS).is_file():
+        flags = _read_parquet(run / layout.COPY_FLAGS)
+        thresholds = _flag_thresholds(run / layout.COPY_ANALYSIS)
     return run_matches(matches, synthetic, train, flags=flags, subjects=subjects, thresholds=thresholds, run=run)
 
 

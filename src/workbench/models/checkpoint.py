@@ -3,7 +3,7 @@
 A checkpoint is a folder::
 
     checkpoint/
-      config.json          the family's config (``"family": "ddpm" | "gan" | "ldm"``)
+      config.json          the family's config (``"family": "ddpm" | "ldm" | "gan" | "detector"``)
       model.safetensors    every module's weights, keys ``<module>.<tensor>`` (e.g. ``unet.…``,
                            ``ema.…``, ``generator.…``); the module names are in the file's metadata
       training.json        steps, seed, hyper-parameters, loss history, training store and rows
@@ -14,57 +14,23 @@ Nothing is unpickled when loading: weights and optimizer state are safetensors, 
 is JSON.  A missing or truncated file, a config of another family, or weights that do not fit
 the config raise :class:`~workbench.errors.CheckpointError` naming the file.
 
-Which network each module name holds (the builders live in the family's model file):
-
-=========  ==========================================================================
-ddpm       ``unet``, ``ema`` (EMA of the UNet's weights)
-gan        ``generator``, ``generator_ema``, ``discriminator``
-ldm        ``autoencoder``, ``unet``, ``ema`` (EMA of the latent UNet), ``discriminator`` (patch)
-=========  ==========================================================================
+Which networks each family saves, how they are built and which one makes images is in the
+family's record (:mod:`.family`); this module reads it.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, option_hint
 from .config import ModelConfig, family_of
+from .family import Family, get_family
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINING = "training.json"
 REQUIRED = (WEIGHTS, CONFIG, TRAINING)
-
-#: family -> (module holding the config class, config class name, {module name: builder name})
-FAMILIES: dict[str, tuple[str, str, dict[str, str]]] = {
-    "ddpm": ("workbench.models.ddpm", "DDPMConfig", {"unet": "build_unet", "ema": "build_unet"}),
-    "gan": ("workbench.models.gan", "GANConfig", {"generator": "build_generator", "generator_ema": "build_generator",
-                                                  "discriminator": "build_discriminator"}),
-    "ldm": ("workbench.models.ldm", "LDMConfig", {"autoencoder": "build_autoencoder", "unet": "build_latent_unet",
-                                                  "ema": "build_latent_unet",
-                                                  "discriminator": "build_patch_discriminator"}),
-}
-
-#: the module used to make images, in order of preference (EMA weights first)
-SAMPLING_MODULES = {"ddpm": ("ema", "unet"), "gan": ("generator_ema", "generator"), "ldm": ("ema", "unet")}
-
-
-def config_class(family: str):
-    if family not in FAMILIES:
-        raise CheckpointError(f"unknown model family {family!r}; this workbench has {sorted(FAMILIES)}")
-    module, name, _ = FAMILIES[family]
-    return getattr(importlib.import_module(module), name)
-
-
-def build_module(config: ModelConfig, name: str):
-    """A freshly initialised network ``name`` (e.g. ``"unet"``, ``"generator_ema"``) of ``config``'s family."""
-    module, _, builders = FAMILIES[config.family]
-    if name not in builders:
-        raise CheckpointError(f"a {config.family} model has no module {name!r} (it has {sorted(builders)})")
-    return getattr(importlib.import_module(module), builders[name])(config)
-
 
 # -- writing -------------------------------------------------------------------------------------
 def state_tensors(modules: dict) -> dict:
@@ -122,15 +88,23 @@ def _check_folder(path: Path) -> None:
 
 
 def read_config(path) -> ModelConfig:
-    """The config of a checkpoint folder (of whichever family), without loading weights."""
+    """The config of a checkpoint folder (of whichever family), without loading weights.
+
+    Configs written in an older layout (e.g. a DDPM's noise schedule at the top level, before it
+    had its own ``scheduler`` section) are brought to the current one as they are read.
+    """
     path = Path(path)
     _check_folder(path)
     file = path / CONFIG
     try:
         d = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{file}: unreadable ({err})") from None
-    return config_class(family_of(d)).from_dict(d, source=str(file))
+    try:
+        family = get_family(family_of(d), error=CheckpointError)
+    except CheckpointError as err:
+        raise CheckpointError(f"{file}: {err}") from None
+    return family.config_class.from_dict(d, source=str(file))
 
 
 def read_training_info(path) -> dict:
@@ -211,13 +185,18 @@ class LoadedModel:
     def family(self) -> str:
         return self.config.family
 
+    @property
+    def record(self) -> Family:
+        """The family's record (:class:`~workbench.models.family.Family`)."""
+        return get_family(self.family, error=CheckpointError)
+
     def sampling_module(self, *, ema: bool = True):
-        """The network that makes images: the EMA copy when there is one (and ``ema``), else the raw one."""
-        order = SAMPLING_MODULES[self.family]
+        """The network that makes images (or embeddings): the EMA copy when there is one (and ``ema``), else the raw one."""
+        order = self.record.sampling_networks
         for name in (order if ema else order[1:]):
             if name in self.modules:
                 return self.modules[name]
-        raise CheckpointError(f"{self.path}: has none of the modules {list(order)} needed to make images")
+        raise CheckpointError(f"{self.path}: has none of the networks {list(order)} needed to make images")
 
 
 def load_model(path, *, modules=None, family: str | None = None, device: str = "cpu") -> LoadedModel:
@@ -227,13 +206,14 @@ def load_model(path, *, modules=None, family: str | None = None, device: str = "
     ----------
     path : checkpoint folder (a run's model folder or one of its ``checkpoints/step-…`` folders).
     modules : names of the modules to load (default: all in the file).
-    family : if given, the checkpoint must be of this family (``"ddpm"``, ``"gan"``, ``"ldm"``).
+    family : if given, the checkpoint must be of this family (a name in :data:`~workbench.models.family.FAMILIES`).
     device : where to put the networks.
     """
     path = Path(path)
     config = read_config(path)
     if family is not None and config.family != family:
         raise CheckpointError(f"{path}: this is a {config.family!r} checkpoint, not a {family!r} one")
+    record = get_family(config.family, error=CheckpointError)
     info = read_training_info(path)
     file = path / WEIGHTS
     tensors, meta = read_tensors(file)
@@ -243,7 +223,7 @@ def load_model(path, *, modules=None, family: str | None = None, device: str = "
     for name in names:
         if name not in states:
             raise CheckpointError(f"{file}: has no {name!r} weights (it has {sorted(states)})")
-        net = build_module(config, name)
+        net = record.build(config, name)
         load_state(net, states[name], name=name, file=file)
         nets[name] = net.to(device).eval()
     return LoadedModel(path=path, config=config, modules=nets, info=info)

@@ -1,10 +1,12 @@
 """DDPM for multi-channel MRI slices and X-rays: config, UNet, noise scheduler and checkpoints.
 
 One model per file, as in diffusers: :class:`DDPMConfig` holds every choice that shapes the
-network and the noise schedule and round-trips to JSON; :func:`build_unet` turns it into a
-diffusers ``UNet2DModel`` and :func:`build_scheduler` into the ``DDPMScheduler`` it was trained
-with.  Checkpoints are folders in the format shared by every family (:mod:`.checkpoint`), with
-the modules ``unet`` and (when trained with EMA) ``ema``.
+network, and in its ``scheduler`` section (:class:`~workbench.models.scheduler.SchedulerConfig`,
+diffusers' scheduler settings) the noise schedule; it round-trips to JSON.  :func:`build_unet`
+turns it into a diffusers ``UNet2DModel`` and :func:`build_scheduler` into the ``DDPMScheduler``
+it was trained with; :func:`generate` makes images with DDIM or the ancestral sampler.
+Checkpoints are folders in the format shared by every family (:mod:`.checkpoint`), with the
+modules ``unet`` and (when trained with EMA) ``ema``; the family's record is in :mod:`.family`.
 
 Example
 -------
@@ -19,11 +21,9 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .checkpoint import CONFIG, TRAINING, WEIGHTS, read_config, read_training_info  # noqa: F401
+from .checkpoint import CONFIG, TRAINING, WEIGHTS, read_training_info  # noqa: F401
 from .config import ModelConfig, model_config
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from .scheduler import SchedulerConfig, denoise
 
 #: Network sizes.  ``tiny`` trains at ~0.35 s per step (batch 16, 64x64x5, bf16) on a 2-core CPU.
 #: It goes four levels deep (64 -> 8 pixels at 64x64): the deep, cheap levels give it the global
@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @model_config
 class DDPMConfig(ModelConfig):
-    """Everything that shapes a DDPM: the UNet and its training noise schedule.
+    """Everything that shapes a DDPM: the UNet, and its training noise schedule in ``scheduler``.
 
     Parameters
     ----------
@@ -50,18 +50,22 @@ class DDPMConfig(ModelConfig):
     attention : self-attention at the lowest resolution and in the middle block.
     attention_head_dim : channels per attention head.
     norm_num_groups : GroupNorm groups (must divide every entry of ``block_out_channels``).
-    num_train_timesteps, beta_schedule, beta_start, beta_end : the forward noise schedule
-        (``beta_schedule="squaredcos_cap_v2"`` is the cosine schedule).
-    prediction_type : what the UNet predicts: ``"epsilon"`` (noise), ``"v_prediction"`` or ``"sample"``.
+    scheduler : the noise schedule (:class:`~workbench.models.scheduler.SchedulerConfig`):
+        ``num_train_timesteps``, ``beta_schedule`` (``"squaredcos_cap_v2"`` is the cosine schedule),
+        ``beta_start``, ``beta_end``, ``prediction_type`` (what the UNet predicts: ``"epsilon"``
+        (noise), ``"v_prediction"`` or ``"sample"``) and ``clip_sample``; set them by name like any
+        option (``DDPMConfig.preset("tiny", ..., beta_schedule="squaredcos_cap_v2")``).
     num_classes : 0 for an unconditional model; otherwise the number of class labels (e.g. 2:
         tumour absent / present in the slice, normal / pneumonia) the UNet is conditioned on.
     preset : name of the preset it was made from (informative only).
     """
 
     family: ClassVar[str] = "ddpm"
-    VERSION: ClassVar[int] = 2
+    #: 3: the noise schedule in its own ``scheduler`` section (versions 1-2 held its keys at the top)
+    VERSION: ClassVar[int] = 3
     PRESETS: ClassVar[dict] = PRESETS
     TUPLE_FIELDS: ClassVar[tuple] = ("channels", "block_out_channels")
+    NESTED: ClassVar[dict] = {"scheduler": SchedulerConfig}
 
     image_size: int
     channels: tuple[str, ...]
@@ -70,14 +74,10 @@ class DDPMConfig(ModelConfig):
     attention: bool = False
     attention_head_dim: int = 8
     norm_num_groups: int = 8
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_classes: int = 0
     preset: str | None = None
-    version: int = field(default=2)
+    version: int = field(default=3)
 
     @property
     def levels(self) -> int:
@@ -101,14 +101,6 @@ class DDPMConfig(ModelConfig):
                 f"block_out_channels {self.block_out_channels}")
         if self.attention and (self.attention_head_dim < 1 or self.block_out_channels[-1] % self.attention_head_dim):
             bad(f"attention_head_dim {self.attention_head_dim} must divide {self.block_out_channels[-1]}")
-        if self.num_train_timesteps < 2:
-            bad(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            bad(f"beta_schedule {self.beta_schedule!r} is not one of {BETA_SCHEDULES}")
-        if not 0 < self.beta_start < self.beta_end < 1:
-            bad(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            bad(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0 or self.num_classes == 1:
             bad(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
         return self
@@ -144,18 +136,24 @@ def build_unet(config: DDPMConfig):
                   attention_head_dim=config.attention_head_dim, num_classes=config.num_classes)
 
 
-def build_scheduler(config: DDPMConfig):
-    """The diffusers ``DDPMScheduler`` (training noise schedule) for ``config``."""
-    from diffusers import DDPMScheduler
+def build_scheduler(config: DDPMConfig, sampler: str = "ddpm", *, steps: int | None = None, device=None):
+    """The diffusers scheduler of ``config``'s noise schedule: the training ``DDPMScheduler``, or
+    the sampling scheduler ``sampler`` (``"ddpm"`` / ``"ddim"``) set to ``steps`` steps."""
+    return config.scheduler.build(sampler, steps=steps, device=device)
 
-    return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type=config.prediction_type,
-        clip_sample=True,
-    )
+
+def generate(loaded, seeds, *, labels=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+             ema: bool = True, amp, device, on_step=None, **_):
+    """Images ``(len(seeds), C, H, W)`` in [-1, 1] from a loaded DDPM (the family's sampler).
+
+    ``loaded`` is a :class:`~workbench.models.checkpoint.LoadedModel`; image ``i`` depends only on
+    ``seeds[i]``, the weights and the sampler settings.
+    """
+    config = loaded.config
+    scheduler = build_scheduler(config, sampler, steps=steps, device=device)
+    shape = (config.in_channels, config.image_size, config.image_size)
+    return denoise(loaded.sampling_module(ema=ema), scheduler, seeds, shape, labels=labels, eta=eta, sampler=sampler,
+                   amp=amp, device=device, on_step=on_step)
 
 
 # -- checkpoints (the folder format is shared by every family: see checkpoint.py) -----------------

@@ -832,10 +832,27 @@ def _cutout(x, generator, ratio: float = 0.5):
 
 _AUGMENT = {"color": _color, "translation": _translation, "cutout": _cutout}
 
+
+# -- sampling ------------------------------------------------------------------------------------
+def generate(loaded, seeds, *, labels=None, truncation_psi: float = 1.0, ema: bool = True, amp, device,
+             on_step=None, **_) -> torch.Tensor:
+    """Images ``(len(seeds), C, H, W)`` from a loaded GAN (the family's sampler): the (EMA)
+    generator with truncation ``truncation_psi`` and constant noise inputs; image ``i``'s latent
+    comes from a generator seeded ``seeds[i]``."""
+    net = loaded.sampling_module(ema=ema)
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    z = torch.stack([torch.randn(loaded.config.z_dim, generator=g) for g in gens]).to(device)
+    y = None if labels is None else torch.as_tensor(labels, device=device)
+    with torch.no_grad(), amp:
+        x = net(z, y, truncation_psi=truncation_psi, noise_mode="const")
+    if on_step is not None:
+        on_step()
+    return x
+
 __all__ = [
     "AUGMENTATIONS", "D_ARCHITECTURES", "G_ARCHITECTURES", "NOISE_MODES", "PRESETS",
     "Discriminator", "DiscriminatorBlock", "EqualConv2d", "EqualLinear", "GANConfig", "Generator",
     "ModulatedConv2d", "NoiseInjection", "SynthesisBlock", "SynthesisLayer", "ToImage",
-    "build_discriminator", "build_generator", "diff_augment", "discriminator_loss", "generator_loss",
+    "build_discriminator", "build_generator", "diff_augment", "discriminator_loss", "generate", "generator_loss",
     "minibatch_std", "modulated_conv2d", "r1_penalty",
 ]

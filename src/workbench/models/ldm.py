@@ -10,7 +10,8 @@ One model per file, as in diffusers.  A latent diffusion model is trained in two
    :func:`patch_discriminator_loss`) that sharpens the reconstructions.
 2. **Latent UNet.**  With the autoencoder frozen, a diffusers ``UNet2DModel`` (:func:`build_latent_unet`)
    is trained as an ordinary DDPM on the latents of the training images, with the noise schedule of
-   :func:`build_scheduler`.  Sampling denoises a latent and :func:`decode` turns it into an image.
+   the config's ``scheduler`` section (:func:`build_scheduler`).  Sampling (:func:`generate`)
+   denoises a latent and :func:`decode` turns it into an image.
 
 **Scale factor.**  The KL term is tiny, so the latents' spread is whatever the encoder happened to
 learn; the diffusion noise schedule assumes unit variance.  As in the LDM paper (Rombach et al. 2022,
@@ -61,7 +62,7 @@ from torch import nn
 
 from ..errors import WorkbenchError
 from .config import ModelConfig, model_config
-from .ddpm import BETA_SCHEDULES, PREDICTION_TYPES
+from .scheduler import SchedulerConfig, denoise
 
 RECON_LOSSES = ("l1", "mse")
 
@@ -112,17 +113,20 @@ class LDMConfig(ModelConfig):
     unet_attention : self-attention at the UNet's lowest resolution and in its middle block.
     unet_norm_num_groups : GroupNorm groups in the UNet.
     attention_head_dim : channels per attention head in the UNet.
-    num_train_timesteps, beta_schedule, beta_start, beta_end : the forward noise schedule on latents.
-    prediction_type : ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (as for the DDPM).
+    scheduler : the noise schedule on latents (:class:`~workbench.models.scheduler.SchedulerConfig`;
+        by default cosine, ``v_prediction``, and ``clip_sample=False``: latents are not confined to
+        [-1, 1] as images are); set its options by name, as for the DDPM.
     num_classes : 0 for an unconditional model; otherwise the number of class labels the UNet is
         conditioned on (e.g. 2: tumour absent / present, normal / pneumonia).
     preset : name of the preset it was made from (informative only).
     """
 
     family: ClassVar[str] = "ldm"
-    VERSION: ClassVar[int] = 1
+    #: 2: the noise schedule in its own ``scheduler`` section (version 1 held its keys at the top)
+    VERSION: ClassVar[int] = 2
     PRESETS: ClassVar[dict] = PRESETS
     TUPLE_FIELDS: ClassVar[tuple] = ("channels", "ae_block_out_channels", "unet_block_out_channels")
+    NESTED: ClassVar[dict] = {"scheduler": SchedulerConfig}
 
     image_size: int
     channels: tuple[str, ...]
@@ -144,14 +148,11 @@ class LDMConfig(ModelConfig):
     unet_attention: bool = False
     unet_norm_num_groups: int = 8
     attention_head_dim: int = 8
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "v_prediction"
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(
+        beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False))
     num_classes: int = 0
     preset: str | None = None
-    version: int = field(default=1)
+    version: int = field(default=2)
 
     @property
     def downsample_factor(self) -> int:
@@ -222,14 +223,6 @@ class LDMConfig(ModelConfig):
         if self.unet_attention and (self.attention_head_dim < 1 or un[-1] % self.attention_head_dim):
             bad(f"attention_head_dim {self.attention_head_dim} must divide {un[-1]} (the last entry of "
                 f"unet_block_out_channels)")
-        if self.num_train_timesteps < 2:
-            bad(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            bad(f"beta_schedule {self.beta_schedule!r} is not one of {BETA_SCHEDULES}")
-        if not 0 < self.beta_start < self.beta_end < 1:
-            bad(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            bad(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0 or self.num_classes == 1:
             bad(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
         return self
@@ -269,21 +262,23 @@ def build_latent_unet(config: LDMConfig):
                   attention_head_dim=config.attention_head_dim, num_classes=config.num_classes)
 
 
-def build_scheduler(config: LDMConfig):
-    """The diffusers ``DDPMScheduler`` (training noise schedule) of the latent UNet.
+def build_scheduler(config: LDMConfig, sampler: str = "ddpm", *, steps: int | None = None, device=None):
+    """The diffusers scheduler of the latent UNet: the training ``DDPMScheduler``, or the sampling
+    scheduler ``sampler`` (``"ddpm"`` / ``"ddim"``) set to ``steps`` steps."""
+    return config.scheduler.build(sampler, steps=steps, device=device)
 
-    ``clip_sample=False``: latents are not confined to [-1, 1] as images are.
-    """
-    from diffusers import DDPMScheduler
 
-    return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type=config.prediction_type,
-        clip_sample=False,
-    )
+def generate(loaded, seeds, *, labels=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+             ema: bool = True, amp, device, on_step=None, **_):
+    """Images ``(len(seeds), C, H, W)`` in [-1, 1] from a loaded LDM (the family's sampler): denoise
+    latents with the (EMA) latent UNet, then decode them with the checkpoint's ``latent_scale``."""
+    config = loaded.config
+    scale = float(loaded.info.get("latent_scale", 1.0))
+    scheduler = build_scheduler(config, sampler, steps=steps, device=device)
+    z = denoise(loaded.sampling_module(ema=ema), scheduler, seeds, config.latent_shape, labels=labels, eta=eta,
+                sampler=sampler, amp=amp, device=device, on_step=on_step)
+    with torch.no_grad():
+        return decode(loaded.modules["autoencoder"], z.float(), scale=scale)
 
 
 def _groups(channels: int, most: int = 32) -> int:
@@ -432,7 +427,7 @@ def decode(autoencoder, z: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
 # -- measurements on store images ----------------------------------------------------------
 def _batches(images, batch_size: int, device, name: str, progress: bool = False):
     """Yield float32 batches of store images (numpy or tensor, (N, C, H, W), in [0, 1]) mapped to [-1, 1]."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     if batch_size < 1:
         raise WorkbenchError(f"{name}: batch_size must be >= 1, got {batch_size}")

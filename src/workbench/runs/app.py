@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from ..data.atomic import atomic_file
+from ..data import layout
 from ..errors import WorkbenchError
 from .notebook import check_parameters
 
@@ -272,8 +273,8 @@ def serve_app(run, *, port: int = 0, ip: str = HOST, token: str | None = None, o
         raise WorkbenchError("the app's token is empty: give a non-empty one, or none for a random one "
                              "(an empty token would let anyone in)")
     folder = prepare_app(run, reviewer=reviewer, **reader_study)
-    if not (folder.parent / "memorization.json").is_file():
-        print(f"note: {folder.parent / 'memorization.json'} is missing: the pages will say how to make it "
+    if not (folder.parent / layout.MEMORIZATION).is_file():
+        print(f"note: {folder.parent / layout.MEMORIZATION} is missing: the pages will say how to make it "
               f"(notebooks/04_memorization.ipynb, or `make demo`)", flush=True)
     port = _free_port(port, ip)
     host = _url_host(ip)

@@ -13,10 +13,13 @@ every notebook's parameters, defaults and help (the trailing comments of its ``p
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import functools
 import json
+import os
 import shutil
+import sys
 import textwrap
 import time
 import warnings
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from ..data.atomic import atomic_file
 from ..errors import WorkbenchError
+from ..progress import ENV as PROGRESS_ENV
 
 #: the workbench's notebooks (notebooks/ at the top of the repository)
 NOTEBOOK_DIR = Path(__file__).resolve().parents[3] / "notebooks"
@@ -224,6 +228,19 @@ def _title(path: Path) -> str:
     return ""
 
 
+def _defaults(notebook: Path) -> dict:
+    """The values of a notebook's parameters cell (literals; anything else as its source text)."""
+    import ast
+
+    out = {}
+    for name, spec in notebook_parameters(notebook).items():
+        try:
+            out[name] = ast.literal_eval(spec["default"])
+        except (ValueError, SyntaxError):
+            out[name] = spec["default"]
+    return out
+
+
 def parse_value(text: str):
     """Read a command-line parameter value: JSON (numbers, true/false/null, lists) or a string."""
     try:
@@ -233,16 +250,73 @@ def parse_value(text: str):
 
 
 def export_html(notebook: Path, html: Path) -> Path:
-    """Export an executed notebook to a self-contained HTML page."""
+    """Export an executed notebook to a self-contained HTML page.
+
+    A cell's consecutive prints are merged and a text progress bar's redraws (``\\r``) collapse to
+    its last line, as a terminal would show them."""
     import nbformat
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
+    exporter = HTMLExporter(config=Config({"CoalesceStreamsPreprocessor": {"enabled": True}}))
     with warnings.catch_warnings():  # scrapbook's records have no HTML form, by design
         warnings.filterwarnings("ignore", message=".*scrapbook.scrap.*")
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     with atomic_file(html) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return html
+
+
+# -- what the kernel prints reaches the terminal --------------------------------------------------
+@contextlib.contextmanager
+def kernel_environment(variables: dict[str, str]):
+    """Set environment ``variables`` for the kernels started inside the block (they inherit this
+    process's environment), and restore the previous values after it."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class TerminalStream:
+    """Where papermill writes a kernel's stdout or stderr as it comes: ``target`` (a text stream).
+
+    On a terminal the text passes unchanged, so a text progress bar (``\r`` + its line) redraws in
+    place.  Anywhere else (a log file, a pipe, a test's capture) each redraw becomes a line of its
+    own, so the log reads as lines and keeps every bar's last state.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        try:
+            self.tty = bool(target.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.line_start = True
+
+    def write(self, text: str) -> int:
+        if self.tty:
+            self.target.write(text)
+            return len(text)
+        pieces = text.replace("\r\n", "\n").split("\r")
+        for i, piece in enumerate(pieces):
+            if i and not self.line_start:  # a redraw: end the line it redraws
+                self.target.write("\n")
+                self.line_start = True
+            if piece.strip(" ") == "":  # a bar clearing its line (leave=False): nothing to keep
+                continue
+            self.target.write(piece)
+            self.line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = True,
@@ -251,7 +325,10 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
 
     Writes ``out/<name>.ipynb`` (and ``out/<name>.html``) and returns the notebook's path.
     Parameters the notebook does not declare, or values of clearly the wrong kind, are refused
-    first (:func:`check_parameters`), before anything runs or is written.
+    first (:func:`check_parameters`), before anything runs or is written.  The kernel draws its
+    progress bars as plain text (``WORKBENCH_PROGRESS=text``, :mod:`workbench.progress`); with
+    ``progress`` what it prints to stdout and stderr, those bars included, is forwarded to this
+    process's stdout and stderr as it comes.
 
     >>> run_notebook("01_prepare_data", "runs/mine", {"phantom_subjects": 4})   # doctest: +SKIP
     """
@@ -264,10 +341,14 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
     target = out / src.name
     failed = out / f"{src.stem}.FAILED.ipynb"
     started = time.time()
-    with atomic_file(target) as tmp:
+    # the kernel's bars are plain text (workbench.progress), and with `progress` its stdout and stderr
+    # reach this terminal, each stage's own bars with their ETA; papermill's cell counter would
+    # redraw over them, so it is off then
+    forward = dict(stdout_file=TerminalStream(sys.stdout), stderr_file=TerminalStream(sys.stderr)) if progress else {}
+    with atomic_file(target) as tmp, kernel_environment({PROGRESS_ENV: "text"}):
         try:
-            pm.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=progress,
-                                log_output=log_output, kernel_name="python3")
+            pm.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=False,
+                                log_output=log_output, kernel_name="python3", **forward)
         except pm.PapermillExecutionError as err:
             tmp.replace(failed)
             raise WorkbenchError(
@@ -277,6 +358,10 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
         failed.unlink()
     if html:
         export_html(target, target.with_suffix(".html"))
+    from .run import record_stage
+
+    # run.json: what ran, with every parameter (the notebook's defaults too), how long, where it wrote
+    record_stage(out, src.stem, {**_defaults(src), **params}, seconds=time.time() - started)
     if progress:
         print(f"ran {src.name} in {time.time() - started:.0f} s -> {target}" + (f" (+ {target.with_suffix('.html').name})" if html else ""))
     return target

@@ -2,7 +2,8 @@
 
 :func:`topk_correlation_dask` cuts the reference (a SliceStore or a view of one) into contiguous
 shards of view positions.  Each worker opens the store *by path*, takes the store rows of its
-shard and runs the single-process :func:`~workbench.search.brute.topk_correlation` on it; the
+shard and runs the single-process search on it (streaming brute force, or a pruned search of an
+index built there: the ``method`` of :func:`~workbench.search.topk_correlation`); the
 queries travel once to every worker, the images of the reference never travel at all.  Every
 shard returns its exact float64 top-k, so the merged top-k (value descending, ties by lower
 index) is identical to the single-process search over the whole reference.
@@ -52,21 +53,24 @@ The compute layer does not need Dask: ``distributed`` is imported only when this
 from __future__ import annotations
 
 import dataclasses
-import re
 import socket
 import traceback
 import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data.store import SliceStore, align_channels
-from ..errors import WorkbenchError
-from .brute import SearchResult, mark_constant_queries, topk_correlation
+from ..errors import TooFewReferenceImages, WorkbenchError
+from .index import METHODS, topk_pruned
+from .result import SearchResult, mark_constant_queries
+from .streaming import topk_streaming
 
 #: shards per worker when ``shards`` is not given
 SHARDS_PER_WORKER = 2
+#: the options of ``topk_correlation`` that the search of each shard takes
+SHARD_OPTIONS = ("device", "method", "channels", "mask", "precision", "block_size")
 
 
 def _queries_array(queries) -> np.ndarray:
@@ -99,16 +103,18 @@ def _unpack_rows(rows) -> np.ndarray:
     return rows
 
 
-#: the message ``topk_correlation`` raises when a reference holds fewer than k non-constant images
-_TOO_FEW = re.compile(r"^k=(\d+) but only (\d+) reference images are non-constant")
-
-
 def _same_kind(err: WorkbenchError, message: str) -> WorkbenchError:
     """A fresh error of ``err``'s class (StoreError stays a StoreError) with ``message``, no remote traceback."""
     try:
         return type(err)(message)
     except Exception:  # a subclass with a different constructor
         return WorkbenchError(message)
+
+
+def _search_in_process(queries, shard, k: int, *, method: str = "auto", **options) -> SearchResult:
+    """The single-process search of one shard, by ``method`` as ``topk_correlation`` chooses it."""
+    search = topk_pruned if method == "pruned" else topk_streaming
+    return search(queries, shard, k, progress=False, **options)
 
 
 def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, label: str,
@@ -138,17 +144,13 @@ def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, la
         with warnings.catch_warnings():  # constant-image warnings are merged and issued once by the client
             warnings.simplefilter("ignore")
             try:
-                return topk_correlation(queries, shard, k=kk, progress=False, **options)
-            except WorkbenchError as err:
+                return _search_in_process(queries, shard, kk, **options)
+            except TooFewReferenceImages as err:
                 # fewer than kk non-constant images in this shard is fine (the other shards hold the
                 # rest; the client checks the total): search for as many as there are
-                m = _TOO_FEW.match(str(err))
-                if not m:
-                    raise
-                n_valid = int(m.group(2))
-                if n_valid == 0:
+                if err.available == 0:
                     return None
-                return topk_correlation(queries, shard, k=n_valid, progress=False, **options)
+                return _search_in_process(queries, shard, err.available, **options)
     except Exception as err:
         where = f"{path}: {label} failed on worker {host}"
         if isinstance(err, WorkbenchError):
@@ -163,7 +165,7 @@ def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, la
 def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int | None = None,
                           progress: bool = False, worker_path=None, torch_threads: int | None = None,
                           **options) -> SearchResult:
-    """:func:`~workbench.search.brute.topk_correlation` with the reference sharded over a Dask cluster.
+    """:func:`~workbench.search.topk_correlation` with the reference sharded over a Dask cluster.
 
     Parameters
     ----------
@@ -178,7 +180,8 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
     progress : show a progress bar over finished shards.
     worker_path : where the workers find the store, if not at ``reference.path`` on them.
     torch_threads : call ``torch.set_num_threads`` in each task (default: leave it alone).
-    **options : passed on to ``topk_correlation`` for each shard (``device``, ``block_size``...).
+    **options : passed on to the search of each shard: ``device``, ``method``, ``channels``,
+        ``mask``, ``precision``, ``block_size`` (as in ``topk_correlation``).
 
     Returns
     -------
@@ -198,6 +201,12 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
             f"reference: the Dask search needs a SliceStore (or a view of one) on storage that every worker can "
             f"read, got a {type(reference).__name__}; write it with StoreWriter to a shared folder and pass "
             "SliceStore.open(path), or call topk_correlation without client= to search in this process")
+    unknown = sorted(set(options) - set(SHARD_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected options {unknown} (the search of a shard takes {', '.join(SHARD_OPTIONS)})")
+    method = options.get("method", "auto")
+    if method not in METHODS:
+        raise WorkbenchError(f"method must be 'auto', 'brute' or 'pruned', got {method!r}")
     queries = align_channels(queries, reference, what="queries")  # paired by channel name, never by position
     from distributed import as_completed  # imported here: the compute layer does not need Dask
 
@@ -264,7 +273,7 @@ def _merge(parts: list, bounds: list[tuple[int, int]], k: int, nq: int, n: int) 
     const_r = np.sort(const_r)
     n_valid = n - len(const_r)
     if n_valid < k:
-        raise WorkbenchError(f"k={k} but only {n_valid} reference images are non-constant")
+        raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
     if len(const_r):
         warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: "
                       f"{const_r[:10].tolist()}", stacklevel=3)

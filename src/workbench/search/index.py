@@ -21,16 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
 from ..device import resolve_device
 from ..errors import WorkbenchError
 from . import pruned
-from .brute import (BLOCK_BYTES, SearchResult, _as_source, _blocks, _channel_index, _normalise,
-                    _pick_precision, _prepare_queries, _search, _Selector, exact_pairs, pad_slices, padded_width,
-                    split_norms)
+from .bounds import split_norms
+from .kernel import exact_pairs, screen_and_rescore
+from .layout import pad_slices, padded_width
+from .normalise import normalise, prepare_queries
+from .precision import pick_precision
+from .result import SearchResult
+from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks
 
 METHODS = ("auto", "brute", "pruned")
 
@@ -50,15 +54,15 @@ class CorrelationIndex:
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
                  block: int = 4, progress: bool = False, _prepared=None):
-        self.reference = _as_source(reference, "reference")
+        self.reference = as_source(reference, "reference")
         shape = tuple(self.reference.shape)
         if shape[0] == 0:
             raise WorkbenchError("empty reference: nothing to index")
         self.image_shape = shape[1:]
-        self.channel_index = _channel_index(self.reference, channels, shape[1])
-        self.select = _Selector(self.image_shape, self.channel_index, mask)
+        self.channel_index = channel_index(self.reference, channels, shape[1])
+        self.select = Selector(self.image_shape, self.channel_index, mask)
         self.device = resolve_device(device)
-        self.dtype = _pick_precision(precision, self.device, prepared=True)
+        self.dtype = pick_precision(precision, self.device, prepared=True)
         if block < 1:
             raise WorkbenchError(f"block must be >= 1 pixel, got {block}")
         self.block = int(block)
@@ -70,9 +74,9 @@ class CorrelationIndex:
             return
         block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
         vectors, constant, coarse, resid, norms = [], [], [], [], []
-        for _, images in tqdm(_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
+        for _, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
                               desc="indexing", unit="block", disable=not progress):
-            x64, c = _normalise(self.select(images), torch.float64)
+            x64, c = normalise(self.select(images), torch.float64)
             low = x64.to(torch.float32).to(self.dtype)
             vectors.append(low)
             if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
@@ -108,7 +112,7 @@ class CorrelationIndex:
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
-        queries = _as_source(align_channels(queries, self.reference, what="queries"), "queries")
+        queries = as_source(align_channels(queries, self.reference, what="queries"), "queries")
         if tuple(queries.shape[1:]) != self.image_shape:
             raise WorkbenchError(f"queries have images of shape {tuple(queries.shape[1:])} but the index was built "
                                  f"on {self.image_shape}")
@@ -116,7 +120,7 @@ class CorrelationIndex:
             raise WorkbenchError("empty queries: nothing to search")
         if not 1 <= k <= len(self):
             raise WorkbenchError(f"k={k} must be between 1 and the reference size {len(self)}")
-        q64, const_q = _prepare_queries(queries, self.select)
+        q64, const_q = prepare_queries(queries, self.select)
         block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
 
         survivors = None
@@ -132,7 +136,7 @@ class CorrelationIndex:
 
         def blocks():
             # a small first block sets each query's running k-th best early: the bf16 screen's
-            # offsets (brute.py) then keep its rounding small for all later blocks
+            # offsets (kernel.py) then keep its rounding small for all later blocks
             first = min(block_size, 256)
             starts = [0, *range(first, len(self), block_size)] if len(self) > first else [0]
             for start in starts:
@@ -152,8 +156,8 @@ class CorrelationIndex:
                 yield (cols, self.vectors[sel].to(self.device), self.constant[cols], mask,
                        None if self.norms is None else self.norms[sel])
 
-        result = _search(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
-                         dtype=self.dtype, dev=self.device, progress=progress)
+        result = screen_and_rescore(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
+                                    dtype=self.dtype, dev=self.device, progress=progress)
         n_pairs = len(q64) * len(self)
         result.stats["method"] = "brute" if survivors is None else "pruned"
         result.stats["full_fraction"] = 1.0 if survivors is None else float(survivors.sum()) / max(n_pairs, 1)
@@ -225,3 +229,11 @@ class CorrelationIndex:
             vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
         return cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
                    block=meta["block"], _prepared=(vectors, constant, coarse, resid, norms))
+
+
+def topk_pruned(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
+                precision: str = "auto", block_size: int | None = None, progress: bool = False) -> SearchResult:
+    """One pruned search (``method="pruned"`` of :func:`~workbench.search.topk_correlation`): index
+    ``reference``, then search it with pruning.  For repeated searches build the index once yourself."""
+    index = CorrelationIndex(reference, channels=channels, mask=mask, precision=precision, device=device)
+    return index.topk(queries, k, method="pruned", block_size=block_size, progress=progress)

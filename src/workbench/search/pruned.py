@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-U32 = 2.0**-24
+from .bounds import U32
 
 
 def block_ids(selector, image_shape, block: int) -> tuple[np.ndarray, int]:

@@ -8,6 +8,6 @@ The model sees images mapped from [0, 1] to [-1, 1].  Which store rows it traine
 optional seeded ``max_images`` subset) is written to ``training.json`` as ``train_rows`` together
 with the store path, so the memorization search compares samples with the images the model saw.
 """
-from .loop import IN_MEMORY_BYTES, latest_checkpoint, train_ddpm, train_model, trainer_class, training_view
+from .loop import IN_MEMORY_BYTES, latest_checkpoint, train_ddpm, train_model, training_view
 
-__all__ = ["IN_MEMORY_BYTES", "latest_checkpoint", "train_ddpm", "train_model", "trainer_class", "training_view"]
+__all__ = ["IN_MEMORY_BYTES", "latest_checkpoint", "train_ddpm", "train_model", "training_view"]

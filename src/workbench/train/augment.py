@@ -3,9 +3,14 @@
 Dar et al. found that augmentation lowers memorization, so it is a training option of every
 family (``augment="flip"``, ``"affine"`` or ``"flip,affine"``).  Transforms act on images in
 [0, 1] before they are mapped to the model's range, so the border that an affine transform
-brings in is background (0).  Channels that hold labels (the tumour segmentation) are resampled
-with nearest neighbours so they stay labels.  All randomness comes from the ``generator`` the
-training loop derives from (seed, step), so a resumed run augments exactly as an uninterrupted one.
+brings in is background (0).  Channels that hold labels (the tumour segmentation; the training
+store says which: :attr:`workbench.data.store.SliceStore.label_channels`) are resampled with
+nearest neighbours so they stay labels, and get no intensity jitter.  All randomness comes from
+the ``generator`` the training loop derives from (seed, step), so a resumed run augments exactly
+as an uninterrupted one.
+
+The copy detector's two views of an image (:mod:`.detector`) are made by the same transforms,
+stronger, plus a per-channel brightness / contrast jitter (``brightness``, ``contrast``).
 
 A left-right flip suits axial brain slices (the brain is nearly symmetric).  It does *not* suit
 chest radiographs, where the heart is on the patient's left: use ``"affine"`` alone for X-rays.
@@ -32,6 +37,10 @@ class Augment:
     max_rotation_deg: float = 5.0
     max_translate: float = 0.04  # fraction of the image size
     max_scale: float = 0.05  # scale in [1 - s, 1 + s]
+    #: per channel (not label channels): add an offset in [-brightness, brightness] after
+    #: multiplying by a gain in [1 - contrast, 1 + contrast], then clip to [0, 1]
+    brightness: float = 0.0
+    contrast: float = 0.0
     label_channels: list[int] = field(default_factory=list)
 
     @classmethod
@@ -49,11 +58,15 @@ class Augment:
         return cls(flip="flip" in parts, affine="affine" in parts, label_channels=list(label_channels))
 
     @property
+    def jitter(self) -> bool:
+        return bool(self.brightness or self.contrast)
+
+    @property
     def enabled(self) -> bool:
-        return self.flip or self.affine
+        return self.flip or self.affine or self.jitter
 
     def describe(self) -> str:
-        return ",".join(k for k in KINDS if getattr(self, k)) or "none"
+        return ",".join([k for k in KINDS if getattr(self, k)] + (["jitter"] if self.jitter else [])) or "none"
 
     def __call__(self, x, generator):
         """Augment a batch ``(N, C, H, W)`` of images in [0, 1] with randomness from ``generator``."""
@@ -85,4 +98,13 @@ class Augment:
                 labels = F.grid_sample(x[:, idx], grid, mode="nearest", padding_mode="zeros", align_corners=False)
                 out[:, idx] = labels
             x = out
+        if self.jitter:
+            c = x.shape[1]
+            gain = 1 + (torch.rand(n, c, generator=generator, device=dev) * 2 - 1) * self.contrast
+            offset = (torch.rand(n, c, generator=generator, device=dev) * 2 - 1) * self.brightness
+            if self.label_channels:
+                idx = torch.tensor(self.label_channels, device=dev)
+                gain[:, idx] = 1.0
+                offset[:, idx] = 0.0
+            x = (x * gain[:, :, None, None].to(x.dtype) + offset[:, :, None, None].to(x.dtype)).clamp_(0.0, 1.0)
         return x

@@ -26,18 +26,19 @@ class DDPMTrainer(Trainer):
 
 
 def diffusion_loss(unet, x0, labels, *, alphas, config, generator, amp):
-    """MSE of the UNet's prediction (noise, v or x0, per ``config.prediction_type``) at a random
+    """MSE of the UNet's prediction (noise, v or x0, per the config's ``scheduler.prediction_type``) at a random
     timestep, for clean inputs ``x0`` (images for the DDPM, scaled latents for latent diffusion)."""
     import torch
     import torch.nn.functional as F
 
+    schedule = config.scheduler
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     a = alphas[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    if config.prediction_type == "epsilon":
+    if schedule.prediction_type == "epsilon":
         target = noise
-    elif config.prediction_type == "v_prediction":
+    elif schedule.prediction_type == "v_prediction":
         target = a.sqrt() * noise - (1 - a).sqrt() * x0
     else:
         target = x0

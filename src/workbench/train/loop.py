@@ -41,36 +41,15 @@ from ..data.store import SliceStore
 from ..errors import CheckpointError, StoreError, WorkbenchError, option_hint
 from ..device import describe as describe_precision
 from ..device import resolve_device, use_bf16
-from ..models.checkpoint import (REQUIRED, TRAINING, WEIGHTS, config_class, read_tensors, read_training_info,
-                                 split_modules, write_model_files)
+from ..models.checkpoint import (REQUIRED, TRAINING, WEIGHTS, read_tensors, read_training_info, split_modules,
+                                 write_model_files)
+from ..models.family import get_family
 from .augment import Augment
 from .state import DOC, load_rng_state, read_trainer_state, rng_state, write_trainer_state
 
 #: Training images are held in memory as one tensor up to this size; larger views stream from disk.
 IN_MEMORY_BYTES = 2 * 1024 ** 3
 CHECKPOINTS = "checkpoints"
-LABEL_CHANNELS = ("seg",)
-
-
-def trainer_class(model: str):
-    from .ddpm import DDPMTrainer
-
-    classes = {"ddpm": DDPMTrainer}
-    try:
-        from .gan import GANTrainer
-
-        classes["gan"] = GANTrainer
-    except ImportError:  # pragma: no cover - while the family is being added
-        pass
-    try:
-        from .ldm import LDMTrainer
-
-        classes["ldm"] = LDMTrainer
-    except ImportError:  # pragma: no cover
-        pass
-    if model not in classes:
-        raise WorkbenchError(f"unknown model {model!r}; choose one of {sorted(classes)}")
-    return classes[model]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -78,11 +57,21 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([int(seed), 7, int(step)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def batch_positions(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+def batch_positions(seed: int, step: int, batch_size: int, n: int, *, distinct: bool = False) -> np.ndarray:
     """Image positions of the batch at ``step``: shuffled epochs, each image once per epoch.
 
     A fixed function of (seed, step), so a resumed run sees the batches it would have seen.
+    ``distinct``: an epoch is ``n // batch_size`` whole batches (the rest of its permutation is
+    left out), so a batch never holds an image twice (contrastive losses need that); otherwise
+    batches run on across the end of an epoch.
     """
+    if distinct:
+        if batch_size > n:
+            raise WorkbenchError(f"train: a batch of {batch_size} distinct images needs at least that many "
+                                 f"images; the view holds {n} (lower batch_size)")
+        epoch, k = divmod(step - 1, n // batch_size)
+        perm = np.random.default_rng([int(seed), 1, int(epoch)]).permutation(n)
+        return perm[k * batch_size:(k + 1) * batch_size].astype(np.int64)
     start = (step - 1) * batch_size
     out = []
     while len(out) < batch_size:
@@ -118,7 +107,7 @@ def _check_hyperparameters(*, steps, batch_size, lr, warmup_steps, max_images, l
 
 def _split_kwargs(trainer_cls, kwargs: dict) -> tuple[dict, dict]:
     """Split extra keyword arguments into model-config overrides and family training options."""
-    config_names = set(config_class(trainer_cls.family).option_names())
+    config_names = set(get_family(trainer_cls.family).config_class.option_names())
     options = {k: v for k, v in kwargs.items() if k in trainer_cls.OPTIONS}
     config = {k: v for k, v in kwargs.items() if k in config_names and k not in options}
     unknown = sorted(set(kwargs) - set(options) - set(config))
@@ -178,19 +167,20 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
                 checkpoint_every: int | None = 500, keep_checkpoints: int | None = 3, resume: bool = False,
                 overwrite: bool = False, log_every: int | None = None, device=None, progress: bool = True,
                 run_name: str | None = None, callback=None, **kwargs) -> Path:
-    """Train a DDPM, a latent diffusion model or a StyleGAN2-type GAN on a SliceStore view.
+    """Train a model of any family (DDPM, latent diffusion, StyleGAN2-type GAN, copy detector) on a SliceStore view.
 
     Parameters
     ----------
     store : SliceStore (or view, e.g. ``store.where(split="train")``) or its path.
     out : run folder; the finished model is a checkpoint folder here (see the module docstring).
-    model : ``"ddpm"``, ``"ldm"`` or ``"gan"``.
+    model : the family: ``"ddpm"``, ``"ldm"``, ``"gan"`` or ``"detector"`` (:mod:`workbench.models.family`).
     preset : network size, ``"tiny"``, ``"small"`` or ``"base"`` (model size is a study variable).
     steps : optimisation steps (for the LDM: latent-UNet steps, after ``ae_steps`` autoencoder steps).
     batch_size, lr, warmup_steps, grad_clip : optimisation (``lr=None``: the family's default).
     seed : seeds everything: subset, data order, noise, initial weights.
     max_images : train on a seeded subset of this many images (small sets are what models memorize).
-    augment : ``None``/"none", ``"flip"``, ``"affine"`` or ``"flip,affine"`` (see :mod:`.augment`).
+    augment : ``None``/"none", ``"flip"``, ``"affine"`` or ``"flip,affine"`` (see :mod:`.augment`); the
+        store's label channels (:attr:`~workbench.data.store.SliceStore.label_channels`) stay labels.
     conditional : condition on the manifest's ``label`` column (tumour in slice; pneumonia vs normal).
     ema, ema_decay, ema_power : keep an exponential moving average of the weights (diffusers
         ``EMAModel`` with warm-up ``1 - (1 + step) ** -ema_power``, capped at ``ema_decay``);
@@ -214,10 +204,10 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     Returns ``out``.  Hyper-parameters out of range raise :class:`WorkbenchError` before any work.
     """
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     # -- check everything before any work --------------------------------------------------------
-    trainer_cls = trainer_class(model)
+    trainer_cls = get_family(model).trainer_class
     _check_hyperparameters(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                            max_images=max_images, log_every=log_every, checkpoint_every=checkpoint_every,
                            keep_checkpoints=keep_checkpoints, ema_decay=ema_decay, grad_clip=grad_clip)
@@ -241,6 +231,9 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     if max_images is not None and max_images < len(store):
         positions = np.sort(rng.choice(len(store), size=int(max_images), replace=False))
     view = store.take(positions)
+    if trainer_cls.DISTINCT_BATCHES and batch_size > len(view):
+        raise WorkbenchError(f"train {model}: batch_size {batch_size} is more than the {len(view)} training images; "
+                             f"every batch holds distinct images, so lower batch_size")
     labels = None
     if conditional:
         raw = view.manifest["label"]
@@ -255,7 +248,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     total = trainer_cls.total_steps(int(steps), {**trainer_cls.OPTIONS, **options})
     log_every = int(log_every or max(1, total // 1000))
     lr = float(lr if lr is not None else trainer_cls.DEFAULT_LR)
-    label_channels = [i for i, c in enumerate(store.channels) if c in LABEL_CHANNELS]
+    label_channels = [store.channel_index(c) for c in store.label_channels]
     augmenter = Augment.parse(augment, label_channels=label_channels)
     # what a resumed run must share with the run it continues
     settings = {
@@ -306,7 +299,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
 
     torch.manual_seed(seed)
     trainer = trainer_cls(config, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, ema=ema,
-                          ema_decay=ema_decay, ema_power=ema_power, bf16=bf16, device=device, options=options)
+                          ema_decay=ema_decay, ema_power=ema_power, bf16=bf16, device=device, options=options,
+                          label_channels=label_channels, total_steps=total)
     trainer.view = view  # the LDM measures its latent scale and reconstruction error on it
     start, history, elapsed, resumed_at = 0, {}, 0.0, []
     if source is not None:
@@ -339,7 +333,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             "steps": int(steps), "steps_done": int(step_done), "total_steps": int(total),
             "batch_size": int(batch_size), "lr": lr, "warmup_steps": int(warmup_steps), "grad_clip": grad_clip,
             "seed": int(seed), "bf16": bool(bf16), "precision": describe_precision(requested_bf16, bf16, device),
-            "augment": augmenter.describe(), "conditional": bool(conditional),
+            "augment": augmenter.describe(), "label_channels": store.label_channels, "conditional": bool(conditional),
             "ema": bool(ema), "ema_decay": float(ema_decay), "ema_power": float(ema_power),
             "options": settings["options"], "device": str(device), "store": settings["store"],
             "store_kind": store.kind, "max_images": max_images, "n_train": int(n_train),
@@ -379,7 +373,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             s = step_seed(seed, step)
             torch.manual_seed(s)
             gen = torch.Generator(device=device).manual_seed(s)
-            x, y = batch(batch_positions(seed, step, batch_size, n_train))
+            x, y = batch(batch_positions(seed, step, batch_size, n_train, distinct=trainer_cls.DISTINCT_BATCHES))
             x = augmenter(x, gen)
             losses = trainer.step(x * 2.0 - 1.0, y, step, gen)
             for name, value in losses.items():

@@ -12,7 +12,7 @@ import copy
 from typing import Any, ClassVar
 
 from ..errors import WorkbenchError
-from ..models.checkpoint import config_class
+from ..models.family import get_family
 from .state import ema_state, load_ema_state, load_optimizer_state, optimizer_state
 
 
@@ -28,12 +28,20 @@ class Trainer:
     MAIN_LOSS: ClassVar[str] = "loss"
     #: EMA copies: ema module name -> module it averages
     EMA_OF: ClassVar[dict[str, str]] = {}
+    #: True: every batch holds distinct images (epochs of whole batches; the last partial batch of
+    #: an epoch is dropped), as a contrastive loss needs; False: batches run across epochs
+    DISTINCT_BATCHES: ClassVar[bool] = False
 
     def __init__(self, config, *, lr: float, warmup_steps: int, grad_clip: float | None, ema: bool,
-                 ema_decay: float, ema_power: float, bf16: bool, device, options: dict):
+                 ema_decay: float, ema_power: float, bf16: bool, device, options: dict,
+                 label_channels=(), total_steps: int | None = None):
         import torch
 
         self.config = config
+        #: positions of the channels that hold label maps (from the training store)
+        self.label_channels = [int(c) for c in label_channels]
+        #: the optimisation steps of the whole run (for learning-rate schedules that decay)
+        self.run_steps = total_steps
         self.lr = float(lr)
         self.warmup_steps = int(warmup_steps)
         self.grad_clip = grad_clip
@@ -93,7 +101,8 @@ class Trainer:
     # -- shared helpers ------------------------------------------------------------------------
     @classmethod
     def make_config(cls, preset: str, *, image_size: int, channels, **overrides):
-        return config_class(cls.family).preset(preset, image_size=image_size, channels=channels, **overrides)
+        return get_family(cls.family).config_class.preset(preset, image_size=image_size, channels=channels,
+                                                          **overrides)
 
     def add_optimizer(self, name: str, params, *, lr: float, **kwargs):
         import torch

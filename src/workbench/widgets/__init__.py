@@ -3,6 +3,8 @@ from .match_browser import MatchBrowser, figure_for, match_images
 from .plots import (channel_grid, ecdf_figure, loss_curve, loss_curves, match_figure, max_r_histogram, montage,
                     overlaid_histograms, setup_notebook, store_overview)
 from .reader_study import ReaderStudy, reader_study_app
+from .report import AnalysisReport, patient_figure, record
 
 __all__ = ["channel_grid", "ecdf_figure", "overlaid_histograms", "store_overview", "figure_for", "loss_curve", "loss_curves", "MatchBrowser", "match_figure",
-           "match_images", "max_r_histogram", "montage", "setup_notebook", "ReaderStudy", "reader_study_app"]
+           "match_images", "max_r_histogram", "montage", "setup_notebook", "ReaderStudy", "reader_study_app",
+           "AnalysisReport", "patient_figure", "record"]

@@ -37,7 +37,6 @@ from .plots import match_figure
 from .render import density_png, overlay_png, to_png
 
 PANELS = ("synthetic", "match", "scatter", "prev", "next")
-SEG_NAMES = ("seg", "segmentation", "mask", "label")
 NEXT_KEYS = ("ArrowRight", "ArrowDown", "PageDown")
 PREVIOUS_KEYS = ("ArrowLeft", "ArrowUp", "PageUp")
 SHOW = {"all": "all images", "flagged": "flagged copies", "not flagged": "not flagged", "unmarked": "not yet marked",
@@ -102,7 +101,8 @@ class MatchBrowser:
         self.best = d.best.set_index("synthetic", drop=False).rename_axis(None)
         self.ids = self.best["synthetic"].to_numpy()
         channels = d.synthetic.channels
-        self.seg = next((i for i, c in enumerate(channels) if c.lower() in SEG_NAMES), None)
+        labels = d.synthetic.label_channels  # recorded in the store (store.json's label_channels)
+        self.seg = d.synthetic.channel_index(labels[0]) if labels else None
         contrasts = [i for i in range(len(channels)) if i != self.seg] or [0]
         if channel is None:
             chan = contrasts[0]

@@ -21,7 +21,9 @@ import ipywidgets as widgets
 from ipyevents import Event
 
 from ..data.store import SliceStore, align_channels
-from ..evaluate.reader_study import AnswerLog, load_answers, load_plan, plan_study, save_plan, summarize
+from ..evaluate.reader_study import (AnswerLog, NoStudyPlanned, load_answers, load_plan, plan_study, save_plan,
+                                      summarize)
+from ..data import layout
 from ..errors import WorkbenchError
 from .render import to_png
 
@@ -44,9 +46,7 @@ class ReaderStudy:
         self.run, self.real, self.synthetic = run, real, synthetic
         try:
             plan = load_plan(run)
-        except WorkbenchError as err:
-            if "no reader study planned" not in str(err):
-                raise
+        except NoStudyPlanned:
             plan = plan_study(real, synthetic, n_real=n_real, n_synthetic=n_synthetic, seed=seed)
             save_plan(run, plan)
         self.plan = plan.set_index("item")
@@ -159,7 +159,7 @@ def study_stores(run) -> tuple[SliceStore, SliceStore]:
     ``test`` split of its ``train_store``, synthetic images its ``synthetic_store``.
     """
     run = Path(run).resolve()
-    source = run / "memorization.json"
+    source = run / layout.MEMORIZATION
     if not source.is_file():
         raise WorkbenchError(f"{source}: missing; the reader study takes its images from the memorization stage")
     try:

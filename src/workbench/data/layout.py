@@ -1,0 +1,89 @@
+"""Every file name of a run folder, in one place: nothing else in the package spells them.
+
+A run folder holds one experiment (see ``DESIGN.md``)::
+
+    runs/<name>/
+        run.json                    what the run is: stages, their parameters, where each output lives
+        store/                      the prepared SliceStore (or run.json points at one elsewhere)
+        model/                      the checkpoint (model.safetensors, config.json, training.json)
+        synthetic/                  the synthetic SliceStore the model sampled
+        detector/                   the copy detector the analysis trained
+        memorization.json           the analysis' key figures; written last, so it marks a complete analysis
+        copy_analysis.json          thresholds, copy rates, C_T: the analysis summary
+        copy_flags.parquet          one row per synthetic image: best matches, similarities, copy flags
+        matches_synthetic.parquet   top-k training matches of every synthetic image (pixel r)
+        matches_synthetic_subjects.parquet   best match from each of the k most similar subjects
+        patients.csv, per_channel.csv        the patient table and the per-channel search
+        similarities.npz            every search's similarities (the analysis is recomputed from them)
+        marks.csv                   reviewers' marks of matches
+        reader_study/               the reader study's plan and each reader's answers
+        release/                    what ``workbench release`` wrote
+        <notebook>.ipynb / .html    each stage's executed notebook
+
+>>> from workbench.data import layout
+>>> layout.MARKS
+'marks.csv'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: the run's description (versioned: :data:`RUN_VERSION`)
+RUN_JSON = "run.json"
+#: the version of ``run.json`` this code writes and reads
+RUN_VERSION = 1
+
+# outputs of the stages, as folders of the run
+STORE = "store"
+MODEL = "model"
+SYNTHETIC = "synthetic"
+DETECTOR = "detector"
+PHANTOM = "phantom"
+RELEASE = "release"
+READER_STUDY = "reader_study"
+
+# the analysis
+MEMORIZATION = "memorization.json"
+COPY_ANALYSIS = "copy_analysis.json"
+COPY_FLAGS = "copy_flags.parquet"
+MATCHES = "matches_synthetic.parquet"
+SUBJECT_MATCHES = "matches_synthetic_subjects.parquet"
+PATIENTS = "patients.csv"
+PER_CHANNEL = "per_channel.csv"
+SIMILARITIES = "similarities.npz"
+#: every file the analysis writes; :data:`MEMORIZATION` last, so its presence means the rest is there
+ANALYSIS_FILES = (SIMILARITIES, COPY_ANALYSIS, COPY_FLAGS, MATCHES, SUBJECT_MATCHES, PATIENTS, PER_CHANNEL, MEMORIZATION)
+
+# people's work
+MARKS = "marks.csv"
+READER_PLAN = "plan.csv"
+
+# the demo
+DEMO_RECORD = "demo.json"
+
+#: which output each stage's notebook writes: stage -> (the run's name for it, the notebook parameter naming it)
+STAGE_OUTPUTS = {
+    "01_prepare_data": ("store", "store"),
+    "02_train": ("model", "out"),
+    "03_sample": ("synthetic", "out"),
+    "04_memorization": ("analysis", "run"),
+}
+
+#: how to make what a run lacks, for error messages
+HOW_TO_MAKE = {
+    "store": "notebooks/01_prepare_data.ipynb (`workbench run 01_prepare_data RUN` or `workbench data prepare`)",
+    "model": "notebooks/02_train.ipynb (`workbench run 02_train RUN` or `workbench train`)",
+    "synthetic": "notebooks/03_sample.ipynb (`workbench run 03_sample RUN` or `workbench sample`)",
+    "analysis": "`workbench analyze RUN` (or notebooks/04_memorization.ipynb)",
+}
+
+
+def notebook_outputs(run, notebook: str) -> tuple[Path, Path]:
+    """Where ``workbench run`` writes a stage's executed notebook and its HTML export in ``run``."""
+    run = Path(run)
+    return run / f"{notebook}.ipynb", run / f"{notebook}.html"
+
+
+def reader_answers(run, reader: str) -> Path:
+    """One reader's answers file in the run's reader study."""
+    return Path(run) / READER_STUDY / f"{reader}.csv"

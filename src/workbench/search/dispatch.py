@@ -1,0 +1,75 @@
+"""The one entry point, :func:`topk_correlation`: it sends a search to the method that runs it.
+
+``distinct=`` → :mod:`~workbench.search.subjects` (which searches through this function again),
+``client=`` → :mod:`~workbench.search.distributed` (Dask), ``method="pruned"`` →
+:mod:`~workbench.search.index` (a pruned search of a fresh index), otherwise
+:mod:`~workbench.search.streaming` (brute force over the streamed reference).  No module of the
+search imports this one.
+"""
+from __future__ import annotations
+
+from ..data.store import align_channels
+from ..errors import WorkbenchError
+from .distributed import topk_correlation_dask
+from .index import METHODS, topk_pruned
+from .result import SearchResult
+from .streaming import topk_streaming
+from .subjects import topk_distinct
+
+
+def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
+                     mask=None, distinct=None, precision: str = "auto", block_size: int | None = None,
+                     progress: bool = False, client=None, **dask_options) -> SearchResult:
+    """For each query image, the ``k`` reference images with the highest Pearson r (exact).
+
+    Parameters
+    ----------
+    queries, reference : numpy arrays or torch tensors ``(N, C, H, W)`` / ``(N, H, W)``, or
+        SliceStores (views too).  r is computed over all selected pixels of all selected channels.
+    k : matches per query.
+    device : ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+    method : ``"brute"`` (stream the reference, screen every pair), ``"pruned"`` (prepare a
+        :class:`~workbench.search.CorrelationIndex` and prune with block-mean bounds; for
+        repeated searches build the index once yourself) or ``"auto"`` (``"brute"`` for now).
+    channels : channel names (SliceStores) or positions to use; default all.
+    mask : boolean ``(H, W)`` (same for every channel) or ``(C, H, W)``: r over these pixels only
+        (e.g. the brain).
+    distinct : ``"subject"`` (or another manifest column of a SliceStore reference, or an array
+        of one label per reference image): return the best match from each of the ``k`` best
+        different subjects, so a user sees whether one patient dominates.
+    precision : the screen's precision, ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 on the CPU,
+        bf16 on GPUs; a :class:`CorrelationIndex` uses bf16 on CPUs with AMX / AVX-512 BF16).
+        The answer is exact either way.
+    block_size : reference images per block (default: about 128 MB of float32).
+    client : a ``dask.distributed.Client``: shard the reference store across its workers
+        (see :mod:`workbench.search.distributed`).
+
+    Returns
+    -------
+    SearchResult with ``values`` (Q, k) descending and ``indices`` (Q, k) into ``reference``.
+
+    >>> values, indices = topk_correlation(synthetic, store.where(split="train"), k=5)   # doctest: +SKIP
+    """
+    # stores are paired by channel name: queries are read in the reference's channel order
+    queries = align_channels(queries, reference, what="queries")
+    if distinct is not None:
+        return topk_distinct(topk_correlation, queries, reference, k, distinct, device=device, method=method,
+                             channels=channels, mask=mask, precision=precision, block_size=block_size,
+                             progress=progress, client=client, **dask_options)
+    if method not in METHODS:
+        raise WorkbenchError(f"method must be 'auto', 'brute' or 'pruned', got {method!r}")
+    if client is not None:
+        unknown = sorted(set(dask_options) - {"shards", "worker_path", "torch_threads"})
+        if unknown:
+            raise TypeError(f"unexpected options {unknown} (with client=: shards, worker_path, torch_threads)")
+
+        return topk_correlation_dask(queries, reference, k, client=client, device=device, method=method, channels=channels,
+                                     mask=mask, precision=precision, block_size=block_size, progress=progress,
+                                     **dask_options)
+    if dask_options:
+        raise TypeError(f"unexpected options {sorted(dask_options)}")
+    if method == "pruned":
+        return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
+                           block_size=block_size, progress=progress)
+    return topk_streaming(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
+                          block_size=block_size, progress=progress)

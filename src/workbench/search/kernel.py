@@ -1,0 +1,227 @@
+"""The exact search kernel: a low-precision screen of every pair, then a float64 rescore of the few
+that can still be in the top k.
+
+Pearson r of two images is the dot product of their z-normalised, unit-norm pixel vectors
+(all selected pixels of all selected channels).  So the search is one matrix product of the
+normalised queries with the normalised reference, done block by block as the reference streams
+by (:mod:`workbench.search.streaming`) or is read from a prepared index
+(:mod:`workbench.search.index`).
+
+Screen.  Each block is multiplied in bfloat16 (AMX on CPU, tensor cores on GPU; about 5x the
+float32 rate here) or float32, in slices of SCREEN_CHUNK pixels whose partial products are
+summed in float64 (:mod:`workbench.search.layout`).  Every screened value comes with a bound on
+its error (:mod:`workbench.search.bounds`: per pair for bf16, one for all pairs for float32).
+
+Rescore.  Each pair gets a screened interval [s~ - e, s~ + e] that holds its true r.  Let L be a
+query's k-th largest lower end: its true k-th best r is at least L.  So every image whose upper
+end reaches L is a candidate (tracked with the running L as blocks stream by, which is never
+above the final L), and the candidates are rescored in float64 over the stored values.  The top
+k of the rescored candidates is the float64 brute-force top k (ties to the lower index).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from ..progress import tqdm
+
+from ..errors import TooFewReferenceImages
+from .bounds import pair_error, screen_error_bound, split_norms
+from .layout import PAD, SCREEN_CHUNK, offset_columns, pad_slices, slice_bounds
+from .normalise import normalise, single_thread
+from .result import SearchResult, mark_constant_queries
+from .sources import read_rows
+
+
+def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
+                       n_reference: int, dtype, dev, progress: bool, ref_lift: float = 0.0,
+                       stacklevel: int = 3) -> SearchResult:
+    """Screen normalised reference blocks, then rescore exactly.
+
+    ``blocks`` yields ``(cols, vectors, constant, pair_mask, norms)``: the reference positions of
+    the block's rows, their low-precision unit vectors, which are constant, optionally a
+    (Q, len(cols)) mask of the pairs to evaluate (pruned pairs are left out), and for a bf16
+    screen the rows' split norms (:func:`~workbench.search.bounds.split_norms`).  ``ref_lift`` is
+    added to every reference's ||y_l|| (NORMALISE_F32 where the reference was normalised in
+    float32).  ``stacklevel``: where the warnings about constant images point, counted from here
+    (3: the caller of this function's caller).  Raises :class:`~workbench.errors.TooFewReferenceImages`
+    when fewer than ``k`` reference images are non-constant.
+    """
+    eps = screen_error_bound(select.dim, dtype)
+    per_pair = dtype == torch.bfloat16
+    q32 = q64.to(torch.float32)
+    q_lo = q32.to(dtype)
+    nq = len(q64)
+    qn = None
+    if per_pair:
+        qn = split_norms(q64, q_lo).to(dev)
+        q_lo = pad_slices(q_lo, 0.0)
+        off_cols = torch.tensor(offset_columns(select.dim), device=dev)
+        # each query's share of its energy per slice: the offset of slice c is t * share_c
+        share = torch.stack([(q64[:, a:b] ** 2).sum(dim=1) for a, b in slice_bounds(select.dim)], dim=1).float().to(dev)
+        t_sum = torch.zeros(nq, dtype=torch.float64, device=dev)
+        t_abs = torch.zeros(nq, device=dev)
+    q_lo = q_lo.to(dev)
+    # screen: running k-th best lower bound per query, and the candidate pairs with their upper bound
+    run_top = torch.full((nq, 0), -math.inf, device=dev)
+    cand_q, cand_r, cand_s = [], [], []
+    const_r = []
+    screened = 0
+    dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
+    try:
+        bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
+        for cols, r_lo, c, pair_mask, rn in blocks:
+            if c.any():
+                const_r.append(cols[c])
+            if per_pair:
+                if rn is None:
+                    raise AssertionError("a bf16 screen needs the reference's split norms")
+                rn = rn.to(dev)
+                if ref_lift:
+                    rn = rn + torch.tensor([0.0, ref_lift], dtype=rn.dtype, device=dev)
+            offsets = None
+            if per_pair:
+                if run_top.shape[1] == k:  # offsets at the running k-th best lower bound
+                    t = run_top[:, -1].clamp(-1, 1)
+                    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+                    tc = (t[:, None] * share).to(dtype)
+                    q_lo[:, off_cols] = -tc
+                    t_sum = tc.double().sum(dim=1)
+                    t_abs = tc.float().abs().sum(dim=1)
+                offsets = (t_sum, t_abs)
+            s, err = screen(q_lo, r_lo, qn, rn, eps, offsets)
+            lower, upper = s - err, s + err
+            screened += s.numel() if pair_mask is None else int(pair_mask.sum())
+            off = None
+            if c.any():
+                off = torch.from_numpy(c).to(dev)[None, :].expand_as(lower).clone()
+            if pair_mask is not None:
+                pm = ~pair_mask.to(dev)
+                off = pm if off is None else off | pm
+            if dead is not None:
+                off = dead[:, None].expand_as(lower).clone() if off is None else off | dead[:, None]
+            if off is not None:
+                lower = lower.masked_fill(off, -math.inf)
+                upper = upper.masked_fill(off, -math.inf)
+            kb = min(k, lower.shape[1])
+            run_top = torch.topk(torch.cat([run_top, torch.topk(lower, kb, dim=1).values], dim=1),
+                                 min(k, run_top.shape[1] + kb), dim=1).values
+            level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
+            qi, ri = torch.nonzero((upper >= level[:, None]) & (upper > -math.inf), as_tuple=True)
+            cand_q.append(qi.cpu())
+            cand_r.append(torch.from_numpy(cols)[ri.cpu()])
+            cand_s.append(upper[qi, ri].cpu())
+            bar.update(len(c))
+        bar.close()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    const_r = np.concatenate(const_r) if const_r else np.zeros(0, dtype=np.int64)
+    if n_reference - len(const_r) < k:
+        n_valid = n_reference - len(const_r)
+        raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
+    if len(const_r):
+        warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: "
+                      f"{const_r[:10].tolist()}", stacklevel=stacklevel)
+
+    # keep the candidates that can still reach the final k-th place, and rescore them exactly
+    final_level = run_top[:, -1].cpu() if run_top.shape[1] else torch.full((nq,), -math.inf)
+    qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
+    keep = si >= final_level[qi]
+    qi, ri = qi[keep].numpy(), ri[keep].numpy()
+    values, indices = _rescore(q64, reference, select, qi, ri, k, nq)
+    mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
+    stats = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
+             "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
+             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
+
+
+def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
+    """Screened products and their per-pair error bound (:mod:`workbench.search.bounds`).
+
+    float32 (``qn`` None): vectors longer than SCREEN_CHUNK are multiplied in slices whose
+    partial products are summed in float64; every pair gets the uniform bound ``eps``.
+    bf16: both sides are in the padded layout (:func:`~workbench.search.layout.pad_slices`);
+    ``offsets`` = ``(t_sum, t_abs)`` per query, the sum and the sum of |t| of the offsets written
+    into the query's offset columns (each slice's product comes out as x_c.y_c - t_c, so its bf16
+    rounding is relative to the small difference, not to r).
+    """
+    if qn is None:
+        dim = q_lo.shape[1]
+        if dim <= SCREEN_CHUNK:
+            return (q_lo @ r_lo.T).float(), eps
+        acc = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
+        for a in range(0, dim, SCREEN_CHUNK):
+            acc += (q_lo[:, a:a + SCREEN_CHUNK] @ r_lo[:, a:a + SCREEN_CHUNK].T).double()
+        return acc.float(), eps  # rounding to float32 adds at most u32 |s|, inside the bound's slack
+    width = q_lo.shape[1]
+    t_sum, t_abs = offsets
+    step = SCREEN_CHUNK + PAD
+    if width <= step:
+        part = (q_lo @ r_lo.T).float()
+        out_abs = part.abs()
+        s = part.double()
+    else:
+        s = torch.zeros((q_lo.shape[0], r_lo.shape[0]), dtype=torch.float64, device=q_lo.device)
+        out_abs = torch.zeros((q_lo.shape[0], r_lo.shape[0]), device=q_lo.device)
+        for a in range(0, width, step):
+            part = (q_lo[:, a:a + step] @ r_lo[:, a:a + step].T).float()
+            s += part
+            out_abs += part.abs()
+    s += t_sum[:, None]
+    return s.float(), pair_error(qn, rn, out_abs, t_abs)
+
+
+def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int):
+    """Exact float64 r of each candidate pair; per query the top k (ties to the lower index)."""
+    order = np.argsort(ri, kind="stable")
+    qi, ri = qi[order], ri[order]
+    exact = _exact_sorted(q64, reference, select, qi, ri)
+    values = np.full((nq, k), -np.inf)
+    indices = np.full((nq, k), -1, dtype=np.int64)
+    by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
+    qs, first = np.unique(qi[by_query], return_index=True)
+    for q, f in zip(qs, first):
+        pick = by_query[f:f + k]
+        pick = pick[qi[pick] == q]
+        values[q, :len(pick)] = exact[pick]
+        indices[q, :len(pick)] = ri[pick]
+    return values, indices
+
+
+def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact float64 r of the pairs (qi[j], ri[j]), reading the reference rows once each."""
+    order = np.argsort(ri, kind="stable")
+    out = np.empty(len(qi))
+    out[order] = _exact_sorted(q64, reference, select, qi[order], ri[order])
+    return out
+
+
+def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact r of pairs sorted by reference row: each row is read and normalised in float64 once,
+    then one float64 dot product per pair (a pair's value never depends on the other pairs).
+
+    The dot products are numpy's BLAS ``ddot`` held to one thread (twice the speed of
+    ``torch.dot`` here): a threaded BLAS sums in a thread-count-dependent order, and every
+    process, Dask workers included, must give each pair the same bits.
+    """
+    exact = np.empty(len(qi))
+    rows = np.unique(ri)
+    qn = q64.numpy()
+    step = max(1, 2**21 // (8 * select.dim))  # rows per chunk: ~2 MB of float64, so the passes stay in cache
+    with single_thread(), threadpool_limits(limits=1, user_api="blas"):
+        for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
+            chunk = rows[s:s + step]
+            r64 = normalise(select(read_rows(reference, chunk)), torch.float64)[0].numpy()
+            lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
+            local = np.searchsorted(chunk, ri[lo:hi])
+            # by query within the chunk: a query's candidates are often neighbouring rows, so its
+            # vector is fetched once for them (the chunk's rows are in cache already)
+            for j in np.argsort(qi[lo:hi], kind="stable"):
+                exact[lo + j] = qn[qi[lo + j]] @ r64[local[j]]
+    return exact

@@ -1,0 +1,61 @@
+"""Z-normalisation: image rows to zero-mean unit vectors, whose dot product is Pearson r.
+
+The exact float64 side (queries, the rescore) must give every pair the same bits in every
+process, Dask workers included, whatever their thread count: :class:`single_thread` holds torch
+to one thread where that matters.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import WorkbenchError
+from .sources import iter_blocks
+
+
+def normalise(flat: np.ndarray, dtype, device="cpu") -> tuple[torch.Tensor, np.ndarray]:
+    """Z-normalised unit vectors in ``dtype`` (computed in float64 for float64, else float32).
+
+    Works in place on a private copy: this runs on every reference block, so it is kept to a
+    few passes over memory.
+    """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    # blocks are private copies (SliceStore.read, iter_blocks), so this may work on them in place
+    x = torch.from_numpy(np.ascontiguousarray(flat)).to(device=device, dtype=work)
+    mean = x.mean(dim=1, keepdim=True)
+    if not torch.isfinite(mean).all():  # a NaN or inf anywhere in a row reaches its mean
+        raise WorkbenchError("images contain non-finite pixels (NaN or inf)")
+    x.sub_(mean)
+    norm = torch.linalg.vector_norm(x, dim=1)
+    # constant: what is left after centring is rounding noise, below 1e-6 of the pixel level
+    # (rms deviation <= 1e-6 |mean|); an all-zero image has norm 0
+    constant = norm <= 1e-6 * mean[:, 0].abs() * math.sqrt(x.shape[1])
+    x.div_(torch.where(constant, torch.ones_like(norm), norm)[:, None])
+    if constant.any():
+        x[constant] = 0
+    return x.to(dtype), constant.cpu().numpy()
+
+
+class single_thread:
+    """Run torch single-threaded: MKL's dot product sums in a thread-count-dependent order, and
+    every process (Dask workers included) must give each pair the same float64 bits."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+def prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
+    """Exact float64 z-normalised queries and their constant mask."""
+    q64, const_q = [], []
+    for _, block in iter_blocks(queries, 1024):
+        with single_thread():  # the same bits in every process, whatever its thread count
+            x, c = normalise(select(block), torch.float64)
+        q64.append(x)
+        const_q.append(c)
+    return torch.cat(q64), np.concatenate(const_q)

@@ -1,0 +1,92 @@
+"""Input adapters: numpy arrays, torch tensors and SliceStores (views too) as one source of image rows.
+
+A source is read block by block (:func:`iter_blocks`, the streaming screen) or by row positions
+(:func:`read_rows`, the exact rescore); :class:`Selector` picks the pixels that enter r (the
+chosen channels, within the mask) and flattens them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.store import SliceStore
+from ..errors import WorkbenchError
+
+#: reference images per block: about this many bytes of float32 per block
+BLOCK_BYTES = 128 * 2**20
+
+
+def as_source(x, name: str):
+    """Wrap numpy arrays, torch tensors and SliceStores in one block-reading interface."""
+    if isinstance(x, SliceStore):
+        return x
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        if x.ndim == 3:  # (N, H, W): one channel
+            x = x[:, None]
+        if x.ndim != 4:
+            raise WorkbenchError(f"{name}: expected images (N, C, H, W) or (N, H, W), got shape {x.shape}")
+        return x
+    raise WorkbenchError(f"{name}: expected a numpy array, torch tensor or SliceStore, got {type(x).__name__}")
+
+
+def iter_blocks(src, size: int):
+    """``(start, images)`` for consecutive blocks of ``size`` rows; every block is a private copy."""
+    if isinstance(src, SliceStore):
+        yield from src.blocks(size)
+    else:  # copies: normalisation works on blocks in place and must not touch the caller's array
+        for start in range(0, len(src), size):
+            yield start, np.array(src[start:start + size])
+
+
+def read_rows(src, positions: np.ndarray) -> np.ndarray:
+    """The images at ``positions`` (sorted), read into memory."""
+    return src.read(positions) if isinstance(src, SliceStore) else np.asarray(src[positions])
+
+
+def channel_index(src, channels, n_channels: int):
+    """Channel positions from names (SliceStores) or integers."""
+    if channels is None:
+        return None
+    names = src.channels if isinstance(src, SliceStore) else None
+    out = []
+    for c in channels:
+        if isinstance(c, str):
+            if names is None or c not in names:
+                raise WorkbenchError(f"channel {c!r} not found; available: {names if names else list(range(n_channels))}")
+            out.append(names.index(c))
+        else:
+            if not 0 <= int(c) < n_channels:
+                raise WorkbenchError(f"channel {c} out of range 0..{n_channels - 1}")
+            out.append(int(c))
+    if not out:
+        raise WorkbenchError("channels: choose at least one channel")
+    return out
+
+
+class Selector:
+    """Picks the pixels that enter r: the chosen channels, within the mask, flattened."""
+
+    def __init__(self, image_shape, channels, mask):
+        c, h, w = image_shape
+        self.channels = channels
+        self.mask = None
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape == (h, w):
+                mask = np.broadcast_to(mask, (len(channels) if channels else c, h, w))
+            want = (len(channels) if channels else c, h, w)
+            if mask.shape != want:
+                raise WorkbenchError(f"mask has shape {mask.shape}; it must be (H, W) = {(h, w)} or (C, H, W) = {want}")
+            if mask.sum() < 2:
+                raise WorkbenchError("mask selects fewer than 2 pixels; Pearson r needs at least 2")
+            self.mask = mask.reshape(-1)
+        n_ch = len(channels) if channels else c
+        self.dim = int(self.mask.sum()) if self.mask is not None else n_ch * h * w
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if self.channels is not None:
+            block = block[:, self.channels]
+        flat = block.reshape(len(block), -1)
+        return flat[:, self.mask] if self.mask is not None else flat
