@@ -116,3 +116,14 @@ def test_ensure_phantom_writes_only_where_the_folder_is_missing(tmp_path):
     with pytest.raises(WorkbenchError, match="dataset must be one of"):
         workbench.ensure_phantom("ct", tmp_path / "x")
     assert workbench.ensure_phantom("xray", tmp_path / "cxr", images=0) is None and not (tmp_path / "cxr").exists()
+
+
+def test_the_search_takes_a_store_or_its_folder(small_run):
+    from workbench.search import topk_correlation
+
+    by_path = topk_correlation(str(small_run["synthetic"]), small_run["store"], k=2, progress=False)
+    by_store = topk_correlation(workbench.open_store(small_run["synthetic"]), workbench.open_store(small_run["store"]),
+                                k=2, progress=False)
+    np.testing.assert_array_equal(by_path.indices, by_store.indices)
+    with pytest.raises(WorkbenchError, match="no SliceStore here|does not exist|not a SliceStore|no such"):
+        topk_correlation(small_run["store"] / "nowhere", small_run["store"], progress=False)

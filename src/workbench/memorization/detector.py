@@ -56,6 +56,7 @@ Example
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,8 @@ def embed(encoder: Encoder, images, *, batch_size: int = 256, bf16: bool = False
     config = encoder.config
     size = config.image_size
     want = (len(config.channels), size, size)
+    if isinstance(images, (str, os.PathLike)):  # a store's folder
+        images = SliceStore.open(images)
     if isinstance(images, SliceStore):
         if list(images.channels) != list(config.channels):  # matched by name: reorder, or refuse others
             if sorted(images.channels) != sorted(config.channels):

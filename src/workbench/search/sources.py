@@ -6,6 +6,8 @@ chosen channels, within the mask) and flattens them.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -17,9 +19,11 @@ BLOCK_BYTES = 128 * 2**20
 
 
 def as_source(x, name: str):
-    """Wrap numpy arrays, torch tensors and SliceStores in one block-reading interface."""
+    """Wrap numpy arrays, torch tensors and SliceStores (or a store's folder) in one block-reading interface."""
     if isinstance(x, SliceStore):
         return x
+    if isinstance(x, (str, os.PathLike)):  # a store's folder, as everywhere a store is taken
+        return SliceStore.open(x)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
@@ -28,7 +32,8 @@ def as_source(x, name: str):
         if x.ndim != 4:
             raise WorkbenchError(f"{name}: expected images (N, C, H, W) or (N, H, W), got shape {x.shape}")
         return x
-    raise WorkbenchError(f"{name}: expected a numpy array, torch tensor or SliceStore, got {type(x).__name__}")
+    raise WorkbenchError(f"{name}: expected a numpy array, torch tensor, SliceStore or a store's folder, "
+                         f"got {type(x).__name__}")
 
 
 def iter_blocks(src, size: int):
