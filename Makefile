@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-demo findings
 
 install: $(STAMP)
 
@@ -26,3 +26,10 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# the studies' four findings on the built-in brain phantom: 15 runs, then notebooks/08_findings
+# (about 70 min on a 2-core CPU; rerunning continues where it stopped). WORKERS=2 runs two at once
+# (faster where the cores are not hyperthreads of one core: measure, BENCHMARKS.md)
+WORKERS ?= 1
+findings: $(STAMP)
+	$(PY) -m workbench sweep sweeps/findings.yaml --out runs/findings --workers $(WORKERS)

@@ -90,6 +90,9 @@ def test_a_declared_parameter_still_runs(tmp_path, prepare_only):
     ("02_train", {"options": "{ae_steps: 3}"}, "takes a dict (its default is {}), not the string '{ae_steps: 3}' "
                                                "(it does not parse as JSON)"),
     ("02_train", {"steps": True}, "parameter 'steps' takes an integer (its default is 1000), not the boolean True"),
+    # a default of None with an annotation (`max_images: int = None`) says what it takes
+    ("02_train", {"max_images": "eight"}, "parameter 'max_images' takes an integer (its default is None), "
+                                          "not the string 'eight'"),
 ])
 def test_a_value_of_clearly_the_wrong_kind_is_refused(tmp_path, no_execution, notebook, parameters, words):
     with pytest.raises(WorkbenchError) as err:
@@ -101,7 +104,8 @@ def test_a_value_of_clearly_the_wrong_kind_is_refused(tmp_path, no_execution, no
 @pytest.mark.parametrize("notebook,parameters", [
     ("01_prepare_data", {"n_test": None, "size": 64.0, "min_foreground": 1, "channels": "flair"}),
     ("01_prepare_data", {"channels": ("t1", "seg"), "overwrite": 1}),
-    ("02_train", {"lr": "anything", "max_images": 8, "options": {"ae_steps": 3}, "run_name": 2024}),
+    ("02_train", {"prediction_type": "anything", "lr": 1, "max_images": 8, "options": {"ae_steps": 3},
+                  "run_name": 2024}),
     ("04_memorization", {"channel": 0, "detector": None, "compare_with": ["runs/a"]}),
     ("06_reader_study", {"channel": "t1", "n_real": 5}),
 ])
@@ -113,7 +117,7 @@ def test_values_that_may_be_right_are_let_through(notebook, parameters):
 def test_every_notebook_and_parameter_is_listed_with_its_default_and_help():
     text = describe_notebooks(width=100)
     assert NOTEBOOKS == ["01_prepare_data", "02_train", "03_sample", "04_memorization", "05_match_browser",
-                         "06_reader_study"]
+                         "06_reader_study", "07_compare_runs", "08_findings"]
     lines = text.splitlines()
     for name in NOTEBOOKS:
         assert any(line.startswith(f"{name}: ") for line in lines), name

@@ -37,6 +37,17 @@ _LAZY = {
     "sample_model": ("workbench.sample", "sample_model"),
     "release_gate": ("workbench.runs.release", "release_gate"),
     "topk_correlation": ("workbench.search", "topk_correlation"),
+    # sweeps: many runs, one table, the studies' comparisons
+    "sweep": ("workbench.runs.sweep", "sweep"),
+    "read_sweep": ("workbench.runs.sweep_folder", "read_sweep"),
+    "collect": ("workbench.runs.collect", "collect"),
+    "read_results": ("workbench.runs.collect", "read_results"),
+    "read_per_image": ("workbench.runs.collect", "read_per_image"),
+    "analyze_checkpoints": ("workbench.runs.checkpoints", "analyze_checkpoints"),
+    "compare_settings": ("workbench.memorization.compare", "compare_settings"),
+    "evaluate_findings": ("workbench.runs.findings", "evaluate_findings"),
+    "findings_table": ("workbench.runs.findings", "findings_table"),
+    "example_run": ("workbench.runs.findings", "example_run"),
 }
 
 __all__ = ["__version__", *_LAZY]

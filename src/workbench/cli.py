@@ -13,6 +13,8 @@
     workbench release --synthetic runs/brats64/synthetic --reference runs/brats64/store --detector runs/brats64/detector --out runs/brats64/release
     workbench run 04_memorization --out runs/brats64 -p run runs/brats64
     workbench demo --out runs/demo
+    workbench sweep sweeps/findings.yaml --out runs/findings --workers 2
+    workbench collect runs/findings
     workbench app runs/demo --port 8866 --reviewer dr-a
     workbench clean runs/brats64 --remove
     workbench delete runs/old/store --yes
@@ -239,6 +241,25 @@ def _add_runs(sub):
     de.add_argument("--out", default="runs/demo", help="run folder")
     de.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a demo setting (see workbench.runs.DEMO)")
+    sw = _parser(sub, "sweep", "run every combination of a sweep spec (YAML) through papermill, resumably, "
+                               "and collect the results into one table")
+    sw.add_argument("spec", help="sweep spec: name, base, vary (a grid) and/or runs; see sweeps/findings.yaml")
+    sw.add_argument("--out", required=True, help="sweep folder (rerunning the same command skips complete runs)")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, help="local worker processes (a Dask LocalCluster when > 1)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="address of a running Dask scheduler (tcp://host:8786) whose workers share --out's file "
+                            "system")
+    sw.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of each run (default: this machine's cores divided among --workers)")
+    sw.add_argument("--no-report", action="store_true", help="do not run the spec's report notebooks at the end")
+    sw.add_argument("--check", action="store_true", help="check the spec and list its runs; run nothing")
+    co = _parser(sub, "collect", "collect a sweep folder into one table (results.parquet, results.csv)")
+    co.add_argument("sweep", help="sweep folder written by `workbench sweep`")
+    ck = _parser(sub, "checkpoints", "sample and analyse every checkpoint a run's training kept "
+                                     "(memorization against training steps)")
+    ck.add_argument("run", help="run folder with an analysis (its detector and sampling settings are reused)")
+    ck.add_argument("--steps", default=None, help="comma-separated training steps (default: every kept checkpoint)")
     ap = _parser(sub, "app", "serve a run's match browser and reader study in the browser "
                              "(Voila; 127.0.0.1 and an access token by default)")
     ap.add_argument("run", help="run folder written by 04_memorization, e.g. runs/demo")
@@ -474,6 +495,33 @@ def run(args) -> None:
         if unknown:
             raise WorkbenchError(f"unknown demo setting(s) {unknown}; known: {sorted(DEMO)}")
         run_demo(args.out, settings)
+    elif args.command == "sweep":
+        from .runs.spec import load_spec
+        from .runs.sweep import sweep
+
+        if args.check:
+            spec = load_spec(args.spec)
+            plans = spec.plans()
+            print(f"{args.spec}: sweep {spec.name!r}, {len(plans)} run(s), varying "
+                  f"{', '.join(spec.varied_names) or 'nothing'}:")
+            for plan in plans:
+                print(f"  {plan.id}")
+            return
+        result = sweep(args.spec, args.out, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                       report=not args.no_report)
+        if len(result.failed):
+            raise WorkbenchError(f"{len(result.failed)} run(s) failed (the others completed): "
+                                 + "; ".join(f"{r.id}: {str(r.error).splitlines()[0]}" for r in result.failed.itertuples())
+                                 + f". Fix the cause and rerun the same command: complete runs are skipped")
+    elif args.command == "collect":
+        from .runs.collect import collect
+
+        collect(args.sweep)
+    elif args.command == "checkpoints":
+        from .runs.checkpoints import analyze_checkpoints
+
+        steps = None if args.steps is None else [int(s) for s in args.steps.split(",")]
+        analyze_checkpoints(args.run, steps=steps)
     elif args.command == "app":
         from .runs.app import serve_app
 

@@ -61,6 +61,19 @@ READER_PLAN = "plan.csv"
 # the demo
 DEMO_RECORD = "demo.json"
 
+# a run's analysis at each saved training checkpoint (memorization against training steps)
+STEPS = "steps"                           # steps/step-0000500/: a run of that checkpoint's samples
+STEP_TABLE = "memorization_by_step.csv"   # one row per checkpoint analysed
+
+# a sweep: a folder of runs (see workbench.runs.sweep)
+SWEEP_JSON = "sweep.json"         # the spec, every planned run and its id
+SWEEP_SPEC = "sweep.yaml"         # the spec as the user wrote it
+SWEEP_LOCK = ".sweep.lock"        # held while a sweep writes into the folder
+SWEEP_RUNS = "runs"               # runs/<run id>/: one run folder per combination
+SWEEP_DATA = "data"               # data/<prepare id>/: the prepared stores the runs share
+RESULTS = "results"               # results.parquet and results.csv: one row per run (and checkpoint)
+PER_IMAGE = "per_image.parquet"   # one row per synthetic image of every run (and checkpoint)
+
 #: which output each stage's notebook writes: stage -> (the run's name for it, the notebook parameter naming it)
 STAGE_OUTPUTS = {
     "01_prepare_data": ("store", "store"),

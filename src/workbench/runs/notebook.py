@@ -70,7 +70,10 @@ def notebook_parameters(notebook) -> dict[str, dict]:
 def _inspect(path: str, mtime_ns: int, size: int) -> dict[str, dict]:  # cached per version of the file
     import papermill as pm
 
-    found = {name: (spec["default"], spec["help"] or "") for name, spec in pm.inspect_notebook(path).items()}
+    inspected = pm.inspect_notebook(path)
+    found = {name: (spec["default"], spec["help"] or "") for name, spec in inspected.items()}
+    # a parameter whose default is None may say its kind in an annotation (`max_images: int = None`)
+    annotated = {name: _ANNOTATED.get(spec.get("inferred_type_name")) for name, spec in inspected.items()}
     # papermill skips (with a logged warning) a line holding two '=', e.g. `label = "a=b"` or an '='
     # in the comment: its name is still a parameter (refusing it would be wrong), with no help
     assigned = _assigned_names(path)
@@ -82,8 +85,13 @@ def _inspect(path: str, mtime_ns: int, size: int) -> dict[str, dict]:  # cached 
             default = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             default = None  # an expression: its type is not known without running it
-        declared[name] = {"default": text, "help": comment, "type": None if default is None else type(default)}
+        declared[name] = {"default": text, "help": comment,
+                          "type": annotated.get(name) if default is None else type(default)}
     return declared
+
+
+#: annotations of a parameters cell that give the kind of a parameter whose default is None
+_ANNOTATED = {"int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
 
 def _assigned_names(path: str) -> dict[str, str | None]:
@@ -228,7 +236,7 @@ def _title(path: Path) -> str:
     return ""
 
 
-def _defaults(notebook: Path) -> dict:
+def notebook_defaults(notebook: Path) -> dict:
     """The values of a notebook's parameters cell (literals; anything else as its source text)."""
     import ast
 
@@ -361,7 +369,7 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
     from .run import record_stage
 
     # run.json: what ran, with every parameter (the notebook's defaults too), how long, where it wrote
-    record_stage(out, src.stem, {**_defaults(src), **params}, seconds=time.time() - started)
+    record_stage(out, src.stem, {**notebook_defaults(src), **params}, seconds=time.time() - started)
     if progress:
         print(f"ran {src.name} in {time.time() - started:.0f} s -> {target}" + (f" (+ {target.with_suffix('.html').name})" if html else ""))
     return target

@@ -239,5 +239,26 @@ def record_stage(run, stage: str, parameters: dict, *, seconds: float | None = N
     return file
 
 
+def update_record(run, **fields) -> dict:
+    """Set top-level fields of ``run/run.json`` (under its lock), e.g. a sweep's status of the run.
+
+    Creates run.json when the folder has none yet; returns the record as written."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    file = run / layout.RUN_JSON
+    with FileLock(str(run / f".{layout.RUN_JSON}.lock")):
+        record = _read_record(run) if file.exists() else None
+        record = record or {"version": layout.RUN_VERSION, "stages": {}, "outputs": {}}
+        record.update(_jsonable(fields))
+        with atomic_file(file) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def read_record(run) -> dict:
+    """The content of ``run/run.json`` ({} when the folder has none)."""
+    return _read_record(Path(run)) or {}
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,169 @@
+"""Figures of a sweep: recorded values against the varied parameters, findings, training steps.
+
+>>> from workbench.runs.collect import read_results, read_per_image          # doctest: +SKIP
+>>> value_figure(read_results("runs/findings"), "pixel_synthetic_copy_fraction", "max_images").show()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+#: recorded values worth plotting first, with their axis titles
+VALUE_TITLES = {
+    "pixel_synthetic_copy_fraction": "synthetic images that are copies (pixel r > τ)",
+    "pixel_train_memorized_fraction": "training images memorized (pixel r)",
+    "embedding_synthetic_copy_fraction": "synthetic images that are copies (detector)",
+    "synthetic_max_r_median": "median highest r, synthetic",
+    "test_max_r_median": "median highest r, held-out",
+    "pixel_threshold": "τ (pixel r, calibrated)",
+    "c_t": "C_T (Meehan et al.)",
+    "train_seconds": "training time (s)",
+}
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a t-interval over seeds (the values themselves when there is one)."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(values) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def _order(values) -> list:
+    present = list(dict.fromkeys(values))
+    try:
+        return sorted(present, key=lambda v: (v is None or (isinstance(v, float) and np.isnan(v)), v))
+    except TypeError:
+        return sorted(present, key=str)
+
+
+def value_figure(table: pd.DataFrame, value: str, parameter: str, *, by: str = "model", final: bool = True,
+                 title: str | None = None) -> go.Figure:
+    """``value`` against ``parameter``: each run as a dot, the mean over seeds with a 95 % t-interval,
+    one line per ``by`` (model family)."""
+    rows = table[table["status"] == "complete"] if "status" in table else table
+    if final and "final" in rows:
+        rows = rows[rows["final"].astype(bool)]
+    fig = go.Figure()
+    groups = rows.groupby(by, dropna=False, sort=True) if by in rows and by != parameter else [(None, rows)]
+    for i, (name, group) in enumerate(groups):
+        color = _COLORS[i % len(_COLORS)]
+        xs = _order(group[parameter].tolist())
+        label = str(name) if name is not None else value
+        fig.add_trace(go.Scatter(x=[str(v) for v in group[parameter]], y=group[value], mode="markers",
+                                 marker=dict(color=color, size=7, opacity=0.45), name=f"{label} (each run)",
+                                 hovertext=group.get("run"), showlegend=True))
+        stats = [_interval(group[group[parameter].astype(object) == x][value].to_numpy(dtype=float)) for x in xs]
+        fig.add_trace(go.Scatter(
+            x=[str(x) for x in xs], y=[s[0] for s in stats], mode="lines+markers", name=f"{label} (mean, 95% CI)",
+            line=dict(color=color), marker=dict(size=10, symbol="diamond"),
+            error_y=dict(type="data", symmetric=False, array=[s[2] - s[0] for s in stats],
+                         arrayminus=[s[0] - s[1] for s in stats])))
+    fig.update_layout(title=title or f"{VALUE_TITLES.get(value, value)} against {parameter}",
+                      xaxis_title=parameter, yaxis_title=VALUE_TITLES.get(value, value), height=380,
+                      xaxis_type="category", margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def values_grid(table: pd.DataFrame, parameters, values=None, *, by: str = "model") -> list[go.Figure]:
+    """One :func:`value_figure` per (recorded value, varied parameter)."""
+    values = [v for v in (values or VALUE_TITLES) if v in table]
+    return [value_figure(table, value, parameter, by=by) for value in values for parameter in parameters
+            if parameter in table and table[parameter].nunique(dropna=False) > 1]
+
+
+def steps_figure(by_step: pd.DataFrame, *, where: dict | None = None,
+                 title: str = "Memorization against training steps") -> go.Figure:
+    """Copy fraction (with its interval) and median highest r against the training step of each checkpoint.
+
+    ``by_step``: :func:`workbench.runs.checkpoints.analyze_checkpoints`'s table, or a sweep's
+    collected table (one line per run), of which ``where`` selects the complete runs with those
+    parameters."""
+    if where is not None or "status" in by_step:
+        from ..memorization.compare import STEP, select
+
+        rows = by_step[by_step["status"] == "complete"] if "status" in by_step else by_step
+        by_step = select(rows, where or {}, parameter=STEP)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("synthetic images that are copies (pixel r > τ)",
+                                                        "median highest r"))
+    runs = by_step.groupby("run", sort=True) if "run" in by_step else [(None, by_step)]
+    for i, (name, g) in enumerate(runs):
+        g = g.sort_values("checkpoint_step")
+        color = _COLORS[i % len(_COLORS)]
+        y = g["pixel_synthetic_copy_fraction"]
+        err = {}
+        if "pixel_synthetic_copy_fraction_low" in g:
+            err = dict(error_y=dict(type="data", symmetric=False, array=g["pixel_synthetic_copy_fraction_high"] - y,
+                                    arrayminus=y - g["pixel_synthetic_copy_fraction_low"]))
+        fig.add_trace(go.Scatter(x=g["checkpoint_step"], y=y, mode="lines+markers", line=dict(color=color),
+                                 name=str(name) if name is not None else "copies", **err), row=1, col=1)
+        fig.add_trace(go.Scatter(x=g["checkpoint_step"], y=g["synthetic_max_r_median"], mode="lines+markers",
+                                 line=dict(color=color), name="synthetic", showlegend=False), row=1, col=2)
+        fig.add_trace(go.Scatter(x=g["checkpoint_step"], y=g["test_max_r_median"], mode="lines",
+                                 line=dict(color=color, dash="dot"), name="held-out baseline",
+                                 showlegend=i == 0), row=1, col=2)
+    fig.update_xaxes(title_text="training step")
+    fig.update_layout(title=title, height=360, margin=dict(l=60, r=20, t=70, b=50))
+    return fig
+
+
+def finding_figure(per_image: pd.DataFrame, result: dict) -> go.Figure:
+    """One finding: each run's mean (dots) and each setting's mean with its bootstrap interval, and
+    the difference A − B with its interval beside zero."""
+    from ..memorization.compare import VALUES, select
+
+    value, parameter = result["value"], result["parameter"]
+    rows = select(per_image, result.get("where") or {}, parameter=parameter)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38],
+                        subplot_titles=(f"{value} by {parameter}", "difference A − B (95% CI)"))
+    for i, setting in enumerate((result["a"], result["b"])):
+        sub = select(rows, {parameter: setting}, parameter=parameter)
+        per_run = sub.groupby("run")[value].mean()
+        label = f"{'AB'[i]}: {parameter}={setting}"
+        fig.add_trace(go.Scatter(x=[label] * len(per_run), y=per_run.to_numpy(), mode="markers",
+                                 marker=dict(color=_COLORS[i], size=9, opacity=0.5), name=f"{label}, each run",
+                                 hovertext=list(per_run.index)), row=1, col=1)
+        mean = result["a_mean"] if i == 0 else result["b_mean"]
+        fig.add_trace(go.Scatter(x=[label], y=[mean], mode="markers", marker=dict(color=_COLORS[i], size=16,
+                                                                                    symbol="diamond"),
+                                 name=f"{label}, mean of runs"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=["A − B"], y=[result["difference"]], mode="markers",
+                             marker=dict(color="black", size=14, symbol="diamond"),
+                             error_y=dict(type="data", symmetric=False, array=[result["high"] - result["difference"]],
+                                          arrayminus=[result["difference"] - result["low"]]),
+                             name="difference (bootstrap 95% CI)"), row=1, col=2)
+    fig.add_hline(y=0, line=dict(color="gray", dash="dash"), row=1, col=2)
+    fig.update_yaxes(title_text=VALUES.get(value, value), row=1, col=1)
+    fig.update_layout(title=f"{result.get('title', '')} — {result.get('verdict', '')}", height=380,
+                      margin=dict(l=60, r=20, t=70, b=50), showlegend=False)
+    return fig
+
+
+def show_finding(per_image: pd.DataFrame, result: dict | None) -> None:
+    """Display one finding in a notebook: its figure, verdict and the comparison in words."""
+    from IPython.display import Markdown, display
+
+    if result is None:
+        display(Markdown("*This sweep's spec has no such finding.*"))
+        return
+    if result.get("verdict") == "not run":
+        display(Markdown(f"**not run**: {result.get('explanation')}"))
+        return
+    from ..memorization.compare import explain
+
+    result = dict(result)
+    if "verdict" not in result:  # a comparison without an expected direction
+        result["verdict"] = ("the 95% interval excludes zero" if result["low"] > 0 or result["high"] < 0
+                             else "the 95% interval includes zero")
+    result.setdefault("title", f"{result['value']}: {result['parameter']} = {result['a']} against {result['b']}")
+    finding_figure(per_image, result).show()
+    display(Markdown(f"**{result['verdict']}**. {result.get('explanation') or explain(result)}"))
