@@ -57,7 +57,7 @@ FINDINGS = [
 def dask_sweep(tmp_path_factory):
     """The 2x2 sweep on a Dask LocalCluster of 2 worker processes, with the findings notebook at the end."""
     root = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(root, tiny_spec(findings=FINDINGS, report="08_findings"))
+    spec = write_spec(root, tiny_spec(findings=FINDINGS, report=["07_compare_runs", "08_findings"]))
     report = sweep(spec, root / "A", workers=2, threads=1, progress=False)
     return report
 
@@ -87,11 +87,12 @@ def test_a_2x2_sweep_on_a_dask_local_cluster_collects_into_four_rows(dask_sweep)
     assert len(per_image) == 4 * 6 and set(per_image["copy"]) <= {0.0, 1.0}
 
 
-def test_the_findings_notebook_runs_at_the_end_and_records_a_verdict_per_finding(dask_sweep):
+def test_the_report_notebooks_run_at_the_end_and_record_a_verdict_per_finding(dask_sweep):
     import scrapbook as sb
 
     notebook = dask_sweep.folder / "08_findings.ipynb"
     assert notebook.is_file() and (dask_sweep.folder / "08_findings.html").is_file()
+    assert (dask_sweep.folder / "07_compare_runs.html").is_file()
     scraps = sb.read_notebook(str(notebook)).scraps.data_dict
     assert scraps["finding_1_verdict"] in ("reproduced", "not reproduced", "inconclusive")
     assert scraps["finding_2_verdict"] in ("reproduced", "not reproduced", "inconclusive")

@@ -327,6 +327,31 @@ class TerminalStream:
         self.target.flush()
 
 
+@contextlib.contextmanager
+def kernel_manager_class():
+    """The kernel manager papermill starts each kernel with: over local (IPC) sockets where the OS has them.
+
+    jupyter_client's default is TCP on 127.0.0.1: signed but unencrypted, on ports any local
+    process can reach (and ipykernel warns so at every start).  A kernel here carries patient
+    images, so on POSIX it listens on Unix sockets instead, in a fresh folder only this user can
+    enter, removed when the block ends (a killed run leaves at most an empty temporary folder).
+    """
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, Unicode
+
+    if os.name != "posix":
+        yield AsyncKernelManager
+        return
+    with tempfile.TemporaryDirectory(prefix="workbench-kernel-") as folder:  # mode 0700
+        class LocalSocketKernelManager(AsyncKernelManager):
+            transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+            ip = Unicode(os.path.join(folder, "kernel"), config=True)
+
+        yield LocalSocketKernelManager
+
+
 def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = True,
                  progress: bool = True, log_output: bool = False) -> Path:
     """Execute ``notebook`` with ``parameters`` into the run folder ``out``.
@@ -353,10 +378,11 @@ def run_notebook(notebook, out, parameters: dict | None = None, *, html: bool = 
     # reach this terminal, each stage's own bars with their ETA; papermill's cell counter would
     # redraw over them, so it is off then
     forward = dict(stdout_file=TerminalStream(sys.stdout), stderr_file=TerminalStream(sys.stderr)) if progress else {}
-    with atomic_file(target) as tmp, kernel_environment({PROGRESS_ENV: "text"}):
+    with atomic_file(target) as tmp, kernel_environment({PROGRESS_ENV: "text"}), kernel_manager_class() as manager:
         try:
             pm.execute_notebook(str(src), str(tmp), parameters=params, progress_bar=False,
-                                log_output=log_output, kernel_name="python3", **forward)
+                                log_output=log_output, kernel_name="python3", kernel_manager_class=manager,
+                                **forward)
         except pm.PapermillExecutionError as err:
             tmp.replace(failed)
             raise WorkbenchError(
