@@ -69,8 +69,9 @@ def test_a_2x2_sweep_on_a_dask_local_cluster_collects_into_four_rows(dask_sweep)
     assert len(table) == 4 and table["final"].all()
     assert len(pd.read_csv(report.folder / "results.csv")) == 4
     assert sorted(zip(table["model"], table["max_images"])) == [("ddpm", 5), ("ddpm", 6), ("gan", 5), ("gan", 6)]
-    for column in VALUES + ["pixel_synthetic_copy_fraction_low", "pixel_synthetic_copy_fraction_high",
-                            "train_seconds", "steps_done", "n_train"]:
+    for column in [v for v in VALUES if v != "c_t"] + [  # C_T needs more images than these runs make
+            "pixel_synthetic_copy_fraction_low", "pixel_synthetic_copy_fraction_high", "train_seconds", "steps_done",
+            "n_train"]:
         assert table[column].notna().all(), column
     assert list(table["steps_done"]) == [4] * 4 and sorted(table["n_train"]) == [5, 5, 6, 6]
     # every run: its own folder with its notebooks and its parameters in run.json

@@ -154,10 +154,12 @@ def execute_run(task: dict, prepared: dict | None = None) -> dict:
         if prepared is not None and prepared.get("status") != "complete":
             raise WorkbenchError(f"data preparation {prepared.get('id')} failed: {prepared.get('error')}")
         with kernel_environment(_threads_env(task.get("threads"))):
+            ran = False  # once a stage runs again, every stage after it does too (its input changed)
             for stage, params in task["stages"]:
-                if _stage_done(folder, stage, params):
+                if not ran and _stage_done(folder, stage, params):
                     continue
                 run_notebook(stage, folder, params, progress=False)
+                ran = True
         stage = None
         record = _recorded_values(folder)
         status = {"status": "complete", "seconds": round(time.time() - started, 1), "record": record}

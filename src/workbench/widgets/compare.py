@@ -21,6 +21,9 @@ VALUE_TITLES = {
     "c_t": "C_T (Meehan et al.)",
     "train_seconds": "training time (s)",
 }
+#: short axis titles of the per-image values of :data:`workbench.memorization.compare.VALUES`
+SHORT = {"copy": "share of images that are copies", "pixel_copy": "share of copies (pixel r)",
+         "embedding_copy": "share of copies (detector)", "max_r": "highest pixel r"}
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -93,11 +96,13 @@ def steps_figure(by_step: pd.DataFrame, *, where: dict | None = None,
 
         rows = by_step[by_step["status"] == "complete"] if "status" in by_step else by_step
         by_step = select(rows, where or {}, parameter=STEP)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("synthetic images that are copies (pixel r > τ)",
-                                                        "median highest r"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of copies (pixel r > τ)",
+                                                        "median highest r (dotted: held-out)"))
     runs = by_step.groupby("run", sort=True) if "run" in by_step else [(None, by_step)]
     for i, (name, g) in enumerate(runs):
         g = g.sort_values("checkpoint_step")
+        if name is not None and "seed" in g and g["seed"].nunique() == 1:
+            name = f"seed {g['seed'].iloc[0]}"  # the runs of one setting differ by their seed
         color = _COLORS[i % len(_COLORS)]
         y = g["pixel_synthetic_copy_fraction"]
         err = {}
@@ -112,14 +117,15 @@ def steps_figure(by_step: pd.DataFrame, *, where: dict | None = None,
                                  line=dict(color=color, dash="dot"), name="held-out baseline",
                                  showlegend=i == 0), row=1, col=2)
     fig.update_xaxes(title_text="training step")
-    fig.update_layout(title=title, height=360, margin=dict(l=60, r=20, t=70, b=50))
+    fig.update_layout(title=title, height=400, margin=dict(l=60, r=20, t=70, b=50),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
     return fig
 
 
 def finding_figure(per_image: pd.DataFrame, result: dict) -> go.Figure:
     """One finding: each run's mean (dots) and each setting's mean with its bootstrap interval, and
     the difference A − B with its interval beside zero."""
-    from ..memorization.compare import VALUES, select
+    from ..memorization.compare import select
 
     value, parameter = result["value"], result["parameter"]
     rows = select(per_image, result.get("where") or {}, parameter=parameter)
@@ -142,7 +148,9 @@ def finding_figure(per_image: pd.DataFrame, result: dict) -> go.Figure:
                                           arrayminus=[result["difference"] - result["low"]]),
                              name="difference (bootstrap 95% CI)"), row=1, col=2)
     fig.add_hline(y=0, line=dict(color="gray", dash="dash"), row=1, col=2)
-    fig.update_yaxes(title_text=VALUES.get(value, value), row=1, col=1)
+    fraction = value != "max_r"
+    fig.update_yaxes(title_text=SHORT.get(value, value), row=1, col=1,
+                     **({"range": [-0.05, 1.05]} if fraction else {}))
     fig.update_layout(title=f"{result.get('title', '')} — {result.get('verdict', '')}", height=380,
                       margin=dict(l=60, r=20, t=70, b=50), showlegend=False)
     return fig
