@@ -8,7 +8,7 @@ from workbench.errors import WorkbenchError
 from workbench.runs import demo_stages, run_demo, run_notebook
 
 TINY = dict(phantom_subjects=3, n_test=1, size=32, steps=3, batch_size=4, max_images=6, samples=4, ddim_steps=2,
-            detector_steps=5)
+            detector_steps=5, utility_steps=5)
 
 
 @pytest.fixture(scope="module")

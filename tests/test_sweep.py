@@ -57,7 +57,8 @@ FINDINGS = [
 def dask_sweep(tmp_path_factory):
     """The 2x2 sweep on a Dask LocalCluster of 2 worker processes, with the findings notebook at the end."""
     root = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(root, tiny_spec(findings=FINDINGS, report=["07_compare_runs", "08_findings"]))
+    spec = write_spec(root, tiny_spec(findings=FINDINGS, report=["07_compare_runs", "08_findings"],
+                                      evaluate={"utility_steps": 5}))
     report = sweep(spec, root / "A", workers=2, threads=1, progress=False)
     return report
 
@@ -86,6 +87,12 @@ def test_a_2x2_sweep_on_a_dask_local_cluster_collects_into_four_rows(dask_sweep)
     assert len(list((report.folder / "data").iterdir())) == 1
     per_image = pd.read_parquet(report.folder / layout.PER_IMAGE)
     assert len(per_image) == 4 * 6 and set(per_image["copy"]) <= {0.0, 1.0}
+    # the spec's `evaluate` ends every run with its privacy-against-utility report, collected with the rest
+    for run_id in table["run"]:
+        assert (report.folder / "runs" / run_id / layout.REPORT_JSON).is_file()
+    assert table["pixel_dcr_median"].notna().all()
+    ddpm, gan = table[table["model"] == "ddpm"], table[table["model"] == "gan"]
+    assert ddpm["membership_auroc_loss"].notna().all() and gan["membership_auroc_discriminator"].notna().all()
 
 
 def test_the_report_notebooks_run_at_the_end_and_record_a_verdict_per_finding(dask_sweep):

@@ -48,6 +48,13 @@ _LAZY = {
     "evaluate_findings": ("workbench.runs.findings", "evaluate_findings"),
     "findings_table": ("workbench.runs.findings", "findings_table"),
     "example_run": ("workbench.runs.findings", "example_run"),
+    # privacy against utility: one report per run
+    "privacy_report": ("workbench.runs.evaluate", "privacy_report"),
+    "read_report": ("workbench.runs.evaluate", "read_report"),
+    "utility": ("workbench.runs.evaluate", "utility"),
+    "fidelity": ("workbench.runs.evaluate", "fidelity"),
+    "membership": ("workbench.runs.evaluate", "membership"),
+    "distances": ("workbench.runs.evaluate", "distances"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -9,6 +9,8 @@
     workbench sample --checkpoint runs/brats64/model --out runs/brats64/synthetic --n 1000
     workbench search --queries runs/brats64/synthetic --reference runs/brats64/store --split train --k 5 --out matches.parquet
     workbench analyze runs/brats64 --detector train --rule dar95
+    workbench utility runs/brats64 --steps 300
+    workbench report runs/brats64 --extractor detector
     workbench detector --store runs/brats64/store --out runs/brats64/detector
     workbench release --synthetic runs/brats64/synthetic --reference runs/brats64/store --detector runs/brats64/detector --out runs/brats64/release
     workbench run 04_memorization --out runs/brats64 -p run runs/brats64
@@ -185,6 +187,28 @@ def _add_analyze(sub):
     an.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
 
 
+def _add_privacy(sub):
+    ut = _parser(sub, "utility", "what the synthetic images are worth: a classifier trained on real, synthetic and "
+                                 "both, tested on real held-out images (AUROC); saved into the run")
+    ut.add_argument("run", help="run folder with a class-conditional model and its samples")
+    ut.add_argument("--steps", type=int, default=300, help="training steps of each classifier")
+    ut.add_argument("--n", type=int, default=None, help="real training images to use (default: all the model saw)")
+    _seed(ut, "the classifiers and the bootstrap")
+    ut.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    rp = _parser(sub, "report", "privacy against utility for one run: copies, DCR/NNDR, membership inference, "
+                                "utility and fidelity side by side (report.json, report.html)")
+    rp.add_argument("run", help="run folder with a model, samples and an analysis (`workbench analyze`)")
+    rp.add_argument("--extractor", default="detector",
+                    help="fidelity features: detector (the run's copy detector), classifier (the utility "
+                         "classifier), or a TorchScript file such as inception-2015-12-05.pt")
+    rp.add_argument("--utility-steps", type=int, default=300, help="training steps of each utility classifier")
+    rp.add_argument("--skip", default="", help="parts to leave out, comma-separated: utility, fidelity, "
+                                               "membership, distances")
+    rp.add_argument("--recompute", action="store_true", help="compute every part again (default: reuse parts "
+                                                              "computed from the same model, samples and settings)")
+    _seed(rp, "the classifiers, the membership noise and the bootstraps")
+
+
 def _add_release(sub):
     de = _parser(sub, "detector", "train the self-supervised copy detector on a store's train split")
     de.add_argument("--store", required=True, help="SliceStore folder; its train split is trained on")
@@ -298,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_search(sub)
     _add_analyze(sub)
+    _add_privacy(sub)
     _add_release(sub)
     _add_runs(sub)
     _add_housekeeping(sub)
@@ -463,6 +488,25 @@ def run(args) -> None:
                            pixel_threshold=args.threshold, embedding_metric=args.embedding_metric, device=args.device)
         for line in analysis.text():
             print(line)
+    elif args.command == "utility":
+        from .runs.evaluate import utility
+
+        result = utility(args.run, steps=args.steps, n=args.n, seed=args.seed, device=args.device)
+        print(result.table().to_string(index=False))
+    elif args.command == "report":
+        from .runs.evaluate import PARTS, privacy_report
+
+        skip = {p.strip() for p in args.skip.split(",") if p.strip()}
+        unknown = sorted(skip - set(PARTS) - {"copies"})
+        if unknown or "copies" in skip:
+            raise WorkbenchError(f"--skip {args.skip!r}: parts that can be left out are utility, fidelity, "
+                                 f"membership, distances")
+        report = privacy_report(args.run, extractor=args.extractor, recompute=args.recompute,
+                                utility_options={"steps": args.utility_steps, "seed": args.seed},
+                                fidelity_options={"seed": args.seed}, membership_options={"seed": args.seed},
+                                **{part: False for part in skip})
+        for key, value in sorted(report["values"].items()):
+            print(f"  {key}: {value:.4g}")
     elif args.command == "detector":
         from .data.store import SliceStore
         from .memorization.detector import train_detector

@@ -65,6 +65,16 @@ DEMO_RECORD = "demo.json"
 STEPS = "steps"                           # steps/step-0000500/: a run of that checkpoint's samples
 STEP_TABLE = "memorization_by_step.csv"   # one row per checkpoint analysed
 
+# privacy against utility (workbench.evaluate; one report per run)
+UTILITY = "utility.json"          # the utility classifiers' AUROCs on held-out images
+UTILITY_DIR = "utility"           # utility/<arm>/: each trained classifier (safetensors + json)
+FIDELITY = "fidelity.json"        # FD, KID, PRDC, alpha/beta/authenticity, with the real-vs-real baseline
+MEMBERSHIP = "membership.json"    # membership-inference AUROCs against the run's own model
+MEMBERSHIP_SCORES = "membership_scores.parquet"  # one row per scored image
+PRIVACY = "privacy.json"          # DCR / NNDR of synthetic and held-out images
+REPORT_JSON = "report.json"       # every figure side by side (what collect reads)
+REPORT_HTML = "report.html"       # the same, for people
+
 # a sweep: a folder of runs (see workbench.runs.sweep)
 SWEEP_JSON = "sweep.json"         # the spec, every planned run and its id
 SWEEP_SPEC = "sweep.yaml"         # the spec as the user wrote it

@@ -7,7 +7,9 @@ Columns: ``run``, ``status``, the varied parameters (named as in the spec), ``mo
 of :func:`workbench.runs.checkpoints.analyze_checkpoints`), ``final`` (the row of the finished
 model), the recorded values of the analysis (:func:`~workbench.runs.checkpoints.flat_values`:
 thresholds, copy rates with their intervals, C_T, median highest r of synthetic and held-out
-images) and training's (``train_seconds``, ``steps_done``, ``n_train``, ``final_loss``), and
+images) and training's (``train_seconds``, ``steps_done``, ``n_train``, ``final_loss``), the
+values of the run's privacy-against-utility report where it has one (``report.json``:
+``utility_auroc_*``, ``fidelity_*``, ``*_dcr_*``, ``membership_auroc_*``; on the final row), and
 each stage's seconds.
 
 :func:`per_image_table` is the companion table the comparisons need: one row per synthetic image
@@ -61,6 +63,15 @@ def _training(folder: Path) -> dict:
             "final_loss": info.get("final_loss"), "augment": info.get("augment"), "train_seed": info.get("seed")}
 
 
+def _report_values(folder: Path) -> dict:
+    """The privacy-against-utility report's values of a run (``report.json``; 09_privacy_utility)."""
+    try:
+        report = json.loads((folder / layout.REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in (report.get("values") or {}).items() if isinstance(v, (int, float))}
+
+
 def _rows(sweep: Path, doc: dict):
     varied = doc.get("varied", [])
     for planned in doc.get("planned", []):
@@ -84,8 +95,10 @@ def _rows(sweep: Path, doc: dict):
             continue
         for step, where, final in analyses:
             summary = json.loads((where / layout.COPY_ANALYSIS).read_text())
+            values = flat_values(summary)
+            report = {k: v for k, v in _report_values(folder).items() if k not in values} if final else {}
             yield {**base, **training, **({"model": training.get("model")} if training else {}),
-                   "checkpoint_step": step, "final": final, **flat_values(summary), **stage_seconds,
+                   "checkpoint_step": step, "final": final, **values, **report, **stage_seconds,
                    "analysis": str(where.relative_to(sweep))}
 
 

@@ -19,7 +19,9 @@ from .notebook import run_notebook
 #: the demo's settings; every value is a parameter of one of the notebooks.  32x32 slices and a
 #: four-level UNet of 16-32-64-64 channels (the ``tiny`` preset's levels at half the width) train
 #: about 9x faster per step than the tiny preset at 64x64, and with lr 2e-3 copy all 8 training
-#: slices in 1,000 steps; DDIM with 25 steps samples the same copies as with 50.
+#: slices in 1,000 steps; DDIM with 25 steps samples the same copies as with 50.  The model is
+#: class-conditional (tumour in the slice or not) so that its samples carry labels and the report
+#: (09_privacy_utility) can measure their utility for a classifier.
 DEMO = {
     "phantom_subjects": 10,
     "n_test": 3,
@@ -36,6 +38,8 @@ DEMO = {
     "samples": 64,
     "ddim_steps": 25,
     "detector_steps": 300,
+    "conditional": True,
+    "utility_steps": 300,
     "seed": 0,
 }
 
@@ -53,13 +57,14 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
         ("02_train", dict(store=str(store), out=str(model), model="ddpm", preset=s["preset"], steps=s["steps"],
                           batch_size=s["batch_size"], lr=s["lr"], warmup_steps=s["warmup_steps"],
                           prediction_type=s["prediction_type"], beta_schedule=s["beta_schedule"],
-                          max_images=s["max_images"], seed=s["seed"],
+                          max_images=s["max_images"], conditional=s["conditional"], seed=s["seed"],
                           options={} if s["block_out_channels"] is None
                           else {"block_out_channels": list(s["block_out_channels"])},
                           run_name="demo", overwrite=True)),
         ("03_sample", dict(checkpoint=str(model), out=str(synthetic), n=s["samples"], steps=s["ddim_steps"],
                            seed=s["seed"] + 1, overwrite=True)),
         ("04_memorization", dict(run=str(out), detector_steps=s["detector_steps"], seed=s["seed"])),
+        ("09_privacy_utility", dict(run=str(out), utility_steps=s["utility_steps"], seed=s["seed"])),
     ]
 
 

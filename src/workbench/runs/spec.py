@@ -53,7 +53,10 @@ SET_BY_SWEEP = {
     "sample": ("checkpoint", "out", "overwrite"),
     "analyze": ("run", "compare_with"),
 }
-TOP_KEYS = ("name", "description", "base", "vary", "runs", "report", "findings")
+TOP_KEYS = ("name", "description", "base", "vary", "runs", "report", "findings", "evaluate")
+#: the optional last stage of every run, turned on by the spec's ``evaluate`` key: the
+#: privacy-against-utility report (its values join the sweep's table; 07's frontier figure)
+EVALUATE = "09_privacy_utility"
 _ID_SAFE = re.compile(r"[^A-Za-z0-9.,=+-]+")
 
 
@@ -87,6 +90,8 @@ class SweepSpec:
     report: list = field(default_factory=list)
     findings: list = field(default_factory=list)
     text: str = ""
+    #: None, or the parameters of the 09_privacy_utility stage every run ends with ({}: its defaults)
+    evaluate: dict | None = None
 
     @property
     def varied_names(self) -> list[str]:
@@ -237,12 +242,28 @@ def _check(data, *, path, lines, text) -> SweepSpec:
         if "sweep" not in params:
             raise SpecError(f"{where('report', i)}: {notebook} takes no `sweep` parameter, so it cannot report "
                             f"on a sweep")
+    evaluate = data.get("evaluate")
+    if evaluate is True:
+        evaluate = {}
+    elif evaluate in (None, False):
+        evaluate = None
+    elif isinstance(evaluate, dict):
+        if "run" in evaluate:
+            raise SpecError(f"{where('evaluate', 'run')}: evaluate.run is set by the sweep (each run's folder)")
+        try:
+            check_parameters(EVALUATE, evaluate)
+        except WorkbenchError as err:
+            raise SpecError(f"{where('evaluate')}: {err}") from None
+    else:
+        raise SpecError(f"{where('evaluate')}: evaluate is true (end every run with {EVALUATE}, the "
+                        f"privacy-against-utility report) or a mapping of that notebook's parameters, "
+                        f"e.g. {{utility_steps: 300}}; found {evaluate!r}")
     findings = data.get("findings") or []
     if not isinstance(findings, list):
         raise SpecError(f"{where('findings')}: findings is a list of comparisons")
     spec = SweepSpec(name=name.strip(), path=path, base=dict(base), vary=dict(vary),
                      runs=[dict(r) for r in runs] if runs else [], description=str(data.get("description") or ""),
-                     report=report, findings=findings, text=text)
+                     report=report, findings=findings, text=text, evaluate=evaluate)
     from ..memorization.compare import check_finding
 
     for i, finding in enumerate(findings):

@@ -38,7 +38,7 @@ import pandas as pd
 from ..data import layout
 from ..data.atomic import atomic_file
 from ..errors import WorkbenchError
-from .spec import STAGES, RunPlan, SweepSpec, load_spec, parameters_digest, stage_parameters
+from .spec import EVALUATE, STAGES, RunPlan, SweepSpec, load_spec, parameters_digest, stage_parameters
 from .run import read_record, update_record
 from .sweep_folder import SWEEP_KEY, data_folder, read_sweep, run_folder, run_status
 
@@ -89,13 +89,28 @@ def _run_task(spec: SweepSpec, plan: RunPlan, sweep: Path, threads: int | None) 
         "analyze": dict(run=str(folder)),
     }
     stages = [(STAGES[stage], {**plan.stages[stage], **paths[stage]}) for stage in RUN_STAGES]
-    return {"id": plan.id, "folder": str(folder), "stages": stages, "varied": plan.varied, "hash": plan_hash(plan),
+    if spec.evaluate is not None:
+        stages.append((EVALUATE, evaluate_parameters(spec, plan, folder)))
+    return {"id": plan.id, "folder": str(folder), "stages": stages, "varied": plan.varied,
+            "hash": plan_hash(plan, spec.evaluate),
             "sweep": spec.name, "threads": threads}
 
 
-def plan_hash(plan: RunPlan) -> str:
-    """Every parameter of the run, with the notebooks' defaults: what makes a finished run reusable."""
-    return parameters_digest({stage: stage_parameters(plan, stage) for stage in STAGES})
+def plan_hash(plan: RunPlan, evaluate: dict | None = None) -> str:
+    """Every parameter of the run, with the notebooks' defaults: what makes a finished run reusable.
+
+    ``evaluate``: the spec's report stage (None when the spec has none, so turning it on makes
+    every run incomplete and turning it off does not)."""
+    stages = {stage: stage_parameters(plan, stage) for stage in STAGES}
+    if evaluate is not None:
+        stages["evaluate"] = evaluate
+    return parameters_digest(stages)
+
+
+def evaluate_parameters(spec: SweepSpec, plan: RunPlan, folder: Path) -> dict:
+    """The report stage's parameters: the spec's, the run's seed, and the run folder."""
+    seed = plan.stages.get("analyze", {}).get("seed")
+    return {**({"seed": seed} if seed is not None else {}), **(spec.evaluate or {}), "run": str(folder)}
 
 
 # -- the tasks (run in a worker process, or here) ----------------------------------------------------
@@ -221,7 +236,7 @@ def _write_plan(spec: SweepSpec, out: Path, plans: list[RunPlan]) -> None:
     doc = {"name": spec.name, "description": spec.description, "varied": spec.varied_names,
            "spec": spec.text or None, "base": spec.base, "vary": spec.vary, "runs": spec.runs,
            "report": spec.report, "findings": spec.findings,
-           "planned": [{**plan.as_dict(), "hash": plan_hash(plan),
+           "planned": [{**plan.as_dict(), "hash": plan_hash(plan, spec.evaluate),
                         "folder": str(run_folder(".", plan.id))} for plan in plans],
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_file(out / layout.SWEEP_JSON) as tmp:
@@ -247,7 +262,7 @@ def _sweep(spec, out, *, workers, scheduler, threads, progress, report) -> Sweep
     results = {}
     todo = []
     for plan in plans:
-        state = run_status(run_folder(out, plan.id), plan_hash(plan))
+        state = run_status(run_folder(out, plan.id), plan_hash(plan, spec.evaluate))
         if state == "complete":
             results[plan.id] = {"id": plan.id, "status": "skipped", "seconds": 0.0}
         else:

@@ -175,3 +175,54 @@ def show_finding(per_image: pd.DataFrame, result: dict | None) -> None:
     result.setdefault("title", f"{result['value']}: {result['parameter']} = {result['a']} against {result['b']}")
     finding_figure(per_image, result).show()
     display(Markdown(f"**{result['verdict']}**. {result.get('explanation') or explain(result)}"))
+
+
+#: the axes of the privacy-against-utility frontier: recorded value -> title (utility first)
+FRONTIER_UTILITY = {"utility_auroc_synthetic": "utility: AUROC of a classifier trained on synthetic images",
+                    "utility_gap_synthetic": "utility: AUROC gap, synthetic − real",
+                    "fidelity_precision": "fidelity: precision (Naeem et al.)"}
+FRONTIER_PRIVACY = {"pixel_synthetic_copy_fraction": "privacy risk: synthetic images that are copies (pixel r > τ)",
+                    "membership_auroc_loss": "privacy risk: membership-inference AUROC (denoising loss)",
+                    "pixel_dcr_below_heldout_p5": "privacy risk: synthetic closer than held-out p5 (DCR)",
+                    "fidelity_authenticity": "authenticity (Alaa et al.; higher: more new)"}
+
+
+def frontier_figure(table: pd.DataFrame, *, utility: str | None = None, privacy: str | None = None,
+                    by: str = "model", label: str | None = None) -> go.Figure:
+    """Privacy against utility across the runs of a sweep: the frontier a user chooses on.
+
+    One dot per run (x: utility, y: privacy risk), coloured by ``by``; the runs on the frontier (no
+    other run has both more utility and less risk) are joined by a line.  The values come from each
+    run's report (``report.json``, 09_privacy_utility / ``workbench report``), collected by
+    ``workbench collect``; by default the first utility and privacy value the table has.
+    """
+    rows = table[table["status"] == "complete"] if "status" in table else table
+    if "final" in rows:
+        rows = rows[rows["final"].astype(bool)]
+    utility = utility or next((v for v in FRONTIER_UTILITY if v in rows and rows[v].notna().any()), None)
+    privacy = privacy or next((v for v in FRONTIER_PRIVACY if v in rows and rows[v].notna().any()), None)
+    fig = go.Figure()
+    if utility is None or privacy is None:
+        fig.update_layout(title="No privacy-against-utility values yet: run 09_privacy_utility (workbench report RUN) "
+                                "on the sweep's runs, then collect", height=200)
+        return fig
+    rows = rows[rows[utility].notna() & rows[privacy].notna()]
+    groups = rows.groupby(by, dropna=False, sort=True) if by in rows else [(None, rows)]
+    for i, (name, group) in enumerate(groups):
+        text = group[label].astype(str) if label and label in group else group.get("run")
+        fig.add_trace(go.Scatter(x=group[utility], y=group[privacy], mode="markers", name=str(name),
+                                 marker=dict(size=10, color=_COLORS[i % len(_COLORS)]), text=text,
+                                 hovertemplate="%{text}<br>utility %{x:.3f}<br>risk %{y:.3f}<extra></extra>"))
+    lower_is_better = privacy != "fidelity_authenticity"
+    points = sorted(zip(rows[utility], rows[privacy]), key=lambda p: -p[0])
+    frontier, best = [], np.inf if lower_is_better else -np.inf
+    for x, y in points:  # from the most useful down: keep a run when it is safer than every more useful one
+        if (y < best) if lower_is_better else (y > best):
+            frontier.append((x, y))
+            best = y
+    if len(frontier) > 1:
+        fig.add_trace(go.Scatter(x=[p[0] for p in frontier], y=[p[1] for p in frontier], mode="lines",
+                                 line=dict(color="#555", dash="dash"), name="frontier"))
+    fig.update_layout(title="Privacy against utility: one dot per run", height=460,
+                      xaxis_title=FRONTIER_UTILITY.get(utility, utility), yaxis_title=FRONTIER_PRIVACY.get(privacy, privacy))
+    return fig
