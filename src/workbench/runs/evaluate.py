@@ -85,7 +85,8 @@ def utility(run, *, progress: bool = True, **options):
 def fidelity(run, *, extractor="detector", progress: bool = True, **options):
     """:func:`workbench.evaluate.fidelity.fidelity` of a run folder; saved as ``RUN/fidelity.json``.
 
-    ``extractor="classifier"``: the real arm's utility classifier (trained by :func:`utility`).
+    ``extractor="classifier"``: the real arm's utility classifier (trained by :func:`utility`);
+    ``"detector"``: the run's copy detector (``RUN/detector``, or the one its analysis used).
     """
     from ..evaluate.fidelity import fidelity as compute
     from ..evaluate.utility import ClassifierFeatures
@@ -98,6 +99,10 @@ def fidelity(run, *, extractor="detector", progress: bool = True, **options):
             raise WorkbenchError(f"{folder}: no utility classifier in this run; run `workbench utility {run.path}` "
                                  f"first, or use extractor='detector'")
         extractor = ClassifierFeatures(folder)
+    elif extractor == "detector" and not (run.path / layout.DETECTOR).is_dir() and run.has("analysis"):
+        used = _analysis(run).settings.get("detector")  # the analysis used a detector kept elsewhere
+        if used and Path(used).is_dir():
+            extractor = used
     result = compute(run, extractor=extractor, progress=progress, **options)
     _save(run, layout.FIDELITY, result.as_dict(), request)
     return result

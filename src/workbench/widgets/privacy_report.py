@@ -106,7 +106,7 @@ def overview_figure(report: dict, *, distances: pd.DataFrame | None = None,
     fig.update_xaxes(title_text="DCR", row=2, col=1)
     fig.update_xaxes(title_text="false-positive rate", range=[0, 1], row=2, col=2)
     fig.update_yaxes(title_text="true-positive rate", range=[0, 1.02], row=2, col=2)
-    fig.update_layout(height=720, width=1100, barmode="group", title=f"Privacy against utility: {report.get('run')}",
+    fig.update_layout(height=720, width=1100, barmode="group", title=f"Privacy against utility: run {Path(str(report.get('run', ''))).name}",
                       legend=dict(orientation="h", y=-0.08))
     if "utility" in report.get("missing", {}):
         fig.add_annotation(text="no utility: see the report", xref="x domain", yref="y domain", x=0.5, y=0.5,
