@@ -240,3 +240,35 @@ def test_a_sweep_spec_turns_the_report_stage_on_with_checked_parameters():
         load_spec({**base, "evaluate": {"run": "x"}})
     with pytest.raises(SpecError, match="evaluate is true"):
         load_spec({**base, "evaluate": 3})
+
+
+def test_held_out_patients_as_samples_look_new_to_every_privacy_figure(phantom_store, phantom_detector):
+    """Control: "samples" that are another patient's real slices: few copies (Dar's τ is the
+    95th percentile of real-vs-real), few closer than the held-out 5th percentile, authenticity
+    and fidelity like the real-vs-real baseline; the training images themselves: the opposite."""
+    from workbench.evaluate.distances import distances
+    from workbench.evaluate.fidelity import fidelity
+    from workbench.memorization.analysis import run_analysis
+    from workbench.memorization.detector import load_detector
+
+    train_split, test = phantom_store.where(split="train"), phantom_store.where(split="test")
+    a, b = _subjects(train_split)[:2]
+    train, other = _by_subject(train_split, [a]), _by_subject(train_split, [b])
+    encoder = load_detector(phantom_detector)[0]
+    figures = {}
+    for name, samples in (("new", other), ("copies", train)):
+        analysis = run_analysis(samples, train, test, detector=encoder, bootstrap=0, per_channel=False,
+                                data_copying_cells=None, progress=False)
+        analysis.settings["detector"] = str(phantom_detector)
+        table = distances(analysis, train, test).table().set_index("similarity")
+        fid = fidelity(None, extractor=phantom_detector, synthetic=samples, reference=train, baseline=test,
+                       kid_subsets=20, progress=False)
+        figures[name] = (analysis.record(), table.loc["pixel r"], fid)
+    record, dcr, fid = figures["new"]
+    assert record["pixel_synthetic_copy_fraction"] < 0.25, record
+    assert dcr["synthetic closer than held-out p5"] < 0.3 and dcr["synthetic exact copies (DCR < 1e-6)"] == 0
+    assert fid.synthetic["authenticity"] > 0.3 and abs(fid.synthetic["authenticity"] - fid.baseline["authenticity"]) < 0.3
+    assert fid.synthetic["fd"] < 3 * fid.baseline["fd"] + 1e-9, (fid.synthetic["fd"], fid.baseline["fd"])
+    record, dcr, fid = figures["copies"]
+    assert record["pixel_synthetic_copy_fraction"] == 1.0 and dcr["synthetic exact copies (DCR < 1e-6)"] == 1.0
+    assert fid.synthetic["authenticity"] < 0.05 and fid.synthetic["fd"] < 1e-6

@@ -83,17 +83,6 @@ class Distances:
         return {"table": self.table().to_dict(orient="records"), "settings": self.settings,
                 "baseline_percentile": BASELINE_PERCENTILE}
 
-    def record(self) -> dict:
-        """Flat name -> number pairs (what collect puts in a sweep's table)."""
-        out = {}
-        for row in self.table().to_dict(orient="records"):
-            key = "pixel" if row["similarity"].startswith("pixel") else "embedding"
-            out[f"{key}_dcr_median"] = row["synthetic DCR median"]
-            out[f"{key}_dcr_heldout_median"] = row["held-out DCR median"]
-            out[f"{key}_dcr_below_heldout_p5"] = row["synthetic closer than held-out p5"]
-            out[f"{key}_nndr_median"] = row["synthetic NNDR median"]
-        return out
-
 
 def distances(analysis, train, test, *, detector=None, device="auto", progress: bool = False) -> Distances:
     """DCR / NNDR of an analysis's synthetic images (its saved top-k) and of ``test`` (searched here).

@@ -77,16 +77,6 @@ class UtilityResult:
                 "gaps": {arm: gap.as_dict() for arm, gap in self.gaps.items()},
                 "settings": self.settings}
 
-    def record(self) -> dict:
-        """Flat name -> number pairs (what collect puts in a sweep's table)."""
-        out = {}
-        for arm, info in self.arms.items():
-            key = arm.replace("+", "_")
-            out[f"utility_auroc_{key}"] = info["auroc"].value
-            if arm in self.gaps:
-                out[f"utility_gap_{key}"] = self.gaps[arm].value
-        return out
-
     def extractor(self, arm: str = "real"):
         """The arm's classifier as a feature extractor (the pooled vector before the logit), for
         :func:`workbench.evaluate.fidelity.fidelity`."""
