@@ -117,7 +117,7 @@ def test_values_that_may_be_right_are_let_through(notebook, parameters):
 def test_every_notebook_and_parameter_is_listed_with_its_default_and_help():
     text = describe_notebooks(width=100)
     assert NOTEBOOKS == ["01_prepare_data", "02_train", "03_sample", "04_memorization", "05_match_browser",
-                         "06_reader_study", "07_compare_runs", "08_findings"]
+                         "06_reader_study", "07_compare_runs", "08_findings", "09_privacy_utility"]
     lines = text.splitlines()
     for name in NOTEBOOKS:
         assert any(line.startswith(f"{name}: ") for line in lines), name
@@ -134,7 +134,8 @@ def test_every_notebook_and_parameter_is_listed_with_its_default_and_help():
 @pytest.mark.parametrize("settings", [None, {"phantom_subjects": 3, "size": 32, "steps": 3, "lr": 2e-4, "seed": 5}])
 def test_the_demo_passes_only_parameters_its_notebooks_declare(tmp_path, no_execution, settings):
     stages = demo_stages(tmp_path, settings)
-    assert [name for name, _ in stages] == ["01_prepare_data", "02_train", "03_sample", "04_memorization"]
+    assert [name for name, _ in stages] == ["01_prepare_data", "02_train", "03_sample", "04_memorization",
+                                            "09_privacy_utility"]
     for name, parameters in stages:
         declared = notebook_parameters(name)
         assert set(parameters) <= set(declared), (name, sorted(set(parameters) - set(declared)))
