@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -80,6 +82,11 @@ def value_figure(table: pd.DataFrame, value: str, parameter: str, *, by: str = "
 def values_grid(table: pd.DataFrame, parameters, values=None, *, by: str = "model") -> list[go.Figure]:
     """One :func:`value_figure` per (recorded value, varied parameter)."""
     values = [v for v in (values or VALUE_TITLES) if v in table]
+    table = table.copy()
+    for parameter in parameters:  # a varied mapping or list (e.g. a network's options) plots by its text
+        if parameter in table and table[parameter].map(lambda v: isinstance(v, (dict, list))).any():
+            table[parameter] = table[parameter].map(lambda v: json.dumps(v, sort_keys=True, default=str)
+                                                    if isinstance(v, (dict, list)) else v)
     return [value_figure(table, value, parameter, by=by) for value in values for parameter in parameters
             if parameter in table and table[parameter].nunique(dropna=False) > 1]
 
