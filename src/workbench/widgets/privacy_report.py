@@ -174,6 +174,10 @@ def report_html(report: dict, figure: go.Figure) -> str:
                              "AUROC": info["auroc"]["value"],
                              "95% interval": f"[{info['auroc']['low']:.3f}, {info['auroc']['high']:.3f}]",
                              "TPR at 1% FPR": info["tpr_at_1pct_fpr"]["value"]} for name, info in methods.items()]))
+        for name, info in methods.items():
+            for key in ("direction_note", "tpr_note"):
+                if info.get(key):
+                    body.append(f"<p class='note'><b>{html.escape(name)}:</b> {html.escape(str(info[key]))}</p>")
         if m.get("comparable"):
             body.append(f"<p class='note'>{html.escape(str(m['comparable']))}</p>")
         for method, rows in (m.get("subjects_at_risk") or {}).items():
