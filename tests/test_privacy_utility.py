@@ -111,6 +111,17 @@ def test_utility_on_shuffled_labels_is_near_chance(phantom_store):
     assert "float32" in info["precision"] or "bf16" in info["precision"]
 
 
+def test_flips_are_off_by_default_for_chest_radiographs(phantom_store, tmp_path):
+    from workbench.evaluate.utility import default_flips
+
+    assert default_flips(phantom_store.where(split="train"))
+    with StoreWriter(tmp_path / "cxr", channels=["xray"], height=8, width=8, meta={"modality": "chest radiograph"},
+                     label_channels=[]) as w:
+        w.append(np.zeros((2, 1, 8, 8), np.float32), [{"subject": f"p{i}", "source": "x", "z": 0, "split": "train",
+                                                      "label": i} for i in range(2)])
+    assert not default_flips(SliceStore.open(tmp_path / "cxr"))
+
+
 def test_utility_refuses_what_it_cannot_measure_before_any_training(phantom_store, tmp_path):
     train, test = phantom_store.where(split="train"), phantom_store.where(split="test")
     unlabelled = _write_copy(tmp_path / "unlabelled", train.take(np.arange(20)), labels=False)

@@ -97,15 +97,9 @@ class ClassifierFeatures:
 
     def __init__(self, folder, *, device="cpu", batch_size: int = 256):
         import torch
-        from safetensors.torch import load_file
-
-        from ..models.classifier import Classifier, ClassifierConfig
 
         folder = Path(folder)
-        info = json.loads((folder / CLASSIFIER_JSON).read_text())
-        self.model = Classifier(ClassifierConfig.from_json(json.dumps(info["config"])))
-        self.model.load_state_dict(load_file(str(folder / CLASSIFIER_WEIGHTS)))
-        self.model.eval().to(device)
+        self.model, info = load_classifier(folder, device)
         self.positions = list(info["input_positions"])
         self.device, self.batch_size = torch.device(device), int(batch_size)
         self.name = f"utility classifier ({info['arm']} arm, {folder})"
@@ -157,6 +151,25 @@ def _subset_like(labels_real: np.ndarray, labels_syn: np.ndarray, view: SliceSto
                 f"classes are made in turn) or pass n= to use fewer real images")
         picks.append(rng.choice(have, need, replace=False))
     return np.sort(np.concatenate(picks))
+
+
+def default_flips(store: SliceStore) -> bool:
+    """Left-right flips suit axial brain slices, not chest radiographs (the heart is on one side):
+    off where the store records a radiograph modality (``prepare_xray_store`` does)."""
+    return "radiograph" not in str(store.meta.get("modality", "")).lower()
+
+
+def load_classifier(folder, device="cpu"):
+    """A saved utility classifier ``(model, info)`` from its folder (safetensors + JSON; nothing unpickled)."""
+    from safetensors.torch import load_file
+
+    from ..models.classifier import Classifier, ClassifierConfig
+
+    folder = Path(folder)
+    info = json.loads((folder / CLASSIFIER_JSON).read_text())
+    model = Classifier(ClassifierConfig.from_json(json.dumps(info["config"])))
+    model.load_state_dict(load_file(str(folder / CLASSIFIER_WEIGHTS)))
+    return model.to(device).eval(), info
 
 
 def _digest(settings: dict) -> str:
@@ -242,19 +255,14 @@ def _save(folder: Path, model, info: dict) -> None:
 
 
 def _load(folder: Path, digest: str, device):
-    from safetensors.torch import load_file
-
-    from ..models.classifier import Classifier, ClassifierConfig
-
+    """The arm's classifier saved with the same settings and images, or None."""
     try:
-        info = json.loads((folder / CLASSIFIER_JSON).read_text())
+        saved = json.loads((folder / CLASSIFIER_JSON).read_text())
     except (OSError, ValueError):
         return None
-    if info.get("digest") != digest or not (folder / CLASSIFIER_WEIGHTS).is_file():
+    if saved.get("digest") != digest or not (folder / CLASSIFIER_WEIGHTS).is_file():
         return None
-    model = Classifier(ClassifierConfig.from_json(json.dumps(info["config"])))
-    model.load_state_dict(load_file(str(folder / CLASSIFIER_WEIGHTS)))
-    return model.to(device).eval(), info
+    return load_classifier(folder, device)
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ def utility(run, *, arms=ARMS, n: int | None = None, steps: int = 300, batch_siz
         raise WorkbenchError(f"{real.path}: every channel is a label map ({real.channels}); the classifier needs an image channel")
     positions = [real.channels.index(c) for c in inputs]
     if flips is None:
-        flips = getattr(real, "kind", "") != "xray" and "xray" not in str(real.meta.get("kind", "")).lower()
+        flips = default_flips(real)
     syn_rows = None
     if wants_synthetic:
         synthetic = align_channels(synthetic, real, what="synthetic images")
