@@ -226,8 +226,8 @@ def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path
 
 
 @pytest.mark.parametrize("precision", ["bf16", "float32"])
-@pytest.mark.parametrize("block", [2, 4, 8])
-def test_pruned_search_is_exact_and_prunes(phantom_store, precision, block):
+@pytest.mark.parametrize("basis,block,most", [("pca", 4, 0.35), ("blocks", 2, 0.5), ("blocks", 4, 0.6), ("blocks", 8, 0.95)])
+def test_pruned_search_is_exact_and_prunes(phantom_store, precision, basis, block, most):
     from workbench.search import CorrelationIndex
 
     images = phantom_store.to_array()
@@ -236,13 +236,15 @@ def test_pruned_search_is_exact_and_prunes(phantom_store, precision, block):
     # planted near-copies of training slices plus every held-out slice
     copies = images[train.rows[::7]] + 0.01 * rng.standard_normal(images[train.rows[::7]].shape).astype(np.float32)
     q = np.concatenate([copies, images[phantom_store.where(split="test").rows]]).astype(np.float32)
-    index = CorrelationIndex(train, precision=precision, block=block)
-    res = index.topk(q, k=3, method="pruned", block_size=40)
+    index = CorrelationIndex(train, precision=precision, basis=basis, block=block, basis_dim=64)
+    res = index.topk(q, k=3, method="pruned", tile=8)
     ev, ei = reference_topk(q, images[train.rows], 3)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-9)
-    # at 32x32, 8x8 blocks leave only 4x4 coarse pixels: weak bounds, but still some pruning
-    assert res.stats["method"] == "pruned" and res.stats["full_fraction"] < (0.5 if block <= 4 else 0.95)
+    # at 32x32, 8x8 blocks leave only 4x4 coarse pixels: weak bounds, but still some pruning; the
+    # fitted basis prunes best
+    assert res.stats["method"] == "pruned" and res.stats["full_fraction"] < most
+    assert res.stats["basis"] == basis
 
 
 def test_pruned_through_topk_correlation_with_constant_images(data):

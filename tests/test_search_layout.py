@@ -32,7 +32,7 @@ def _imports(path: Path) -> list[tuple[int, str, str]]:
 
 def test_the_search_modules_are_found():
     names = {p.stem for p in MODULES}
-    assert {"__init__", "dispatch", "kernel", "bounds", "sources", "streaming", "pruned", "index",
+    assert {"__init__", "dispatch", "kernel", "bounds", "sources", "streaming", "projection", "tiles", "index",
             "distributed"} <= names
 
 

@@ -11,7 +11,8 @@ Compute layer: imports only ``workbench.data``.  One idea per module:
 - ``precision``: bf16 or float32 for the screen, as measured on the machine at hand
 - ``kernel``: the low-precision screen and the exact float64 rescore
 - ``streaming``: brute force over a reference streamed block by block
-- ``pruned``: proven block-mean upper bounds that prune pairs before the screen
+- ``projection``: proven upper bounds on r from a basis fitted to the reference (or block means)
+- ``tiles``: the pruned search: bounds, seed tiles, surviving tiles in float32, exact rescore
 - ``index``: :class:`CorrelationIndex`, a reference prepared once for many searches
 - ``subjects``: the best match from each of the k best different subjects
 - ``distributed``: :func:`topk_correlation_dask`, the reference sharded over a Dask cluster

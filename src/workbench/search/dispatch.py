@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..data.store import align_channels
 from ..errors import WorkbenchError
 from .distributed import topk_correlation_dask
-from .index import METHODS, topk_pruned
+from .index import METHODS, index_pays, topk_pruned
 from .result import SearchResult
 from .streaming import topk_streaming
 from .subjects import topk_distinct
@@ -68,6 +68,10 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
                                      **dask_options)
     if dask_options:
         raise TypeError(f"unexpected options {sorted(dask_options)}")
+    if method == "auto":  # an index pays for itself only with many queries (index.AUTO_MIN_QUERIES)
+        if index_pays(len(queries), len(reference)):
+            return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask,
+                               precision=precision, block_size=block_size, progress=progress, method="auto")
     if method == "pruned":
         return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
                            block_size=block_size, progress=progress)

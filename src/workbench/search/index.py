@@ -1,22 +1,28 @@
 """CorrelationIndex: a reference prepared once for many searches (as FAISS builds an index once).
 
-Preparing a reference means z-normalising every image (over the chosen channels and mask) and
-keeping a low-precision copy of the unit vectors.  A search then only multiplies: the screen
-reads the prepared copy, and the exact float64 rescore reads the few candidate images from the
-reference itself.  An index can be saved beside its SliceStore and opened again::
+Preparing a reference means z-normalising every image (over the chosen channels and mask),
+fitting an orthonormal basis to the reference's own principal directions and keeping, per image,
+its codes in that basis with the bounds of :mod:`workbench.search.projection`, and, when it fits
+in memory, a float32 (or bf16) copy of the unit vectors.  A pruned search bounds every pair from
+the codes and evaluates only the survivors, as dense tiles (:mod:`workbench.search.tiles`); the
+exact float64 rescore reads the few candidate images from the reference itself::
 
-    index = CorrelationIndex(store.where(split="train"), channels=["t1", "flair"], precision="bf16")
+    index = CorrelationIndex(store.where(split="train"), channels=["t1", "flair"])
     index.save("runs/brats/train.index")
     ...
     index = CorrelationIndex.open("runs/brats/train.index")      # reopens the store it was built on
-    values, indices = index.topk(synthetic, k=5)
+    values, indices = index.topk(synthetic, k=5)                 # method="auto": pruned or brute
 
-On disk an index is a folder: ``vectors.npy`` (N x D, float32 or bf16 stored as uint16,
-memory-mapped when opened), ``constant.npy``, ``mask.npy`` (if any) and ``index.json``.
+On disk an index is a folder: ``basis.npy`` (D x d float32), ``codes.npy``, ``rho.npy``,
+``slack.npy`` (per image), ``constant.npy``, ``check.npy`` (the codes of a few sampled images,
+recomputed on opening to catch an edited store), ``vectors.npy`` (N x D, float32 or bf16 stored as
+uint16, memory-mapped when opened; absent for an index too large to keep them), ``norms.npy``
+(bf16), ``mask.npy`` (if any) and ``index.json``.
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,91 +33,154 @@ from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
 from ..device import resolve_device
 from ..errors import WorkbenchError
-from . import pruned
-from .bounds import split_norms
-from .kernel import exact_pairs, screen_and_rescore
+from . import projection, tiles
+from .bounds import NORMALISE_F32, split_norms
+from .kernel import row_stats, screen_and_rescore
 from .layout import pad_slices, padded_width
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
 from .result import SearchResult
-from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks
+from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks, read_rows
 
 METHODS = ("auto", "brute", "pruned")
 
-INDEX_VERSION = 2  # 2: bf16 indexes store split norms (norms.npy) and padded slices
+INDEX_VERSION = 3  # 3: projection basis, codes and bounds; vectors optional
+#: an index keeps its copy of the unit vectors in memory up to this size (else rows come from the store)
+KEEP_VECTORS_BYTES = 2**30
+#: method="auto" searches by tiles when they would evaluate at most this fraction of all pairs.
+#: A pair evaluated in a tile costs about 2x a pair of the brute screen (gathered rows and
+#: queries, smaller products; BENCHMARKS.md), and the bounds and seeds are already paid for.
+AUTO_MAX_FRACTION = 0.4
+#: images whose codes are recomputed on opening a saved index (an edited store is caught)
+CHECK_ROWS = 8
 
 
 class CorrelationIndex:
-    """Normalised low-precision copy of a reference, for repeated exact top-k searches.
+    """A reference prepared for repeated exact top-k searches.
 
     Parameters
     ----------
     reference : SliceStore (or view) or array ``(N, C, H, W)``; kept for the exact rescore.
     channels, mask : as in :func:`~workbench.search.topk_correlation`.
-    precision : ``"bf16"``, ``"float32"`` or ``"auto"``: the precision of the prepared copy.
+    precision : ``"bf16"``, ``"float32"`` or ``"auto"``: the precision of the brute screen's copy
+        (the pruned search's tiles are float32).
     device : where searches run (``"auto"``: CUDA if available).
+    basis : ``"pca"`` (fitted to a seeded sample of the reference, default) or ``"blocks"``
+        (``block`` x ``block`` means, no fitting).
+    basis_dim : number of principal directions kept (``"pca"``).
+    keep_vectors : keep the copy of the unit vectors (``"auto"``: when it is under 1 GiB; else
+        the tiles read their rows from the reference store, which keeps memory small).
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
-                 block: int = 4, progress: bool = False, _prepared=None):
+                 basis: str = "pca", basis_dim: int = 256, block: int = 4, keep_vectors="auto", seed: int = 0,
+                 progress: bool = False, _prepared=None):
         self.reference = as_source(reference, "reference")
         shape = tuple(self.reference.shape)
         if shape[0] == 0:
             raise WorkbenchError("empty reference: nothing to index")
+        if basis not in projection.BASES:
+            raise WorkbenchError(f"basis must be one of {projection.BASES}, got {basis!r}")
+        if basis_dim < 1 or block < 1:
+            raise WorkbenchError(f"basis_dim and block must be >= 1, got {basis_dim} and {block}")
         self.image_shape = shape[1:]
         self.channel_index = channel_index(self.reference, channels, shape[1])
         self.select = Selector(self.image_shape, self.channel_index, mask)
         self.device = resolve_device(device)
         self.dtype = pick_precision(precision, self.device, prepared=True)
-        if block < 1:
-            raise WorkbenchError(f"block must be >= 1 pixel, got {block}")
-        self.block = int(block)
-        ids, self.m = pruned.block_ids(self.select, self.image_shape, self.block)
-        self._ids = torch.from_numpy(ids)
-        self._counts = torch.bincount(self._ids, minlength=self.m).to(torch.float64)
+        self.basis_name, self.block, self.seed = basis, int(block), int(seed)
         if _prepared is not None:
-            self.vectors, self.constant, self.coarse, self.resid, self.norms = _prepared
+            for name, value in _prepared.items():
+                setattr(self, name, value)
             return
+        t0 = time.perf_counter()
+        bytes_per = 2 if self.dtype == torch.bfloat16 else 4
+        if keep_vectors == "auto":
+            keep_vectors = shape[0] * self.select.dim * bytes_per <= KEEP_VECTORS_BYTES
+        self.basis = self._fit(basis, basis_dim)
+        self.delta = projection.basis_delta(self.basis)
         block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
-        vectors, constant, coarse, resid, norms = [], [], [], [], []
+        vectors, constant, codes, rho, slack, norms, stats = [], [], [], [], [], [], []
         for _, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
                               desc="indexing", unit="block", disable=not progress):
-            x64, c = normalise(self.select(images), torch.float64)
-            low = x64.to(torch.float32).to(self.dtype)
-            vectors.append(low)
-            if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
-                norms.append(split_norms(x64, low))
-                vectors[-1] = pad_slices(low)
+            flat = self.select(images)
+            stats.append(row_stats(flat))  # the rescore's mean and norm of each row
+            x64, c = normalise(flat, torch.float64)
+            if keep_vectors:
+                low = x64.to(torch.float32).to(self.dtype)
+                if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
+                    norms.append(split_norms(x64, low))
+                    low = pad_slices(low)
+                vectors.append(low)
             constant.append(c)
-            cc, rr = pruned.coarse(x64, self._ids, self._counts, self.m)
-            coarse.append(cc)
-            resid.append(rr)
-        self.vectors = torch.cat(vectors)
-        self.constant = np.concatenate(constant)
-        self.coarse = torch.cat(coarse)
-        self.resid = torch.cat(resid)
+            cc, rr, ss = projection.codes(x64, self.basis, self.delta)
+            codes.append(cc)
+            rho.append(rr)
+            slack.append(ss)
+        self.vectors = torch.cat(vectors) if vectors else None
         self.norms = torch.cat(norms) if norms else None
+        self.constant = np.concatenate(constant)
+        self.codes, self.rho, self.slack = torch.cat(codes), torch.cat(rho), torch.cat(slack)
+        self.stats = np.concatenate(stats)
+        self.check = self._check_rows()
+        self.build_seconds = time.perf_counter() - t0
+
+    # -- preparing -------------------------------------------------------------------------------
+    def _fit(self, basis: str, basis_dim: int) -> torch.Tensor:
+        if basis == "blocks":
+            return projection.block_basis(self.select, self.image_shape, self.block)
+        n = len(self.reference)
+        rng = np.random.default_rng(self.seed)
+        rows = np.sort(rng.choice(n, min(n, projection.BASIS_SAMPLE), replace=False))
+        x64, c = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
+        x64 = x64[torch.from_numpy(~c)]
+        if len(x64) == 0:
+            raise WorkbenchError("every sampled reference image is constant: no basis to fit")
+        return projection.fit_basis(x64, basis_dim)
+
+    def _check_rows(self) -> np.ndarray:
+        """Positions of the images whose codes are recomputed when the saved index is opened."""
+        rng = np.random.default_rng(self.seed + 1)
+        return np.sort(rng.choice(len(self.codes), min(len(self.codes), CHECK_ROWS), replace=False))
+
+    def rows32(self, positions: np.ndarray) -> torch.Tensor:
+        """Float32 unit vectors of the images at sorted ``positions`` (the tiles' rows)."""
+        if self.vectors is not None and self.dtype == torch.float32:
+            if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+                return self.vectors[positions[0]:positions[-1] + 1]
+            return self.vectors[torch.from_numpy(positions)]
+        x64, _ = normalise(self.select(read_rows(self.reference, positions)), torch.float64)
+        return x64.to(torch.float32)
+
+    @property
+    def from_disk(self) -> bool:
+        """The tiles read rows from the reference (prefetched in the background)."""
+        return not (self.vectors is not None and self.dtype == torch.float32)
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.codes)
 
     def __repr__(self) -> str:
         prec = "bf16" if self.dtype == torch.bfloat16 else "float32"
-        return f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec})"
+        return (f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec}, "
+                f"{self.basis_name} basis of {self.basis.shape[1]})")
 
-    def topk(self, queries, k: int = 1, *, method: str = "auto", block_size: int | None = None,
-             progress: bool = False) -> SearchResult:
+    # -- searching -------------------------------------------------------------------------------
+    def topk(self, queries, k: int = 1, *, method: str = "auto", channels=None, mask=None,
+             block_size: int | None = None, tile: int = tiles.TILE, progress: bool = False) -> SearchResult:
         """Exact top-k Pearson r of each query against the indexed reference.
 
-        ``method="brute"`` screens every pair at full size; ``"pruned"`` first bounds every pair
-        from block means (:mod:`workbench.search.pruned`) and screens only the pairs whose bound
-        reaches a proven lower bound on the k-th best.  Both are exact.  ``"auto"`` is
-        ``"brute"``: pruning leaves ~2-7 % of pairs on brain slices, but its screen still runs
-        over whole columns of the block, so it is not faster yet (BENCHMARKS.md).
-        ``stats["full_fraction"]`` is the fraction of pairs evaluated at full size.
+        ``method="pruned"`` bounds every pair from the codes and evaluates the survivors as dense
+        tiles (:mod:`workbench.search.tiles`); ``"brute"`` screens every pair at full size;
+        ``"auto"`` computes the bounds and seed tiles, then goes on by tiles when they would
+        evaluate at most AUTO_MAX_FRACTION of the pairs and otherwise by brute force.  All are
+        exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why) and
+        ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
+        ``mask``, if given, must be those the index was built with.
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
+        self._check_selection(channels, mask)
         queries = as_source(align_channels(queries, self.reference, what="queries"), "queries")
         if tuple(queries.shape[1:]) != self.image_shape:
             raise WorkbenchError(f"queries have images of shape {tuple(queries.shape[1:])} but the index was built "
@@ -120,19 +189,52 @@ class CorrelationIndex:
             raise WorkbenchError("empty queries: nothing to search")
         if not 1 <= k <= len(self):
             raise WorkbenchError(f"k={k} must be between 1 and the reference size {len(self)}")
+        if tile < 1:
+            raise WorkbenchError(f"tile must be >= 1 image, got {tile}")
         q64, const_q = prepare_queries(queries, self.select)
-        block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
+        if method != "brute":
+            result = tiles.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
+                                        tile=tile, progress=progress,
+                                        max_fraction=AUTO_MAX_FRACTION if method == "auto" else None)
+            if result is not None:
+                if method == "auto":
+                    result.stats["auto"] = (f"pruned: the tiles evaluate {result.stats['full_fraction']:.1%} of the "
+                                            f"pairs (brute below {AUTO_MAX_FRACTION:.0%})")
+                return result
+        result = self._brute(q64, const_q, k, block_size, progress)
+        if method == "auto":
+            result.stats["auto"] = (f"brute: the bounds left tiles of more than {AUTO_MAX_FRACTION:.0%} of the pairs "
+                                    f"to evaluate")
+        return result
 
-        survivors = None
-        if method == "pruned":
-            cq, rq = pruned.coarse(q64, self._ids, self._counts, self.m)
-            bounds = pruned.upper_bounds(cq, rq, self.coarse, self.resid, self.m)
-            bounds[torch.from_numpy(const_q)] = -np.inf
-            survivors, _ = pruned.prune(
-                bounds, lambda qi, ri: exact_pairs(q64, self.reference, self.select, qi, ri), k,
-                np.flatnonzero(self.constant))
-            survivors[torch.from_numpy(const_q)] = False
-            del bounds
+    def _check_selection(self, channels, mask) -> None:
+        if channels is not None:
+            want = channel_index(self.reference, channels, self.image_shape[0])
+            if want != (self.channel_index or list(range(self.image_shape[0]))):
+                raise WorkbenchError(f"this index was built on channels {self.channel_index or 'all'} and cannot search "
+                                     f"channels {list(channels)}: build an index with channels={list(channels)}")
+        if mask is not None:
+            other = Selector(self.image_shape, self.channel_index, mask).mask
+            mine = self.select.mask
+            if mine is None or other is None or not np.array_equal(mine, other):
+                raise WorkbenchError("this index was built with another mask than the one asked for: build an index "
+                                     "with that mask")
+
+    def _brute(self, q64, const_q, k, block_size, progress) -> SearchResult:
+        if self.vectors is None:  # nothing kept in memory: stream the reference, as topk_streaming does
+            size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
+
+            def streamed():
+                for start, images in iter_blocks(self.reference, size):
+                    r32, c = normalise(self.select(images), torch.float32, device=self.device)
+                    yield np.arange(start, start + len(images)), r32, c, None, None
+
+            result = screen_and_rescore(q64, const_q, streamed(), self.reference, self.select, k=k,
+                                        n_reference=len(self), dtype=torch.float32, dev=self.device, progress=progress,
+                                        ref_lift=NORMALISE_F32)
+            result.stats.update(method="brute", full_fraction=1.0)
+            return result
+        block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
 
         def blocks():
             # a small first block sets each query's running k-th best early: the bf16 screen's
@@ -141,26 +243,13 @@ class CorrelationIndex:
             starts = [0, *range(first, len(self), block_size)] if len(self) > first else [0]
             for start in starts:
                 stop = min(start + (first if start == 0 else block_size), len(self))
-                cols = np.arange(start, stop)
-                if survivors is None:  # contiguous rows: a view, no copy
-                    yield (cols, self.vectors[start:stop].to(self.device), self.constant[start:stop], None,
-                           None if self.norms is None else self.norms[start:stop])
-                    continue
-                mask = survivors[:, start:stop]
-                keep = mask.any(dim=0).numpy()
-                if not keep.any():  # every pair of this block is pruned
-                    continue
-                cols, mask = cols[keep], mask[:, torch.from_numpy(keep)]
-                # copies the surviving rows off the memory map (and onto the GPU) while streaming
-                sel = torch.from_numpy(cols)
-                yield (cols, self.vectors[sel].to(self.device), self.constant[cols], mask,
-                       None if self.norms is None else self.norms[sel])
+                yield (np.arange(start, stop), self.vectors[start:stop].to(self.device), self.constant[start:stop], None,
+                       None if self.norms is None else self.norms[start:stop])
 
         result = screen_and_rescore(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
                                     dtype=self.dtype, dev=self.device, progress=progress)
-        n_pairs = len(q64) * len(self)
-        result.stats["method"] = "brute" if survivors is None else "pruned"
-        result.stats["full_fraction"] = 1.0 if survivors is None else float(survivors.sum()) / max(n_pairs, 1)
+        result.stats["method"] = "brute"
+        result.stats["full_fraction"] = 1.0
         return result
 
     # -- saving and opening ----------------------------------------------------------------------
@@ -170,14 +259,17 @@ class CorrelationIndex:
             raise WorkbenchError("only an index of a SliceStore can be saved: it reopens the store for the rescore")
         path = Path(path)
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            v = self.vectors.cpu()
-            raw = v.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else v.numpy()
-            np.save(tmp / "vectors.npy", raw)
-            np.save(tmp / "constant.npy", self.constant)
-            np.save(tmp / "coarse.npy", self.coarse.cpu().numpy())
-            np.save(tmp / "resid.npy", self.resid.cpu().numpy())
+            if self.vectors is not None:
+                v = self.vectors.cpu()
+                raw = v.view(torch.int16).numpy().view(np.uint16) if self.dtype == torch.bfloat16 else v.numpy()
+                np.save(tmp / "vectors.npy", raw)
             if self.norms is not None:
                 np.save(tmp / "norms.npy", self.norms.cpu().numpy())
+            for name in ("basis", "codes", "rho", "slack"):
+                np.save(tmp / f"{name}.npy", getattr(self, name).cpu().numpy())
+            np.save(tmp / "constant.npy", self.constant)
+            np.save(tmp / "stats.npy", self.stats)
+            np.save(tmp / "check.npy", self.check)
             if self.select.mask is not None:
                 np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
             meta = {
@@ -191,26 +283,30 @@ class CorrelationIndex:
                 "channels": self.channel_index,
                 "image_shape": list(self.image_shape),
                 "pixels": self.select.dim,
-                "block": self.block,
+                "basis": self.basis_name, "basis_dim": int(self.basis.shape[1]), "block": self.block,
+                "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None,
             }
             (tmp / "index.json").write_text(json.dumps(meta))
         return path
 
     @classmethod
     def open(cls, path, *, device: str = "auto") -> "CorrelationIndex":
-        """Open a saved index and the store it was built on; check that they still match."""
+        """Open a saved index and the store it was built on; check that they still match (the
+        store's identity and shape, and the codes of a few images recomputed from the store)."""
         path = Path(path)
         try:
             meta = json.loads((path / "index.json").read_text())
             if meta.get("format_version") != INDEX_VERSION:
                 raise WorkbenchError(f"{path}: index format {meta.get('format_version')} was written by another "
                                      f"version of the workbench (this one reads {INDEX_VERSION}); build the index again")
-            raw = np.load(path / "vectors.npy", mmap_mode="c")
-            constant = np.load(path / "constant.npy")
-            coarse = torch.from_numpy(np.load(path / "coarse.npy"))
-            resid = torch.from_numpy(np.load(path / "resid.npy"))
-            norms = torch.from_numpy(np.load(path / "norms.npy")) if meta["precision"] == "bf16" else None
-        except (OSError, ValueError) as err:
+            parts = {name: torch.from_numpy(np.load(path / f"{name}.npy")) for name in ("basis", "codes", "rho", "slack")}
+            parts["constant"] = np.load(path / "constant.npy")
+            parts["check"] = np.load(path / "check.npy")
+            parts["stats"] = np.load(path / "stats.npy")
+            raw = np.load(path / "vectors.npy", mmap_mode="c") if meta["vectors"] else None
+            parts["norms"] = (torch.from_numpy(np.load(path / "norms.npy"))
+                              if meta["vectors"] and meta["precision"] == "bf16" else None)
+        except (OSError, ValueError, KeyError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store = SliceStore.open(meta["store"])
         if list(store.meta["shape"]) != meta["store_shape"] or store.meta.get("id") != meta["store_id"]:
@@ -221,19 +317,54 @@ class CorrelationIndex:
         if (path / "mask.npy").is_file():
             n_ch = len(meta["channels"]) if meta["channels"] else meta["image_shape"][0]
             mask = np.load(path / "mask.npy").reshape(n_ch, *meta["image_shape"][1:])
-        width = padded_width(meta["pixels"]) if meta["precision"] == "bf16" else meta["pixels"]
-        if raw.shape != (len(reference), width):
-            raise WorkbenchError(f"{path / 'vectors.npy'}: shape {raw.shape} does not match the index ({len(reference)}, {width})")
-        vectors = torch.from_numpy(raw)
-        if meta["precision"] == "bf16":
-            vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
-        return cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
-                   block=meta["block"], _prepared=(vectors, constant, coarse, resid, norms))
+        n = len(reference)
+        if parts["stats"].shape != (n, 2) or parts["codes"].shape != (n, meta["basis_dim"]) or parts["basis"].shape != (meta["pixels"], meta["basis_dim"]):
+            raise WorkbenchError(f"{path}: codes {tuple(parts['codes'].shape)} or basis {tuple(parts['basis'].shape)} do "
+                                 f"not match the index ({n} images of {meta['pixels']} pixels, basis of "
+                                 f"{meta['basis_dim']}); build it again")
+        parts["vectors"] = None
+        if raw is not None:
+            width = padded_width(meta["pixels"]) if meta["precision"] == "bf16" else meta["pixels"]
+            if raw.shape != (n, width):
+                raise WorkbenchError(f"{path / 'vectors.npy'}: shape {raw.shape} does not match the index ({n}, {width})")
+            vectors = torch.from_numpy(raw)
+            if meta["precision"] == "bf16":
+                vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
+            parts["vectors"] = vectors
+        parts["delta"] = float(meta["delta"])
+        index = cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
+                    basis=meta["basis"], block=meta["block"], seed=meta["seed"], _prepared=parts)
+        index._verify(path)
+        return index
+
+    def _verify(self, path) -> None:
+        """Recompute the codes of the check images from the store: an edited store is refused."""
+        rows = self.check
+        x64, _ = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
+        c, _, slack = projection.codes(x64, self.basis, self.delta)
+        gap = (c.double() - self.codes[torch.from_numpy(rows)].double()).norm(dim=1)
+        if bool((gap > 4 * slack + 1e-5).any()):
+            bad = rows[(gap > 4 * slack + 1e-5).numpy()]
+            raise WorkbenchError(f"{path}: the images at positions {bad.tolist()} of the store {self.reference.path} no "
+                                 f"longer match the index (the store was edited after the index was built); build it again")
+
+
+#: ``method="auto"`` of :func:`~workbench.search.topk_correlation` builds an index and prunes
+#: when the queries are many enough to pay for it: building costs about N D d multiply-adds (the
+#: codes) and a pass over the reference, brute force Q N D (measured: BENCHMARKS.md).
+AUTO_MIN_QUERIES = 1024
+AUTO_MIN_REFERENCE = 2048
+
+
+def index_pays(n_queries: int, n_reference: int) -> bool:
+    """Whether ``method="auto"`` of an unprepared search builds an index (module constants)."""
+    return n_queries >= AUTO_MIN_QUERIES and n_reference >= AUTO_MIN_REFERENCE
 
 
 def topk_pruned(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
-                precision: str = "auto", block_size: int | None = None, progress: bool = False) -> SearchResult:
-    """One pruned search (``method="pruned"`` of :func:`~workbench.search.topk_correlation`): index
-    ``reference``, then search it with pruning.  For repeated searches build the index once yourself."""
+                precision: str = "auto", block_size: int | None = None, progress: bool = False,
+                method: str = "pruned") -> SearchResult:
+    """One search of a fresh index (``method="pruned"`` of :func:`~workbench.search.topk_correlation`,
+    and ``"auto"`` where :func:`index_pays`).  For repeated searches build the index once yourself."""
     index = CorrelationIndex(reference, channels=channels, mask=mask, precision=precision, device=device)
-    return index.topk(queries, k, method="pruned", block_size=block_size, progress=progress)
+    return index.topk(queries, k, method=method, block_size=block_size, progress=progress)

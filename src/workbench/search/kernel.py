@@ -133,7 +133,7 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
-    values, indices = _rescore(q64, reference, select, qi, ri, k, nq)
+    values, indices = rescore(q64, reference, select, qi, ri, k, nq)
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
     stats = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
              "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
@@ -177,11 +177,12 @@ def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float 
     return s.float(), pair_error(qn, rn, out_abs, t_abs)
 
 
-def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int):
-    """Exact float64 r of each candidate pair; per query the top k (ties to the lower index)."""
+def rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int, stats=None):
+    """Exact float64 r of each candidate pair; per query the top k (ties to the lower index).
+    ``stats``: the reference rows' :func:`row_stats`, where an index stored them."""
     order = np.argsort(ri, kind="stable")
     qi, ri = qi[order], ri[order]
-    exact = _exact_sorted(q64, reference, select, qi, ri)
+    exact = _exact_sorted(q64, reference, select, qi, ri, stats)
     values = np.full((nq, k), -np.inf)
     indices = np.full((nq, k), -1, dtype=np.int64)
     by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
@@ -194,34 +195,50 @@ def _rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarra
     return values, indices
 
 
-def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, stats=None) -> np.ndarray:
     """Exact float64 r of the pairs (qi[j], ri[j]), reading the reference rows once each."""
     order = np.argsort(ri, kind="stable")
     out = np.empty(len(qi))
-    out[order] = _exact_sorted(q64, reference, select, qi[order], ri[order])
+    out[order] = _exact_sorted(q64, reference, select, qi[order], ri[order], stats)
     return out
 
 
-def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
-    """Exact r of pairs sorted by reference row: each row is read and normalised in float64 once,
-    then one float64 dot product per pair (a pair's value never depends on the other pairs).
+def row_stats(flat) -> np.ndarray:
+    """Per row ``[mean, ||row - mean||]`` in float64 (m x 2), by numpy's pairwise sums, which give
+    the same bits in every process whatever its thread count."""
+    x = np.array(flat, dtype=np.float64)  # a private copy: centred and squared in place
+    mean = x.mean(axis=1)
+    x -= mean[:, None]
+    np.square(x, out=x)
+    return np.stack([mean, np.sqrt(x.sum(axis=1))], axis=1)
 
-    The dot products are numpy's BLAS ``ddot`` held to one thread (twice the speed of
-    ``torch.dot`` here): a threaded BLAS sums in a thread-count-dependent order, and every
-    process, Dask workers included, must give each pair the same bits.
+
+def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, stats=None) -> np.ndarray:
+    """Exact r of pairs sorted by reference row: each row is read once, then one float64 dot
+    product per pair (a pair's value never depends on the other pairs).
+
+    For a unit query x (sum s_x) and a raw row y of mean m and centred norm n (:func:`row_stats`),
+    r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass: only its conversion to
+    float64 (and, without stored ``stats``, its mean and norm).  The dot products are numpy's BLAS
+    ``ddot`` held to one thread (twice the speed of ``torch.dot`` here): a threaded BLAS sums in a
+    thread-count-dependent order, and every process, Dask workers included, must give each pair
+    the same bits.
     """
     exact = np.empty(len(qi))
     rows = np.unique(ri)
     qn = q64.numpy()
-    step = max(1, 2**21 // (8 * select.dim))  # rows per chunk: ~2 MB of float64, so the passes stay in cache
+    qsum = qn.sum(axis=1)
+    step = max(1, 2**23 // (8 * select.dim))  # rows per chunk: ~8 MB of float64
     with single_thread(), threadpool_limits(limits=1, user_api="blas"):
         for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
             chunk = rows[s:s + step]
-            r64 = normalise(select(read_rows(reference, chunk)), torch.float64)[0].numpy()
+            raw = np.asarray(select(read_rows(reference, chunk)), dtype=np.float64)
+            st = row_stats(raw) if stats is None else np.asarray(stats[chunk])
             lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
             local = np.searchsorted(chunk, ri[lo:hi])
             # by query within the chunk: a query's candidates are often neighbouring rows, so its
             # vector is fetched once for them (the chunk's rows are in cache already)
             for j in np.argsort(qi[lo:hi], kind="stable"):
-                exact[lo + j] = qn[qi[lo + j]] @ r64[local[j]]
+                q, row = qi[lo + j], local[j]
+                exact[lo + j] = (qn[q] @ raw[row] - st[row, 0] * qsum[q]) / st[row, 1]
     return exact

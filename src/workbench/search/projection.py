@@ -1,0 +1,160 @@
+"""Projection bounds from the data: a basis fitted to the reference bounds r for every pair cheaply.
+
+For z-normalised unit vectors x, y and an orthogonal projection P onto a d-dimensional subspace,
+
+    x.y = Px.Py + (x - Px).(y - Py) <= Px.Py + ||x - Px|| ||y - Py||          (Cauchy-Schwarz)
+
+Block means (:mod:`workbench.search.pruned`) are one such P, fixed in advance.  Here P is fitted to
+the reference itself: its leading principal directions (the eigenvectors of the Gram matrix of a
+seeded sample of normalised reference rows, :func:`fit_basis`).  Brain slices live near a
+low-dimensional subspace, so ||y - Py|| is small and the bound is tight: on 4x64x64 phantom
+slices, d = 256 leaves under 1 % of pairs whose bound reaches a query's k-th best, where 4x4
+block means (d = 1024) leave 8-10 % (BENCHMARKS.md).  Each pair's bound costs a product of
+d-long codes in place of D-long vectors.
+
+Rigour in finite precision.  W (D x d) is stored in float32; it is the float64 QR of the fitted
+directions rounded to float32, so it is orthonormal only up to delta >= ||W^T W - I||_2, which
+:func:`basis_delta` computes in float64 (Frobenius norm, plus the float64 rounding of that
+computation).  P = W (W^T W)^-1 W^T is the exact orthogonal projection onto span(W).  Codes
+c = fl(W^T x) are computed in float32 in slices of CODE_CHUNK pixels, summed in float64, so each
+coordinate is off by at most (gamma_C + u) ||x|| ||w_j|| (Higham eq. 3.5; u = 2^-24 covers
+rounding x to float32) plus the float64 sum and the rounding of the code to float32, and
+
+    ||c - W^T x|| <= eta = sqrt(d) ((gamma_C + u) sqrt(1 + delta) ||x|| + 2 n_C u64) + u ||c||.
+
+With a = W^T x, b = W^T y: Px.Py = a^T (W^T W)^-1 b, ||Px||^2 >= ||a||^2 / (1 + delta), so
+
+    ||x - Px|| <= rho(x) = sqrt(||x||^2 - max(0, ||c|| - eta)^2 / (1 + delta))
+    |Px.Py - fl32(c_x.c_y)| <= eta_x ||b|| + ||c_x|| eta_y + (gamma_d + 2 delta) ||c_x|| ||c_y||
+
+and the bound used is fl32(c_x.c_y) + rho(x) rho(y) + slack(x) + slack(y) with slack(x) =
+1.001 eta_x + (gamma_d + 2 delta + 1e-6) / 2 (all norms here are at most 1.0005).  It is never
+below the true r; ``tests/test_search_projection.py`` checks it on every pair, adversarial data
+included.  At CODE_CHUNK = 256 and d = 256, eta is about 2.6e-4.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import WorkbenchError
+
+U32 = 2.0**-24
+U64 = 2.0**-53
+#: pixels per float32 partial product of a code (partials are summed in float64)
+CODE_CHUNK = 256
+#: rows of the reference sampled to fit the basis (the Gram matrix is SAMPLE x SAMPLE)
+BASIS_SAMPLE = 2048
+BASES = ("pca", "blocks")
+
+
+def gamma(n: int, u: float = U32) -> float:
+    return n * u / (1 - n * u)
+
+
+def fit_basis(sample64: torch.Tensor, d: int) -> torch.Tensor:
+    """An orthonormal basis (D x d', float32, d' <= d) of the leading principal directions of
+    ``sample64``, unit rows (n x D, float64).
+
+    Why not ``torch.svd_lowrank`` or scikit-learn's PCA: the sample is short and wide (n << D), so
+    the n x n Gram matrix is the cheapest exact route (one float32 product and one small ``eigh``),
+    and the directions are re-orthonormalised in float64 (QR), which the bound's delta relies on.
+    """
+    n, dim = sample64.shape
+    s32 = sample64.to(torch.float32)
+    gram = (s32 @ s32.T).double()
+    evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, descending=True)
+    evals, evecs = evals[order], evecs[:, order]
+    keep = int(min(d, dim, int((evals > evals[0] * 1e-10).sum()))) if evals[0] > 0 else 0
+    if keep == 0:
+        raise WorkbenchError("the reference sample has no variance to fit a basis to (every image constant?)")
+    directions = sample64.T @ evecs[:, :keep]  # D x keep, float64
+    q, _ = torch.linalg.qr(directions)
+    return q.to(torch.float32).contiguous()
+
+
+def block_ids(selector, image_shape, block: int) -> tuple[np.ndarray, int]:
+    """Block id of every selected pixel (channel, row // b, col // b), and the number of blocks."""
+    c, h, w = image_shape
+    n_ch = len(selector.channels) if selector.channels else c
+    hb, wb = -(-h // block), -(-w // block)
+    ch = np.arange(n_ch)[:, None, None]
+    rr = (np.arange(h) // block)[None, :, None]
+    cc = (np.arange(w) // block)[None, None, :]
+    ids = (ch * hb * wb + rr * wb + cc).reshape(-1)
+    if selector.mask is not None:
+        ids = ids[selector.mask]
+    uniq, dense = np.unique(ids, return_inverse=True)
+    return dense.astype(np.int64), len(uniq)
+
+
+def block_basis(selector, image_shape, block: int) -> torch.Tensor:
+    """Block means as a basis that needs no fitting: column j is the indicator of block j's
+    selected pixels divided by sqrt(its count) (D x m, float32), an orthogonal projection (the
+    block-mean bounds of the first version of the pruned search)."""
+    ids, m = block_ids(selector, image_shape, block)
+    dim = len(ids)
+    if dim * m > 2**28:
+        raise WorkbenchError(f"a {block}x{block} block basis of {dim} pixels has {m} columns: too large a dense basis; "
+                             f"use a larger block or basis='pca'")
+    counts = np.bincount(ids, minlength=m).astype(np.float64)
+    w = torch.zeros((dim, m), dtype=torch.float32)
+    w[torch.arange(dim), torch.from_numpy(ids)] = torch.from_numpy(1 / np.sqrt(counts[ids])).float()
+    return w
+
+
+def basis_delta(w: torch.Tensor) -> float:
+    """An upper bound on ||W^T W - I||_2 (Frobenius norm in float64 plus its rounding)."""
+    w64 = w.double()
+    dim, d = w64.shape
+    g = w64.T @ w64
+    g.diagonal().sub_(1.0)
+    rounding = d * gamma(dim, U64) * 1.01  # each entry of W^T W is off by gamma_D |w_i|.|w_j| <= gamma_D (1 + ...)
+    return float(torch.linalg.matrix_norm(g).item()) * (1 + 1e-12) + rounding + 1e-15
+
+
+def codes(x: torch.Tensor, w: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (n x d float32), an upper bound on ||x - Px|| and the slack of each row (float64).
+
+    ``x``: z-normalised rows (float64 or float32; their norms are measured, so constant rows,
+    which are all zero, get zero bounds).  Module docstring: what the bounds hold.
+    """
+    n, dim = x.shape
+    d = w.shape[1]
+    chunks = -(-dim // CODE_CHUNK)
+    pad = chunks * CODE_CHUNK - dim
+    x32 = x.to(torch.float32)
+    w32 = w.to(device=x.device)
+    if pad:
+        x32 = torch.nn.functional.pad(x32, (0, pad))
+        w32 = torch.nn.functional.pad(w32, (0, 0, 0, pad))
+    wc = w32.view(chunks, CODE_CHUNK, d)
+    acc = torch.zeros((n, d), dtype=torch.float64, device=x.device)
+    rows = max(1, 2**26 // (4 * d * chunks))  # bound the (chunks, rows, d) partial products to ~64 MB
+    for a in range(0, n, rows):
+        xc = x32[a:a + rows].view(-1, chunks, CODE_CHUNK).transpose(0, 1)  # chunks x rows x C
+        acc[a:a + rows] = torch.bmm(xc, wc).double().sum(dim=0)
+    c = acc.to(torch.float32)
+    xnorm = torch.linalg.vector_norm(x.double(), dim=1) * (1 + 1e-15)
+    cnorm = torch.linalg.vector_norm(c.double(), dim=1)
+    eta = (math.sqrt(d) * ((gamma(CODE_CHUNK) + U32) * math.sqrt(1 + delta) * xnorm + 2 * chunks * U64 * 1.01)
+           + U32 * cnorm) * (1 + 1e-9)
+    inside = (cnorm - eta).clamp_min(0)
+    rho2 = xnorm**2 - inside**2 / (1 + delta)
+    rho = rho2.clamp_min(0).sqrt() * (1 + 1e-12) + 1e-12
+    slack = 1.001 * eta + (gamma(d) + 2 * delta + 1e-6) / 2
+    return c, rho, slack
+
+
+def upper_bounds(cq: torch.Tensor, rho_q: torch.Tensor, slack_q: torch.Tensor, cr: torch.Tensor,
+                 rho_r: torch.Tensor, slack_r: torch.Tensor) -> torch.Tensor:
+    """Upper bound on r for every (query, reference) pair, Q x N float32 (rounded up by 1e-6,
+    which covers the float32 sum of its three terms)."""
+    ub = cq @ cr.T
+    ub.addr_(rho_q.float(), rho_r.float())
+    ub += (slack_q.float() + 1e-6)[:, None]
+    ub += slack_r.float()[None, :]
+    return ub

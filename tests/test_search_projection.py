@@ -1,0 +1,257 @@
+"""The pruned search (issue 16): projection bounds, tiles, the float32 tier and the saved index.
+
+Every method, basis and tier must equal float64 brute force, on adversarial data too; every bound
+must hold on every pair.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data.store import SliceStore, StoreWriter
+from workbench.errors import WorkbenchError
+from workbench.search import CorrelationIndex, topk_correlation
+from workbench.search import index as index_module
+from workbench.search import projection, tiles
+from workbench.search.normalise import normalise
+
+
+def truth(q, r, k):
+    """float64 numpy brute force, ties to the lower index."""
+    def unit(x):
+        x = x.reshape(len(x), -1).astype(np.float64)
+        x = x - x.mean(1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    s = unit(q) @ unit(r).T
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, idx, 1), idx, s
+
+
+def slices(n_subjects=12, depth=16, size=16, seed=0):
+    """Smooth volumes sliced along z: neighbouring slices nearly equal, as in brain MRI."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n_subjects):
+        f = rng.uniform(1, 3, size=(4, 3))
+        for z in range(depth):
+            t = z / depth
+            img = [np.sin(f[c, 0] * xx * 3 + t * f[c, 1]) * np.cos(f[c, 2] * yy * 3 - t) for c in range(2)]
+            out.append(np.stack(img))
+    x = np.asarray(out, dtype=np.float32)
+    return x + 0.01 * rng.standard_normal(x.shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def brainlike():
+    ref = slices()
+    rng = np.random.default_rng(1)
+    copies = ref[::9] * rng.uniform(0.95, 1.05, size=(len(ref[::9]), 2, 1, 1)).astype(np.float32)
+    copies += 0.02 * rng.standard_normal(copies.shape).astype(np.float32)
+    novel = slices(n_subjects=2, seed=5)
+    return np.concatenate([copies, novel]).astype(np.float32), ref
+
+
+def unit64(x):
+    return normalise(x.reshape(len(x), -1), torch.float64)[0]
+
+
+# -- the bounds hold on every pair -----------------------------------------------------------
+@pytest.mark.parametrize("case", ["random", "nearly-equal", "between-clusters", "brainlike"])
+def test_projection_bound_holds_for_every_pair(case, brainlike):
+    rng = np.random.default_rng(3)
+    if case == "random":
+        ref, q = rng.random((80, 1, 8, 8)), rng.random((20, 1, 8, 8))
+    elif case == "nearly-equal":  # all references nearly equal: every bound is near 1
+        base = rng.random((1, 1, 8, 8))
+        ref = base + 1e-5 * rng.standard_normal((80, 1, 8, 8))
+        q = base + 1e-5 * rng.standard_normal((20, 1, 8, 8))
+    elif case == "between-clusters":  # queries equidistant from two clusters
+        a, b = rng.random((1, 1, 8, 8)), rng.random((1, 1, 8, 8))
+        ref = np.concatenate([a + 0.01 * rng.standard_normal((40, 1, 8, 8)), b + 0.01 * rng.standard_normal((40, 1, 8, 8))])
+        q = (a + b) / 2 + 1e-4 * rng.standard_normal((20, 1, 8, 8))
+    else:
+        q, ref = brainlike
+    x, y = unit64(np.asarray(q, np.float32)), unit64(np.asarray(ref, np.float32))
+    exact = (x @ y.T).numpy()
+    for d in (1, 4, 16, 64):
+        w = projection.fit_basis(y[: min(len(y), 40)], d)
+        delta = projection.basis_delta(w)
+        cq, rq, sq = projection.codes(x, w, delta)
+        cr, rr, sr = projection.codes(y, w, delta)
+        ub = projection.upper_bounds(cq, rq, sq, cr, rr, sr).double().numpy()
+        assert (ub >= exact).all(), f"d={d}: bound below r by {np.max(exact - ub):.2e}"
+        # eta bounds the code error: the codes against W^T x in float64 with W's float32 numbers
+        want = x @ w.double()
+        assert ((cq.double() - want).norm(dim=1) <= (sq - 1e-6) / 1.001).all()
+        # rho bounds ||x - Px|| (P the exact projection onto span W)
+        q_, _ = torch.linalg.qr(w.double())
+        resid = (x - (x @ q_) @ q_.T).norm(dim=1)
+        assert (rq >= resid).all()
+    assert delta < 1e-5  # the float32 basis is orthonormal to ~1e-7
+
+
+def test_block_basis_is_orthonormal_and_its_bound_holds(brainlike):
+    from workbench.search.sources import Selector
+
+    q, ref = brainlike
+    sel = Selector(ref.shape[1:], None, None)
+    w = projection.block_basis(sel, ref.shape[1:], 4)
+    assert w.shape == (2 * 16 * 16, 2 * 4 * 4)
+    delta = projection.basis_delta(w)
+    assert delta < 1e-6
+    x, y = unit64(q), unit64(ref)
+    ub = projection.upper_bounds(*projection.codes(x, w, delta), *projection.codes(y, w, delta)).double()
+    assert (ub >= x @ y.T).all()
+
+
+@pytest.mark.parametrize("dim", [10, 1024, 3000])
+def test_float32_tier_bound_holds(dim):
+    g = torch.Generator().manual_seed(dim)
+    x = torch.nn.functional.normalize(torch.randn(12, dim, dtype=torch.float64, generator=g) + 3, dim=1)
+    y = torch.nn.functional.normalize(torch.randn(30, dim, dtype=torch.float64, generator=g) + 3, dim=1)
+    s = tiles.tile_product(tiles.chunked(x.float()), torch.arange(12), y.float()).double()
+    err = (s - x @ y.T).abs().max().item()
+    assert err <= tiles.tier_error_bound(dim)
+    assert tiles.tier_error_bound(dim) < 1e-4
+
+
+# -- every method equals float64 brute force ---------------------------------------------------
+@pytest.mark.parametrize("basis", ["pca", "blocks"])
+@pytest.mark.parametrize("k", [1, 4, 40])
+def test_every_method_equals_float64_brute_force(brainlike, basis, k):
+    q, ref = brainlike
+    ev, ei, _ = truth(q, ref, k)
+    index = CorrelationIndex(ref, basis=basis, basis_dim=32, block=4)
+    for method in ("pruned", "brute", "auto"):
+        res = index.topk(q, k=k, method=method, tile=8)  # k = 40 is larger than a tile
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    pruned = index.topk(q, k=k, method="pruned", tile=8)
+    if k < 40:  # the fitted basis prunes most pairs of these smooth slices
+        assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
+
+
+@pytest.mark.parametrize("case", ["nearly-equal", "between-clusters", "duplicates"])
+def test_adversarial_references_stay_exact(case):
+    rng = np.random.default_rng(7)
+    if case == "nearly-equal":
+        base = rng.random((1, 2, 8, 8)).astype(np.float32)
+        ref = base + 1e-4 * rng.standard_normal((120, 2, 8, 8)).astype(np.float32)
+        q = base + 1e-4 * rng.standard_normal((10, 2, 8, 8)).astype(np.float32)
+    elif case == "between-clusters":
+        a, b = rng.random((1, 2, 8, 8)), rng.random((1, 2, 8, 8))
+        ref = np.concatenate([a + 0.01 * rng.standard_normal((60, 2, 8, 8)),
+                              b + 0.01 * rng.standard_normal((60, 2, 8, 8))]).astype(np.float32)
+        q = ((a + b) / 2 + 1e-3 * rng.standard_normal((10, 2, 8, 8))).astype(np.float32)
+    else:  # exact duplicates: ties go to the lower index
+        base = rng.random((30, 2, 8, 8)).astype(np.float32)
+        ref = np.concatenate([base, base, base])
+        q = base[:10] + 0.01 * rng.standard_normal((10, 2, 8, 8)).astype(np.float32)
+    for k in (1, 3, 25):
+        ev, ei, _ = truth(q, ref, k)
+        res = CorrelationIndex(ref, basis_dim=8).topk(q, k=k, method="pruned", tile=16)
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
+def test_constant_images_are_not_matched_by_the_tiles(brainlike):
+    q, ref = brainlike
+    q, ref = q[:12].copy(), ref.copy()
+    q[2], ref[5], ref[40] = 0.3, 0.0, 1.0
+    with pytest.warns(UserWarning, match="constant"):
+        res = CorrelationIndex(ref, basis_dim=16).topk(q, k=3, method="pruned", tile=8)
+    assert res.indices[2].tolist() == [-1, -1, -1] and set(res.constant_reference) == {5, 40}
+    assert not np.isin(res.indices, [5, 40]).any()
+
+
+def test_auto_says_what_it_chose(brainlike, monkeypatch):
+    q, ref = brainlike
+    index = CorrelationIndex(ref, basis_dim=32)
+    res = index.topk(q, k=2, tile=8)
+    assert res.stats["method"] == "pruned" and res.stats["auto"].startswith("pruned")
+    rng = np.random.default_rng(0)  # noise: nothing can be pruned, so auto goes brute
+    noise = CorrelationIndex(rng.random((200, 1, 8, 8)).astype(np.float32), basis_dim=8)
+    res = noise.topk(rng.random((20, 1, 8, 8)).astype(np.float32), k=2, tile=8)
+    assert res.stats["method"] == "brute" and res.stats["auto"].startswith("brute")
+    # topk_correlation builds an index only with enough queries to pay for it
+    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10)
+    monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 10)
+    res = topk_correlation(q, ref, k=2)
+    assert "auto" in res.stats  # an index was built and said what it chose
+    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10_000)
+    assert "auto" not in topk_correlation(q, ref, k=2).stats  # streamed brute force, no index
+
+
+# -- the saved index: out of core, and refusing what does not match ------------------------------
+def write_store(path, images):
+    with StoreWriter(path, channels=["a", "b"], height=images.shape[2], width=images.shape[3]) as w:
+        w.append(images, [{"subject": f"s{i // 16}", "split": "train"} for i in range(len(images))])
+    return SliceStore.open(path)
+
+
+def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_path):
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    ev, ei, _ = truth(q, ref, 3)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32)
+    assert index.vectors is None and index.from_disk
+    res = index.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    brute = index.topk(q, k=3, method="brute")  # streams the store
+    np.testing.assert_array_equal(brute.indices, ei)
+    index.save(tmp_path / "i")
+    again = CorrelationIndex.open(tmp_path / "i")
+    assert again.vectors is None and again.basis_name == "pca"
+    res2 = again.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(res2.indices, res.indices)
+    np.testing.assert_array_equal(res2.values, res.values)
+
+
+def test_an_edited_store_is_refused(brainlike, tmp_path):
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    CorrelationIndex(store, basis_dim=16).save(tmp_path / "i")
+    images = np.load(tmp_path / "s" / "images.npy", mmap_mode="r+")
+    images[:] = images[::-1]  # the same store id and shape, other images
+    images.flush()
+    del images
+    with pytest.raises(WorkbenchError, match="no longer match the index"):
+        CorrelationIndex.open(tmp_path / "i")
+
+
+def test_another_selection_than_the_index_was_built_with_is_refused(brainlike, tmp_path):
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, channels=["a"], basis_dim=16)
+    with pytest.raises(WorkbenchError, match="built on channels"):
+        index.topk(store, k=1, channels=["b"])
+    index.topk(store, k=1, channels=["a"])  # the same selection is fine
+    with pytest.raises(WorkbenchError, match="another mask"):
+        index.topk(store, k=1, mask=np.ones((16, 16), bool))
+    with pytest.raises(WorkbenchError, match="basis must be"):
+        CorrelationIndex(store, basis="wavelets")
+    with pytest.raises(WorkbenchError, match="tile"):
+        index.topk(store, k=1, tile=0)
+
+
+def test_a_damaged_saved_index_is_refused(brainlike, tmp_path):
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    CorrelationIndex(store, basis_dim=16).save(tmp_path / "i")
+    np.save(tmp_path / "i" / "codes.npy", np.zeros((3, 16), np.float32))
+    with pytest.raises(WorkbenchError, match="do not match the index"):
+        CorrelationIndex.open(tmp_path / "i")
+    (tmp_path / "i" / "basis.npy").unlink()
+    with pytest.raises(WorkbenchError, match="not a complete CorrelationIndex"):
+        CorrelationIndex.open(tmp_path / "i")
+
+
+def test_gamma_and_slack_are_small_at_brats_sizes():
+    # the code slack at d = 256 for 5 x 256 x 256 images: what the bound adds to every pair
+    eta = math.sqrt(256) * (projection.gamma(projection.CODE_CHUNK) + projection.U32)
+    assert eta < 3e-4
+    assert tiles.tier_error_bound(5 * 256 * 256) < 1e-4
