@@ -15,9 +15,11 @@ Methods, each timed on a *prepared* reference with the preparation timed separat
 - ``FAISS IndexFlatIP``: inner product on z-normalised float32 vectors (faiss-cpu, optional).
 - ``workbench topk_correlation``: our exact search (low-precision screen + float64 rescore) as a
   function on the raw reference array: it normalises the reference in every call (no prepare).
-- ``workbench CorrelationIndex``: our search on a prepared index, brute (screen + rescore) and
-  pruned.  Rows say "not available yet" until ``workbench.search.CorrelationIndex`` and its
-  ``method="pruned"`` exist.
+- ``workbench CorrelationIndex``: our search on a prepared index: brute (screen + rescore),
+  pruned (projection bounds from a basis fitted to the reference, survivors as dense float32
+  tiles, float64 rescore; issue 16) and auto (what ``method="auto"`` chose).  The notes give the
+  basis, the rows read and the seconds of each stage.  The scale workload (issue 16's (b)) is
+  ``benchmarks/search_scale.py``.
 
 Reported per method: prepare seconds, search seconds (queries normalised inside the search),
 pairs per second, GFLOP/s = 2 Q N D / search seconds (D = C H W pixels per image; for a pruned
@@ -445,6 +447,13 @@ def stats_note(stats: dict, n_ref: int) -> str:
         parts.append(f"{c:.1f} candidates/query rescored ({100 * c / n_ref:.2f} % of N)")
     if "error_bound" in stats:
         parts.append(f"eps {stats['error_bound']:.2g}" + (" worst case, per-pair bounds" if stats.get('bound') == 'per pair' else ''))
+    if "basis" in stats:
+        parts.append(f"{stats['basis']} basis of {stats['basis_dim']}, tiles of {stats['tile']}, "
+                     f"{stats['rows_read']:,} rows read")
+    if isinstance(stats.get("seconds"), dict):
+        parts.append("s: " + ", ".join(f"{key[:-2]} {v:.3f}" for key, v in stats["seconds"].items()))
+    if "auto" in stats:
+        parts.append(f"auto chose {stats['auto']}")
     return ", ".join(parts)
 
 
@@ -512,7 +521,7 @@ def run_workload(size: int, args, peaks: dict) -> dict:
     if "function" in wanted:
         for p in precisions:
             add(bench.ours_function, p)
-    index_methods = [m for m, key in (("brute", "index"), ("pruned", "pruned")) if key in wanted]
+    index_methods = [m for m, key in (("brute", "index"), ("pruned", "pruned"), ("auto", "auto")) if key in wanted]
     if index_methods:
         for p in precisions:
             add(bench.ours_index, p, index_methods)
@@ -541,7 +550,7 @@ def main(argv=None) -> None:
     ap.add_argument("--test-subjects", type=int, default=4, help="of which held out for novel queries (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precisions", default="bf16,float32", help="screen precisions of our rows (default bf16,float32)")
-    ap.add_argument("--methods", default="scipy,torch,faiss,function,index,pruned",
+    ap.add_argument("--methods", default="scipy,torch,faiss,function,index,pruned,auto",
                     help="comma list of rows to run besides float64 (default all)")
     ap.add_argument("--scipy-pairs", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3,

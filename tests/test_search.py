@@ -226,7 +226,7 @@ def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path
 
 
 @pytest.mark.parametrize("precision", ["bf16", "float32"])
-@pytest.mark.parametrize("basis,block,most", [("pca", 4, 0.35), ("blocks", 2, 0.5), ("blocks", 4, 0.6), ("blocks", 8, 0.95)])
+@pytest.mark.parametrize("basis,block,most", [("pca", 4, 0.35), ("blocks", 2, 0.5), ("blocks", 4, 0.6), ("blocks", 8, 1.0)])
 def test_pruned_search_is_exact_and_prunes(phantom_store, precision, basis, block, most):
     from workbench.search import CorrelationIndex
 

@@ -255,3 +255,26 @@ def test_gamma_and_slack_are_small_at_brats_sizes():
     eta = math.sqrt(256) * (projection.gamma(projection.CODE_CHUNK) + projection.U32)
     assert eta < 3e-4
     assert tiles.tier_error_bound(5 * 256 * 256) < 1e-4
+
+
+@pytest.mark.parametrize("keep_vectors", [True, False])
+def test_the_cascade_is_exact_and_saved(brainlike, tmp_path, monkeypatch, keep_vectors):
+    # a basis of 32 with a first level of 8 codes: every pair bounded from 8, survivors from 32
+    monkeypatch.setattr(index_module, "LEVEL1", 8)
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, basis_dim=32, keep_vectors=keep_vectors)
+    assert index.level1 == 8
+    single = CorrelationIndex(store, basis_dim=8)
+    for k in (1, 4):
+        ev, ei, _ = truth(q, ref, k)
+        res = index.topk(q, k=k, method="pruned", tile=8)
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+        assert res.stats["level1"] == 8
+        # the second level prunes more than the first level alone
+        assert res.stats["full_fraction"] < single.topk(q, k=k, method="pruned", tile=8).stats["full_fraction"]
+    index.save(tmp_path / "i")
+    again = CorrelationIndex.open(tmp_path / "i")
+    assert again.level1 == 8
+    np.testing.assert_array_equal(again.topk(q, k=4, method="pruned", tile=8).indices, truth(q, ref, 4)[1])

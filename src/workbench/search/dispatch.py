@@ -29,8 +29,11 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     k : matches per query.
     device : ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
     method : ``"brute"`` (stream the reference, screen every pair), ``"pruned"`` (prepare a
-        :class:`~workbench.search.CorrelationIndex` and prune with block-mean bounds; for
-        repeated searches build the index once yourself) or ``"auto"`` (``"brute"`` for now).
+        :class:`~workbench.search.CorrelationIndex` and prune with its projection bounds; for
+        repeated searches build the index once yourself) or ``"auto"``: an index where the
+        queries are many enough to pay for building it (:func:`~workbench.search.index.index_pays`,
+        measured in BENCHMARKS.md), and then pruned or brute as the index's bounds say; else
+        streamed brute force.
     channels : channel names (SliceStores) or positions to use; default all.
     mask : boolean ``(H, W)`` (same for every channel) or ``(C, H, W)``: r over these pixels only
         (e.g. the brain).

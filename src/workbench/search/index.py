@@ -51,8 +51,17 @@ KEEP_VECTORS_BYTES = 2**30
 #: A pair evaluated in a tile costs about 2x a pair of the brute screen (gathered rows and
 #: queries, smaller products; BENCHMARKS.md), and the bounds and seeds are already paid for.
 AUTO_MAX_FRACTION = 0.4
+#: a cascade: with a basis of at least 2 x LEVEL1 directions, every pair is bounded from its first
+#: LEVEL1 codes and only the survivors from all of them (tiles.py)
+LEVEL1 = 256
 #: images whose codes are recomputed on opening a saved index (an edited store is caught)
 CHECK_ROWS = 8
+
+
+def default_basis_dim(n_reference: int) -> int:
+    """Principal directions kept by default: more for a larger reference, where the codes cost
+    less next to the work they save (BENCHMARKS.md)."""
+    return int(min(1024, max(64, 2 ** round(np.log2(max(n_reference, 1) / 32)))))
 
 
 class CorrelationIndex:
@@ -67,13 +76,13 @@ class CorrelationIndex:
     device : where searches run (``"auto"``: CUDA if available).
     basis : ``"pca"`` (fitted to a seeded sample of the reference, default) or ``"blocks"``
         (``block`` x ``block`` means, no fitting).
-    basis_dim : number of principal directions kept (``"pca"``).
+    basis_dim : number of principal directions kept (``"pca"``; default :func:`default_basis_dim`).
     keep_vectors : keep the copy of the unit vectors (``"auto"``: when it is under 1 GiB; else
         the tiles read their rows from the reference store, which keeps memory small).
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
-                 basis: str = "pca", basis_dim: int = 256, block: int = 4, keep_vectors="auto", seed: int = 0,
+                 basis: str = "pca", basis_dim: int | None = None, block: int = 4, keep_vectors="auto", seed: int = 0,
                  progress: bool = False, _prepared=None):
         self.reference = as_source(reference, "reference")
         shape = tuple(self.reference.shape)
@@ -81,6 +90,7 @@ class CorrelationIndex:
             raise WorkbenchError("empty reference: nothing to index")
         if basis not in projection.BASES:
             raise WorkbenchError(f"basis must be one of {projection.BASES}, got {basis!r}")
+        basis_dim = default_basis_dim(shape[0]) if basis_dim is None else int(basis_dim)
         if basis_dim < 1 or block < 1:
             raise WorkbenchError(f"basis_dim and block must be >= 1, got {basis_dim} and {block}")
         self.image_shape = shape[1:]
@@ -100,28 +110,42 @@ class CorrelationIndex:
         self.basis = self._fit(basis, basis_dim)
         self.delta = projection.basis_delta(self.basis)
         block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
-        vectors, constant, codes, rho, slack, norms, stats = [], [], [], [], [], [], []
+        vectors, constant, codes, rho, slack, norms, stats, rho1, slack1 = [], [], [], [], [], [], [], [], []
+        d = self.basis.shape[1]
+        self.level1 = LEVEL1 if d >= 2 * LEVEL1 else None
         for _, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
                               desc="indexing", unit="block", disable=not progress):
             flat = self.select(images)
             stats.append(row_stats(flat))  # the rescore's mean and norm of each row
-            x64, c = normalise(flat, torch.float64)
+            # float32 normalisation (NORMALISE_F32 from exact, which every bound allows for) is
+            # several times faster than float64; the bf16 screen's split norms need float64
+            if self.dtype == torch.bfloat16 and keep_vectors:
+                x, c = normalise(flat, torch.float64)
+                err = 0.0
+            else:
+                x, c = normalise(flat, torch.float32)
+                err = NORMALISE_F32
             if keep_vectors:
-                low = x64.to(torch.float32).to(self.dtype)
+                low = x.to(torch.float32).to(self.dtype)
                 if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
-                    norms.append(split_norms(x64, low))
+                    norms.append(split_norms(x, low))
                     low = pad_slices(low)
                 vectors.append(low)
             constant.append(c)
-            cc, rr, ss = projection.codes(x64, self.basis, self.delta)
+            cc, rr, ss, *first = projection.codes(x, self.basis, self.delta, err, prefix=self.level1)
             codes.append(cc)
             rho.append(rr)
             slack.append(ss)
+            if first:
+                rho1.append(first[0][0])
+                slack1.append(first[0][1])
         self.vectors = torch.cat(vectors) if vectors else None
         self.norms = torch.cat(norms) if norms else None
         self.constant = np.concatenate(constant)
         self.codes, self.rho, self.slack = torch.cat(codes), torch.cat(rho), torch.cat(slack)
         self.stats = np.concatenate(stats)
+        self.rho1 = torch.cat(rho1) if rho1 else None
+        self.slack1 = torch.cat(slack1) if slack1 else None
         self.check = self._check_rows()
         self.build_seconds = time.perf_counter() - t0
 
@@ -149,8 +173,7 @@ class CorrelationIndex:
             if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
                 return self.vectors[positions[0]:positions[-1] + 1]
             return self.vectors[torch.from_numpy(positions)]
-        x64, _ = normalise(self.select(read_rows(self.reference, positions)), torch.float64)
-        return x64.to(torch.float32)
+        return normalise(self.select(read_rows(self.reference, positions)), torch.float32)[0]
 
     @property
     def from_disk(self) -> bool:
@@ -265,7 +288,7 @@ class CorrelationIndex:
                 np.save(tmp / "vectors.npy", raw)
             if self.norms is not None:
                 np.save(tmp / "norms.npy", self.norms.cpu().numpy())
-            for name in ("basis", "codes", "rho", "slack"):
+            for name in ("basis", "codes", "rho", "slack") + (("rho1", "slack1") if self.level1 else ()):
                 np.save(tmp / f"{name}.npy", getattr(self, name).cpu().numpy())
             np.save(tmp / "constant.npy", self.constant)
             np.save(tmp / "stats.npy", self.stats)
@@ -284,7 +307,7 @@ class CorrelationIndex:
                 "image_shape": list(self.image_shape),
                 "pixels": self.select.dim,
                 "basis": self.basis_name, "basis_dim": int(self.basis.shape[1]), "block": self.block,
-                "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None,
+                "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None, "level1": self.level1,
             }
             (tmp / "index.json").write_text(json.dumps(meta))
         return path
@@ -299,7 +322,11 @@ class CorrelationIndex:
             if meta.get("format_version") != INDEX_VERSION:
                 raise WorkbenchError(f"{path}: index format {meta.get('format_version')} was written by another "
                                      f"version of the workbench (this one reads {INDEX_VERSION}); build the index again")
-            parts = {name: torch.from_numpy(np.load(path / f"{name}.npy")) for name in ("basis", "codes", "rho", "slack")}
+            names = ("basis", "codes", "rho", "slack") + (("rho1", "slack1") if meta.get("level1") else ())
+            parts = {name: torch.from_numpy(np.load(path / f"{name}.npy")) for name in names}
+            parts["level1"] = meta.get("level1")
+            if not parts["level1"]:
+                parts["rho1"] = parts["slack1"] = None
             parts["constant"] = np.load(path / "constant.npy")
             parts["check"] = np.load(path / "check.npy")
             parts["stats"] = np.load(path / "stats.npy")
@@ -340,8 +367,8 @@ class CorrelationIndex:
     def _verify(self, path) -> None:
         """Recompute the codes of the check images from the store: an edited store is refused."""
         rows = self.check
-        x64, _ = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
-        c, _, slack = projection.codes(x64, self.basis, self.delta)
+        x, _ = normalise(self.select(read_rows(self.reference, rows)), torch.float32)
+        c, _, slack = projection.codes(x, self.basis, self.delta, NORMALISE_F32)
         gap = (c.double() - self.codes[torch.from_numpy(rows)].double()).norm(dim=1)
         if bool((gap > 4 * slack + 1e-5).any()):
             bad = rows[(gap > 4 * slack + 1e-5).numpy()]

@@ -19,11 +19,24 @@ def normalise(flat: np.ndarray, dtype, device="cpu") -> tuple[torch.Tensor, np.n
     """Z-normalised unit vectors in ``dtype`` (computed in float64 for float64, else float32).
 
     Works in place on a private copy: this runs on every reference block, so it is kept to a
-    few passes over memory.
+    few passes over memory.  The float64 path (queries, the index, the rescore) uses numpy's
+    pairwise sums, which give the same bits in every process whatever its thread count.
     """
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+    if dtype == torch.float64:
+        x = np.array(flat, dtype=np.float64)  # a private copy, worked on in place
+        mean = x.mean(axis=1, keepdims=True)
+        if not np.isfinite(mean).all():  # a NaN or inf anywhere in a row reaches its mean
+            raise WorkbenchError("images contain non-finite pixels (NaN or inf)")
+        x -= mean
+        norm = np.empty(len(x))
+        for a in range(0, len(x), 64):  # bounded temporaries
+            norm[a:a + 64] = np.linalg.norm(x[a:a + 64], axis=1)
+        constant = norm <= 1e-6 * np.abs(mean[:, 0]) * math.sqrt(x.shape[1])
+        x /= np.where(constant, 1.0, norm)[:, None]
+        x[constant] = 0
+        return torch.from_numpy(x).to(device), constant
     # blocks are private copies (SliceStore.read, iter_blocks), so this may work on them in place
-    x = torch.from_numpy(np.ascontiguousarray(flat)).to(device=device, dtype=work)
+    x = torch.from_numpy(np.ascontiguousarray(flat)).to(device=device, dtype=torch.float32)
     mean = x.mean(dim=1, keepdim=True)
     if not torch.isfinite(mean).all():  # a NaN or inf anywhere in a row reaches its mean
         raise WorkbenchError("images contain non-finite pixels (NaN or inf)")
@@ -53,9 +66,8 @@ class single_thread:
 def prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
     """Exact float64 z-normalised queries and their constant mask."""
     q64, const_q = [], []
-    for _, block in iter_blocks(queries, 1024):
-        with single_thread():  # the same bits in every process, whatever its thread count
-            x, c = normalise(select(block), torch.float64)
+    for _, block in iter_blocks(queries, 256):
+        x, c = normalise(select(block), torch.float64)  # numpy: the same bits in every process
         q64.append(x)
         const_q.append(c)
     return torch.cat(q64), np.concatenate(const_q)

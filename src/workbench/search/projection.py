@@ -116,11 +116,17 @@ def basis_delta(w: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(g).item()) * (1 + 1e-12) + rounding + 1e-15
 
 
-def codes(x: torch.Tensor, w: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0.0,
+          prefix: int | None = None):
     """Codes (n x d float32), an upper bound on ||x - Px|| and the slack of each row (float64).
 
     ``x``: z-normalised rows (float64 or float32; their norms are measured, so constant rows,
-    which are all zero, get zero bounds).  Module docstring: what the bounds hold.
+    which are all zero, get zero bounds).  ``input_error``: a bound on how far each given row is
+    from the exact unit vector (NORMALISE_F32 for rows normalised in float32); it is added to eta
+    (times ||w_j|| <= sqrt(1 + delta), over d coordinates) and to rho (the residual's norm is
+    1-Lipschitz).  ``prefix`` = m: also return rho and slack of the first m codes alone (the
+    projection onto the first m columns, the first level of a cascade), as a fourth item
+    ``(rho_m, slack_m)``.  Module docstring: what the bounds hold.
     """
     n, dim = x.shape
     d = w.shape[1]
@@ -139,21 +145,41 @@ def codes(x: torch.Tensor, w: torch.Tensor, delta: float) -> tuple[torch.Tensor,
         acc[a:a + rows] = torch.bmm(xc, wc).double().sum(dim=0)
     c = acc.to(torch.float32)
     xnorm = torch.linalg.vector_norm(x.double(), dim=1) * (1 + 1e-15)
+    rho, slack = code_bounds(c, xnorm, chunks, delta, input_error)
+    if prefix is None:
+        return c, rho, slack
+    return c, rho, slack, code_bounds(c[:, :prefix], xnorm, chunks, delta, input_error)
+
+
+def code_bounds(c: torch.Tensor, xnorm: torch.Tensor, chunks: int, delta: float,
+                input_error: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """rho and slack of rows with codes ``c`` (n x m, any leading m columns of the basis: they
+    are orthonormal to within delta too) and norms ``xnorm`` (module docstring)."""
+    m = c.shape[1]
     cnorm = torch.linalg.vector_norm(c.double(), dim=1)
-    eta = (math.sqrt(d) * ((gamma(CODE_CHUNK) + U32) * math.sqrt(1 + delta) * xnorm + 2 * chunks * U64 * 1.01)
+    eta = (math.sqrt(m) * ((gamma(CODE_CHUNK) + U32) * math.sqrt(1 + delta) * xnorm + 2 * chunks * U64 * 1.01)
            + U32 * cnorm) * (1 + 1e-9)
     inside = (cnorm - eta).clamp_min(0)
     rho2 = xnorm**2 - inside**2 / (1 + delta)
     rho = rho2.clamp_min(0).sqrt() * (1 + 1e-12) + 1e-12
-    slack = 1.001 * eta + (gamma(d) + 2 * delta + 1e-6) / 2
-    return c, rho, slack
+    if input_error:
+        live = xnorm > 0  # constant rows are exactly zero either way
+        eta = eta + live * (math.sqrt(m) * math.sqrt(1 + delta) * input_error)
+        rho = rho + live * input_error
+    slack = 1.001 * eta + (gamma(m) + 2 * delta + 1e-6) / 2
+    return rho, slack
 
 
 def upper_bounds(cq: torch.Tensor, rho_q: torch.Tensor, slack_q: torch.Tensor, cr: torch.Tensor,
                  rho_r: torch.Tensor, slack_r: torch.Tensor) -> torch.Tensor:
     """Upper bound on r for every (query, reference) pair, Q x N float32 (rounded up by 1e-6,
     which covers the float32 sum of its three terms)."""
-    ub = cq @ cr.T
+    return finish_bounds(cq @ cr.T, rho_q, slack_q, rho_r, slack_r)
+
+
+def finish_bounds(est: torch.Tensor, rho_q, slack_q, rho_r, slack_r) -> torch.Tensor:
+    """The bounds from the code products ``est`` = fl32(c_x.c_y) (Q x N float32), in place."""
+    ub = est
     ub.addr_(rho_q.float(), rho_r.float())
     ub += (slack_q.float() + 1e-6)[:, None]
     ub += slack_r.float()[None, :]

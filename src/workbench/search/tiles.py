@@ -28,6 +28,7 @@ codes did on brain phantoms (BENCHMARKS.md), so the index keeps store order.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,13 +37,15 @@ import torch
 from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
+from .bounds import NORMALISE_F32
 from .kernel import rescore
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile
 TILE = 64
-#: tiles evaluated first for each query (k > 1), to set its k-th best lower bound
-SEED_TILES = 2
+#: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
+#: first, and the k-th best of them sets the query's threshold tau
+SEED_EXTRA = 2
 #: reference rows per bound block (bounds are held for all pairs: Q x N float32)
 BOUND_ROWS = 16384
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
@@ -50,14 +53,15 @@ TIER_CHUNK = 1024
 
 
 def tier_error_bound(dim: int) -> float:
-    """Bound on |tile value - x.y| for unit x, y rounded to float32 (``tile_product``): input
-    rounding 2u + u^2, each slice's float32 dot gamma_C ||x_c|| ||y_c|| (Cauchy-Schwarz over the
+    """Bound on |tile value - x.y| for unit x rounded to float32 and y normalised in float32
+    (``tile_product``): input error u + NORMALISE_F32 + u^2, each slice's float32 dot gamma_C ||x_c|| ||y_c|| (Cauchy-Schwarz over the
     slices: at most gamma_C (1 + u)^2 in all), and the float32 sum of the n_c partial products,
     gamma_{n_c} times their absolute sum."""
     chunks = max(1, -(-dim // TIER_CHUNK))
     g_c, g_n = projection.gamma(min(dim, TIER_CHUNK)), projection.gamma(chunks)
     u = projection.U32
-    return (2 * u + u * u + (g_c + g_n * (1 + g_c)) * (1 + u) ** 2) * (1 + 1e-6) + 1e-9
+    # a row normalised in float32 (NORMALISE_F32) rather than rounded from float64: 4u in place of u
+    return (2 * u + u * u + NORMALISE_F32 + (g_c + g_n * (1 + g_c)) * (1 + 4 * u) ** 2) * (1 + 1e-6) + 1e-9
 
 
 def chunked(x32: torch.Tensor) -> torch.Tensor:
@@ -68,6 +72,26 @@ def chunked(x32: torch.Tensor) -> torch.Tensor:
     if pad:
         x32 = torch.nn.functional.pad(x32, (0, pad))
     return x32.view(n, chunks, TIER_CHUNK).transpose(0, 1).contiguous()
+
+
+def seed_product(qc: torch.Tensor, r32: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Float32 products of every query with its own m rows (``r32[local[q]]``), Q x m: products
+    summed in float32 within slices of TIER_CHUNK pixels (any order of a C-term float32 sum is off
+    by at most gamma_C of the absolute sum), then over the slices: ``tier_error_bound`` holds."""
+    chunks, nq, width = qc.shape
+    m = local.shape[1]
+    dim = r32.shape[1]
+    pad = chunks * width - dim
+    out = torch.zeros((nq, m), dtype=torch.float32, device=qc.device)
+    step = max(1, 2**24 // (4 * m * max(dim, 1)))  # queries per pass: ~64 MB of gathered rows
+    for a in range(0, nq, step):
+        g = r32[local[a:a + step].reshape(-1)]
+        if pad:
+            g = torch.nn.functional.pad(g, (0, pad))
+        g = g.view(-1, m, chunks, width)  # q x m x chunks x C
+        g.mul_(qc[:, a:a + step].transpose(0, 1)[:, None])  # q x 1 x chunks x C
+        out[a:a + step] = g.sum(dim=3).sum(dim=2)
+    return out
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
@@ -85,19 +109,26 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch
     return out
 
 
-def upper_bound_matrix(q64, cq, rho_q, slack_q, ref, const_q, dev) -> torch.Tensor:
-    """Q x N float32 upper bounds; constant queries and references get -inf."""
-    nq, n = len(q64), len(ref.codes)
+def upper_bound_matrix(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev,
+                       m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q x N float32 upper bounds (constant queries and references get -inf), and per query the
+    ``m`` references with the highest projected r (c_x.c_y, an estimate of r): the seeds."""
+    nq, n = len(cq), len(codes)
     ub = torch.empty((nq, n), dtype=torch.float32, device=dev)
+    dead = torch.from_numpy(constant).to(dev)
+    best_v = torch.full((nq, 0), -math.inf, device=dev)
+    best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
     for a in range(0, n, BOUND_ROWS):
         b = min(a + BOUND_ROWS, n)
-        ub[:, a:b] = projection.upper_bounds(cq, rho_q, slack_q, ref.codes[a:b].to(dev), ref.rho[a:b].to(dev),
-                                             ref.slack[a:b].to(dev))
-    if ref.constant.any():
-        ub[:, torch.from_numpy(ref.constant).to(dev)] = -math.inf
+        est = cq @ codes[a:b].to(dev).T
+        est[:, dead[a:b]] = -math.inf
+        v, i = torch.topk(est, min(m, b - a), dim=1)
+        best_v, order = torch.topk(torch.cat([best_v, v], dim=1), min(m, best_v.shape[1] + v.shape[1]), dim=1)
+        best_i = torch.gather(torch.cat([best_i, i + a], dim=1), 1, order)
+        ub[:, a:b] = projection.finish_bounds(est, rho_q, slack_q, rho[a:b].to(dev), slack[a:b].to(dev))
     if const_q.any():
         ub[torch.from_numpy(const_q).to(dev)] = -math.inf
-    return ub
+    return ub, best_i
 
 
 def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.Tensor:
@@ -128,8 +159,25 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     n_valid = n - int(ref.constant.sum())
     if n_valid < k:
         raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
-    query_codes = projection.codes(q64.to(dev), ref.basis.to(dev), ref.delta)
-    ub = upper_bound_matrix(q64, *query_codes, ref, const_q, dev)
+    clock = {"start": time.perf_counter()}
+
+    def lap(name):
+        now = time.perf_counter()
+        clock[name] = now - clock.pop("last", clock["start"])
+        clock["last"] = now
+
+    level1 = getattr(ref, "level1", None)
+    if level1:  # a cascade: bounds from the first level1 codes for every pair, the rest per tile
+        cq, rho_q, slack_q, (rho1_q, slack1_q) = projection.codes(q64.to(dev), ref.basis.to(dev), ref.delta,
+                                                                    prefix=level1)
+        first = (cq[:, :level1].contiguous(), rho1_q, slack1_q, ref.codes[:, :level1], ref.rho1, ref.slack1)
+    else:
+        cq, rho_q, slack_q = projection.codes(q64.to(dev), ref.basis.to(dev), ref.delta)
+        first = (cq, rho_q, slack_q, ref.codes, ref.rho, ref.slack)
+    lap("codes_s")
+    m = min(k + SEED_EXTRA, n_valid)
+    ub, seeds = upper_bound_matrix(*first, ref.constant, const_q, dev, m)
+    lap("bounds_s")
     eps = tier_error_bound(select.dim)
     qc = chunked(q64.to(device=dev, dtype=torch.float32))
     live = torch.from_numpy(~const_q).to(dev)
@@ -150,56 +198,66 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_r.append(torch.from_numpy(rows)[rr.cpu()])
         got_s.append(s[qq, rr].double().cpu())
 
-    # 2. seeds: the whole tile of each query's best-bounded reference (and, for k > 1, the tile of
-    # its next best tile bound: a slice's k nearest neighbours may straddle a tile's edge)
-    pad = n_tiles * tile - n
-    tile_max = (torch.nn.functional.pad(ub, (0, pad), value=-math.inf) if pad else ub).view(nq, n_tiles, tile).amax(2)
-    seeds = torch.topk(tile_max, min(SEED_TILES if k > 1 else 1, n_tiles), dim=1).indices  # nq x s
-    seeds[~live] = -1
-    seed_tiles = torch.unique(seeds[live]).cpu().numpy()
-    for t in seed_tiles:
-        rows = np.arange(t * tile, min((t + 1) * tile, n))
-        rows = rows[~ref.constant[rows]]
-        qs = torch.nonzero((seeds == int(t)).any(dim=1), as_tuple=True)[0]
-        evaluate(qs, rows, ref.rows32(rows).to(dev), None)
-    tau = kth_lower(torch.cat(got_s) - eps, torch.cat(got_q), nq, k) if got_s else torch.full((nq,), -math.inf,
-                                                                                          dtype=torch.float64)
+    # 2. seeds: each query's m references of highest projected r, evaluated pair by pair
+    seed_rows, local = np.unique(seeds.cpu().numpy(), return_inverse=True)
+    r32 = ref.rows32(seed_rows).to(dev)
+    local = torch.from_numpy(local.reshape(nq, m)).to(dev)
+    s_seed = seed_product(qc, r32, local)  # nq x m
+    s_seed[~live] = -math.inf
+    evaluated += int(live.sum()) * m
+    tau = torch.topk(s_seed, k, dim=1).values[:, -1].double() - eps  # k distinct pairs: a lower bound on the k-th best
+    tau[~live] = -math.inf
+    q_live = torch.nonzero(live, as_tuple=True)[0]
+    got_q.append(q_live.repeat_interleave(m).cpu())
+    got_r.append(seeds[q_live].reshape(-1).cpu())
+    got_s.append(s_seed[q_live].reshape(-1).double().cpu())
     tau_dev = tau.to(dev)
+    lap("seeds_s")
 
     # 3. survivors, as dense tiles (the seed tiles are done)
     surv = (ub >= tau_dev.float()[:, None]) & (ub > -math.inf)  # constant images are never matched
     del ub
+    surv[q_live[:, None], seeds[q_live]] = False  # the seeds are done
+    pad = n_tiles * tile - n
     if pad:
         surv = torch.nn.functional.pad(surv, (0, pad))
     surv = surv.view(nq, n_tiles, tile)
-    q_live = torch.nonzero(live, as_tuple=True)[0]
-    for j in range(seeds.shape[1]):
-        surv[q_live, seeds[q_live, j]] = False
     q_any = surv.any(dim=2)  # nq x n_tiles
     todo = torch.nonzero(q_any.any(dim=0), as_tuple=True)[0].cpu().numpy()
-    r_any = surv.any(dim=0).cpu().numpy()  # n_tiles x tile
-    work = (q_any.sum(dim=0).double().cpu() * torch.from_numpy(r_any.sum(axis=1)).double()).sum().item()
+    plan = []  # (tile, queries, rows) of every dense product to evaluate
+    for t in todo:
+        qs = torch.nonzero(q_any[:, t], as_tuple=True)[0]
+        sub = surv[qs, t]  # Qb x tile
+        cols = torch.nonzero(sub.any(dim=0), as_tuple=True)[0]
+        rows = (t * tile + cols).cpu().numpy()
+        if level1:  # second level: the full codes of this tile's surviving pairs
+            ri = torch.from_numpy(rows).to(dev)
+            ub2 = projection.upper_bounds(cq[qs], rho_q[qs], slack_q[qs], ref.codes[ri].to(dev), ref.rho[ri].to(dev),
+                                          ref.slack[ri].to(dev))
+            sub = sub[:, cols] & (ub2 >= tau_dev[qs].float()[:, None])
+            keep_q, keep_r = sub.any(dim=1), sub.any(dim=0)
+            if not bool(keep_q.any()):
+                continue
+            qs, rows = qs[keep_q], rows[keep_r.cpu().numpy()]
+        plan.append((t, qs, rows))
+    work = sum(len(qs) * len(rows) for _, qs, rows in plan)
     if max_fraction is not None and (work + evaluated) > max_fraction * nq * n:
         return None
+    lap("survivors_s")
 
-    def tile_rows(t):
-        rows = t * tile + np.flatnonzero(r_any[t])
-        return rows[rows < n]
-
-    bar = tqdm(total=len(todo), desc="searching tiles", unit="tile", disable=not progress)
+    rows_read = int(sum(len(rows) for _, _, rows in plan))
+    bar = tqdm(total=len(plan), desc="searching tiles", unit="tile", disable=not progress)
     prefetch = getattr(ref, "from_disk", False)
-    pool = ThreadPoolExecutor(1) if prefetch and len(todo) > 1 else None
+    pool = ThreadPoolExecutor(1) if prefetch and len(plan) > 1 else None
     try:
-        pending = pool.submit(ref.rows32, tile_rows(todo[0])) if pool is not None else None
-        for j, t in enumerate(todo):
-            rows = tile_rows(t)
+        pending = pool.submit(ref.rows32, plan[0][2]) if pool is not None else None
+        for j, (_, qs, rows) in enumerate(plan):
             if pool is not None:
                 r32 = pending.result()
-                if j + 1 < len(todo):
-                    pending = pool.submit(ref.rows32, tile_rows(todo[j + 1]))
+                if j + 1 < len(plan):
+                    pending = pool.submit(ref.rows32, plan[j + 1][2])
             else:
                 r32 = ref.rows32(rows)
-            qs = torch.nonzero(q_any[:, t], as_tuple=True)[0]
             evaluate(qs, rows, r32.to(dev), tau_dev)
             bar.update(1)
     finally:
@@ -207,18 +265,27 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
             pool.shutdown(wait=True)
         bar.close()
 
+    lap("tiles_s")
+
     # 4. rescore the pairs whose interval reaches the k-th best lower end
     qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
+    # a dense tile may evaluate a seed pair again: count every pair once
+    _, first = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
+    first = torch.from_numpy(first)
+    qi, ri, si = qi[first], ri[first], si[first]
     level = kth_lower(si - eps, qi, nq, k)
     keep = (si + eps) >= level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
     values, indices = rescore(q64, reference, select, qi, ri, k, nq, getattr(ref, "stats", None))
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel)
+    lap("rescore_s")
+    clock.pop("start"), clock.pop("last")
     n_pairs = nq * n
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
              "precision": "float32", "device": str(dev), "error_bound": eps, "bound": "uniform", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
-             "tiles_evaluated": int(len(todo) + len(seed_tiles)), "candidates_per_query": len(qi) / max(nq, 1)}
+             "tiles_evaluated": len(plan), "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
+             "rows_read": rows_read + len(seed_rows), "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=len(qi),
                         stats=stats)
 

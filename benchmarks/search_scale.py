@@ -1,0 +1,314 @@
+"""Exact search at scale (issue 16, workload b): synthetic-like queries against a large store on disk.
+
+    .venv/bin/python benchmarks/search_scale.py                          # 1,000 x 80,000 x 4x128x128 (21 GB store)
+    .venv/bin/python benchmarks/search_scale.py --images 8192 --queries 256   # a small rehearsal
+    .venv/bin/python benchmarks/search_scale.py --json runs/bench-scale.json
+
+The store (``runs/bench-cache/scale-<N>``, git-ignored, built once): N images of 4 x 128 x 128
+float32 (256 KiB each; N = 80,000 by default: 21.0 GB, more than the machine's page cache can
+keep beside everything else), the training slices of the 128 x 128 brain phantom store of
+``benchmarks/search.py`` in seeded rounds: the originals, then rounds of left-right flips, rolls
+of up to 8 px and per-channel intensity U(0.85, 1.15), each round of distinct images, and each
+round's subject names distinct.
+
+Queries (synthetic-like): 20 % exact copies of store images, 40 % near-copies (per-channel
+intensity U(0.95, 1.05) plus noise of sd 0.02) and 40 % novel slices of the 4 held-out subjects.
+
+What runs, in a fresh child process so that its peak resident memory (VmHWM) is the search's:
+
+1. ``CorrelationIndex(store, keep_vectors=False)``: basis, codes and bounds in memory; full rows
+   stay on disk.  Timed (prepare).
+2. ``index.topk(queries, k, method="pruned")`` and ``method="auto"``: timed, with the fraction of
+   the full-size work evaluated, rows read, and the seconds of each stage.
+3. Ground truth: a float64 torch brute force streamed over the store (cached by store id).
+4. Baselines on a slice of the references (the first ``--slice`` images, in memory): torch
+   float32 brute force and FAISS IndexFlatIP, extrapolated to all N (their time to read the
+   store is not counted, which favours them).
+5. A projection to 1,000 x 100,000 x 5x256x256 (BraTS): brute force scales with Q N D; each stage
+   of the pruned search with what it is proportional to (stated in the output).
+
+Run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path("runs/bench-cache")
+SIZE = 128
+CHANNELS = ["t1", "t1ce", "t2", "flair"]
+
+
+def vm_hwm_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def source_store():
+    sys.path.insert(0, str(Path(__file__).parent))
+    import search as bench  # the phantom store of the search benchmark (cached there)
+
+    return bench.phantom_store(SIZE, 84, 4, 0)
+
+
+def build_store(path: Path, n_images: int, seed: int = 0) -> None:
+    from workbench.data.store import StoreWriter
+
+    train = source_store().where(split="train")
+    manifest = train.manifest.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    with StoreWriter(path, channels=CHANNELS, height=SIZE, width=SIZE, kind="real",
+                     meta={"benchmark": "search_scale", "seed": seed}) as w:
+        done, rnd = 0, 0
+        while done < n_images:
+            for a in range(0, len(train), 512):
+                if done >= n_images:
+                    break
+                idx = np.arange(a, min(a + 512, len(train), a + n_images - done))
+                imgs = train.read(idx)
+                if rnd:  # augmented rounds: distinct images, still brain-like
+                    flip = rng.random(len(imgs)) < 0.5
+                    imgs[flip] = imgs[flip][..., ::-1]
+                    shifts = rng.integers(-8, 9, size=(len(imgs), 2))
+                    for i, (dy, dx) in enumerate(shifts):
+                        imgs[i] = np.roll(imgs[i], (int(dy), int(dx)), axis=(1, 2))
+                    imgs *= rng.uniform(0.85, 1.15, size=(len(imgs), imgs.shape[1], 1, 1)).astype(np.float32)
+                    np.clip(imgs, 0, 1, out=imgs)
+                rows = manifest.iloc[idx].to_dict("records")
+                for r in rows:
+                    r["subject"] = f"{r['subject']}_r{rnd}"
+                    r["prev"] = r["next"] = None
+                w.append(np.ascontiguousarray(imgs, dtype=np.float32), rows)
+                done += len(idx)
+            rnd += 1
+            print(f"  round {rnd}: {done:,} / {n_images:,} images ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def make_queries(store_path: Path, n_queries: int, seed: int = 0) -> dict:
+    from workbench.data.store import SliceStore
+
+    store = SliceStore.open(store_path)
+    rng = np.random.default_rng([seed, 2])
+    n_copy = n_queries // 5
+    n_near = 2 * n_queries // 5
+    n_novel = n_queries - n_copy - n_near
+    src = np.sort(rng.choice(len(store), n_copy + n_near, replace=False))
+    copy_src, near_src = src[:n_copy], src[n_copy:]
+    copies = store.read(copy_src)
+    near = store.read(near_src) * rng.uniform(0.95, 1.05, size=(n_near, 4, 1, 1)).astype(np.float32)
+    near += rng.normal(0, 0.02, size=near.shape).astype(np.float32)
+    np.clip(near, 0, 1, out=near)
+    test = source_store().where(split="test")
+    if len(test) < n_novel:
+        raise SystemExit(f"only {len(test)} held-out slices for {n_novel} novel queries: ask for fewer queries")
+    novel = test.read(np.sort(rng.choice(len(test), n_novel, replace=False)))
+    queries = np.ascontiguousarray(np.concatenate([copies, near, novel]), dtype=np.float32)
+    return {"queries": queries, "copy_src": copy_src, "near_src": near_src,
+            "counts": {"copies": n_copy, "near_copies": n_near, "novel": n_novel}}
+
+
+def truth_f64(store, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 torch brute force streamed over the store: top k per query, ties to the lower index."""
+    import torch
+
+    q = torch.from_numpy(queries.reshape(len(queries), -1)).double()
+    q -= q.mean(1, keepdim=True)
+    q /= q.norm(dim=1, keepdim=True)
+    vals = torch.full((len(q), 0), -np.inf, dtype=torch.float64)
+    idx = torch.zeros((len(q), 0), dtype=torch.long)
+    for start, block in store.blocks(1024):
+        r = torch.from_numpy(block.reshape(len(block), -1)).double()
+        r -= r.mean(1, keepdim=True)
+        r /= r.norm(dim=1, keepdim=True)
+        s = q @ r.T
+        vals = torch.cat([vals, s], 1)
+        idx = torch.cat([idx, torch.arange(start, start + len(block)).expand(len(q), -1)], 1)
+        # keep the k best, ties to the lower index: sort by (-value, index)
+        order = np.lexsort((idx.numpy(), -vals.numpy()), axis=1)[:, :k]
+        vals = torch.from_numpy(np.take_along_axis(vals.numpy(), order, 1))
+        idx = torch.from_numpy(np.take_along_axis(idx.numpy(), order, 1))
+    return vals.numpy(), idx.numpy()
+
+
+def baselines(store, queries: np.ndarray, n_slice: int, k: int) -> dict:
+    """torch float32 and FAISS flat on the first ``n_slice`` references, in memory; seconds per search."""
+    import torch
+
+    def unit(x):
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x -= x.mean(1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    ref = unit(store.read(np.arange(n_slice)))
+    out = {}
+    r32 = torch.from_numpy(ref)
+    torch.topk(torch.from_numpy(unit(queries[:8])) @ r32.T, k, dim=1)
+    best = np.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.topk(torch.from_numpy(unit(queries)) @ r32.T, k, dim=1)
+        best = min(best, time.perf_counter() - t0)
+    out["torch_float32_s"] = best
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError:
+        out["faiss_s"] = None
+        return out
+    index = faiss.IndexFlatIP(ref.shape[1])
+    index.add(ref)
+    index.search(unit(queries[:8]), k)
+    best = np.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        index.search(unit(queries), k)
+        best = min(best, time.perf_counter() - t0)
+    out["faiss_s"] = best
+    out["faiss_version"] = faiss.__version__
+    return out
+
+
+def child(args) -> None:
+    import torch
+
+    from workbench.data.store import SliceStore
+    from workbench.search import CorrelationIndex
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    store = SliceStore.open(args.store)
+    work = np.load(args.query_file)
+    queries = work["queries"]
+    out = {"rss_start_gib": vm_hwm_gib()}
+    t0 = time.perf_counter()
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim)
+    out["prepare_s"] = time.perf_counter() - t0
+    out["rss_after_prepare_gib"] = vm_hwm_gib()
+    out["index"] = repr(index)
+    runs = {}
+    for k in args.k:
+        for method in ("pruned", "auto"):
+            t0 = time.perf_counter()
+            res = index.topk(queries, k=k, method=method)
+            sec = time.perf_counter() - t0
+            runs[f"{method}_k{k}"] = {
+                "search_s": sec, "indices": res.indices.tolist(), "values": res.values.tolist(),
+                "stats": {key: v for key, v in res.stats.items() if isinstance(v, (int, float, str, dict))}}
+            print(f"  {method} k={k}: {sec:.2f} s, {res.stats.get('full_fraction', 1):.4f} of the work", flush=True)
+    out["runs"] = runs
+    out["rss_peak_gib"] = vm_hwm_gib()
+    Path(args.out).write_text(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=80_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, nargs="+", default=[5, 1])
+    ap.add_argument("--basis-dim", type=int, default=None, help="principal directions (default: the index's)")
+    ap.add_argument("--slice", type=int, default=4096, help="references the baselines are timed on")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--query-file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    from workbench.data.store import SliceStore
+
+    path = CACHE / f"scale-{args.images}"
+    if not (path / "store.json").is_file():
+        print(f"building {path} ({args.images:,} images of 4x{SIZE}x{SIZE})", flush=True)
+        build_store(path, args.images)
+    store = SliceStore.open(path)
+    gb = len(store) * int(np.prod(store.shape[1:])) * 4 / 1e9
+    work = make_queries(path, args.queries)
+    qfile = CACHE / f"scale-{args.images}-q{args.queries}.npz"
+    np.savez(qfile, queries=work["queries"])
+    kmax = max(args.k)
+
+    truth_file = CACHE / f"scale-{args.images}-q{args.queries}-k{kmax}-{store.meta['id']}.npz"
+    if truth_file.is_file():
+        t = np.load(truth_file)
+        tv, ti, truth_s = t["values"], t["indices"], float(t["seconds"])
+    else:
+        print("float64 ground truth (streamed torch brute force, cached)...", flush=True)
+        t0 = time.perf_counter()
+        tv, ti = truth_f64(store, work["queries"], kmax)
+        truth_s = time.perf_counter() - t0
+        np.savez(truth_file, values=tv, indices=ti, seconds=truth_s)
+
+    print("baselines on a slice...", flush=True)
+    base = baselines(store, work["queries"], min(args.slice, len(store)), kmax)
+
+    print("index and search in a fresh process...", flush=True)
+    out_file = CACHE / f"scale-{args.images}-child.json"
+    cmd = [sys.executable, __file__, "--child", "--store", str(path), "--query-file", str(qfile), "--out", str(out_file),
+           "--k", *map(str, args.k)]
+    cmd += ["--basis-dim", str(args.basis_dim)] if args.basis_dim else []
+    subprocess.run(cmd, check=True)
+    res = json.loads(out_file.read_text())
+
+    nq, n = len(work["queries"]), len(store)
+    dim = 4 * SIZE * SIZE
+    scale = n / min(args.slice, n)
+    report = {"store": str(path), "images": n, "store_gb": gb, "queries": nq, "query_mix": work["counts"],
+              "pixels": dim, "truth_s": truth_s, "prepare_s": res["prepare_s"], "index": res["index"],
+              "rss_peak_gib": res["rss_peak_gib"], "rss_after_prepare_gib": res["rss_after_prepare_gib"],
+              "torch_float32_s": base["torch_float32_s"] * scale, "faiss_s": base["faiss_s"] and base["faiss_s"] * scale,
+              "baseline_slice": min(args.slice, n), "runs": {}}
+    copies = np.arange(work["counts"]["copies"])
+    for name, run in res["runs"].items():
+        k = int(name.split("_k")[1])
+        idx, val = np.asarray(run["indices"]), np.asarray(run["values"])
+        agree = float(np.mean((idx == ti[:, :k]).all(axis=1)))
+        entry = {"search_s": run["search_s"], "pairs_per_s": nq * n / run["search_s"],
+                 "fraction": run["stats"].get("full_fraction"), "rows_read": run["stats"].get("rows_read"),
+                 "seconds": run["stats"].get("seconds"), "method": run["stats"].get("method"),
+                 "auto": run["stats"].get("auto"), "agree_topk_pct": 100 * agree,
+                 "max_abs_dr": float(np.max(np.abs(val - tv[:, :k]))),
+                 "copies_found_top1_pct": 100 * float(np.mean(idx[copies, 0] == work["copy_src"])),
+                 "vs_torch": report["torch_float32_s"] / run["search_s"],
+                 "vs_faiss": report["faiss_s"] / run["search_s"] if report["faiss_s"] else None}
+        report["runs"][name] = entry
+    report["projection"] = project(report, nq, n, dim)
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+
+
+def project(report: dict, nq: int, n: int, dim: int) -> dict:
+    """Scale to 1,000 x 100,000 x 5x256x256: brute force by Q N D; each pruned stage by what it
+    costs in proportion to (codes, seeds, rescore: Q D; bounds: Q N; tiles: Q N D at the same
+    fraction), the rest as measured."""
+    q2, n2, d2 = 1000, 100_000, 5 * 256 * 256
+    brute = report["torch_float32_s"] * (q2 * n2 * d2) / (nq * n * dim)
+    out = {"torch_float32_s": brute}
+    for name, run in report["runs"].items():
+        sec = run.get("seconds") or {}
+        if not sec:
+            continue
+        f_qd, f_qn, f_qnd = (q2 * d2) / (nq * dim), (q2 * n2) / (nq * n), (q2 * n2 * d2) / (nq * n * dim)
+        stage = {"codes_s": f_qd, "bounds_s": f_qn, "seeds_s": f_qd, "survivors_s": f_qn, "tiles_s": f_qnd,
+                 "rescore_s": f_qd}
+        total = sum(sec.get(key, 0) * f for key, f in stage.items())
+        total += (run["search_s"] - sum(sec.values())) * f_qd  # query normalisation and the rest
+        out[name] = {"search_s": total, "speedup_vs_torch": brute / total}
+    return out
+
+
+if __name__ == "__main__":
+    main()
