@@ -59,7 +59,7 @@ def unit64(x):
 
 
 # -- the bounds hold on every pair -----------------------------------------------------------
-@pytest.mark.parametrize("case", ["random", "nearly-equal", "between-clusters", "brainlike"])
+@pytest.mark.parametrize("case", ["random", "nearly-equal", "between-clusters", "brainlike", "wide"])
 def test_projection_bound_holds_for_every_pair(case, brainlike):
     rng = np.random.default_rng(3)
     if case == "random":
@@ -72,6 +72,8 @@ def test_projection_bound_holds_for_every_pair(case, brainlike):
         a, b = rng.random((1, 1, 8, 8)), rng.random((1, 1, 8, 8))
         ref = np.concatenate([a + 0.01 * rng.standard_normal((40, 1, 8, 8)), b + 0.01 * rng.standard_normal((40, 1, 8, 8))])
         q = (a + b) / 2 + 1e-4 * rng.standard_normal((20, 1, 8, 8))
+    elif case == "wide":  # 2 x 64 x 64: 32 slices of codes, summed in groups (CODE_GROUP)
+        ref, q = slices(n_subjects=4, size=64), slices(n_subjects=1, size=64, seed=9)
     else:
         q, ref = brainlike
     x, y = unit64(np.asarray(q, np.float32)), unit64(np.asarray(ref, np.float32))

@@ -156,11 +156,15 @@ class CorrelationIndex:
         n = len(self.reference)
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(n, min(n, projection.BASIS_SAMPLE), replace=False))
-        x64, c = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
-        x64 = x64[torch.from_numpy(~c)]
-        if len(x64) == 0:
+        sample = torch.empty((len(rows), self.select.dim), dtype=torch.float32)
+        live = np.zeros(len(rows), dtype=bool)
+        step = max(1, BLOCK_BYTES // (8 * self.select.dim))  # read and normalise a block at a time
+        for a in range(0, len(rows), step):
+            sample[a:a + step], c = normalise(self.select(read_rows(self.reference, rows[a:a + step])), torch.float32)
+            live[a:a + step] = ~c
+        if not live.any():
             raise WorkbenchError("every sampled reference image is constant: no basis to fit")
-        return projection.fit_basis(x64, basis_dim)
+        return projection.fit_basis(sample[torch.from_numpy(live)] if not live.all() else sample, basis_dim)
 
     def _check_rows(self) -> np.ndarray:
         """Positions of the images whose codes are recomputed when the saved index is opened."""

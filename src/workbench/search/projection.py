@@ -12,15 +12,16 @@ slices, d = 256 leaves under 1 % of pairs whose bound reaches a query's k-th bes
 block means (d = 1024) leave 8-10 % (BENCHMARKS.md).  Each pair's bound costs a product of
 d-long codes in place of D-long vectors.
 
-Rigour in finite precision.  W (D x d) is stored in float32; it is the float64 QR of the fitted
-directions rounded to float32, so it is orthonormal only up to delta >= ||W^T W - I||_2, which
+Rigour in finite precision.  W (D x d) is stored in float32, orthonormalised by CholQR2
+(:func:`fit_basis`), so it is orthonormal only up to delta >= ||W^T W - I||_2, which
 :func:`basis_delta` computes in float64 (Frobenius norm, plus the float64 rounding of that
 computation).  P = W (W^T W)^-1 W^T is the exact orthogonal projection onto span(W).  Codes
-c = fl(W^T x) are computed in float32 in slices of CODE_CHUNK pixels, summed in float64, so each
-coordinate is off by at most (gamma_C + u) ||x|| ||w_j|| (Higham eq. 3.5; u = 2^-24 covers
+c = fl(W^T x) are computed in float32 in slices of CODE_CHUNK pixels, summed in float32 in
+groups of CODE_GROUP slices and then in float64, so each coordinate is off by at most
+(g + u) ||x|| ||w_j||, g = gamma_C + gamma_G (1 + gamma_C) (Higham eq. 3.5; u = 2^-24 covers
 rounding x to float32) plus the float64 sum and the rounding of the code to float32, and
 
-    ||c - W^T x|| <= eta = sqrt(d) ((gamma_C + u) sqrt(1 + delta) ||x|| + 2 n_C u64) + u ||c||.
+    ||c - W^T x|| <= eta = sqrt(d) ((g + u) sqrt(1 + delta) ||x|| + 2 n_C u64) + u ||c||.
 
 With a = W^T x, b = W^T y: Px.Py = a^T (W^T W)^-1 b, ||Px||^2 >= ||a||^2 / (1 + delta), so
 
@@ -45,6 +46,8 @@ U32 = 2.0**-24
 U64 = 2.0**-53
 #: pixels per float32 partial product of a code (partials are summed in float64)
 CODE_CHUNK = 256
+#: partial products summed in float32 in groups of this many before the float64 sum
+CODE_GROUP = 16
 #: rows of the reference sampled to fit the basis (the Gram matrix is SAMPLE x SAMPLE)
 BASIS_SAMPLE = 2048
 BASES = ("pca", "blocks")
@@ -54,16 +57,20 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1 - n * u)
 
 
-def fit_basis(sample64: torch.Tensor, d: int) -> torch.Tensor:
+def fit_basis(sample: torch.Tensor, d: int) -> torch.Tensor:
     """An orthonormal basis (D x d', float32, d' <= d) of the leading principal directions of
-    ``sample64``, unit rows (n x D, float64).
+    ``sample``, unit rows (n x D, float32 or float64).
 
     Why not ``torch.svd_lowrank`` or scikit-learn's PCA: the sample is short and wide (n << D), so
-    the n x n Gram matrix is the cheapest exact route (one float32 product and one small ``eigh``),
-    and the directions are re-orthonormalised in float64 (QR), which the bound's delta relies on.
+    the n x n Gram matrix is the cheapest exact route (one float32 product and one small ``eigh``).
+    The directions are orthonormalised by Cholesky QR done twice (CholQR2), with its d x d Gram
+    matrices and triangular solves in float64 over blocks of pixels, so memory stays at the
+    float32 sample and basis (a 5 x 256 x 256 basis of 1024 is 1.3 GB; a float64 QR would need
+    three times that).  The basis need not be optimal; delta (:func:`basis_delta`) says how far
+    from orthonormal it is.
     """
-    n, dim = sample64.shape
-    s32 = sample64.to(torch.float32)
+    n, dim = sample.shape
+    s32 = sample.to(torch.float32)
     gram = (s32 @ s32.T).double()
     evals, evecs = torch.linalg.eigh(gram)
     order = torch.argsort(evals, descending=True)
@@ -71,9 +78,30 @@ def fit_basis(sample64: torch.Tensor, d: int) -> torch.Tensor:
     keep = int(min(d, dim, int((evals > evals[0] * 1e-10).sum()))) if evals[0] > 0 else 0
     if keep == 0:
         raise WorkbenchError("the reference sample has no variance to fit a basis to (every image constant?)")
-    directions = sample64.T @ evecs[:, :keep]  # D x keep, float64
-    q, _ = torch.linalg.qr(directions)
-    return q.to(torch.float32).contiguous()
+    w = s32.T @ evecs[:, :keep].float()  # D x keep
+    del s32
+    for _ in range(2):  # CholQR2: the second pass makes it orthonormal to float32 rounding
+        g = blocked_gram(w)
+        g.diagonal().add_(g.diagonal().max() * 1e-12)  # a tiny shift keeps Cholesky defined
+        chol = torch.linalg.cholesky(g)
+        for a in range(0, dim, BASIS_ROWS):
+            block = w[a:a + BASIS_ROWS].double()
+            w[a:a + BASIS_ROWS] = torch.linalg.solve_triangular(chol, block.T, upper=False).T.float()
+    return w.contiguous()
+
+
+#: pixels per block of the float64 passes over a basis
+BASIS_ROWS = 8192
+
+
+def blocked_gram(w: torch.Tensor) -> torch.Tensor:
+    """W^T W in float64, over blocks of pixels (d x d)."""
+    d = w.shape[1]
+    g = torch.zeros((d, d), dtype=torch.float64, device=w.device)
+    for a in range(0, w.shape[0], BASIS_ROWS):
+        block = w[a:a + BASIS_ROWS].double()
+        g += block.T @ block
+    return g
 
 
 def block_ids(selector, image_shape, block: int) -> tuple[np.ndarray, int]:
@@ -108,11 +136,11 @@ def block_basis(selector, image_shape, block: int) -> torch.Tensor:
 
 def basis_delta(w: torch.Tensor) -> float:
     """An upper bound on ||W^T W - I||_2 (Frobenius norm in float64 plus its rounding)."""
-    w64 = w.double()
-    dim, d = w64.shape
-    g = w64.T @ w64
+    dim, d = w.shape
+    g = blocked_gram(w)
     g.diagonal().sub_(1.0)
-    rounding = d * gamma(dim, U64) * 1.01  # each entry of W^T W is off by gamma_D |w_i|.|w_j| <= gamma_D (1 + ...)
+    # each entry of W^T W is off by gamma_D |w_i|.|w_j| <= gamma_D (1 + ...), whatever the blocking
+    rounding = d * gamma(dim, U64) * 1.01
     return float(torch.linalg.matrix_norm(g).item()) * (1 + 1e-12) + rounding + 1e-15
 
 
@@ -140,9 +168,13 @@ def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0
     wc = w32.view(chunks, CODE_CHUNK, d)
     acc = torch.zeros((n, d), dtype=torch.float64, device=x.device)
     rows = max(1, 2**26 // (4 * d * chunks))  # bound the (chunks, rows, d) partial products to ~64 MB
+    group = CODE_GROUP if chunks % CODE_GROUP == 0 else 1
     for a in range(0, n, rows):
         xc = x32[a:a + rows].view(-1, chunks, CODE_CHUNK).transpose(0, 1)  # chunks x rows x C
-        acc[a:a + rows] = torch.bmm(xc, wc).double().sum(dim=0)
+        part = torch.bmm(xc, wc)
+        if group > 1:  # groups of partials summed in float32 first: gamma_G more, 1/G of the float64 work
+            part = part.view(chunks // group, group, *part.shape[1:]).sum(dim=1)
+        acc[a:a + rows] = part.double().sum(dim=0)
     c = acc.to(torch.float32)
     xnorm = torch.linalg.vector_norm(x.double(), dim=1) * (1 + 1e-15)
     rho, slack = code_bounds(c, xnorm, chunks, delta, input_error)
@@ -157,7 +189,8 @@ def code_bounds(c: torch.Tensor, xnorm: torch.Tensor, chunks: int, delta: float,
     are orthonormal to within delta too) and norms ``xnorm`` (module docstring)."""
     m = c.shape[1]
     cnorm = torch.linalg.vector_norm(c.double(), dim=1)
-    eta = (math.sqrt(m) * ((gamma(CODE_CHUNK) + U32) * math.sqrt(1 + delta) * xnorm + 2 * chunks * U64 * 1.01)
+    g_c = gamma(CODE_CHUNK) + gamma(CODE_GROUP) * (1 + gamma(CODE_CHUNK))
+    eta = (math.sqrt(m) * ((g_c + U32) * math.sqrt(1 + delta) * xnorm + 2 * chunks * U64 * 1.01)
            + U32 * cnorm) * (1 + 1e-9)
     inside = (cnorm - eta).clamp_min(0)
     rho2 = xnorm**2 - inside**2 / (1 + delta)

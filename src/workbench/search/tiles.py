@@ -199,9 +199,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_s.append(s[qq, rr].double().cpu())
 
     # 2. seeds: each query's m references of highest projected r, evaluated pair by pair
-    seed_rows, local = np.unique(seeds.cpu().numpy(), return_inverse=True)
-    r32 = ref.rows32(seed_rows).to(dev)
-    local = torch.from_numpy(local.reshape(nq, m)).to(dev)
+    if getattr(ref, "from_disk", True) or dev.type != "cpu":  # read (and move) each seed row once
+        seed_rows, local = np.unique(seeds.cpu().numpy(), return_inverse=True)
+        r32 = ref.rows32(seed_rows).to(dev)
+        local = torch.from_numpy(local.reshape(nq, m)).to(dev)
+    else:  # gathered straight from the index's copy
+        seed_rows, r32, local = np.unique(seeds.cpu().numpy()), ref.vectors, seeds
     s_seed = seed_product(qc, r32, local)  # nq x m
     s_seed[~live] = -math.inf
     evaluated += int(live.sum()) * m
