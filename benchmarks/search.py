@@ -403,7 +403,7 @@ class Bench:
                 continue
             stats = getattr(res, "stats", {}) or {}
             note = stats_note(stats, self.nr)
-            if stats.get("method") not in (None, method):
+            if method != "auto" and stats.get("method") not in (None, method):
                 note += f"; ran as {stats['method']}!"
             if where == "topk" and rows and rows[-1].get("prepare_s") is not None:
                 note += "; same index as the row above"

@@ -189,9 +189,17 @@ def child(args) -> None:
     work = np.load(args.query_file)
     queries = work["queries"]
     out = {"rss_start_gib": vm_hwm_gib()}
+    saved = Path(args.store + f".index-d{args.basis_dim or 'default'}")
     t0 = time.perf_counter()
-    index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim)
-    out["prepare_s"] = time.perf_counter() - t0
+    if args.reuse_index and (saved / "index.json").is_file():
+        index = CorrelationIndex.open(saved)
+        out["opened_s"] = time.perf_counter() - t0
+        out["prepare_s"] = json.loads((saved / "prepare.json").read_text())["prepare_s"]
+    else:
+        index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim)
+        out["prepare_s"] = time.perf_counter() - t0
+        index.save(saved, overwrite=True)  # for --reuse-index
+        (saved / "prepare.json").write_text(json.dumps({"prepare_s": out["prepare_s"]}))
     out["rss_after_prepare_gib"] = vm_hwm_gib()
     out["index"] = repr(index)
     runs = {}
@@ -217,6 +225,8 @@ def main() -> None:
     ap.add_argument("--basis-dim", type=int, default=None, help="principal directions (default: the index's)")
     ap.add_argument("--slice", type=int, default=4096, help="references the baselines are timed on")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reuse-index", action="store_true",
+                    help="open the index saved by an earlier run (its build time is reported from then)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -257,6 +267,7 @@ def main() -> None:
     cmd = [sys.executable, __file__, "--child", "--store", str(path), "--query-file", str(qfile), "--out", str(out_file),
            "--k", *map(str, args.k)]
     cmd += ["--basis-dim", str(args.basis_dim)] if args.basis_dim else []
+    cmd += ["--reuse-index"] if args.reuse_index else []
     subprocess.run(cmd, check=True)
     res = json.loads(out_file.read_text())
 

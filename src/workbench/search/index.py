@@ -110,11 +110,12 @@ class CorrelationIndex:
         self.basis = self._fit(basis, basis_dim)
         self.delta = projection.basis_delta(self.basis)
         block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
-        vectors, constant, codes, rho, slack, norms, stats, rho1, slack1 = [], [], [], [], [], [], [], [], []
+        vectors, constant, rho, slack, norms, stats, rho1, slack1 = [], [], [], [], [], [], [], []
         d = self.basis.shape[1]
         self.level1 = LEVEL1 if d >= 2 * LEVEL1 else None
-        for _, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
-                              desc="indexing", unit="block", disable=not progress):
+        codes = torch.empty((shape[0], d), dtype=torch.float32)  # filled block by block: no second copy
+        for start, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
+                                  desc="indexing", unit="block", disable=not progress):
             flat = self.select(images)
             stats.append(row_stats(flat))  # the rescore's mean and norm of each row
             # float32 normalisation (NORMALISE_F32 from exact, which every bound allows for) is
@@ -125,24 +126,27 @@ class CorrelationIndex:
             else:
                 x, c = normalise(flat, torch.float32)
                 err = NORMALISE_F32
-            if keep_vectors:
+            if keep_vectors and self.dtype == torch.float32:
+                if not vectors:  # filled block by block: no second copy
+                    vectors.append(torch.empty((shape[0], self.select.dim), dtype=torch.float32))
+                vectors[0][start:start + len(x)] = x
+            elif keep_vectors:
                 low = x.to(torch.float32).to(self.dtype)
-                if self.dtype == torch.bfloat16:  # the screen's per-pair error bound and padded layout
-                    norms.append(split_norms(x, low))
-                    low = pad_slices(low)
-                vectors.append(low)
+                norms.append(split_norms(x, low))  # the bf16 screen's per-pair error bound and padded layout
+                vectors.append(pad_slices(low))
             constant.append(c)
             cc, rr, ss, *first = projection.codes(x, self.basis, self.delta, err, prefix=self.level1)
-            codes.append(cc)
+            codes[start:start + len(cc)] = cc
             rho.append(rr)
             slack.append(ss)
             if first:
                 rho1.append(first[0][0])
                 slack1.append(first[0][1])
-        self.vectors = torch.cat(vectors) if vectors else None
+        self.vectors = (vectors[0] if len(vectors) == 1 and self.dtype == torch.float32 else torch.cat(vectors)) \
+            if vectors else None
         self.norms = torch.cat(norms) if norms else None
         self.constant = np.concatenate(constant)
-        self.codes, self.rho, self.slack = torch.cat(codes), torch.cat(rho), torch.cat(slack)
+        self.codes, self.rho, self.slack = codes, torch.cat(rho), torch.cat(slack)
         self.stats = np.concatenate(stats)
         self.rho1 = torch.cat(rho1) if rho1 else None
         self.slack1 = torch.cat(slack1) if slack1 else None
@@ -381,9 +385,11 @@ class CorrelationIndex:
 
 
 #: ``method="auto"`` of :func:`~workbench.search.topk_correlation` builds an index and prunes
-#: when the queries are many enough to pay for it: building costs about N D d multiply-adds (the
-#: codes) and a pass over the reference, brute force Q N D (measured: BENCHMARKS.md).
-AUTO_MIN_QUERIES = 1024
+#: when the queries are many enough to pay for it.  Measured (BENCHMARKS.md, 2-core CPU): building
+#: costs about as much as brute force for 3,000-5,000 queries (a pass over the reference and its
+#: codes, N D d multiply-adds), and a pruned search saves 1.4 ms a query at 8,192 x 4x64x64 and
+#: 40-57 ms at 80,000 x 4x128x128, so the index pays from about 6,000-7,000 queries on.
+AUTO_MIN_QUERIES = 8192
 AUTO_MIN_REFERENCE = 2048
 
 

@@ -43,6 +43,8 @@ from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile
 TILE = 64
+#: seed rows read from disk at a time (bounded memory)
+SEED_ROWS = 256
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
 SEED_EXTRA = 2
@@ -74,24 +76,41 @@ def chunked(x32: torch.Tensor) -> torch.Tensor:
     return x32.view(n, chunks, TIER_CHUNK).transpose(0, 1).contiguous()
 
 
-def seed_product(qc: torch.Tensor, r32: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-    """Float32 products of every query with its own m rows (``r32[local[q]]``), Q x m: products
-    summed in float32 within slices of TIER_CHUNK pixels (any order of a C-term float32 sum is off
-    by at most gamma_C of the absolute sum), then over the slices: ``tier_error_bound`` holds."""
-    chunks, nq, width = qc.shape
-    m = local.shape[1]
+def pair_product(qc: torch.Tensor, qi: torch.Tensor, r32: torch.Tensor, ri: torch.Tensor) -> torch.Tensor:
+    """Float32 products of the pairs (query ``qi[p]``, row ``r32[ri[p]]``): products summed in
+    float32 within slices of TIER_CHUNK pixels (any order of a C-term float32 sum is off by at
+    most gamma_C of the absolute sum), then over the slices: ``tier_error_bound`` holds."""
+    chunks, _, width = qc.shape
     dim = r32.shape[1]
     pad = chunks * width - dim
-    out = torch.zeros((nq, m), dtype=torch.float32, device=qc.device)
-    step = max(1, 2**24 // (4 * m * max(dim, 1)))  # queries per pass: ~64 MB of gathered rows
-    for a in range(0, nq, step):
-        g = r32[local[a:a + step].reshape(-1)]
+    out = torch.empty(len(qi), dtype=torch.float32, device=qc.device)
+    step = max(1, 2**24 // (4 * max(dim, 1)))  # pairs per pass: ~64 MB of gathered rows
+    for a in range(0, len(qi), step):
+        g = r32[ri[a:a + step]]
         if pad:
             g = torch.nn.functional.pad(g, (0, pad))
-        g = g.view(-1, m, chunks, width)  # q x m x chunks x C
-        g.mul_(qc[:, a:a + step].transpose(0, 1)[:, None])  # q x 1 x chunks x C
-        out[a:a + step] = g.sum(dim=3).sum(dim=2)
+        g = g.view(-1, chunks, width)  # pairs x chunks x C
+        g.mul_(qc[:, qi[a:a + step]].transpose(0, 1))
+        out[a:a + step] = g.sum(dim=2).sum(dim=1)
     return out
+
+
+def seed_values(qc: torch.Tensor, seeds: torch.Tensor, ref, dev) -> tuple[torch.Tensor, int]:
+    """Float32 values of every query's seed pairs (Q x m) and the number of rows read.  Rows come
+    from the index's copy, or from disk SEED_ROWS at a time (memory stays bounded)."""
+    nq, m = seeds.shape
+    qi = torch.arange(nq, device=dev).repeat_interleave(m)
+    ri = seeds.reshape(-1)
+    if not getattr(ref, "from_disk", True) and dev.type == "cpu":  # gathered straight from the copy
+        return pair_product(qc, qi, ref.vectors, ri).view(nq, m), int(len(torch.unique(ri)))
+    out = torch.empty(nq * m, dtype=torch.float32, device=dev)
+    rows, local = np.unique(ri.cpu().numpy(), return_inverse=True)
+    local = torch.from_numpy(local.reshape(-1)).to(dev)
+    for a in range(0, len(rows), SEED_ROWS):
+        r32 = ref.rows32(rows[a:a + SEED_ROWS]).to(dev)
+        pick = torch.nonzero((local >= a) & (local < a + SEED_ROWS), as_tuple=True)[0]
+        out[pick] = pair_product(qc, qi[pick], r32, local[pick] - a)
+    return out.view(nq, m), len(rows)
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
@@ -199,13 +218,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_s.append(s[qq, rr].double().cpu())
 
     # 2. seeds: each query's m references of highest projected r, evaluated pair by pair
-    if getattr(ref, "from_disk", True) or dev.type != "cpu":  # read (and move) each seed row once
-        seed_rows, local = np.unique(seeds.cpu().numpy(), return_inverse=True)
-        r32 = ref.rows32(seed_rows).to(dev)
-        local = torch.from_numpy(local.reshape(nq, m)).to(dev)
-    else:  # gathered straight from the index's copy
-        seed_rows, r32, local = np.unique(seeds.cpu().numpy()), ref.vectors, seeds
-    s_seed = seed_product(qc, r32, local)  # nq x m
+    s_seed, seed_rows = seed_values(qc, seeds, ref, dev)  # nq x m
     s_seed[~live] = -math.inf
     evaluated += int(live.sum()) * m
     tau = torch.topk(s_seed, k, dim=1).values[:, -1].double() - eps  # k distinct pairs: a lower bound on the k-th best
@@ -288,7 +301,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
              "precision": "float32", "device": str(dev), "error_bound": eps, "bound": "uniform", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
              "tiles_evaluated": len(plan), "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
-             "rows_read": rows_read + len(seed_rows), "seconds": {key: round(v, 4) for key, v in clock.items()}}
+             "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=len(qi),
                         stats=stats)
 
