@@ -176,7 +176,7 @@ def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0
             part = part.view(chunks // group, group, *part.shape[1:]).sum(dim=1)
         acc[a:a + rows] = part.double().sum(dim=0)
     c = acc.to(torch.float32)
-    xnorm = torch.linalg.vector_norm(x.double(), dim=1) * (1 + 1e-15)
+    xnorm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64) * (1 + 1e-15)  # no float64 copy of x
     rho, slack = code_bounds(c, xnorm, chunks, delta, input_error)
     if prefix is None:
         return c, rho, slack

@@ -186,19 +186,23 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         clock["last"] = now
 
     level1 = getattr(ref, "level1", None)
+    # one float32 copy of the queries serves the codes (rounding them is an input error of u)
+    # and the tiles' sliced layout
+    q32 = q64.to(device=dev, dtype=torch.float32)
     if level1:  # a cascade: bounds from the first level1 codes for every pair, the rest per tile
-        cq, rho_q, slack_q, (rho1_q, slack1_q) = projection.codes(q64.to(dev), ref.basis.to(dev), ref.delta,
-                                                                    prefix=level1)
+        cq, rho_q, slack_q, (rho1_q, slack1_q) = projection.codes(q32, ref.basis.to(dev), ref.delta,
+                                                                    projection.U32, prefix=level1)
         first = (cq[:, :level1].contiguous(), rho1_q, slack1_q, ref.codes[:, :level1], ref.rho1, ref.slack1)
     else:
-        cq, rho_q, slack_q = projection.codes(q64.to(dev), ref.basis.to(dev), ref.delta)
+        cq, rho_q, slack_q = projection.codes(q32, ref.basis.to(dev), ref.delta, projection.U32)
         first = (cq, rho_q, slack_q, ref.codes, ref.rho, ref.slack)
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
     ub, seeds = upper_bound_matrix(*first, ref.constant, const_q, dev, m)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
-    qc = chunked(q64.to(device=dev, dtype=torch.float32))
+    qc = chunked(q32)
+    del q32
     live = torch.from_numpy(~const_q).to(dev)
     n_tiles = -(-n // tile)
 
@@ -247,7 +251,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         cols = torch.nonzero(sub.any(dim=0), as_tuple=True)[0]
         rows = (t * tile + cols).cpu().numpy()
         if level1:  # second level: the full codes of this tile's surviving pairs
-            ri = torch.from_numpy(rows).to(dev)
+            ri = torch.from_numpy(rows)  # the index's parts stay on the CPU; their rows move
             ub2 = projection.upper_bounds(cq[qs], rho_q[qs], slack_q[qs], ref.codes[ri].to(dev), ref.rho[ri].to(dev),
                                           ref.slack[ri].to(dev))
             sub = sub[:, cols] & (ub2 >= tau_dev[qs].float()[:, None])
