@@ -64,10 +64,13 @@ class single_thread:
 
 
 def prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
-    """Exact float64 z-normalised queries and their constant mask."""
-    q64, const_q = [], []
-    for _, block in iter_blocks(queries, 256):
+    """Exact float64 z-normalised queries and their constant mask (filled in place, block by block:
+    1,000 queries of 5 x 256 x 256 are 2.6 GB in float64, and a concatenation would double that)."""
+    n = len(queries)
+    q64 = torch.empty((n, select.dim), dtype=torch.float64)
+    const_q = np.zeros(n, dtype=bool)
+    for start, block in iter_blocks(queries, 256):
         x, c = normalise(select(block), torch.float64)  # numpy: the same bits in every process
-        q64.append(x)
-        const_q.append(c)
-    return torch.cat(q64), np.concatenate(const_q)
+        q64[start:start + len(x)] = x
+        const_q[start:start + len(x)] = c
+    return q64, const_q

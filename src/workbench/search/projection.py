@@ -160,17 +160,18 @@ def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0
     d = w.shape[1]
     chunks = -(-dim // CODE_CHUNK)
     pad = chunks * CODE_CHUNK - dim
-    x32 = x.to(torch.float32)
     w32 = w.to(device=x.device)
     if pad:
-        x32 = torch.nn.functional.pad(x32, (0, pad))
         w32 = torch.nn.functional.pad(w32, (0, 0, 0, pad))
     wc = w32.view(chunks, CODE_CHUNK, d)
     acc = torch.zeros((n, d), dtype=torch.float64, device=x.device)
     rows = max(1, 2**26 // (4 * d * chunks))  # bound the (chunks, rows, d) partial products to ~64 MB
     group = CODE_GROUP if chunks % CODE_GROUP == 0 else 1
     for a in range(0, n, rows):
-        xc = x32[a:a + rows].view(-1, chunks, CODE_CHUNK).transpose(0, 1)  # chunks x rows x C
+        x32 = x[a:a + rows].to(torch.float32)  # a block at a time: no float32 copy of all rows
+        if pad:
+            x32 = torch.nn.functional.pad(x32, (0, pad))
+        xc = x32.view(-1, chunks, CODE_CHUNK).transpose(0, 1)  # chunks x rows x C
         part = torch.bmm(xc, wc)
         if group > 1:  # groups of partials summed in float32 first: gamma_G more, 1/G of the float64 work
             part = part.view(chunks // group, group, *part.shape[1:]).sum(dim=1)

@@ -66,14 +66,19 @@ def tier_error_bound(dim: int) -> float:
     return (2 * u + u * u + NORMALISE_F32 + (g_c + g_n * (1 + g_c)) * (1 + 4 * u) ** 2) * (1 + 1e-6) + 1e-9
 
 
-def chunked(x32: torch.Tensor) -> torch.Tensor:
-    """Queries (n, D) as (n_chunks, n, TIER_CHUNK), zero-padded: the layout ``tile_product`` gathers from."""
-    n, dim = x32.shape
+def chunked(x: torch.Tensor, dev=None) -> torch.Tensor:
+    """Queries (n, D) in float32 as (n_chunks, n, TIER_CHUNK), zero-padded: the layout
+    ``tile_product`` gathers from (built 256 rows at a time: no second copy of all queries)."""
+    n, dim = x.shape
     chunks = -(-dim // TIER_CHUNK)
-    pad = chunks * TIER_CHUNK - dim
-    if pad:
-        x32 = torch.nn.functional.pad(x32, (0, pad))
-    return x32.view(n, chunks, TIER_CHUNK).transpose(0, 1).contiguous()
+    out = torch.zeros((chunks, n, TIER_CHUNK), dtype=torch.float32, device=dev or x.device)
+    for a in range(0, n, 256):
+        block = x[a:a + 256].to(device=out.device, dtype=torch.float32)
+        pad = chunks * TIER_CHUNK - dim
+        if pad:
+            block = torch.nn.functional.pad(block, (0, pad))
+        out[:, a:a + 256] = block.view(len(block), chunks, TIER_CHUNK).transpose(0, 1)
+    return out
 
 
 def pair_product(qc: torch.Tensor, qi: torch.Tensor, r32: torch.Tensor, ri: torch.Tensor) -> torch.Tensor:
@@ -186,23 +191,21 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         clock["last"] = now
 
     level1 = getattr(ref, "level1", None)
-    # one float32 copy of the queries serves the codes (rounding them is an input error of u)
-    # and the tiles' sliced layout
-    q32 = q64.to(device=dev, dtype=torch.float32)
+    qdev = q64.to(dev)  # float64: the codes and the tiles' layout round it to float32 block by block
     if level1:  # a cascade: bounds from the first level1 codes for every pair, the rest per tile
-        cq, rho_q, slack_q, (rho1_q, slack1_q) = projection.codes(q32, ref.basis.to(dev), ref.delta,
-                                                                    projection.U32, prefix=level1)
+        cq, rho_q, slack_q, (rho1_q, slack1_q) = projection.codes(qdev, ref.basis.to(dev), ref.delta,
+                                                                    prefix=level1)
         first = (cq[:, :level1].contiguous(), rho1_q, slack1_q, ref.codes[:, :level1], ref.rho1, ref.slack1)
     else:
-        cq, rho_q, slack_q = projection.codes(q32, ref.basis.to(dev), ref.delta, projection.U32)
+        cq, rho_q, slack_q = projection.codes(qdev, ref.basis.to(dev), ref.delta)
         first = (cq, rho_q, slack_q, ref.codes, ref.rho, ref.slack)
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
     ub, seeds = upper_bound_matrix(*first, ref.constant, const_q, dev, m)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
-    qc = chunked(q32)
-    del q32
+    qc = chunked(qdev)
+    del qdev
     live = torch.from_numpy(~const_q).to(dev)
     n_tiles = -(-n // tile)
 
@@ -234,13 +237,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     tau_dev = tau.to(dev)
     lap("seeds_s")
 
-    # 3. survivors, as dense tiles (the seed tiles are done)
-    surv = (ub >= tau_dev.float()[:, None]) & (ub > -math.inf)  # constant images are never matched
+    # 3. survivors, as dense tiles (the seed tiles are done).  Constant references have bound
+    # -inf and every live query a finite tau, so they never survive; constant queries are cut.
+    surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
+    torch.ge(ub, tau_dev.float()[:, None], out=surv[:, :n])
     del ub
+    surv[~live] = False
     surv[q_live[:, None], seeds[q_live]] = False  # the seeds are done
-    pad = n_tiles * tile - n
-    if pad:
-        surv = torch.nn.functional.pad(surv, (0, pad))
     surv = surv.view(nq, n_tiles, tile)
     q_any = surv.any(dim=2)  # nq x n_tiles
     todo = torch.nonzero(q_any.any(dim=0), as_tuple=True)[0].cpu().numpy()
