@@ -52,23 +52,31 @@ def upsample(x: np.ndarray) -> np.ndarray:
     return x.repeat(2, axis=-2).repeat(2, axis=-1)
 
 
-def build_store(path: Path, n_images: int, seed: int = 0) -> None:
+def build_store(path: Path, n_images: int, seed: int = 0, *, source=None, scale: int = 2,
+                benchmark: str = "out_of_core", batch: int = 256) -> None:
+    """A store of ``n_images`` brain-like slices: the training slices of ``source`` (default the
+    128 x 128 phantom store of the search benchmark) upsampled ``scale`` times, in seeded rounds:
+    the originals, then rounds of flips, rolls and per-channel intensity, each round's images and
+    subject names distinct.  Shared with ``search_scale.py``."""
     from workbench.data.store import StoreWriter
 
-    src = source_store()
+    src = source if source is not None else source_store()
     train = src.where(split="train")
     manifest = train.manifest.reset_index(drop=True)
+    size = train.image_shape[-1] * scale
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    with StoreWriter(path, channels=CHANNELS, height=SIZE, width=SIZE, kind="real",
-                     meta={"benchmark": "out_of_core", "seed": seed}) as w:
+    with StoreWriter(path, channels=CHANNELS, height=size, width=size, kind="real",
+                     meta={"benchmark": benchmark, "seed": seed}) as w:
         done, rnd = 0, 0
         while done < n_images:
-            for a in range(0, len(train), 256):
+            for a in range(0, len(train), batch):  # the batch sets the order of the random draws
                 if done >= n_images:
                     break
-                idx = np.arange(a, min(a + 256, len(train), a + n_images - done))
-                imgs = upsample(train.read(idx))
+                idx = np.arange(a, min(a + batch, len(train), a + n_images - done))
+                imgs = train.read(idx)
+                if scale > 1:
+                    imgs = imgs.repeat(scale, axis=-2).repeat(scale, axis=-1)
                 if rnd:  # augmented rounds: distinct images, still brain-like
                     flip = rng.random(len(imgs)) < 0.5
                     imgs[flip] = imgs[flip][..., ::-1]

@@ -61,37 +61,12 @@ def source_store():
 
 
 def build_store(path: Path, n_images: int, seed: int = 0) -> None:
-    from workbench.data.store import StoreWriter
+    """The store of the module docstring: the out-of-core benchmark's builder at scale 1."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import out_of_core  # noqa: PLC0415
 
-    train = source_store().where(split="train")
-    manifest = train.manifest.reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    with StoreWriter(path, channels=CHANNELS, height=SIZE, width=SIZE, kind="real",
-                     meta={"benchmark": "search_scale", "seed": seed}) as w:
-        done, rnd = 0, 0
-        while done < n_images:
-            for a in range(0, len(train), 512):
-                if done >= n_images:
-                    break
-                idx = np.arange(a, min(a + 512, len(train), a + n_images - done))
-                imgs = train.read(idx)
-                if rnd:  # augmented rounds: distinct images, still brain-like
-                    flip = rng.random(len(imgs)) < 0.5
-                    imgs[flip] = imgs[flip][..., ::-1]
-                    shifts = rng.integers(-8, 9, size=(len(imgs), 2))
-                    for i, (dy, dx) in enumerate(shifts):
-                        imgs[i] = np.roll(imgs[i], (int(dy), int(dx)), axis=(1, 2))
-                    imgs *= rng.uniform(0.85, 1.15, size=(len(imgs), imgs.shape[1], 1, 1)).astype(np.float32)
-                    np.clip(imgs, 0, 1, out=imgs)
-                rows = manifest.iloc[idx].to_dict("records")
-                for r in rows:
-                    r["subject"] = f"{r['subject']}_r{rnd}"
-                    r["prev"] = r["next"] = None
-                w.append(np.ascontiguousarray(imgs, dtype=np.float32), rows)
-                done += len(idx)
-            rnd += 1
-            print(f"  round {rnd}: {done:,} / {n_images:,} images ({time.perf_counter() - t0:.0f} s)", flush=True)
+    out_of_core.build_store(path, n_images, seed, source=source_store(), scale=1, benchmark="search_scale",
+                            batch=512)
 
 
 def make_queries(store_path: Path, n_queries: int, seed: int = 0) -> dict:
