@@ -41,20 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+import out_of_core  # noqa: E402  the store builder and the memory probe are shared
+from out_of_core import truth_f64, vm_hwm_gib  # noqa: E402
+
 CACHE = Path("runs/bench-cache")
 SIZE = 128
-CHANNELS = ["t1", "t1ce", "t2", "flair"]
-
-
-def vm_hwm_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def source_store():
-    sys.path.insert(0, str(Path(__file__).parent))
     import search as bench  # the phantom store of the search benchmark (cached there)
 
     return bench.phantom_store(SIZE, 84, 4, 0)
@@ -62,9 +57,6 @@ def source_store():
 
 def build_store(path: Path, n_images: int, seed: int = 0) -> None:
     """The store of the module docstring: the out-of-core benchmark's builder at scale 1."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import out_of_core  # noqa: PLC0415
-
     out_of_core.build_store(path, n_images, seed, source=source_store(), scale=1, benchmark="search_scale",
                             batch=512)
 
@@ -90,29 +82,6 @@ def make_queries(store_path: Path, n_queries: int, seed: int = 0) -> dict:
     queries = np.ascontiguousarray(np.concatenate([copies, near, novel]), dtype=np.float32)
     return {"queries": queries, "copy_src": copy_src, "near_src": near_src,
             "counts": {"copies": n_copy, "near_copies": n_near, "novel": n_novel}}
-
-
-def truth_f64(store, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 torch brute force streamed over the store: top k per query, ties to the lower index."""
-    import torch
-
-    q = torch.from_numpy(queries.reshape(len(queries), -1)).double()
-    q -= q.mean(1, keepdim=True)
-    q /= q.norm(dim=1, keepdim=True)
-    vals = torch.full((len(q), 0), -np.inf, dtype=torch.float64)
-    idx = torch.zeros((len(q), 0), dtype=torch.long)
-    for start, block in store.blocks(1024):
-        r = torch.from_numpy(block.reshape(len(block), -1)).double()
-        r -= r.mean(1, keepdim=True)
-        r /= r.norm(dim=1, keepdim=True)
-        s = q @ r.T
-        vals = torch.cat([vals, s], 1)
-        idx = torch.cat([idx, torch.arange(start, start + len(block)).expand(len(q), -1)], 1)
-        # keep the k best, ties to the lower index: sort by (-value, index)
-        order = np.lexsort((idx.numpy(), -vals.numpy()), axis=1)[:, :k]
-        vals = torch.from_numpy(np.take_along_axis(vals.numpy(), order, 1))
-        idx = torch.from_numpy(np.take_along_axis(idx.numpy(), order, 1))
-    return vals.numpy(), idx.numpy()
 
 
 def baselines(store, queries: np.ndarray, n_slice: int, k: int) -> dict:
