@@ -5,25 +5,25 @@ most reference rows, so a search that evaluates them pair by pair reads the whol
 gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense tiles:
 
 1. **Bounds.** Every pair gets an upper bound on r from the index's codes
-   (:mod:`workbench.search.projection`): one Q x N x d product.
-2. **Seeds.** Each query's best-bounded reference lies in one tile (TILE consecutive rows of the
-   index).  That whole tile is evaluated first, queries grouped by tile, so a query's k-th best
-   lower bound tau comes from real values of its nearest slices (the neighbours of a slice in
-   its volume sit in the same tile).  If a tile holds fewer than k images, tau stays -inf and
-   nothing is pruned for that query: slower, never wrong.
-3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of TILE rows, the
-   queries with a survivor there and the rows with a survivor there form one dense float32
-   product (float32 tier: slices of SCREEN_CHUNK pixels summed in float64, error at most
-   :func:`~workbench.search.bounds.screen_error_bound`).  Rows are read only for these tiles,
-   in index order, the next tile's rows read in the background (``prefetch``) when they come from
-   disk.
+   (:mod:`workbench.search.projection`): one Q x N x d product, or, for a large basis, a cascade:
+   the first ``level1`` codes for every pair and all d only for the pairs that survive those.
+2. **Seeds.** Each query's k + SEED_EXTRA references of highest projected r (c_x.c_y) are
+   evaluated first; the k-th best of their lower ends is tau, a lower bound on the query's true
+   k-th best (they are k distinct real pairs).  Projected r ranks near-copies and neighbouring
+   slices well, so tau lands close to the truth (BENCHMARKS.md).
+3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of TILE consecutive
+   rows, the queries with a survivor there and the rows with a survivor there form one dense
+   float32 product (slices of TIER_CHUNK pixels, error at most :func:`tier_error_bound`).  Rows
+   are read only for these tiles, in index order, the next tile's rows read in the background
+   when they come from disk.
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
    float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
 
 Every pair of the true top k has r >= its query's true k-th best >= tau, so its bound reaches tau
 and it is evaluated in step 2 or 3: the answer is exact.  Reference order matters (survivors of a
 query must share tiles); store order (subject, then slice) groups them as well as k-means on the
-codes did on brain phantoms (BENCHMARKS.md), so the index keeps store order.
+codes did on brain phantoms, and ball bounds per k-means cluster pruned almost nothing
+(BENCHMARKS.md), so the index keeps store order and has no cluster level.
 """
 from __future__ import annotations
 
