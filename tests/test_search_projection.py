@@ -169,7 +169,7 @@ def test_constant_images_are_not_matched_by_the_tiles(brainlike):
     assert not np.isin(res.indices, [5, 40]).any()
 
 
-def test_auto_says_what_it_chose(brainlike, monkeypatch):
+def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     q, ref = brainlike
     index = CorrelationIndex(ref, basis_dim=32)
     res = index.topk(q, k=2, tile=8)
@@ -183,6 +183,9 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 10)
     res = topk_correlation(q, ref, k=2)
     assert "auto" in res.stats  # an index was built and said what it chose
+    store = write_store(tmp_path / "s", ref)  # store folders and tensors are counted too
+    by_path = topk_correlation(torch.from_numpy(q), str(store.path), k=2)
+    np.testing.assert_array_equal(by_path.indices, res.indices)
     monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10_000)
     assert "auto" not in topk_correlation(q, ref, k=2).stats  # streamed brute force, no index
 

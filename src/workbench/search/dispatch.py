@@ -13,6 +13,7 @@ from ..errors import WorkbenchError
 from .distributed import topk_correlation_dask
 from .index import METHODS, index_pays, topk_pruned
 from .result import SearchResult
+from .sources import as_source
 from .streaming import topk_streaming
 from .subjects import topk_distinct
 
@@ -72,6 +73,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     if dask_options:
         raise TypeError(f"unexpected options {sorted(dask_options)}")
     if method == "auto":  # an index pays for itself only with many queries (index.AUTO_MIN_QUERIES)
+        # counted on the opened sources: either may be a store's folder or a torch tensor
+        queries, reference = as_source(queries, "queries"), as_source(reference, "reference")
         if index_pays(len(queries), len(reference)):
             return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask,
                                precision=precision, block_size=block_size, progress=progress, method="auto")
