@@ -40,6 +40,7 @@ from .layout import pad_slices, padded_width
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
 from .result import SearchResult
+from .streaming import streamed_blocks
 from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks, read_rows
 
 METHODS = ("auto", "brute", "pruned")
@@ -254,13 +255,8 @@ class CorrelationIndex:
     def _brute(self, q64, const_q, k, block_size, progress) -> SearchResult:
         if self.vectors is None:  # nothing kept in memory: stream the reference, as topk_streaming does
             size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
-
-            def streamed():
-                for start, images in iter_blocks(self.reference, size):
-                    r32, c = normalise(self.select(images), torch.float32, device=self.device)
-                    yield np.arange(start, start + len(images)), r32, c, None, None
-
-            result = screen_and_rescore(q64, const_q, streamed(), self.reference, self.select, k=k,
+            blocks = streamed_blocks(self.reference, self.select, size, torch.float32, self.device)
+            result = screen_and_rescore(q64, const_q, blocks, self.reference, self.select, k=k,
                                         n_reference=len(self), dtype=torch.float32, dev=self.device, progress=progress,
                                         ref_lift=NORMALISE_F32)
             result.stats.update(method="brute", full_fraction=1.0)

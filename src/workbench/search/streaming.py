@@ -49,15 +49,19 @@ def topk_streaming(queries, reference, k: int = 1, *, device: str = "auto", chan
 
     q64, const_q = prepare_queries(queries, select)
 
-    def blocks():
-        for start, block in iter_blocks(reference, block_size):
-            r32, c = normalise(select(block), torch.float32, device=dev)
-            r_lo = r32.to(dtype)
-            rn = None
-            if dtype == torch.bfloat16:
-                rn = split_norms(r32, r_lo)
-                r_lo = pad_slices(r_lo)
-            yield np.arange(start, start + len(block)), r_lo, c, None, rn
+    return screen_and_rescore(q64, const_q, streamed_blocks(reference, select, block_size, dtype, dev), reference,
+                              select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev, progress=progress,
+                              ref_lift=NORMALISE_F32, stacklevel=stacklevel)
 
-    return screen_and_rescore(q64, const_q, blocks(), reference, select, k=k, n_reference=rshape[0], dtype=dtype,
-                              dev=dev, progress=progress, ref_lift=NORMALISE_F32, stacklevel=stacklevel)
+
+def streamed_blocks(reference, select, block_size: int, dtype, dev):
+    """The screen's blocks of a reference normalised in float32 on the fly (``screen_and_rescore``
+    with ``ref_lift=NORMALISE_F32``); shared with an index that keeps no copy of its vectors."""
+    for start, block in iter_blocks(reference, block_size):
+        r32, c = normalise(select(block), torch.float32, device=dev)
+        r_lo = r32.to(dtype)
+        rn = None
+        if dtype == torch.bfloat16:
+            rn = split_norms(r32, r_lo)
+            r_lo = pad_slices(r_lo)
+        yield np.arange(start, start + len(block)), r_lo, c, None, rn

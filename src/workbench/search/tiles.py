@@ -212,14 +212,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     got_q, got_r, got_s = [], [], []  # evaluated pairs and their float32 values (kept if they may matter)
     evaluated = 0
 
-    def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
+    def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor):
         nonlocal evaluated
         s = tile_product(qc, qs, r32)
         evaluated += s.numel()
-        if floor is not None:  # keep what can still reach a k-th place: upper end >= the query's tau
-            qq, rr = torch.nonzero(s + eps >= floor[qs][:, None], as_tuple=True)
-        else:
-            qq, rr = torch.nonzero(torch.ones_like(s, dtype=torch.bool), as_tuple=True)
+        # keep what can still reach a k-th place: upper end >= the query's tau
+        qq, rr = torch.nonzero(s + eps >= floor[qs][:, None], as_tuple=True)
         got_q.append(qs[qq].cpu())
         got_r.append(torch.from_numpy(rows)[rr.cpu()])
         got_s.append(s[qq, rr].double().cpu())
