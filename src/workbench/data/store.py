@@ -3,10 +3,19 @@
 On disk a store is a folder::
 
     store/
-      images.npy        float32 array (N, C, H, W), values in [0, 1], read memory-mapped
+      images.npy        float32 array (N, C, H, W) of slices, or (N, C, D, H, W) of volumes,
+                        values in [0, 1], read memory-mapped
       manifest.parquet  one row per image (see MANIFEST_COLUMNS)
       store.json        channels, which of them are label maps, image size, kind ("real" /
                         "synthetic"), provenance
+
+Slices and volumes share one type.  Everything that reads a store (the reader, views, channel
+selection, the search, which sees each image as one long vector) works on ``image_shape`` =
+``(C, *spatial)`` and never on H and W by name, so a volume store is the same object with one
+more spatial axis: ``spatial_dims`` says which.  A volume row is one subject's volume: its
+manifest row has subject, source, split and label like a slice, and leaves ``z`` / ``prev`` /
+``next`` empty (those link slices of a volume; :func:`workbench.data.volumes.axial_slice_store`
+cuts a volume store into a slice store that has them).
 
 Real training data, held-out test data and synthetic samples are all SliceStores, so the
 search, the analysis and the widgets never care where images came from.
@@ -111,6 +120,8 @@ class StoreWriter:
     path : folder to create.
     channels : channel names, in order (e.g. ``["t1", "t1ce", "t2", "flair", "seg"]``).
     height, width : image size.
+    depth : None for a store of 2D slices ``(N, C, H, W)``; the number of axial planes for a
+        store of 3D volumes ``(N, C, depth, H, W)``.
     label_channels : names of the channels that hold label maps (segmentations: resampled with
         nearest neighbours, never intensity-jittered); None: :func:`default_label_channels`.
         Written to ``store.json`` as ``label_channels``.
@@ -121,7 +132,7 @@ class StoreWriter:
 
     def __init__(self, path, *, channels: Sequence[str], height: int, width: int,
                  kind: str = "real", meta: dict | None = None, overwrite: bool = False,
-                 label_channels: Sequence[str] | None = None):
+                 label_channels: Sequence[str] | None = None, depth: int | None = None):
         self.path = Path(path)
         self.channels = [str(c) for c in channels]
         if not self.channels or any(not c.strip() for c in self.channels):
@@ -136,6 +147,12 @@ class StoreWriter:
         if kind not in KINDS:
             raise StoreError(f"{self.path}: kind must be one of {KINDS}, got {kind!r}")
         self.height, self.width = int(height), int(width)
+        self.depth = None if depth is None else int(depth)
+        spatial = (self.height, self.width) if self.depth is None else (self.depth, self.height, self.width)
+        if min(spatial) < 1:
+            raise StoreError(f"{self.path}: image size {spatial} must be positive")
+        #: (C, H, W) or (C, D, H, W): the shape of one image
+        self.image_shape = (len(self.channels), *spatial)
         self.kind = kind
         self.meta = dict(meta or {})
         self.overwrite = overwrite
@@ -153,15 +170,18 @@ class StoreWriter:
         return self
 
     def append(self, images: np.ndarray, rows: Iterable[dict] | pd.DataFrame) -> range:
-        """Append a block ``(n, C, H, W)`` and its ``n`` manifest rows; returns their store rows."""
+        """Append a block ``(n, C, H, W)`` (or ``(n, C, D, H, W)`` for volumes) and its ``n``
+        manifest rows; returns their store rows."""
         if self._fh is None:
             raise RuntimeError("StoreWriter.append outside its `with` block")
         images = np.asarray(images, dtype="<f4")
-        if images.ndim == 3:
+        want = self.image_shape
+        if images.ndim == len(want):
             images = images[None]
-        want = (len(self.channels), self.height, self.width)
-        if images.ndim != 4 or images.shape[1:] != want:
-            raise StoreError(f"{self.path}: block of shape {images.shape} does not match (n, {want})")
+        if images.ndim != len(want) + 1 or images.shape[1:] != want:
+            what = "volumes" if self.depth is not None else "slices"
+            raise StoreError(f"{self.path}: block of shape {images.shape} does not match (n, {', '.join(map(str, want))}) "
+                             f"of this store of {what}")
         if not np.isfinite(images).all():
             raise StoreError(f"{self.path}: block has non-finite pixels")
         rows = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
@@ -181,7 +201,7 @@ class StoreWriter:
             if exc_type is None:
                 if self._n == 0:
                     raise StoreError(f"{self.path}: no images were written; refusing to create an empty store")
-                shape = (self._n, len(self.channels), self.height, self.width)
+                shape = (self._n, *self.image_shape)
                 self._fh.seek(0)
                 self._fh.write(_npy_header(shape))
                 self._fh.flush()
@@ -209,7 +229,8 @@ class StoreWriter:
 
 
 class SliceStore:
-    """A memory-mapped image array ``(N, C, H, W)`` plus its manifest, or a view of some rows.
+    """A memory-mapped image array ``(N, C, H, W)`` (slices) or ``(N, C, D, H, W)`` (volumes) plus
+    its manifest, or a view of some rows.
 
     Open one with :meth:`SliceStore.open`; take views with :meth:`where` / :meth:`take`.
     A view keeps ``rows``: the store rows it holds, in order, so positions in the view map back
@@ -264,8 +285,9 @@ class SliceStore:
             manifest = pd.read_parquet(path / MANIFEST)
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise StoreError(f"{path / MANIFEST}: unreadable ({err})") from None
-        if images.ndim != 4 or images.dtype != np.float32:
-            raise StoreError(f"{path / IMAGES}: expected float32 (N, C, H, W), found {images.dtype} {images.shape}")
+        if images.ndim not in (4, 5) or images.dtype != np.float32:
+            raise StoreError(f"{path / IMAGES}: expected float32 (N, C, H, W) slices or (N, C, D, H, W) volumes, "
+                             f"found {images.dtype} {images.shape}")
         if not images.flags.c_contiguous:  # reads go through the file row by row: C order only
             raise StoreError(f"{path / IMAGES}: stored in Fortran (column-major) order; the workbench reads images "
                              f"row by row and needs C order (rewrite it with np.save(path, np.ascontiguousarray(a)))")
@@ -310,12 +332,22 @@ class SliceStore:
         return channels.index(name)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        _, c, h, w = self._images.shape
-        return (c if self._channel_index is None else len(self._channel_index), h, w)
+    def image_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` for slices, ``(C, D, H, W)`` for volumes (C counts this view's channels)."""
+        c, *spatial = self._images.shape[1:]
+        return (c if self._channel_index is None else len(self._channel_index), *spatial)
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
+    def spatial_dims(self) -> int:
+        """2 for a store of slices, 3 for a store of volumes."""
+        return self._images.ndim - 2
+
+    @property
+    def is_volume(self) -> bool:
+        return self.spatial_dims == 3
+
+    @property
+    def shape(self) -> tuple[int, ...]:
         return (len(self), *self.image_shape)
 
     @property

@@ -213,8 +213,9 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
     q = _queries_array(queries)
     if q.ndim == 3:
         q = q[:, None]
-    if q.ndim != 4:
-        raise WorkbenchError(f"queries: expected images (N, C, H, W) or (N, H, W), got shape {q.shape}")
+    if q.ndim not in (4, 5):
+        raise WorkbenchError(f"queries: expected images (N, C, H, W) or (N, H, W), or volumes (N, C, D, H, W), "
+                             f"got shape {q.shape}")
     n = len(reference)
     if q.shape[1:] != tuple(reference.image_shape):
         raise WorkbenchError(f"queries have images of shape {q.shape[1:]} but reference images are {tuple(reference.image_shape)}")

@@ -105,14 +105,17 @@ def blocked_gram(w: torch.Tensor) -> torch.Tensor:
 
 
 def block_ids(selector, image_shape, block: int) -> tuple[np.ndarray, int]:
-    """Block id of every selected pixel (channel, row // b, col // b), and the number of blocks."""
-    c, h, w = image_shape
+    """Block id of every selected pixel (channel, then each spatial axis // b: 2D slices and 3D
+    volumes alike), and the number of blocks."""
+    c, *spatial = image_shape
     n_ch = len(selector.channels) if selector.channels else c
-    hb, wb = -(-h // block), -(-w // block)
-    ch = np.arange(n_ch)[:, None, None]
-    rr = (np.arange(h) // block)[None, :, None]
-    cc = (np.arange(w) // block)[None, None, :]
-    ids = (ch * hb * wb + rr * wb + cc).reshape(-1)
+    ids = np.arange(n_ch).reshape((n_ch,) + (1,) * len(spatial))
+    for axis, size in enumerate(spatial):
+        count = -(-size // block)
+        shape = [1] * (len(spatial) + 1)
+        shape[axis + 1] = size
+        ids = ids * count + (np.arange(size) // block).reshape(shape)
+    ids = np.broadcast_to(ids, (n_ch, *spatial)).reshape(-1)
     if selector.mask is not None:
         ids = ids[selector.mask]
     uniq, dense = np.unique(ids, return_inverse=True)

@@ -29,8 +29,9 @@ def as_source(x, name: str):
     if isinstance(x, np.ndarray):
         if x.ndim == 3:  # (N, H, W): one channel
             x = x[:, None]
-        if x.ndim != 4:
-            raise WorkbenchError(f"{name}: expected images (N, C, H, W) or (N, H, W), got shape {x.shape}")
+        if x.ndim not in (4, 5):  # slices (N, C, H, W) or volumes (N, C, D, H, W): each is one long vector
+            raise WorkbenchError(f"{name}: expected images (N, C, H, W) or (N, H, W), or volumes (N, C, D, H, W), "
+                                 f"got shape {x.shape}")
         return x
     raise WorkbenchError(f"{name}: expected a numpy array, torch tensor, SliceStore or a store's folder, "
                          f"got {type(x).__name__}")
@@ -74,21 +75,26 @@ class Selector:
     """Picks the pixels that enter r: the chosen channels, within the mask, flattened."""
 
     def __init__(self, image_shape, channels, mask):
-        c, h, w = image_shape
+        # image_shape is (C, H, W) for slices or (C, D, H, W) for volumes: a mask is given over
+        # the spatial axes (shared by every channel) or over channels and spatial axes
+        c, *spatial = image_shape
+        spatial = tuple(spatial)
         self.channels = channels
         self.mask = None
+        n_ch = len(channels) if channels else c
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
-            if mask.shape == (h, w):
-                mask = np.broadcast_to(mask, (len(channels) if channels else c, h, w))
-            want = (len(channels) if channels else c, h, w)
+            names = "(D, H, W)" if len(spatial) == 3 else "(H, W)"
+            if mask.shape == spatial:
+                mask = np.broadcast_to(mask, (n_ch, *spatial))
+            want = (n_ch, *spatial)
             if mask.shape != want:
-                raise WorkbenchError(f"mask has shape {mask.shape}; it must be (H, W) = {(h, w)} or (C, H, W) = {want}")
+                raise WorkbenchError(f"mask has shape {mask.shape}; it must be {names} = {spatial} or "
+                                     f"(C, {names[1:]} = {want}")
             if mask.sum() < 2:
                 raise WorkbenchError("mask selects fewer than 2 pixels; Pearson r needs at least 2")
             self.mask = mask.reshape(-1)
-        n_ch = len(channels) if channels else c
-        self.dim = int(self.mask.sum()) if self.mask is not None else n_ch * h * w
+        self.dim = int(self.mask.sum()) if self.mask is not None else n_ch * int(np.prod(spatial))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         if self.channels is not None:
