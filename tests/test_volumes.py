@@ -177,3 +177,15 @@ def test_volume_search_is_exact(volume_store, method, tmp_path):
     res2 = topk_correlation(queries, ref, k=2, mask=mask)
     np.testing.assert_array_equal(res2.indices, i2)
     np.testing.assert_allclose(res2.values, v2, atol=1e-12)
+
+
+def test_volume_slices_are_the_volumes_planes(phantom_dir, volume_store, tmp_path):
+    """layout="volume_slices": the same subjects, split and voxels as the volume store, as slices."""
+    from workbench.data.volumes import prepare_volume_slices
+
+    slices = prepare_volume_slices(phantom_dir, tmp_path / "vs", size=24, n_test=1, seed=0, progress=False)
+    cut = axial_slice_store(volume_store, tmp_path / "cut", progress=False)
+    assert len(slices) == len(cut)
+    np.testing.assert_array_equal(slices.to_array(), cut.to_array())
+    cols = ["subject", "split", "z", "prev", "next", "label"]
+    assert slices.manifest[cols].reset_index(drop=True).equals(cut.manifest[cols].reset_index(drop=True))

@@ -84,7 +84,12 @@ def _add_data(sub):
     pr.add_argument("--source", required=True, help="folder of <ID>/<ID>_<contrast>.nii.gz subject folders")
     pr.add_argument("--out", required=True, help="SliceStore folder to write")
     pr.add_argument("--channels", default="t1,t1ce,t2,flair,seg", help="comma-separated contrasts, in store order")
-    pr.add_argument("--size", type=int, default=64, help="image size after padding (64, 128, 256)")
+    pr.add_argument("--layout", choices=["slices", "volumes", "volume_slices"], default="slices",
+                    help="slices: padded axial slices (the study's); volumes: one --size^3 cube of the brain per "
+                         "subject (3D models); volume_slices: the axial slices of those cubes (2D on the same voxels)")
+    pr.add_argument("--size", type=int, default=64, help="image size after padding (64, 128, 256); the cube's edge "
+                                                         "for --layout volumes / volume_slices (32, 48, 64, 96)")
+    pr.add_argument("--margin", type=int, default=4, help="voxels around the brain's bounding box (volume layouts)")
     pr.add_argument("--pad", type=int, default=256,
                     help="zero-pad axial slices to this size before resizing (BraTS' 240 -> 256); 0: no padding")
     pr.add_argument("--reference", default="flair", help="contrast whose foreground selects slices")
@@ -447,13 +452,22 @@ def run(args) -> None:
             out = write_xray_phantom(args.out, seed=args.seed, overwrite=args.overwrite, **given)
             print(f"wrote {given.get('images', 40)} phantom chest X-ray(s) to {out} (generated, not patient data)")
     elif args.command == "data" and args.data_command == "prepare":
-        from .data.prepare import prepare_brats_store
+        if args.layout == "slices":
+            from .data.prepare import prepare_brats_store
 
-        prepare_brats_store(args.source, args.out, channels=_channels(args.channels, "--channels"),
-                            size=args.size, pad=args.pad or None, reference=args.reference,
-                            min_foreground=args.min_foreground, scaling=args.scaling, percentile=args.percentile,
-                            test_fraction=args.test_fraction, n_test=args.n_test, seed=args.seed,
-                            overwrite=args.overwrite)
+            prepare_brats_store(args.source, args.out, channels=_channels(args.channels, "--channels"),
+                                size=args.size, pad=args.pad or None, reference=args.reference,
+                                min_foreground=args.min_foreground, scaling=args.scaling, percentile=args.percentile,
+                                test_fraction=args.test_fraction, n_test=args.n_test, seed=args.seed,
+                                overwrite=args.overwrite)
+        else:
+            from .data.volumes import prepare_brain
+
+            prepare_brain(args.source, args.out, layout=args.layout, channels=_channels(args.channels, "--channels"),
+                          size=args.size, margin=args.margin, reference=args.reference,
+                          min_foreground=args.min_foreground, scaling=args.scaling, percentile=args.percentile,
+                          test_fraction=args.test_fraction, n_test=args.n_test, seed=args.seed,
+                          overwrite=args.overwrite)
     elif args.command == "data" and args.data_command == "prepare-xray":
         from .data.xray import prepare_xray_store
 

@@ -8,6 +8,7 @@ A run folder holds one experiment (see ``DESIGN.md``)::
         model/                      the checkpoint (model.safetensors, config.json, training.json)
         synthetic/                  the synthetic SliceStore the model sampled
         detector/                   the copy detector the analysis trained
+        slices/, slice_view/        a 3D run: its volumes cut into axial slices, and their analysis
         memorization.json           the analysis' key figures; written last, so it marks a complete analysis
         copy_analysis.json          thresholds, copy rates, C_T: the analysis summary
         copy_flags.parquet          one row per synthetic image: best matches, similarities, copy flags
@@ -53,6 +54,12 @@ PER_CHANNEL = "per_channel.csv"
 SIMILARITIES = "similarities.npz"
 #: every file the analysis writes; :data:`MEMORIZATION` last, so its presence means the rest is there
 ANALYSIS_FILES = (SIMILARITIES, COPY_ANALYSIS, COPY_FLAGS, MATCHES, SUBJECT_MATCHES, PATIENTS, PER_CHANNEL, MEMORIZATION)
+
+# the slice view of a 3D run (workbench.runs.slice_view)
+SLICES = "slices"                 # slices/store/, slices/synthetic/: axial slices of the run's volumes
+SLICES_STORE = "store"
+SLICES_SYNTHETIC = "synthetic"
+SLICE_VIEW = "slice_view"         # slice_view/: the analysis of those slices (the files of ANALYSIS_FILES)
 
 # people's work
 MARKS = "marks.csv"

@@ -120,6 +120,72 @@ def subject_volume(volumes: dict[str, np.ndarray], *, channels: Sequence[str], s
     return out, {"crop": ",".join(f"{s.start}:{s.stop}" for s in box), "voxel_mm": round(side / size, 4)}
 
 
+def _checked_subjects(source, *, channels, size, margin, test_fraction, n_test, seed, max_subjects):
+    """The subjects of ``source`` and their seeded split, every option checked before any volume is read."""
+    if not channels:
+        raise DataError("channels: choose at least one contrast")
+    unknown = [c for c in channels if c not in CONTRASTS]
+    if unknown:
+        raise DataError(f"unknown contrast(s) {unknown}; BraTS folders have {list(CONTRASTS)}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 512):
+        raise DataError(f"size must be a volume edge such as 32, 48, 64 or 96 (8 to 512), got {size!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise DataError(f"margin must be a whole number of voxels >= 0, got {margin!r}")
+    if n_test is None:
+        held_out_count(2, test_fraction=test_fraction)
+    elif n_test < 0:
+        raise DataError(f"n_test must be 0 or more, got {n_test}")
+    subjects, skipped = scan_subjects(source, channels=channels)
+    if max_subjects:
+        subjects = subjects[:max_subjects]
+    if not subjects:
+        raise DataError(f"{source}: no subject folder with the contrasts {channels}")
+    n_hold = held_out_count(len(subjects), test_fraction=test_fraction, n_test=n_test)
+    if not 0 <= n_hold < len(subjects):
+        raise DataError(f"{source}: cannot hold out {n_hold} test subject(s) of {len(subjects)}: at least one must "
+                        f"stay for training")
+    return subjects, skipped, split_subjects([s.id for s in subjects], n_test=n_hold, seed=seed)
+
+
+def _each_volume(subjects, *, channels, size, margin, scaling, percentile, progress):
+    """``(subject, volume (C, D, H, W), what was done)`` for each subject, one in memory at a time."""
+    shape_of = None  # (first file, its shape): with size=None every volume must match it
+    for subject in tqdm(subjects, desc="volumes", unit="subject", disable=not progress):
+        volumes = read_subject(subject, channels)
+        if size is None:
+            first = subject.file(channels[0])
+            shape = volumes[channels[0]].shape
+            if shape_of is None:
+                shape_of = (first, shape)
+            elif shape != shape_of[1]:
+                raise DataError(f"{first}: volume of shape {shape} but {shape_of[0]} is {shape_of[1]}; a store of "
+                                f"whole volumes needs one shape: pass size= (e.g. 64) to crop and resample")
+        try:
+            image, done = subject_volume(volumes, channels=channels, size=size, margin=margin, scaling=scaling,
+                                         percentile=percentile)
+        except DataError as err:
+            raise DataError(f"{subject.file(channels[0]).parent}: {err}") from None
+        if not np.isfinite(image).all():
+            raise DataError(f"{subject.file(channels[0]).parent}: non-finite voxels after scaling")
+        done["label"] = int((volumes["seg"] > 0).any()) if "seg" in volumes else None
+        yield subject, image, done
+
+
+def _meta(source, *, size, margin, scaling, percentile, test_fraction, n_test, seed, max_subjects, splits, skipped):
+    return {
+        "source": str(Path(source).resolve()),
+        "options": dict(size=size, margin=margin, scaling=scaling, percentile=percentile, test_fraction=test_fraction,
+                        n_test=n_test, seed=seed, max_subjects=max_subjects),
+        "orientation": "volumes (C, D, H, W): D axial planes inferior to superior, each plane as an axial slice "
+                       "(anterior up, the subject's left on the image's left)",
+        "crop_rule": None if size is None else f"cube around the brain's bounding box plus {margin} voxels, "
+                                               f"resampled to {size}^3",
+        "split_rule": "by subject, seeded",
+        "subjects": {"train": sum(v == "train" for v in splits.values()), "test": sum(v == "test" for v in splits.values())},
+        "skipped_folders": skipped,
+    }
+
+
 def prepare_volume_store(source, out, *, channels: Sequence[str] = DEFAULT_CHANNELS, size: int | None = 64,
                          margin: int = DEFAULT_MARGIN, scaling: str = "max", percentile: float = 99.5,
                          test_fraction: float = 0.25, n_test: int | None = None, seed: int = 0,
@@ -144,70 +210,70 @@ def prepare_volume_store(source, out, *, channels: Sequence[str] = DEFAULT_CHANN
     >>> store = prepare_volume_store("data/BraTS2021", "runs/brats-vol64", size=64)     # doctest: +SKIP
     """
     channels = list(channels)
-    if not channels:
-        raise DataError("channels: choose at least one contrast")
-    unknown = [c for c in channels if c not in CONTRASTS]
-    if unknown:
-        raise DataError(f"unknown contrast(s) {unknown}; BraTS folders have {list(CONTRASTS)}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 512):
-        raise DataError(f"size must be a volume edge such as 32, 48, 64 or 96 (8 to 512), got {size!r}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
-        raise DataError(f"margin must be a whole number of voxels >= 0, got {margin!r}")
-    if n_test is None:
-        held_out_count(2, test_fraction=test_fraction)
-    elif n_test < 0:
-        raise DataError(f"n_test must be 0 or more, got {n_test}")
-    subjects, skipped = scan_subjects(source, channels=channels)
-    if max_subjects:
-        subjects = subjects[:max_subjects]
-    if not subjects:
-        raise DataError(f"{source}: no subject folder with the contrasts {channels}")
-    n_hold = held_out_count(len(subjects), test_fraction=test_fraction, n_test=n_test)
-    if not 0 <= n_hold < len(subjects):
-        raise DataError(f"{source}: cannot hold out {n_hold} test subject(s) of {len(subjects)}: at least one must "
-                        f"stay for training")
-    splits = split_subjects([s.id for s in subjects], n_test=n_hold, seed=seed)
-    meta = {
-        "source": str(Path(source).resolve()),
-        "options": dict(size=size, margin=margin, scaling=scaling, percentile=percentile, test_fraction=test_fraction,
-                        n_test=n_test, seed=seed, max_subjects=max_subjects),
-        "orientation": "volumes (C, D, H, W): D axial planes inferior to superior, each plane as an axial slice "
-                       "(anterior up, the subject's left on the image's left)",
-        "crop_rule": None if size is None else f"cube around the brain's bounding box plus {margin} voxels, "
-                                               f"resampled to {size}^3",
-        "split_rule": "by subject, seeded",
-        "subjects": {"train": sum(v == "train" for v in splits.values()), "test": sum(v == "test" for v in splits.values())},
-        "skipped_folders": skipped,
-    }
-    writer = None
-    shape_of = None  # (first file, its shape): with size=None every volume must match it
-    bar = tqdm(subjects, desc="volumes", unit="subject", disable=not progress)
+    subjects, skipped, splits = _checked_subjects(source, channels=channels, size=size, margin=margin,
+                                                  test_fraction=test_fraction, n_test=n_test, seed=seed,
+                                                  max_subjects=max_subjects)
+    meta = _meta(source, size=size, margin=margin, scaling=scaling, percentile=percentile, test_fraction=test_fraction,
+                 n_test=n_test, seed=seed, max_subjects=max_subjects, splits=splits, skipped=skipped)
     with _LazyWriter(out, channels, overwrite=overwrite, meta=meta) as writer:
-        for subject in bar:
-            volumes = read_subject(subject, channels)
-            if size is None:
-                first = subject.file(channels[0])
-                shape = volumes[channels[0]].shape
-                if shape_of is None:
-                    shape_of = (first, shape)
-                elif shape != shape_of[1]:
-                    raise DataError(f"{first}: volume of shape {shape} but {shape_of[0]} is {shape_of[1]}; a store of "
-                                    f"whole volumes needs one shape: pass size= (e.g. 64) to crop and resample")
-            try:
-                image, done = subject_volume(volumes, channels=channels, size=size, margin=margin, scaling=scaling,
-                                             percentile=percentile)
-            except DataError as err:
-                raise DataError(f"{subject.file(channels[0]).parent}: {err}") from None
-            if not np.isfinite(image).all():
-                raise DataError(f"{subject.file(channels[0]).parent}: non-finite voxels after scaling")
-            label = int((volumes["seg"] > 0).any()) if "seg" in volumes else None
+        for subject, image, done in _each_volume(subjects, channels=channels, size=size, margin=margin,
+                                                 scaling=scaling, percentile=percentile, progress=progress):
             writer.append(image, [{"subject": subject.id, "source": str(subject.file(channels[0]).parent),
-                                   "split": splits[subject.id], "label": label, **done}])
-        bar.close()
+                                   "split": splits[subject.id], **done}])
     store = SliceStore.open(out)
     if progress:
         counts = store.manifest["split"].value_counts().to_dict()
         print(f"wrote {store.path}: {len(store)} volumes {store.image_shape} ({counts})")
+    return store
+
+
+def prepare_volume_slices(source, out, *, channels: Sequence[str] = DEFAULT_CHANNELS, size: int = 64,
+                          margin: int = DEFAULT_MARGIN, reference: str = "flair", min_foreground: float = 0.15,
+                          scaling: str = "max", percentile: float = 99.5, test_fraction: float = 0.25,
+                          n_test: int | None = None, seed: int = 0, max_subjects: int | None = None,
+                          overwrite: bool = False, progress: bool = True) -> SliceStore:
+    """The axial slices ``(n, C, size, size)`` of the volumes :func:`prepare_volume_store` would
+    write with the same options: the same subjects, split and voxels, as a slice store (with
+    ``z`` and ``prev`` / ``next``), for a 2D model to set beside a 3D one.  Slices with less than
+    ``min_foreground`` of non-zero pixels in ``reference`` are left out, as in a slice store.
+
+    >>> slices = prepare_volume_slices("data/phantom", "runs/vs/store", size=32)      # doctest: +SKIP
+    """
+    channels = list(channels)
+    if size is None:
+        raise DataError("size: the slices of volumes need a cube edge (e.g. 64)")
+    if reference not in channels or reference in LABEL_CONTRASTS:
+        raise DataError(f"reference must be one of the intensity channels {[c for c in channels if c not in LABEL_CONTRASTS]}, "
+                        f"got {reference!r}")
+    if not 0 <= min_foreground <= 1:
+        raise DataError(f"min_foreground must be in [0, 1], got {min_foreground}")
+    subjects, skipped, splits = _checked_subjects(source, channels=channels, size=size, margin=margin,
+                                                  test_fraction=test_fraction, n_test=n_test, seed=seed,
+                                                  max_subjects=max_subjects)
+    meta = _meta(source, size=size, margin=margin, scaling=scaling, percentile=percentile, test_fraction=test_fraction,
+                 n_test=n_test, seed=seed, max_subjects=max_subjects, splits=splits, skipped=skipped)
+    meta["slice_rule"] = (f"axial planes of each volume with at least {min_foreground} non-zero pixels in {reference}")
+    meta["options"].update(reference=reference, min_foreground=min_foreground)
+    ref = channels.index(reference)
+    seg = channels.index("seg") if "seg" in channels else None
+    with StoreWriter(out, channels=channels, height=size, width=size, kind="real", meta=meta,
+                     overwrite=overwrite) as writer:
+        for subject, image, done in _each_volume(subjects, channels=channels, size=size, margin=margin,
+                                                 scaling=scaling, percentile=percentile, progress=progress):
+            zs = np.flatnonzero((image[ref] > 0).mean(axis=(1, 2)) >= min_foreground)
+            base, kept = len(writer), set(zs.tolist())
+            row_of = {z: base + j for j, z in enumerate(zs.tolist())}
+            writer.append(np.ascontiguousarray(image[:, zs].transpose(1, 0, 2, 3)), [{
+                "subject": subject.id, "source": str(subject.file(channels[0]).parent), "split": splits[subject.id],
+                "z": int(z), "label": int((image[seg, z] > 0).any()) if seg is not None else None,
+                "prev": row_of.get(z - 1) if (z - 1) in kept else None,
+                "next": row_of.get(z + 1) if (z + 1) in kept else None,
+                "crop": done["crop"], "voxel_mm": done["voxel_mm"]} for z in zs.tolist()])
+    store = SliceStore.open(out)
+    if progress:
+        counts = store.manifest["split"].value_counts().to_dict()
+        print(f"wrote {store.path}: {len(store)} axial slices {store.image_shape} of {len(subjects)} cropped, "
+              f"resampled volumes ({counts})")
     return store
 
 
@@ -299,3 +365,39 @@ def _missing(value) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+
+
+#: how a brain data set is laid out in a store: the study's padded axial slices, cubes of the
+#: brain (3D), or the axial slices of those cubes (2D on the same voxels as 3D)
+LAYOUTS = ("slices", "volumes", "volume_slices")
+
+
+def prepare_brain(source, out, *, layout: str = "slices", channels: Sequence[str] = DEFAULT_CHANNELS,
+                  size: int = 64, reference: str = "flair", min_foreground: float = 0.15, scaling: str = "max",
+                  percentile: float = 99.5, margin: int = DEFAULT_MARGIN, test_fraction: float = 0.25,
+                  n_test: int | None = None, seed: int = 0, max_subjects: int | None = None,
+                  overwrite: bool = False, progress: bool = True) -> SliceStore:
+    """A store of a BraTS-layout folder in one of :data:`LAYOUTS` (the one switch of the prepare
+    notebook and ``workbench data prepare --layout``):
+
+    - ``"slices"``: axial slices padded to 256 and resized to ``size`` (Akbar et al.'s setting;
+      :func:`~workbench.data.prepare.prepare_brats_store`);
+    - ``"volumes"``: one ``size``³ cube of the brain per subject (:func:`prepare_volume_store`),
+      for a 3D model (``model="ldm3d"``);
+    - ``"volume_slices"``: the axial slices of those cubes (:func:`prepare_volume_slices`), for a
+      2D model on the same subjects and voxels as a 3D one.
+
+    Every layout holds out the same subjects for the same ``seed``.
+    """
+    if layout not in LAYOUTS:
+        raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    common = dict(channels=channels, size=size, scaling=scaling, percentile=percentile, test_fraction=test_fraction,
+                  n_test=n_test, seed=seed, max_subjects=max_subjects, overwrite=overwrite, progress=progress)
+    if layout == "slices":
+        from .prepare import prepare_brats_store
+
+        return prepare_brats_store(source, out, reference=reference, min_foreground=min_foreground, **common)
+    if layout == "volumes":
+        return prepare_volume_store(source, out, margin=margin, **common)
+    return prepare_volume_slices(source, out, margin=margin, reference=reference, min_foreground=min_foreground,
+                                 **common)

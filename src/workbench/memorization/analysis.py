@@ -468,3 +468,10 @@ def load_analysis(folder) -> Analysis:
     return _assemble(sims, settings, train_manifest=train.manifest, train_rows=train.rows, synthetic=synthetic,
                      per_channel=per_channel, data_copying=saved.get("data_copying"), matches=matches,
                      subject_matches=subject_matches)
+
+
+def load_slice_view(run) -> Analysis | None:
+    """The slice view a 3D run holds (``<run>/slice_view/``, written by
+    :func:`workbench.runs.slice_view.slice_view`), or None when it has none."""
+    folder = Path(run) / layout.SLICE_VIEW
+    return load_analysis(folder) if (folder / layout.MEMORIZATION).is_file() else None

@@ -97,60 +97,71 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def image_features(images, *, size: int | None = 16, block_size: int = 1024) -> np.ndarray:
-    """Images as feature vectors: each channel area-averaged to ``size`` x ``size``, then flattened.
+def image_features(images, *, size: int | str | None = "auto", block_size: int = 1024) -> np.ndarray:
+    """Images as feature vectors: each channel area-averaged to ``size`` along every spatial axis
+    (``size`` x ``size`` for slices, ``size``³ for volumes), then flattened.
 
     Parameters
     ----------
-    images : array ``(N, C, H, W)`` or ``(N, H, W)``, or a :class:`SliceStore` (read in blocks).
-    size : side of the averaged image.  When ``size`` divides H and W this is plain block
-        averaging (each output pixel is the mean of an (H/size) x (W/size) block); otherwise
-        each output pixel is the area-weighted mean of the input pixels it covers.  ``None``
-        keeps full resolution.  This is the default feature space of :func:`data_copying_test`;
-        embeddings from a learned detector can be passed to that function instead.
+    images : array ``(N, C, H, W)`` or ``(N, H, W)``, volumes ``(N, C, D, H, W)``, or a
+        :class:`SliceStore` of either (read in blocks).
+    size : side of the averaged image; ``"auto"``: 16 for slices, 8 for volumes (8³ = 512 features
+        a channel, about the 16² = 256 of a slice); None keeps full resolution.  When ``size`` divides an axis this is plain
+        block averaging; otherwise each output pixel is the area-weighted mean of the input pixels
+        it covers.  This is the default feature space of :func:`data_copying_test`; embeddings from
+        a learned detector can be passed to that function instead.
     block_size : images processed at a time.
 
     Returns
     -------
-    float32 array ``(N, C * size * size)``, channel-major (all pixels of channel 0 first).
+    float32 array ``(N, C * size^d)``, channel-major (all pixels of channel 0 first).
 
     >>> image_features(np.ones((2, 3, 64, 64), np.float32), size=16).shape
     (2, 768)
+    >>> image_features(np.ones((2, 1, 16, 16, 16), np.float32)).shape
+    (2, 512)
     """
     if isinstance(images, SliceStore):
         name = str(images.path)
-        c, h, w = images.image_shape
+        c, *spatial = images.image_shape
         n = len(images)
-        blocks = (b for _, b in images.blocks(block_size))
+        blocks = (b for _, b in images.blocks(max(1, block_size // (8 if images.is_volume else 1))))
     else:
         name = "images"
         arr = np.asarray(images)
         if arr.ndim == 3:
             arr = arr[:, None]
-        if arr.ndim != 4:
-            raise WorkbenchError(f"{name}: expected an array (N, C, H, W) or (N, H, W); got shape {arr.shape}")
-        n, c, h, w = arr.shape
+        if arr.ndim not in (4, 5):
+            raise WorkbenchError(f"{name}: expected an array (N, C, H, W), (N, H, W) or (N, C, D, H, W); "
+                                 f"got shape {arr.shape}")
+        n, c, *spatial = arr.shape
         blocks = (arr[a:a + block_size] for a in range(0, n, block_size))
     if n == 0:
         raise WorkbenchError(f"{name}: no images")
-    if size is None:
-        sh, sw = h, w
+    if size == "auto":
+        size = 8 if len(spatial) == 3 else 16
+    if size is None:  # full resolution
+        mats, out_side = [None] * len(spatial), list(spatial)
     else:
-        if int(size) != size or size < 1:
+        if isinstance(size, (str, bool)) or int(size) != size or size < 1:
             raise WorkbenchError(f"{name}: size must be a positive integer, got {size!r}")
-        if size > min(h, w):
-            raise WorkbenchError(f"{name}: size {size} is larger than the images ({h} x {w}); "
+        if size > min(spatial):
+            raise WorkbenchError(f"{name}: size {size} is larger than the images ({' x '.join(map(str, spatial))}); "
                                  "features only average down, never up")
-        sh = sw = int(size)
-    a_h = _area_matrix(h, sh).astype(np.float32)
-    a_w = _area_matrix(w, sw).astype(np.float32)
-    out = np.empty((n, c * sh * sw), np.float32)
+        size = int(size)
+        mats = [None if m == size else _area_matrix(m, size).astype(np.float32) for m in spatial]
+        out_side = [size] * len(spatial)
+    out = np.empty((n, c * int(np.prod(out_side))), np.float32)
     start = 0
     for block in blocks:
         block = np.asarray(block, dtype=np.float32)
         if not np.isfinite(block).all():
             raise WorkbenchError(f"{name}: images {start}..{start + len(block) - 1} contain non-finite pixels")
-        small = block if size is None else np.einsum("ih,nchw,jw->ncij", a_h, block, a_w, optimize=True)
+        small = block
+        for axis, a in enumerate(mats):  # average along each spatial axis in turn
+            if a is None:
+                continue
+            small = np.moveaxis(np.tensordot(small, a, axes=([2 + axis], [1])), -1, 2 + axis)
         out[start:start + len(block)] = small.reshape(len(block), -1)
         start += len(block)
     return out

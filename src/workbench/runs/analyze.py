@@ -25,6 +25,16 @@ def _detector(run, detector, *, steps: int, seed: int, device, progress: bool):
 
     if detector is None or detector is False or detector == "none":
         return None, None
+    if run.synthetic.is_volume:
+        # the copy detector is a 2D encoder of slices: a volume run is compared by pixel r of
+        # whole volumes, and slice by slice in its slice view
+        if detector == "train":
+            if progress:
+                print("copy detector: skipped for a run of 3D volumes (the detector embeds 2D slices); "
+                      "volumes are compared by pixel r, and slice by slice in the slice view")
+            return None, None
+        raise WorkbenchError(f"detector: {detector} embeds 2D slices, but {run.path} is a run of 3D volumes; "
+                             f"pass detector=None (volumes are compared by pixel r)")
     if detector == "train":
         folder = run.path / layout.DETECTOR
         # trained on the whole training split of the store (the domain), not only the images the model saw
@@ -42,7 +52,7 @@ def analyze(run, *, detector="train", detector_steps: int = 300, rule: str = "da
             k: int = 5, bootstrap: int = 1000, seed: int = 0, per_channel: bool = True,
             data_copying_cells: int | None = 10, pixel_threshold: float | None = None,
             embedding_threshold: float | None = None, embedding_metric: str = "cosine", device: str = "auto",
-            save: bool = True,
+            save: bool = True, slices: bool = True,
             progress: bool = True) -> AnalysisReport:
     """Analyse a run's synthetic images for copies of its training images, and save it into the run.
 
@@ -64,6 +74,10 @@ def analyze(run, *, detector="train", detector_steps: int = 300, rule: str = "da
     embedding_metric : ``"cosine"`` (default) or ``"correlation"`` of the detector's embeddings
         (Dar et al.'s code compares embeddings by correlation).
     save : write the analysis into the run folder (and its parameters into run.json).
+    slices : for a run of 3D volumes, also its slice view (:func:`workbench.runs.slice_view.slice_view`:
+        every axial slice of every synthetic volume against the training slices, saved into
+        ``<run>/slice_view/``).  A volume run's analysis compares whole volumes (one long vector
+        each); the copy detector, a 2D encoder, is skipped for it.
 
     Returns an :class:`~workbench.widgets.report.AnalysisReport`: the analysis with
     ``.figures()``, ``.report()``, ``.record()`` and ``.summary()``.
@@ -82,6 +96,12 @@ def analyze(run, *, detector="train", detector_steps: int = 300, rule: str = "da
                             progress=progress)
     analysis.settings["detector"] = None if detector_folder is None else str(detector_folder)
     analysis.settings["run"] = str(run.path)
+    analysis.settings["images"] = "volumes" if synthetic.is_volume else "slices"
+    if synthetic.is_volume and slices:
+        from .slice_view import slice_view
+
+        slice_view(run, k=k, rule=rule, quantile=quantile, bootstrap=bootstrap, seed=seed, device=device, save=save,
+                   progress=progress)
     if save:
         written = analysis.save(run.path)
         if progress:
@@ -93,7 +113,8 @@ def analyze(run, *, detector="train", detector_steps: int = 300, rule: str = "da
                                                data_copying_cells=data_copying_cells,
                                                pixel_threshold=pixel_threshold,
                                                embedding_threshold=embedding_threshold,
-                                               embedding_metric=embedding_metric, device=str(device)),
+                                               embedding_metric=embedding_metric, device=str(device),
+                                               slices=bool(slices)),
                      seconds=time.time() - started, outputs={"analysis": run.path})
         run.record = open_run(run.path).record
     return AnalysisReport(analysis, run=run)

@@ -10,7 +10,9 @@ thresholds, copy rates with their intervals, C_T, median highest r of synthetic 
 images) and training's (``train_seconds``, ``steps_done``, ``n_train``, ``final_loss``), the
 values of the run's privacy-against-utility report where it has one (``report.json``:
 ``utility_auroc_*``, ``fidelity_*``, ``*_dcr_*``, ``membership_auroc_*``; on the final row), and
-each stage's seconds.
+each stage's seconds.  ``images`` says whether a run compared 2D slices or 3D volumes; a 3D run
+adds its slice view's values as ``slice_*`` columns (every axial slice of its volumes against
+the training slices), to set beside a 2D run's on the same subjects.
 
 :func:`per_image_table` is the companion table the comparisons need: one row per synthetic image
 of every run and checkpoint (highest pixel r, copy flags), saved as ``per_image.parquet``.
@@ -96,6 +98,10 @@ def _rows(sweep: Path, doc: dict):
         for step, where, final in analyses:
             summary = json.loads((where / layout.COPY_ANALYSIS).read_text())
             values = flat_values(summary)
+            values["images"] = (summary.get("settings") or {}).get("images", "slices")
+            sliced = where / layout.SLICE_VIEW / layout.COPY_ANALYSIS  # a 3D run's slice view
+            if sliced.is_file():
+                values.update({f"slice_{k}": v for k, v in flat_values(json.loads(sliced.read_text())).items()})
             report = {k: v for k, v in _report_values(folder).items() if k not in values} if final else {}
             yield {**base, **training, **({"model": training.get("model")} if training else {}),
                    "checkpoint_step": step, "final": final, **values, **report, **stage_seconds,

@@ -158,7 +158,11 @@ def overlaid_histograms(series: dict, *, bins: int = 50, title: str = "Highest s
 
 
 def channel_grid(images: np.ndarray, channel_names, *, titles=None, size: int = 130) -> go.Figure:
-    """Rows = channels, columns = images ``(n, C, H, W)``: every contrast of a few slices at once."""
+    """Rows = channels, columns = images ``(n, C, H, W)``: every contrast of a few slices at once.
+    Volumes ``(n, C, D, H, W)`` show their middle axial plane (browse them in three planes with
+    :class:`~workbench.widgets.volume_viewer.VolumeViewer`)."""
+    if images.ndim == 5:
+        images = images[:, :, images.shape[2] // 2]
     n, c = images.shape[:2]
     sub = [f"{channel_names[j]}" + (f" · {titles[i]}" if titles is not None else "") for j in range(c) for i in range(n)]
     fig = make_subplots(rows=c, cols=n, subplot_titles=sub, horizontal_spacing=0.01, vertical_spacing=0.03)

@@ -95,6 +95,8 @@ class AnalysisReport:
         if self.run is None:
             return None
         synthetic, train = self.run.synthetic, self.run.train
+        if synthetic.is_volume:  # volumes: VolumeViewer shows them in three planes
+            return None
         best = self.analysis.best()
         if not len(best):
             return None
@@ -173,6 +175,12 @@ class AnalysisReport:
         import scrapbook as sb
 
         record = self.analysis.record()
+        if self.run is not None:  # a 3D run: its slice view's figures beside the volumes'
+            from ..memorization.analysis import load_slice_view
+
+            view = load_slice_view(self.run.path)
+            if view is not None:
+                record.update({f"slice_{key}": value for key, value in view.record().items()})
         for key, value in record.items():
             sb.glue(key, value)
         return record
