@@ -372,7 +372,7 @@ class VolumeViewer:
         grid = widgets.VBox([
             widgets.HBox([self.row_titles[row]] + [widgets.VBox([self.titles[(row, v)], self.images[(row, v)]],
                                                                 layout=lay(margin="0 6px 4px 0"))
-                                                   for v in VIEWS], layout=lay(align_items="flex-end"))
+                                                   for v in VIEWS], layout=lay(align_items="center"))
             for row in ROWS])
         self.panels = grid
         self._keys = Event(source=grid, watched_events=["keydown"], prevent_default_action=True)
@@ -426,9 +426,9 @@ class VolumeViewer:
         self.pos = int(np.clip(index, 0, len(self.order) - 1))
         for s in (self.x, self.y, self.z):
             s.observe(lambda _: self._render(), names="value")
-        for wdg in (self.channel, self.overlay, self.window):
+        for wdg in (self.overlay, self.window):
             wdg.observe(lambda _: self._render(), names="value")
-        self.channel.observe(lambda _: self._profile_changed(), names="value")
+        self.channel.observe(lambda _: self._profile_changed(render=True, channel_only=True), names="value")
         self.profile_over.observe(lambda _: self._profile_changed(), names="value")
         self.prev_button.on_click(lambda _: self.previous())
         self.next_button.on_click(lambda _: self.next())
@@ -543,9 +543,12 @@ class VolumeViewer:
         self._render()
         self._show_mark()
 
-    def _profile_changed(self, *, render: bool = True) -> None:
+    def _profile_changed(self, *, render: bool = True, channel_only: bool = False) -> None:
+        """Recompute the slice profile (on a new channel only if it is over the channel shown); draw."""
         a, b = self.volumes["synthetic"], self.volumes["train"]
-        if b is None:
+        if channel_only and self.profile_over.value != "channel":
+            pass
+        elif b is None:
             self.profile = np.full(self.depth, np.nan)
         elif self.profile_over.value == "channel":
             c = self.channel.value
