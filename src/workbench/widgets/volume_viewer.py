@@ -28,21 +28,20 @@ long vector), in three orthogonal views each:
 Why panels drawn in the kernel and not ipyniivue
 ------------------------------------------------
 ipyniivue (NiiVue, a WebGL2 volume viewer, as an anywidget) was tried (2.4.4, with anywidget
-0.11): it does render in Voila in headless chromium offline (WebGL2 through SwiftShader, no
-request leaves 127.0.0.1).  The panels are drawn in the kernel as PNG bytes
+0.11, Voila 0.5): it does render in Voila in headless chromium offline (WebGL2 through ANGLE on
+SwiftShader, no request leaves 127.0.0.1).  The panels are drawn in the kernel as PNG bytes
 (:mod:`workbench.widgets.render`) all the same, because
 
-- a step sends only the six planes shown (a few kB each); NiiVue needs whole volumes in the
-  page, as float32 NIfTI: two 128³ volumes of five channels are 80 MB per step, and a BraTS-size
-  pair is ~350 MB;
+- a step sends only the six planes shown (a few kB each); NiiVue needs whole volumes in the page
+  as float32 NIfTI: the channel shown and the segmentation of two 128³ volumes are 34 MB per step,
+  of a BraTS-size pair ~140 MB;
 - on the machines this workbench runs on (no GPU; headless chromium) WebGL2 is software
   rendering, and a page with two NiiVue canvases kept in sync is heavier than six images;
 - what the reviewer sees is the store's voxels with the same window, overlay and nearest-neighbour
   upscaling as the 2D match browser, and it can be tested without a browser (the panels are
   bytes in the kernel; a WebGL canvas cannot be read back without ``preserveDrawingBuffer``);
-- anywidget's extension is built against JupyterLab ^4.6 while Voila's page ships 4.2
-  ("Unsatisfied version" warnings in the console): it loads today, but is one more thing to
-  keep in step; and it would add anywidget, psygnal and a 5 MB script to the dependencies.
+- it would add anywidget, psygnal and a 5 MB script to the dependencies, and each volume would
+  have to be encoded as a NIfTI file (its ``path`` or ``data``) to reach the page.
 
 ipyniivue remains the better tool for free 3D rendering (a rendered volume, oblique planes); it
 could be shown beside this viewer if that is ever wanted.
