@@ -159,6 +159,20 @@ class AnalysisReport:
         if "strongest match" in figures:
             display(Markdown("The strongest match, as in the study's figure:"))
             figures["strongest match"].show()
+        view = self.slice_view()
+        if view is not None:
+            display(Markdown("### Slice view: every axial slice of the synthetic volumes against the training "
+                             "slices (compare with a 2D model on the same subjects)"))
+            for line in AnalysisReport(view).text():
+                print(line)
+            display(view.rates_table())
+
+    def slice_view(self):
+        """A 3D run's slice view (every axial slice of its synthetic volumes against the training
+        slices; :func:`workbench.runs.slice_view.slice_view`), or None."""
+        from ..memorization.analysis import load_slice_view
+
+        return None if self.run is None else load_slice_view(self.run.path)
 
     def compare(self, runs) -> go.Figure:
         """ECDF of the highest pixel r of this run beside other runs' saved analyses."""
@@ -176,9 +190,7 @@ class AnalysisReport:
 
         record = self.analysis.record()
         if self.run is not None:  # a 3D run: its slice view's figures beside the volumes'
-            from ..memorization.analysis import load_slice_view
-
-            view = load_slice_view(self.run.path)
+            view = self.slice_view()
             if view is not None:
                 record.update({f"slice_{key}": value for key, value in view.record().items()})
         for key, value in record.items():
