@@ -269,7 +269,9 @@ def _add_runs(sub):
     de = _parser(sub, "demo", "phantom -> store -> train -> sample -> memorization, into runs/demo")
     de.add_argument("--out", default="runs/demo", help="run folder")
     de.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override a demo setting (see workbench.runs.DEMO)")
+                    help="override a demo setting (see workbench.runs.DEMO, or DEMO3D with --volumes)")
+    de.add_argument("--volumes", action="store_true",
+                    help="the 3D demo: a 3D latent diffusion model on 32^3 phantom brains, into runs/demo3d")
     sw = _parser(sub, "sweep", "run every combination of a sweep spec (YAML) through papermill, resumably, "
                                "and collect the results into one table")
     sw.add_argument("spec", help="sweep spec: name, base, vary (a grid) and/or runs; see sweeps/findings.yaml")
@@ -502,6 +504,13 @@ def run(args) -> None:
                            pixel_threshold=args.threshold, embedding_metric=args.embedding_metric, device=args.device)
         for line in analysis.text():
             print(line)
+        view = analysis.slice_view()
+        if view is not None:
+            from .widgets.report import AnalysisReport
+
+            print("slice view (every axial slice of the synthetic volumes against the training slices):")
+            for line in AnalysisReport(view).text():
+                print(f"  {line}")
     elif args.command == "utility":
         from .runs.evaluate import utility
 
@@ -545,14 +554,16 @@ def run(args) -> None:
         params = {name: parse_value(value) for name, value in args.parameter}
         run_notebook(args.notebook, args.out, params, html=not args.no_html)
     elif args.command == "demo":
-        from .runs.demo import DEMO, run_demo
+        from .runs.demo import DEMO, DEMO3D, run_demo
         from .runs.notebook import parse_value
 
         settings = {name: parse_value(value) for name, value in args.set}
-        unknown = sorted(set(settings) - set(DEMO))
+        known = DEMO3D if args.volumes else DEMO
+        unknown = sorted(set(settings) - set(known))
         if unknown:
-            raise WorkbenchError(f"unknown demo setting(s) {unknown}; known: {sorted(DEMO)}")
-        run_demo(args.out, settings)
+            raise WorkbenchError(f"unknown demo setting(s) {unknown}; known: {sorted(known)}")
+        out = "runs/demo3d" if args.volumes and args.out == "runs/demo" else args.out
+        run_demo(out, settings, volumes=args.volumes)
     elif args.command == "sweep":
         from .runs.spec import load_spec
         from .runs.sweep import sweep

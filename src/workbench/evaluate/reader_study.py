@@ -46,6 +46,11 @@ def plan_study(real: SliceStore, synthetic: SliceStore, *, n_real: int = 20, n_s
     The real images should be held-out images (never trained on), so a reader compares the
     model with unseen patients.  Both stores must have the same channels and image size.
     """
+    volumes = [s.path for s in (real, synthetic) if getattr(s, "is_volume", False)]
+    if volumes:
+        raise WorkbenchError(f"reader study: {volumes[0]} holds 3D volumes, and the reader study shows readers 2D "
+                             f"images; cut the volumes into slices (workbench.axial_slice_store) and give those as "
+                             f"real= and synthetic=, or review the volumes with workbench.widgets.browse")
     if list(real.channels) != list(synthetic.channels) or tuple(real.image_shape) != tuple(synthetic.image_shape):
         raise WorkbenchError(f"reader study: real images {real.path} ({real.channels}, {real.image_shape}) and synthetic "
                              f"images {synthetic.path} ({synthetic.channels}, {synthetic.image_shape}) must have the "

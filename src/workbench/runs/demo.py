@@ -44,6 +44,49 @@ DEMO = {
 }
 
 
+#: the 3D demo (``workbench demo --volumes``, ``make demo-3d``): a 3D latent diffusion model on
+#: 32^3 cubes of phantom brains.  Calibrating a copy threshold needs at least 20 held-out images,
+#: here 20 held-out volumes, so the phantom has 28 subjects and the model sees 8 volumes (a small
+#: training set, the setting where Dar et al. found 3D models memorize whole volumes).  The copy
+#: detector embeds 2D slices, so the 3D analysis compares volumes by pixel r, and its slice view
+#: compares every axial slice of the synthetic volumes with the training slices.  Timings and
+#: why these settings: BENCHMARKS.md, "The 3D demo".
+DEMO3D = {
+    "phantom_subjects": 28,
+    "n_test": 20,
+    "size": 32,
+    "preset": "tiny",
+    "steps": 600,
+    "ae_steps": 400,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "samples": 16,
+    "ddim_steps": 25,
+    "seed": 0,
+    "source": None,  # a BraTS-layout folder to use instead of the phantom (None: write the phantom)
+}
+
+
+def demo3d_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
+    """The notebooks the 3D demo runs, in order, with their parameters."""
+    s = {**DEMO3D, **(settings or {})}
+    out = Path(out).resolve()
+    store, model, synthetic = (out / name for name in (layout.STORE, layout.MODEL, layout.SYNTHETIC))
+    source = Path(s["source"]).resolve() if s["source"] else out / layout.PHANTOM
+    return [
+        ("01_prepare_data", dict(source=str(source), phantom_subjects=0 if s["source"] else s["phantom_subjects"],
+                                 phantom_seed=s["seed"], phantom_overwrite=not s["source"], store=str(store),
+                                 layout="volumes", size=s["size"], n_test=s["n_test"], split_seed=s["seed"],
+                                 overwrite=True)),
+        ("02_train", dict(store=str(store), out=str(model), model="ldm3d", preset=s["preset"], steps=s["steps"],
+                          batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"], options={"ae_steps": s["ae_steps"]},
+                          checkpoint_every=None, run_name="demo3d", overwrite=True)),
+        ("03_sample", dict(checkpoint=str(model), out=str(synthetic), n=s["samples"], steps=s["ddim_steps"],
+                           batch_size=4, seed=s["seed"] + 1, overwrite=True)),
+        ("04_memorization", dict(run=str(out), detector=None, seed=s["seed"], channel="flair")),
+    ]
+
+
 def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
     """The notebooks the demo runs, in order, with their parameters."""
     s = {**DEMO, **(settings or {})}
@@ -68,8 +111,9 @@ def demo_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
     ]
 
 
-def run_demo(out="runs/demo", settings: dict | None = None, *, progress: bool = True) -> dict:
-    """Run every stage of the demo into ``out`` and print where to look.
+def run_demo(out="runs/demo", settings: dict | None = None, *, volumes: bool = False, progress: bool = True) -> dict:
+    """Run every stage of the demo into ``out`` and print where to look (``volumes``: the 3D
+    demo, :data:`DEMO3D`).
 
     Every stage runs again and replaces its outputs (the phantom too: it is deterministic per
     seed, so a rerun writes the same files).
@@ -78,7 +122,9 @@ def run_demo(out="runs/demo", settings: dict | None = None, *, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     started = time.time()
-    for name, params in demo_stages(out, settings):
+    stages = demo3d_stages if volumes else demo_stages
+    defaults = DEMO3D if volumes else DEMO
+    for name, params in stages(out, settings):
         t0 = time.time()
         if progress:
             print(f"\n=== {name} ===", flush=True)
@@ -86,18 +132,21 @@ def run_demo(out="runs/demo", settings: dict | None = None, *, progress: bool = 
         timings[name] = round(time.time() - t0, 1)
     total = round(time.time() - started, 1)
     summary = json.loads((out / layout.MEMORIZATION).read_text())
-    record = {"settings": {**DEMO, **(settings or {})}, "stage_seconds": timings, "total_seconds": total,
-              "memorization": summary}
+    record = {"settings": {**defaults, **(settings or {})}, "stage_seconds": timings, "total_seconds": total,
+              "memorization": summary, "images": "volumes" if volumes else "slices"}
     with atomic_file(out / layout.DEMO_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     if progress:
         print(f"\nDemo finished in {total / 60:.1f} min. Look at:")
-        for name, _ in demo_stages(out, settings):
+        for name, _ in stages(out, settings):
             print(f"  {out / (name + '.html')}")
         print(f"  {out / layout.MEMORIZATION}  (key figures), {out / layout.COPY_ANALYSIS} (thresholds, copy rates), "
               f"{out / layout.MATCHES} (all matches)")
         print(f"  in Python: run = workbench.open_run({str(out)!r}); run.analysis.report()")
+        what = "volume" if volumes else "slice"
         print(f"Median max r: synthetic {summary['synthetic_max_r_median']:.3f} vs held-out test "
               f"{summary['test_max_r_median']:.3f}; {summary['synthetic_above_test_max']:.0%} of synthetic images "
-              f"are closer to a training slice than any test slice is.")
+              f"are closer to a training {what} than any test {what} is.")
+        if volumes:
+            print(f"  browse the volumes: workbench app {out}  (or workbench.widgets.browse({str(out)!r}) in a notebook)")
     return record
