@@ -41,6 +41,9 @@ VALUES = {
     "pixel_copy": "share of synthetic images above the pixel-r threshold",
     "embedding_copy": "share of synthetic images above the copy detector's threshold",
     "max_r": "highest pixel Pearson r of a synthetic image with any training image",
+    "slice_copy": "share of synthetic 2D slices flagged as copies (a 2D run's own images; a 3D run's axial "
+                  "slices against the training slices, by its slice view)",
+    "slice_max_r": "highest pixel r of a synthetic 2D slice with any training slice (a 3D run: its slice view)",
 }
 EXPECT = ("greater", "less")
 FINDING_KEYS = ("title", "value", "parameter", "a", "b", "expect", "where", "margin", "why")
@@ -91,7 +94,9 @@ def select(per_image: pd.DataFrame, where: dict, *, parameter: str | None = None
 
 def _groups(rows: pd.DataFrame, value: str, parameter: str, setting) -> list[np.ndarray]:
     rows = select(rows, {parameter: setting}, parameter=parameter)
-    return [g[value].to_numpy(dtype=np.float64) for _, g in rows.groupby("run", sort=True) if len(g)]
+    # a value some rows lack (a 3D run's volumes have no slice value, its slices no volume value) is left out
+    groups = [g[value].to_numpy(dtype=np.float64) for _, g in rows.groupby("run", sort=True)]
+    return [v[~np.isnan(v)] for v in groups if np.count_nonzero(~np.isnan(v))]
 
 
 def resolve_setting(rows: pd.DataFrame, parameter: str, setting):
@@ -193,7 +198,7 @@ def explain(result: dict) -> str:
     """The comparison in one or two plain sentences, with what limits it (a ceiling, a floor, few
     seeds) where the numbers show it."""
     a, b, what = result["a_mean"], result["b_mean"], VALUES.get(result["value"], result["value"])
-    pct = result["value"] != "max_r"
+    pct = not result["value"].endswith("max_r")
     fmt = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.3f}")
     text = (f"{what}: {fmt(a)} with {result['parameter']} = {result['a']} against {fmt(b)} with "
             f"{result['parameter']} = {result['b']} (mean of {result['a_runs']} and {result['b_runs']} runs); "

@@ -155,6 +155,17 @@ def per_image_table(sweep, *, doc: dict | None = None) -> pd.DataFrame:
             flags = pd.read_parquet(where / layout.COPY_FLAGS)
             frame = pd.DataFrame({new: flags[old].astype(float) for old, new in PER_IMAGE.items() if old in flags})
             frame.insert(0, "image", flags["synthetic"].to_numpy())
+            sliced = where / layout.SLICE_VIEW / layout.COPY_FLAGS
+            if sliced.is_file():  # a 3D run: one row per volume, then one per axial slice (its slice view)
+                frame.insert(1, "view", "volumes")
+                slices = pd.read_parquet(sliced)
+                frame = pd.concat([frame, pd.DataFrame({
+                    "image": slices["synthetic"].to_numpy(), "view": "slices",
+                    "slice_copy": slices["copy"].astype(float), "slice_max_r": slices["pixel_max"].astype(float)})],
+                    ignore_index=True)
+            else:  # a 2D run's images are slices
+                frame.insert(1, "view", "slices")
+                frame["slice_copy"], frame["slice_max_r"] = frame.get("copy"), frame.get("max_r")
             frame.insert(0, "final", final)
             frame.insert(0, "checkpoint_step", step)
             for name in reversed(varied):
@@ -164,7 +175,8 @@ def per_image_table(sweep, *, doc: dict | None = None) -> pd.DataFrame:
             frame.insert(0, "run", planned["id"])
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run", *varied, "checkpoint_step", "final", "image", *PER_IMAGE.values()])
+        return pd.DataFrame(columns=["run", *varied, "checkpoint_step", "final", "image", "view", *PER_IMAGE.values(),
+                                     "slice_copy", "slice_max_r"])
     return pd.concat(frames, ignore_index=True)
 
 
