@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean-demo findings bench-search
+.PHONY: install test demo demo-3d clean-demo findings dimensions bench-search
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m workbench demo --out runs/demo
 
+# the 3D demo: a 3D latent diffusion model on 32^3 phantom brains, analysed (volumes and their
+# axial slices) and browsable with `workbench app runs/demo3d` (time: BENCHMARKS.md)
+demo-3d: $(STAMP)
+	$(PY) -m workbench demo --volumes --out runs/demo3d
+
 clean-demo:
-	rm -rf runs/demo
+	rm -rf runs/demo runs/demo3d
 
 # the studies' four findings on the built-in brain phantom: 15 runs, then notebooks/08_findings
 # (about 70 min on a 2-core CPU; rerunning continues where it stopped). WORKERS=2 runs two at once
@@ -33,6 +38,10 @@ clean-demo:
 WORKERS ?= 1
 findings: $(STAMP)
 	$(PY) -m workbench sweep sweeps/findings.yaml --out runs/findings --workers $(WORKERS)
+
+# 2D against 3D latent diffusion on the same phantom subjects (4 runs; time: BENCHMARKS.md)
+dimensions: $(STAMP)
+	$(PY) -m workbench sweep sweeps/dimensions.yaml --out runs/dimensions --workers $(WORKERS)
 
 # issue 16's search benchmark in one command: workload (a) at k = 5 and k = 1, then workload (b),
 # 1,000 queries against an 80,000-image store of 21 GB built on first use (about 25 min the
