@@ -33,7 +33,9 @@ def test_every_config_round_trips_through_json(name, preset):
     assert d["family"] == name == cls.family and d["version"] == cls.VERSION and d["channels"] == CHANNELS
     if get_family(name).diffusion:  # the noise schedule is a diffusers scheduler config of its own
         assert d["scheduler"]["_class_name"] == "DDPMScheduler"
-        assert SchedulerConfig.from_dict(d["scheduler"]) == config.scheduler
+        # (the 3D family's section builds MONAI's schedulers: a SchedulerConfig subclass)
+        assert isinstance(config.scheduler, SchedulerConfig)
+        assert type(config.scheduler).from_dict(d["scheduler"]) == config.scheduler
         assert type(config.scheduler.build("ddim")).__name__ == "DDIMScheduler"
 
 
@@ -73,7 +75,7 @@ def test_unknown_family_is_refused_everywhere_with_the_known_ones_listed(tmp_pat
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--store", "s", "--out", "o", "--model", "vae"])
     train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "model")
-    assert list(train.choices) == family_names(makes_images=True) == ["ddpm", "gan", "ldm"]
+    assert list(train.choices) == family_names(makes_images=True) == ["ddpm", "gan", "ldm", "ldm3d"]
 
 
 def test_a_detector_checkpoint_makes_no_images(tmp_path):

@@ -1,4 +1,4 @@
-"""Sample any trained image model (DDPM, latent diffusion, GAN) into a synthetic SliceStore.
+"""Sample any trained image model (DDPM, latent diffusion 2D and 3D, GAN) into a synthetic SliceStore.
 
 >>> synth = sample_model("runs/demo/model", "runs/demo/synthetic", n=64, seed=0)   # doctest: +SKIP
 >>> synth.manifest[["model", "run", "seed", "sample_index", "label"]].head()     # doctest: +SKIP
@@ -11,7 +11,8 @@ ancestral DDPM sampler, with a chosen number of steps; the GAN uses its EMA gene
 ``truncation_psi`` and constant noise inputs.  A class-conditional model makes the ``labels``
 asked for (one label, one per image, or by default the classes in turn), written to ``label``.
 Each family's sampler is named in its record (:mod:`workbench.models.family`).  The synthetic
-store's label channels are those of the training store (recorded in ``training.json``).
+store's label channels are those of the training store (recorded in ``training.json``), and its
+geometry is the checkpoint's: a store of 2D slices, or of 3D volumes for a 3D family (``ldm3d``).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def image_seeds(seed: int, n: int, start: int = 0) -> np.ndarray:
 
 def sample_images(loaded: LoadedModel, seeds, *, labels=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                   truncation_psi: float = 1.0, bf16: bool = True, ema: bool = True, device=None, on_step=None):
-    """Make one batch of images: float32 numpy ``(len(seeds), C, H, W)`` in [0, 1].
+    """Make one batch of images: float32 numpy ``(len(seeds), C, H, W)`` in [0, 1] (``(len(seeds), C, D, H, W)``
+    volumes for a 3D family: ``config.image_shape``).
 
     The family's sampler (its record's ``generate``, :mod:`workbench.models.family`) makes them;
     options a family does not use (``truncation_psi`` for diffusion, ``steps`` for the GAN) are ignored.
@@ -49,6 +51,10 @@ def sample_images(loaded: LoadedModel, seeds, *, labels=None, steps: int = 50, s
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
     x = loaded.record.generate(loaded, seeds, labels=labels, steps=steps, sampler=sampler, eta=eta,
                                truncation_psi=truncation_psi, ema=ema, amp=amp, device=device, on_step=on_step)
+    want = (len(seeds), *loaded.config.image_shape)
+    if tuple(x.shape) != want:
+        raise WorkbenchError(f"{loaded.path}: the {loaded.family} sampler made a batch of shape {tuple(x.shape)}, "
+                             f"not {want} as its config.json describes")
     return ((x.float().clamp(-1, 1) + 1) / 2).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
@@ -95,7 +101,8 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     progress : progress bar with ETA.
     overwrite : replace an existing store at ``out``.
 
-    Returns the synthetic store (opened).  Manifest rows have ``split="synthetic"``, ``model``
+    Returns the synthetic store (opened): of 2D slices, or of 3D volumes ``(N, C, S, S, S)`` for a
+    3D family (``ldm3d``), as the checkpoint's config says.  Manifest rows have ``split="synthetic"``, ``model``
     (the family), ``run`` (from the checkpoint), ``seed`` (per image), ``sample_index`` and
     ``label`` (for conditional models).
     """
@@ -126,10 +133,12 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     if diffusion and steps > config.scheduler.num_train_timesteps:
         raise WorkbenchError(f"sample: steps={steps} exceeds the {config.scheduler.num_train_timesteps} "
                              f"training timesteps of {checkpoint}")
+    record.check_sampling(config, sampler=sampler, steps=steps, source=checkpoint)
     all_labels = _labels_for(config, labels, n, checkpoint)
     run = info.get("run") or checkpoint.name
     seeds = image_seeds(seed, n)
-    shape = (config.in_channels, config.image_size, config.image_size)
+    shape = config.image_shape  # (C, S, S) slices, or (C, S, S, S) volumes of a 3D family
+    volumes = len(shape) == 4
     meta = {
         "model": family, "checkpoint": str(checkpoint.resolve()), "run": run, "seed": int(seed),
         "sampler": sampler if diffusion else "generator", "steps": int(steps) if diffusion else None,
@@ -144,8 +153,8 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
                disable=not progress)
     try:
         with StoreWriter(out, channels=config.channels, height=config.image_size, width=config.image_size,
-                         kind="synthetic", meta=meta, overwrite=overwrite,
-                         label_channels=info.get("label_channels")) as writer:
+                         depth=config.image_size if volumes else None, kind="synthetic", meta=meta,
+                         overwrite=overwrite, label_channels=info.get("label_channels")) as writer:
             for start in range(0, n, batch_size):
                 batch_seeds = seeds[start:start + batch_size]
                 batch_labels = None if all_labels is None else all_labels[start:start + batch_size]
@@ -162,7 +171,7 @@ def sample_model(checkpoint, out, *, n: int = 64, seed: int = 0, steps: int = 50
     seconds = time.perf_counter() - t0
     store = SliceStore.open(out)
     how = f"{sampler.upper()} {steps} steps" if diffusion else f"truncation {truncation_psi}"
-    print(f"wrote {n} synthetic images {shape} to {out} ({family.upper()}, {how}, from {checkpoint}, seed {seed}, "
+    print(f"wrote {n} synthetic {'volumes' if volumes else 'images'} {shape} to {out} ({family.upper()}, {how}, from {checkpoint}, seed {seed}, "
           f"{seconds:.0f} s, {n / max(seconds, 1e-9):.1f} images/s)")
     return store
 

@@ -3,7 +3,7 @@
 A checkpoint is a folder::
 
     checkpoint/
-      config.json          the family's config (``"family": "ddpm" | "ldm" | "gan" | "detector"``)
+      config.json          the family's config (``"family": "ddpm" | "ldm" | "ldm3d" | "gan" | "detector"``)
       model.safetensors    every module's weights, keys ``<module>.<tensor>`` (e.g. ``unet.…``,
                            ``ema.…``, ``generator.…``); the module names are in the file's metadata
       training.json        steps, seed, hyper-parameters, loss history, training store and rows
@@ -172,6 +172,23 @@ def load_state(module, state: dict, *, name: str, file: Path, config_file: Path 
     module.load_state_dict(state)
 
 
+def check_image_shape(config: ModelConfig, info: dict, path) -> None:
+    """Refuse a folder whose ``training.json`` records images of another shape than its ``config.json``
+    describes (e.g. a 3D model's config beside a 2D model's training record): it mixes two models."""
+    shape = info.get("image_shape")
+    if shape is None:  # written before training.json recorded it
+        return
+    if not isinstance(shape, list) or tuple(shape) != tuple(config.image_shape):
+        def what(s):
+            return "3D volumes" if len(s) == 4 else "2D slices" if len(s) == 3 else "images"
+
+        saved = tuple(shape) if isinstance(shape, list) else shape
+        raise CheckpointError(
+            f"{Path(path) / TRAINING}: the model was trained on {what(saved)} of shape {saved}, but "
+            f"{Path(path) / CONFIG} describes a {config.family} model of {what(config.image_shape)} "
+            f"{tuple(config.image_shape)}; the folder mixes two models")
+
+
 @dataclass
 class LoadedModel:
     """A checkpoint in memory: its config, its networks (eval mode) and its training info."""
@@ -215,6 +232,7 @@ def load_model(path, *, modules=None, family: str | None = None, device: str = "
         raise CheckpointError(f"{path}: this is a {config.family!r} checkpoint, not a {family!r} one")
     record = get_family(config.family, error=CheckpointError)
     info = read_training_info(path)
+    check_image_shape(config, info, path)
     file = path / WEIGHTS
     tensors, meta = read_tensors(file)
     states = split_modules(tensors, meta, config.family, file)

@@ -4,7 +4,9 @@ A family's config is a :func:`model_config` dataclass that subclasses :class:`Mo
 name written into ``config.json``, e.g. ``"ddpm"``, ``"gan"``, ``"ldm"``, ``"detector"``), ``PRESETS`` (size
 presets ``tiny`` / ``small`` / ``base``) and ``version``, and implements :meth:`validate` with
 plain-language messages.  It always has ``image_size`` and ``channels`` (they come from the
-training store), so a checkpoint says which images it can make.
+training store), so a checkpoint says which images it can make: ``image_shape`` is
+``(C, S, S)`` for a family of 2D slices and ``(C, S, S, S)`` for one of 3D volumes
+(``SPATIAL_DIMS``, 3 for ``ldm3d``).
 
 A config may hold sections that are configs of their own (``NESTED``), as a diffusion model
 holds its noise schedule apart from its UNet (:class:`~workbench.models.scheduler.SchedulerConfig`
@@ -54,6 +56,8 @@ class ModelConfig:
     family: ClassVar[str] = "model"
     #: config format version; older versions are read with the new fields at their defaults.
     VERSION: ClassVar[int] = 1
+    #: 2: the family makes and trains on 2D slices (C, H, W); 3: on 3D volumes (C, D, H, W), cubes.
+    SPATIAL_DIMS: ClassVar[int] = 2
     #: size presets: name -> field values.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: fields that hold tuples (JSON lists) and are turned back into tuples.
@@ -101,6 +105,11 @@ class ModelConfig:
     @property
     def in_channels(self) -> int:
         return len(self.channels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image the model makes: ``(C, S, S)``, or ``(C, S, S, S)`` for a 3D family."""
+        return (self.in_channels, *(self.image_size,) * self.SPATIAL_DIMS)
 
     def validate(self):
         """Raise :class:`WorkbenchError` with a plain message if the settings cannot work."""

@@ -12,10 +12,16 @@ family     networks saved in ``model.safetensors``      makes
 ddpm       ``unet``, ``ema`` (EMA of the UNet)          images (DDIM / ancestral sampling)
 ldm        ``autoencoder``, ``unet``, ``ema`` (EMA of   images (latents denoised, then decoded)
            the latent UNet), ``discriminator`` (patch)
+ldm3d      as ``ldm``, MONAI's 3D networks              3D volumes (C, S, S, S), from a store of
+                                                        volumes (latents denoised, then decoded)
 gan        ``generator``, ``generator_ema``,            images (one generator pass)
            ``discriminator``
 detector   ``encoder``, ``ema`` (EMA of the encoder)    embeddings (the copy detector)
 =========  ===========================================  ===========================================
+
+Every family but ``ldm3d`` trains on and makes 2D slices; its config class's ``SPATIAL_DIMS``
+(:attr:`Family.spatial_dims`) says which, and the training loop and the sampler check a store
+against it before any work.
 
 A record names its parts by ``"module:attribute"`` and imports them when first asked: reading
 the registry (the command line does, to list ``--model`` choices) costs no torch import, and the
@@ -24,11 +30,13 @@ model files, trainers and this registry do not import each other in a circle.
 >>> get_family("ddpm").config_class.__name__
 'DDPMConfig'
 >>> family_names()
-['ddpm', 'detector', 'gan', 'ldm']
+['ddpm', 'detector', 'gan', 'ldm', 'ldm3d']
+>>> get_family("ldm3d").spatial_dims
+3
 >>> get_family("vae")
 Traceback (most recent call last):
     ...
-workbench.errors.WorkbenchError: unknown model family 'vae'; the workbench has ddpm, detector, gan, ldm
+workbench.errors.WorkbenchError: unknown model family 'vae'; the workbench has ddpm, detector, gan, ldm, ldm3d
 """
 from __future__ import annotations
 
@@ -68,6 +76,9 @@ class Family:
         device, on_step)`` -> images in [-1, 1]); None for a family that makes none.
     sampling_networks : the network that makes images (or embeddings), preferred first: the EMA
         copy, then the trained one.
+    sampling_check : ``"module:function"`` that refuses sampler settings the family cannot honour
+        (``check(config, sampler=, steps=, source=)`` raises WorkbenchError), called before any
+        sampling work; None: every setting the sampler accepts works.
     """
 
     name: str
@@ -78,6 +89,7 @@ class Family:
     trainer: str
     sampler: str | None
     sampling_networks: tuple[str, ...]
+    sampling_check: str | None = None
 
     @property
     def config_class(self) -> type[ModelConfig]:
@@ -86,6 +98,11 @@ class Family:
     @property
     def trainer_class(self):
         return _resolve(self.trainer)
+
+    @property
+    def spatial_dims(self) -> int:
+        """2: trains on and makes 2D slices ``(C, H, W)``; 3: 3D volumes ``(C, D, H, W)`` (its config's ``SPATIAL_DIMS``)."""
+        return self.config_class.SPATIAL_DIMS
 
     @property
     def makes_images(self) -> bool:
@@ -101,8 +118,13 @@ class Family:
             raise CheckpointError(f"a {self.name} model has no network {network!r} (it has {sorted(self.networks)})")
         return _resolve(self.networks[network])(config)
 
+    def check_sampling(self, config: ModelConfig, *, sampler: str, steps: int, source) -> None:
+        """Raise WorkbenchError, naming ``source``, for sampler settings this family cannot honour."""
+        if self.sampling_check is not None:
+            _resolve(self.sampling_check)(config, sampler=sampler, steps=steps, source=source)
+
     def generate(self, loaded, seeds, **options):
-        """Images in [-1, 1] (a torch tensor ``(len(seeds), C, H, W)``) from a loaded checkpoint."""
+        """Images in [-1, 1] (a torch tensor ``(len(seeds), *config.image_shape)``) from a loaded checkpoint."""
         if self.sampler is None:
             raise WorkbenchError(f"{loaded.path}: a {self.name} model makes no images ({self.summary})")
         return _resolve(self.sampler)(loaded, seeds, **options)
@@ -124,6 +146,16 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
                   "discriminator": "workbench.models.ldm:build_patch_discriminator"},
         trainer="workbench.train.ldm:LDMTrainer", sampler="workbench.models.ldm:generate",
         sampling_networks=("ema", "unet"),
+    ),
+    Family(
+        name="ldm3d", summary="3D latent diffusion on volumes: MONAI's AutoencoderKL, then its DiffusionModelUNet "
+                              "on the latents", kind="diffusion",
+        config="workbench.models.ldm3d:LDM3DConfig",
+        networks={"autoencoder": "workbench.models.ldm3d:build_autoencoder",
+                  "unet": "workbench.models.ldm3d:build_latent_unet", "ema": "workbench.models.ldm3d:build_latent_unet",
+                  "discriminator": "workbench.models.ldm3d:build_patch_discriminator"},
+        trainer="workbench.train.ldm3d:LDM3DTrainer", sampler="workbench.models.ldm3d:generate",
+        sampling_networks=("ema", "unet"), sampling_check="workbench.models.ldm3d:check_sampling",
     ),
     Family(
         name="gan", summary="StyleGAN2-type GAN (written here)", kind="gan",

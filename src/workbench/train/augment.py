@@ -15,6 +15,10 @@ stronger, plus a per-channel brightness / contrast jitter (``brightness``, ``con
 A left-right flip suits axial brain slices (the brain is nearly symmetric).  It does *not* suit
 chest radiographs, where the heart is on the patient's left: use ``"affine"`` alone for X-rays.
 
+Volumes ``(N, C, D, H, W)`` (the 3D family) get the same transforms in 3D: the flip mirrors the
+last axis (left-right, as for a slice), the affine transform rotates within the axial plane (about
+the D axis, as a slice is rotated), scales all three axes alike and shifts along each.
+
 >>> aug = Augment.parse("flip,affine", label_channels=[4])        # doctest: +SKIP
 >>> x = aug(x, generator)                                         # doctest: +SKIP
 """
@@ -69,28 +73,39 @@ class Augment:
         return ",".join([k for k in KINDS if getattr(self, k)] + (["jitter"] if self.jitter else [])) or "none"
 
     def __call__(self, x, generator):
-        """Augment a batch ``(N, C, H, W)`` of images in [0, 1] with randomness from ``generator``."""
+        """Augment a batch ``(N, C, H, W)`` of images (or ``(N, C, D, H, W)`` of volumes) in [0, 1] with
+        randomness from ``generator``."""
         import torch
         import torch.nn.functional as F
 
         if not self.enabled:
             return x
+        if x.ndim not in (4, 5):
+            raise WorkbenchError(f"augment: expected a batch of images (N, C, H, W) or volumes (N, C, D, H, W), "
+                                 f"got shape {tuple(x.shape)}")
         n = x.shape[0]
         dev = x.device
+        ones = (1,) * (x.ndim - 1)  # broadcast one value per image over its channels and voxels
 
         def uniform(low, high):
             return low + (high - low) * torch.rand(n, generator=generator, device=dev)
 
         if self.flip:
             flip = torch.rand(n, generator=generator, device=dev) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = torch.where(flip.view(-1, *ones), x.flip(-1), x)
         if self.affine:
             angle = uniform(-self.max_rotation_deg, self.max_rotation_deg) * (math.pi / 180)
             scale = uniform(1 - self.max_scale, 1 + self.max_scale)
             tx = uniform(-self.max_translate, self.max_translate) * 2  # grid coordinates span [-1, 1]
             ty = uniform(-self.max_translate, self.max_translate) * 2
             cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-            theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+            if x.ndim == 4:
+                theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+            else:  # grid coordinates are (W, H, D): rotate in the axial (W, H) plane, scale D alike
+                tz = uniform(-self.max_translate, self.max_translate) * 2
+                zero = torch.zeros_like(cos)
+                theta = torch.stack([torch.stack([cos, -sin, zero, tx], 1), torch.stack([sin, cos, zero, ty], 1),
+                                     torch.stack([zero, zero, 1 / scale, tz], 1)], 1)
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
             out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             if self.label_channels:
@@ -106,5 +121,6 @@ class Augment:
                 idx = torch.tensor(self.label_channels, device=dev)
                 gain[:, idx] = 1.0
                 offset[:, idx] = 0.0
-            x = (x * gain[:, :, None, None].to(x.dtype) + offset[:, :, None, None].to(x.dtype)).clamp_(0.0, 1.0)
+            spatial = (1,) * (x.ndim - 2)
+            x = (x * gain.view(n, c, *spatial).to(x.dtype) + offset.view(n, c, *spatial).to(x.dtype)).clamp_(0.0, 1.0)
         return x

@@ -155,6 +155,39 @@ def latest_checkpoint(out) -> Path | None:
     return max(found)[2] if found else None
 
 
+def check_store_geometry(store: SliceStore, model: str) -> int:
+    """The side of the square slices or cube volumes of ``store``, which family ``model`` must train on.
+
+    A store of 3D volumes given to a family of 2D slices (or the reverse), non-square slices or
+    non-cube volumes raise :class:`WorkbenchError` naming the store, before any work.
+    """
+    from ..models.family import family_names
+
+    record = get_family(model)
+    dims = record.spatial_dims
+    shape = tuple(int(s) for s in store.image_shape)
+    spatial = shape[1:]
+    if store.spatial_dims != dims:
+        if store.is_volume:
+            three_d = [n for n in family_names(makes_images=True) if get_family(n).spatial_dims == 3]
+            use = f"use {' or '.join(option_hint('model', n) for n in three_d)}, or " if record.makes_images else ""
+            raise WorkbenchError(
+                f"{store.path}: is a store of 3D volumes (C, D, H, W) = {shape}; model {model!r} trains on 2D "
+                f"slices: {use}cut the volumes into slices with workbench.data.volumes.axial_slice_store")
+        two_d = [n for n in family_names(makes_images=True) if get_family(n).spatial_dims == 2]
+        raise WorkbenchError(
+            f"{store.path}: is a store of 2D slices (C, H, W) = {shape}; model {model!r} trains on 3D volumes: "
+            f"give it a store of volumes (workbench.data.volumes.prepare_volume_store), or train a 2D family "
+            f"({', '.join(two_d)}) on these slices")
+    if len(set(spatial)) != 1:
+        if dims == 3:
+            raise WorkbenchError(f"{store.path}: volumes are {'x'.join(map(str, spatial))} voxels (D x H x W); model "
+                                 f"{model!r} needs cubes (D == H == W): prepare the store with "
+                                 f"workbench.data.volumes.prepare_volume_store(size=...)")
+        raise WorkbenchError(f"{store.path}: images are {'x'.join(map(str, spatial))}; the models need square images")
+    return spatial[0]
+
+
 def _differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
@@ -173,7 +206,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     ----------
     store : SliceStore (or view, e.g. ``store.where(split="train")``) or its path.
     out : run folder; the finished model is a checkpoint folder here (see the module docstring).
-    model : the family: ``"ddpm"``, ``"ldm"``, ``"gan"`` or ``"detector"`` (:mod:`workbench.models.family`).
+    model : the family: ``"ddpm"``, ``"ldm"``, ``"gan"`` or ``"detector"`` for a store of 2D slices,
+        ``"ldm3d"`` for a store of 3D volumes (cubes) (:mod:`workbench.models.family`).
     preset : network size, ``"tiny"``, ``"small"`` or ``"base"`` (model size is a study variable).
     steps : optimisation steps (for the LDM: latent-UNet steps, after ``ae_steps`` autoencoder steps).
     batch_size, lr, warmup_steps, grad_clip : optimisation (``lr=None``: the family's default).
@@ -216,6 +250,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
     trainer_cls.check_options({**trainer_cls.OPTIONS, **options})
     if not isinstance(store, SliceStore):
         store = SliceStore.open(store)
+    image_size = check_store_geometry(store, model)  # slices for a 2D family, cube volumes for a 3D one
     out = Path(out)
     if out.exists() and not (resume or overwrite):
         hint = f" (it holds checkpoints of an unfinished run: pass {option_hint('resume')} to continue it)" \
@@ -223,9 +258,6 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         raise FileExistsError(f"{out}: already exists{hint} (pass {option_hint('overwrite')} to replace it)")
     if len(store) == 0:
         raise StoreError(f"{store.path}: the view to train on is empty (check the split / filter)")
-    _, height, width = store.image_shape
-    if height != width:
-        raise WorkbenchError(f"{store.path}: images are {height}x{width}; the models need square images")
     rng = np.random.default_rng(seed)
     positions = np.arange(len(store))
     if max_images is not None and max_images < len(store):
@@ -240,7 +272,7 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
         n_classes = max(2, int(raw.max()) + 1) if raw.notna().any() else 2
         labels = _labels_of(view, n_classes)
         config_overrides.setdefault("num_classes", n_classes)
-    config = trainer_cls.make_config(preset, image_size=int(height), channels=store.channels, **config_overrides)
+    config = trainer_cls.make_config(preset, image_size=image_size, channels=store.channels, **config_overrides)
     if conditional and not getattr(config, "num_classes", 0):
         raise WorkbenchError("train: conditional=True needs num_classes >= 2")
     device = resolve_device(device)
@@ -336,7 +368,8 @@ def train_model(store, out, *, model: str = "ddpm", preset: str = "tiny", steps:
             "augment": augmenter.describe(), "label_channels": store.label_channels, "conditional": bool(conditional),
             "ema": bool(ema), "ema_decay": float(ema_decay), "ema_power": float(ema_power),
             "options": settings["options"], "device": str(device), "store": settings["store"],
-            "store_kind": store.kind, "max_images": max_images, "n_train": int(n_train),
+            "store_kind": store.kind, "image_shape": list(store.image_shape), "max_images": max_images,
+            "n_train": int(n_train),
             "train_rows": settings["train_rows"], "loss_every": log_every, "loss": main, "losses": history,
             "final_loss": main[-1][1] if main else None, "resumed_at": resumed_at,
             "started": started.isoformat(timespec="seconds"),
@@ -441,4 +474,4 @@ def training_view(checkpoint) -> SliceStore:
     return store.take(rows)
 
 
-__all__ = ["train_model", "train_ddpm", "training_view", "latest_checkpoint"]
+__all__ = ["check_store_geometry", "train_model", "train_ddpm", "training_view", "latest_checkpoint"]
