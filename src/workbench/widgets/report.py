@@ -120,9 +120,10 @@ class AnalysisReport:
         lines = []
         akbar = s.get("memorization", {})
         if akbar:
+            what = "volume" if self.analysis.settings.get("images") == "volumes" else "slice"
             lines.append(f"median highest pixel r: synthetic {akbar['synthetic_max_r_median']:.3f} vs held-out test "
                          f"{akbar['test_max_r_median']:.3f}; {akbar['synthetic_above_test_max']:.0%} of synthetic images "
-                         f"match a training slice more closely than any held-out slice does "
+                         f"match a training {what} more closely than any held-out {what} does "
                          f"(max test r = {akbar['test_max_r_max']:.3f})")
         lines += [rates.summary() for (name, rule), rates in self.analysis.rates.items()
                   if rule == self.analysis.flag_rules.get(name, self.analysis.rule)]
