@@ -246,6 +246,9 @@ def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(volumes
     info = json.loads((tmp_path / "killed" / "training.json").read_text())
     assert info["resumed_at"] == [3 * (stop_at // 3)]
     assert info["latent_scale"] == json.loads((whole / "training.json").read_text())["latent_scale"]
+    # the class-conditional model makes the classes asked for
+    synth = sample_model(whole, tmp_path / "synthetic", n=2, steps=2, labels=[1, 0], progress=False)
+    assert list(synth.manifest["label"]) == [1, 0] and synth.shape == (2, 2, SIZE, SIZE, SIZE)
 
 
 # -- sampling ------------------------------------------------------------------------------
@@ -318,6 +321,19 @@ def test_a_folder_that_mixes_2d_and_3d_is_refused(trained, tmp_path):
     with pytest.raises(CheckpointError, match="'ldm3d' checkpoint, not a 'ldm' one"):
         reconstruction_report(trained, tmp_path / "unused")
     assert not (tmp_path / "s").exists()
+
+
+def test_reconstruction_report_of_volumes(trained, volumes, tmp_path):
+    from workbench.train.ldm3d import reconstruction_report
+
+    table = reconstruction_report(trained, volumes)
+    assert list(table.index) == ["train", "test"] and list(table["volumes"]) == [4, 1]
+    assert {"psnr_db", "psnr_db t1", "psnr_db seg"} <= set(table.columns) and (table["mse"] > 0).all()
+    slices = tmp_path / "slices"
+    with StoreWriter(slices, channels=CHANNELS, height=SIZE, width=SIZE) as w:
+        w.append(np.zeros((1, 2, SIZE, SIZE), np.float32), [{"split": "train"}])
+    with pytest.raises(WorkbenchError, match=r"slices: holds images of shape \(2, 16, 16\); the autoencoder"):
+        reconstruction_report(trained, slices)
 
 
 def test_the_brain_phantom_as_volumes_trains_and_samples_end_to_end(phantom_dir, tmp_path):

@@ -29,8 +29,9 @@ here with MONAI's schedulers (``add_noise``, ``get_velocity``, ``step``) instead
 
 =======  ==========================================================================================
 tiny     CPU demos and tests: 32^3 volumes (16^3-64^3 work), autoencoder (8, 16, 32) -> 8^3 latents
-         of 4 channels, latent UNet (32, 64).  Trains in a few minutes on a 2-core CPU
-         (BENCHMARKS.md); learns the gross shape of a brain, not its detail.
+         of 4 channels, latent UNet (32, 64).  Meant to train (a few hundred autoencoder steps,
+         a few hundred UNet steps, batches of 2-4 volumes) and sample within minutes on a 2-core
+         CPU (measured: BENCHMARKS.md); learns the gross shape of a brain, not its detail.
 small    one GPU, 48^3-96^3 volumes: autoencoder (32, 64, 64) -> (S/4)^3 latents, UNet
          (64, 128, 128) with attention at its lowest level.
 base     a large GPU, 64^3-128^3 volumes: autoencoder (64, 128, 128), UNet (128, 256, 256, 512)

@@ -120,3 +120,37 @@ class LDM3DTrainer(Trainer):
         if self.reconstruction is not None:
             out["reconstruction_train"] = self.reconstruction
         return out
+
+
+def reconstruction_report(checkpoint, store, *, splits=("train", "test"), max_volumes: int = 64):
+    """The 3D autoencoder's reconstruction error on each split of a store of volumes: a pandas table.
+
+    The 3D twin of :func:`workbench.train.ldm.reconstruction_report`: one row per split (at most
+    ``max_volumes`` volumes each, evenly spread, read a few at a time): mean squared and absolute
+    error and PSNR (dB, peak 1) over all channels, then PSNR per channel.
+    """
+    import pandas as pd
+
+    from ..data.store import SliceStore
+    from ..errors import WorkbenchError
+    from ..models.checkpoint import load_model
+    from ..models.ldm3d import measure_positions, reconstruction_error
+
+    loaded = load_model(checkpoint, modules=["autoencoder"], family="ldm3d")
+    if not isinstance(store, SliceStore):
+        store = SliceStore.open(store)
+    if tuple(store.image_shape) != tuple(loaded.config.image_shape):
+        raise WorkbenchError(f"{store.path}: holds images of shape {tuple(store.image_shape)}; the autoencoder of "
+                             f"{checkpoint} takes volumes of shape {tuple(loaded.config.image_shape)}")
+    rows = []
+    for split in splits:
+        view = store.where(split=split)
+        if len(view) == 0:
+            continue
+        view = view.take(measure_positions(len(view), max_volumes))
+        err = reconstruction_error(loaded.modules["autoencoder"], view)
+        row = {"split": split, "volumes": len(view), "mse": err["mse"], "mae": err["mae"], "psnr_db": err["psnr"]}
+        for idx, values in err["per_channel"].items():
+            row[f"psnr_db {store.channels[int(idx)]}"] = values["psnr"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("split")
