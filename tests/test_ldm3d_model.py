@@ -246,6 +246,10 @@ def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(volumes
     info = json.loads((tmp_path / "killed" / "training.json").read_text())
     assert info["resumed_at"] == [3 * (stop_at // 3)]
     assert info["latent_scale"] == json.loads((whole / "training.json").read_text())["latent_scale"]
+    # a checkpoint of the autoencoder steps has no latent UNet to sample with
+    early = tmp_path / "whole" / "checkpoints" / "step-0000003"
+    with pytest.raises(WorkbenchError, match="step-0000003: has no latent_scale .* saved during the autoencoder"):
+        sample_model(early, tmp_path / "early", n=1, steps=2, progress=False)
     # the class-conditional model makes the classes asked for
     synth = sample_model(whole, tmp_path / "synthetic", n=2, steps=2, labels=[1, 0], progress=False)
     assert list(synth.manifest["label"]) == [1, 0] and synth.shape == (2, 2, SIZE, SIZE, SIZE)

@@ -459,7 +459,12 @@ def generate(loaded, seeds, *, labels=None, steps: int = 50, sampler: str = "ddi
     ``latent_scale``."""
     config = loaded.config
     check_sampling(config, sampler=sampler, steps=steps, source=str(loaded.path))
-    scale = float(loaded.info.get("latent_scale") or 1.0)
+    scale = loaded.info.get("latent_scale")
+    if scale is None:
+        raise WorkbenchError(f"{loaded.path}: has no latent_scale in training.json: it was saved during the "
+                             f"autoencoder steps (step {loaded.info.get('steps_done')}), before the latent UNet "
+                             f"trained; sample a checkpoint from after the autoencoder steps")
+    scale = float(scale)
     scheduler = build_scheduler(config, sampler, steps=steps)
     z = denoise(loaded.sampling_module(ema=ema), scheduler, seeds, config.latent_shape, labels=labels, eta=eta,
                 sampler=sampler, amp=amp, device=device, on_step=on_step)
