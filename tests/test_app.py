@@ -46,7 +46,7 @@ def test_prepare_app_writes_both_notebooks_with_the_run_injected(tmp_path):
     # absolute: Voila runs each kernel in <run>/app, not where `workbench app` was started
     assert _injected(browser) == f'# Parameters\nrun = "{run.resolve()}"\nreviewer = "dr-a"\n'
     assert _injected(study) == f'# Parameters\nrun = "{run.resolve()}"\nn_real = 5\nchannel = "t1"\n'
-    assert "MatchBrowser(run, reviewer=reviewer)" in _code(browser)[-1]
+    assert "browse(run, reviewer=reviewer)" in _code(browser)[-1]  # MatchBrowser, or VolumeViewer for volumes
     assert "reader_study_app(run, n_real=n_real" in _code(study)[-1]
     for path in (browser, study):  # prepared, not executed
         nb = nbformat.read(path, as_version=4)

@@ -40,4 +40,4 @@ def test_the_memorization_notebook_is_at_most_25_lines_of_code_outside_its_param
     lines = [ln for c in _code(path)[1:] for ln in c.source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     assert len(lines) <= 25, "\n".join(lines)
     text = "\n".join(lines)
-    assert "workbench.open_run(" in text and "workbench.analyze(" in text and "MatchBrowser(run" in text
+    assert "workbench.open_run(" in text and "workbench.analyze(" in text and "browse(run" in text
