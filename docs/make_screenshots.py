@@ -1,6 +1,7 @@
-"""Take the README's screenshots of the two widgets from a real run, in chromium through Voila.
+"""Take the README's screenshots of the widgets from real runs, in chromium through Voila.
 
     make demo                                   # the run the screenshots show (phantom data only)
+    make demo-3d                                # the 3D run the volume viewer's screenshot shows
     .venv/bin/python docs/make_screenshots.py   # writes docs/screenshots/*.png
 
 Serves the run's app notebooks (``workbench.runs.app.prepare_app``, the notebooks ``workbench app``
@@ -38,8 +39,11 @@ def tumour_match(run) -> int | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
+    p.add_argument("--run3d", type=Path, default=ROOT / "runs" / "demo3d",
+                   help="a run of 3D volumes for the volume viewer (skipped when it is not there)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     a = p.parse_args()
+    written = ["match-browser.png", "reader-study.png"]
     app = prepare_app(a.run, reviewer="screenshot")
     a.out.mkdir(parents=True, exist_ok=True)
     with voila(app / "05_match_browser.ipynb") as url, browser_page(width=1400, height=1250) as page:
@@ -65,8 +69,22 @@ def main() -> None:
         page.locator("text=Image 1 of").wait_for(timeout=60_000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(a.out / "reader-study.png"), full_page=True)
-    for name in ("match-browser.png", "reader-study.png"):
+    if (a.run3d / "run.json").exists():
+        volume_viewer(a.run3d, a.out / "volume-viewer.png")
+        written.append("volume-viewer.png")
+    for name in written:
         print("wrote", a.out / name)
+
+
+def volume_viewer(run: Path, out: Path) -> None:
+    """The 3D run's app page: the strongest-matching synthetic volume, the segmentation overlaid."""
+    app = prepare_app(run, reviewer="screenshot")
+    with voila(app / "05_match_browser.ipynb") as url, browser_page(width=1400, height=1100) as page:
+        page.goto(url, timeout=180_000)
+        page.locator("text=, by r").first.wait_for(timeout=180_000)
+        page.get_by_text("seg overlay").click()
+        page.wait_for_timeout(1500)
+        page.locator(".workbench-volume-viewer").screenshot(path=str(out))
 
 
 if __name__ == "__main__":
