@@ -62,6 +62,7 @@ DEMO3D = {
     "lr": 1e-3,
     "samples": 16,
     "ddim_steps": 25,
+    "bf16": "auto",  # bf16 where the probe measures it faster (AMX); False: float32 everywhere
     "seed": 0,
     "source": None,  # a BraTS-layout folder to use instead of the phantom (None: write the phantom)
 }
@@ -80,9 +81,9 @@ def demo3d_stages(out, settings: dict | None = None) -> list[tuple[str, dict]]:
                                  overwrite=True)),
         ("02_train", dict(store=str(store), out=str(model), model="ldm3d", preset=s["preset"], steps=s["steps"],
                           batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"], options={"ae_steps": s["ae_steps"]},
-                          checkpoint_every=None, run_name="demo3d", overwrite=True)),
+                          checkpoint_every=None, run_name="demo3d", bf16=s["bf16"], overwrite=True)),
         ("03_sample", dict(checkpoint=str(model), out=str(synthetic), n=s["samples"], steps=s["ddim_steps"],
-                           batch_size=4, seed=s["seed"] + 1, overwrite=True)),
+                           batch_size=4, seed=s["seed"] + 1, bf16=s["bf16"], overwrite=True)),
         ("04_memorization", dict(run=str(out), detector=None, seed=s["seed"], channel="flair")),
     ]
 
