@@ -43,14 +43,28 @@ def main() -> None:
                    help="a run of 3D volumes for the volume viewer (skipped when it is not there)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     a = p.parse_args()
-    written = ["match-browser.png", "reader-study.png"]
-    app = prepare_app(a.run, reviewer="screenshot")
     a.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if (a.run / "run.json").exists():
+        two_dimensional(a.run, a.out)
+        written += ["match-browser.png", "reader-study.png"]
+    if (a.run3d / "run.json").exists():
+        volume_viewer(a.run3d, a.out / "volume-viewer.png")
+        written.append("volume-viewer.png")
+    if not written:
+        raise SystemExit(f"neither {a.run} nor {a.run3d} is a run: make demo, make demo-3d")
+    for name in written:
+        print("wrote", a.out / name)
+
+
+def two_dimensional(run: Path, out: Path) -> None:
+    """The 2D demo run's match browser and reader study."""
+    app = prepare_app(run, reviewer="screenshot")
     with voila(app / "05_match_browser.ipynb") as url, browser_page(width=1400, height=1250) as page:
         page.goto(url, timeout=180_000)
         page.locator("text=shown (").wait_for(timeout=180_000)
         page.get_by_text("seg overlay").click()
-        shown = tumour_match(a.run)
+        shown = tumour_match(run)
         if shown is not None:
             page.locator("input[type=number]").fill(str(shown))
             page.get_by_role("button", name="go", exact=True).click()
@@ -60,7 +74,7 @@ def main() -> None:
         page.locator(".widget-toggle-buttons button").nth(0).click()
         page.locator("text=match 1:").wait_for(timeout=30_000)
         page.wait_for_timeout(500)
-        page.locator(".workbench-match-browser").screenshot(path=str(a.out / "match-browser.png"))
+        page.locator(".workbench-match-browser").screenshot(path=str(out / "match-browser.png"))
     with voila(app / "06_reader_study.ipynb") as url, browser_page(width=900, height=900) as page:
         page.goto(url, timeout=180_000)
         page.locator("input[type=text]").first.wait_for(timeout=180_000)
@@ -68,12 +82,7 @@ def main() -> None:
         page.get_by_role("button", name="start", exact=True).click()
         page.locator("text=Image 1 of").wait_for(timeout=60_000)
         page.wait_for_timeout(500)
-        page.screenshot(path=str(a.out / "reader-study.png"), full_page=True)
-    if (a.run3d / "run.json").exists():
-        volume_viewer(a.run3d, a.out / "volume-viewer.png")
-        written.append("volume-viewer.png")
-    for name in written:
-        print("wrote", a.out / name)
+        page.screenshot(path=str(out / "reader-study.png"), full_page=True)
 
 
 def volume_viewer(run: Path, out: Path) -> None:

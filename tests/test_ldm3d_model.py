@@ -180,6 +180,13 @@ def test_autoencoder_loss_is_seeded_and_measures_in_unit_range():
     assert latent_scale(vae, volumes) > 0
     err = reconstruction_error(vae, volumes, batch_size=2)
     assert err["n_images"] == 3 and set(err["per_channel"]) == {0, 1} and 0 < err["mse"] < 1
+    with torch.no_grad():
+        vae.eval()
+        x = torch.from_numpy(volumes) * 2 - 1
+        recon = decode(vae, encode(vae, x)).double().numpy()
+        vae.train()
+    r = [np.corrcoef(recon[i].ravel(), volumes[i].ravel())[0, 1] for i in range(3)]
+    assert err["r_median"] == pytest.approx(np.median(r), abs=1e-5) and err["r_min"] == pytest.approx(min(r), abs=1e-5)
     with pytest.raises(WorkbenchError, match=r"volumes must be in \[0, 1\]"):
         latent_scale(vae, volumes * 2 - 1)
     with pytest.raises(WorkbenchError, match=r"expected volumes of shape \(N, C, D, H, W\)"):

@@ -312,6 +312,11 @@ def test_reconstruction_error_matches_hand_computation():
         assert report["per_channel"][c]["mse"] == pytest.approx(mse_c, rel=1e-4)
         assert report["per_channel"][c]["mae"] == pytest.approx(np.mean(np.abs(diff[:, c])), rel=1e-4)
         assert report["per_channel"][c]["psnr"] == pytest.approx(10 * np.log10(1 / mse_c), abs=1e-3)
+    # the copy search's ceiling: each image's Pearson r with its reconstruction, as scipy defines it
+    from scipy.stats import pearsonr
+    r = [pearsonr(recon01[i].ravel(), images[i].ravel().astype(np.float64))[0] for i in range(5)]
+    assert report["r_median"] == pytest.approx(np.median(r), abs=1e-5)
+    assert report["r_min"] == pytest.approx(np.min(r), abs=1e-5)
     # tensors and another batch size give the same numbers
     again = reconstruction_error(vae, torch.from_numpy(images), batch_size=5, progress=False)
     assert again["mse"] == pytest.approx(report["mse"], rel=1e-5)

@@ -536,17 +536,22 @@ def latent_scale(autoencoder, volumes, *, batch_size: int = 4, sample: bool = Fa
 
 def reconstruction_error(autoencoder, volumes, *, batch_size: int = 4, device=None, progress: bool = False) -> dict:
     """How well the autoencoder reproduces ``volumes`` (in [0, 1]): ``{"mse", "mae", "psnr", "per_channel",
-    "n_images"}`` over all voxels, in the [0, 1] range, as the 2D family's
+    "r_median", "r_min", "n_images"}`` over all voxels, in the [0, 1] range, as the 2D family's
     :func:`workbench.models.ldm.reconstruction_error` (PSNR in dB, peak 1, from the pooled MSE)."""
     device = _device_of(autoencoder, device)
+    from .ldm import _r_summary, row_pearson
+
     sq = ab = None
     count = 0
+    rs = []
     was_training = autoencoder.training
     autoencoder.eval()
     try:
         with torch.no_grad():
             for x in _batches(volumes, batch_size, device, "reconstruction_error", progress):
-                diff = (decode(autoencoder, encode(autoencoder, x)).float() - x.float()) / 2
+                recon = decode(autoencoder, encode(autoencoder, x)).float()
+                rs.append(row_pearson(recon, x))
+                diff = (recon - x.float()) / 2
                 b_sq = diff.pow(2).sum(dim=(0, 2, 3, 4)).double().cpu()
                 b_ab = diff.abs().sum(dim=(0, 2, 3, 4)).double().cpu()
                 sq = b_sq if sq is None else sq + b_sq
@@ -561,5 +566,6 @@ def reconstruction_error(autoencoder, volumes, *, batch_size: int = 4, device=No
 
     out = summary(sq.sum(), ab.sum(), count * len(sq))
     out["per_channel"] = {i: summary(sq[i], ab[i], count) for i in range(len(sq))}
+    out.update(_r_summary(rs))  # Pearson r of each volume with its reconstruction: the copy search's ceiling
     out["n_images"] = int(volumes.shape[0])
     return out

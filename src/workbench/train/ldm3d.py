@@ -127,7 +127,9 @@ def reconstruction_report(checkpoint, store, *, splits=("train", "test"), max_vo
 
     The 3D twin of :func:`workbench.train.ldm.reconstruction_report`: one row per split (at most
     ``max_volumes`` volumes each, evenly spread, read a few at a time): mean squared and absolute
-    error and PSNR (dB, peak 1) over all channels, then PSNR per channel.
+    error and PSNR (dB, peak 1) over all channels, then PSNR per channel, and ``r_median``: the
+    median Pearson r of an image with its reconstruction, about what a copy made through this decoder
+    reaches (compare the copy search's highest r with it).
     """
     import pandas as pd
 
@@ -149,7 +151,8 @@ def reconstruction_report(checkpoint, store, *, splits=("train", "test"), max_vo
             continue
         view = view.take(measure_positions(len(view), max_volumes))
         err = reconstruction_error(loaded.modules["autoencoder"], view)
-        row = {"split": split, "volumes": len(view), "mse": err["mse"], "mae": err["mae"], "psnr_db": err["psnr"]}
+        row = {"split": split, "volumes": len(view), "mse": err["mse"], "mae": err["mae"], "psnr_db": err["psnr"],
+               "r_median": err["r_median"]}
         for idx, values in err["per_channel"].items():
             row[f"psnr_db {store.channels[int(idx)]}"] = values["psnr"]
         rows.append(row)
