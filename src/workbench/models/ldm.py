@@ -530,7 +530,7 @@ def reconstruction_error(autoencoder, images, *, batch_size: int = 32, device=No
 
     out = summary(sq.sum(), ab.sum(), count * len(sq))
     out["per_channel"] = {i: summary(sq[i], ab[i], count) for i in range(len(sq))}
-    out.update(_r_summary(rs))
+    out.update(r_summary(rs))
     out["n_images"] = len(images)
     return out
 
@@ -548,7 +548,8 @@ def row_pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return torch.where(den > 0, r, torch.full_like(r, float("nan"))).numpy()
 
 
-def _r_summary(rs) -> dict:
+def r_summary(rs) -> dict:
+    """``{"r_median", "r_min"}`` of per-image r arrays (from :func:`row_pearson`), constant images left out."""
     r = np.concatenate(rs) if rs else np.zeros(0)
     r = r[np.isfinite(r)]
     return {"r_median": float(np.median(r)) if r.size else math.nan, "r_min": float(r.min()) if r.size else math.nan}

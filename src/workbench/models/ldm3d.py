@@ -539,7 +539,7 @@ def reconstruction_error(autoencoder, volumes, *, batch_size: int = 4, device=No
     "r_median", "r_min", "n_images"}`` over all voxels, in the [0, 1] range, as the 2D family's
     :func:`workbench.models.ldm.reconstruction_error` (PSNR in dB, peak 1, from the pooled MSE)."""
     device = _device_of(autoencoder, device)
-    from .ldm import _r_summary, row_pearson
+    from .ldm import r_summary, row_pearson
 
     sq = ab = None
     count = 0
@@ -566,6 +566,6 @@ def reconstruction_error(autoencoder, volumes, *, batch_size: int = 4, device=No
 
     out = summary(sq.sum(), ab.sum(), count * len(sq))
     out["per_channel"] = {i: summary(sq[i], ab[i], count) for i in range(len(sq))}
-    out.update(_r_summary(rs))  # Pearson r of each volume with its reconstruction: the copy search's ceiling
+    out.update(r_summary(rs))  # Pearson r of each volume with its reconstruction: the copy search's ceiling
     out["n_images"] = int(volumes.shape[0])
     return out
