@@ -339,6 +339,16 @@ def test_reconstruction_report_of_volumes(trained, volumes, tmp_path):
 
     table = reconstruction_report(trained, volumes)
     assert list(table.index) == ["train", "test"] and list(table["volumes"]) == [4, 1]
+    assert ((table["r_median"] > -1) & (table["r_median"] <= 1)).all()
+    # workbench.reconstruction_report reads the family and gives the same table for a 3D checkpoint
+    import workbench
+
+    assert workbench.reconstruction_report(trained, volumes).equals(table)
+    ddpm = tmp_path / "ddpm"  # a folder whose config.json says DDPM: no autoencoder to report on
+    shutil.copytree(trained, ddpm)
+    (ddpm / "config.json").write_text(get_family("ddpm").config_class.preset("tiny", image_size=16, channels=list(CHANNELS)).to_json())
+    with pytest.raises(WorkbenchError, match="'ddpm' checkpoint has no autoencoder"):
+        workbench.reconstruction_report(ddpm, volumes)
     assert {"psnr_db", "psnr_db t1", "psnr_db seg"} <= set(table.columns) and (table["mse"] > 0).all()
     slices = tmp_path / "slices"
     with StoreWriter(slices, channels=CHANNELS, height=SIZE, width=SIZE) as w:

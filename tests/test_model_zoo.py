@@ -56,7 +56,8 @@ def test_brain_families_through_the_notebooks(phantom_store, tmp_path, model):
     if model == "ldm":
         assert info["reconstruction_train"]["psnr"] > 0 and info["latent_scale"] > 0
         cells = json.loads((tmp_path / "02_train.ipynb").read_text())["cells"]
-        assert any("psnr_db" in json.dumps(c.get("outputs", [])) for c in cells)  # the report table was shown
+        assert any("psnr_db" in json.dumps(c.get("outputs", [])) and "r_median" in json.dumps(c.get("outputs", []))
+                   for c in cells)  # the report table was shown, with the copy search's ceiling
     scraps = sb.read_notebook(str(tmp_path / "03_sample.ipynb")).scraps.data_dict
     assert scraps["model"] == model and scraps["n_synthetic"] == 3
 

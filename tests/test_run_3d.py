@@ -42,6 +42,10 @@ def test_the_3d_demo_runs_every_stage(run3d):
     assert run.synthetic.is_volume and run.synthetic.shape == (3, 5, 16, 16, 16)
     assert len(run.train) == 5 and len(run.test) == 20
     assert json.loads((out / layout.MODEL / "config.json").read_text())["family"] == "ldm3d"
+    # 02_train showed the 3D autoencoder's reconstruction report, with the copy search's ceiling
+    cells = json.loads((out / "02_train.ipynb").read_text())["cells"]
+    assert any("volumes" in json.dumps(c.get("outputs", [])) and "r_median" in json.dumps(c.get("outputs", []))
+               for c in cells)
 
 
 def test_the_volume_analysis_and_its_slice_view(run3d):

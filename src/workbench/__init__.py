@@ -39,7 +39,7 @@ _LAZY = {
     "train_model": ("workbench.train", "train_model"),
     "training_view": ("workbench.train", "training_view"),
     "read_training_info": ("workbench.models.checkpoint", "read_training_info"),
-    "reconstruction_report": ("workbench.train.ldm", "reconstruction_report"),
+    "reconstruction_report": ("workbench.train.reconstruction", "reconstruction_report"),
     "sample_model": ("workbench.sample", "sample_model"),
     "release_gate": ("workbench.runs.release", "release_gate"),
     "topk_correlation": ("workbench.search", "topk_correlation"),
