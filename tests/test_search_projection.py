@@ -169,6 +169,24 @@ def test_constant_images_are_not_matched_by_the_tiles(brainlike):
     assert not np.isin(res.indices, [5, 40]).any()
 
 
+def test_constant_images_inside_a_tile_span_are_not_matched():
+    """A tile whose rows mostly survive is evaluated as one contiguous span, constant references
+    in it included: they must still never be matched.  Here every other reference is constant and
+    the others are near-equal (nothing prunes), so the tiles' spans hold constants."""
+    rng = np.random.default_rng(3)
+    base = rng.random((1, 2, 8, 8)).astype(np.float32)
+    ref = np.repeat(base, 256, axis=0) + 0.05 * rng.random((256, 2, 8, 8)).astype(np.float32)
+    ref[1::2] = 0.5  # constant
+    q = base + 0.05 * rng.random((6, 2, 8, 8)).astype(np.float32)
+    for k in (2, 5):
+        ev, ei, _ = truth(q, ref[::2], k)
+        res = CorrelationIndex(ref, basis_dim=4).topk(q, k=k, method="pruned", tile=8)
+        assert res.stats["tiles_evaluated"] > 0 and res.stats["rows_read"] > 128  # spans across constants
+        assert set(res.constant_reference) == set(range(1, 256, 2))
+        np.testing.assert_array_equal(res.indices, ei * 2)  # the non-constant rows, in float64's order
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
 def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     q, ref = brainlike
     index = CorrelationIndex(ref, basis_dim=32)
