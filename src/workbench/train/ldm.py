@@ -16,71 +16,89 @@ MEASURE_IMAGES = 512
 
 
 class LDMTrainer(Trainer):
+    """The two-stage trainer; :class:`workbench.train.ldm3d.LDM3DTrainer` is the same with the 3D
+    networks of ``MODELS`` and its own scheduler, measuring set and diffusion loss."""
+
     family = "ldm"
     DEFAULT_LR = 2e-4
     EMA_OF = {"ema": "unet"}
     MAIN_LOSS = "loss"
     OPTIONS = {"ae_steps": 1000, "ae_lr": 1e-3}
+    #: the module with the family's networks and losses (build_*, autoencoder_loss, encode,
+    #: latent_scale, patch_discriminator_loss, reconstruction_error)
+    MODELS = "workbench.models.ldm"
 
     @classmethod
     def check_options(cls, options):
         from ..errors import WorkbenchError
 
-        if isinstance(options["ae_steps"], bool) or not isinstance(options["ae_steps"], int) or options["ae_steps"] < 1:
-            raise WorkbenchError(f"train ldm: ae_steps must be an integer >= 1, got {options['ae_steps']!r}")
-        if not (isinstance(options["ae_lr"], (int, float)) and options["ae_lr"] > 0):
-            raise WorkbenchError(f"train ldm: ae_lr must be a positive number, got {options['ae_lr']!r}")
+        steps, lr = options["ae_steps"], options["ae_lr"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise WorkbenchError(f"train {cls.family}: ae_steps must be an integer >= 1, got {steps!r}")
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
+            raise WorkbenchError(f"train {cls.family}: ae_lr must be a positive number, got {lr!r}")
 
     @classmethod
     def total_steps(cls, steps, options):
         return int(options["ae_steps"]) + int(steps)
 
-    def build(self) -> None:
-        from ..models.ldm import build_autoencoder, build_latent_unet, build_patch_discriminator, build_scheduler
+    @property
+    def models(self):
+        import importlib
 
-        config = self.config
-        self.modules["autoencoder"] = build_autoencoder(config)
-        self.modules["unet"] = build_latent_unet(config)
+        return importlib.import_module(self.MODELS)
+
+    def build(self) -> None:
+        m, config = self.models, self.config
+        self.modules["autoencoder"] = m.build_autoencoder(config)
+        self.modules["unet"] = m.build_latent_unet(config)
         ae_lr = float(self.options["ae_lr"])
         self.add_optimizer("autoencoder", self.modules["autoencoder"].parameters(), lr=ae_lr)
         self.add_optimizer("unet", self.modules["unet"].parameters(), lr=self.lr)
         if config.disc_weight > 0:
-            self.modules["discriminator"] = build_patch_discriminator(config)
+            self.modules["discriminator"] = m.build_patch_discriminator(config)
             self.add_optimizer("discriminator", self.modules["discriminator"].parameters(), lr=ae_lr, kind="adam",
                                betas=(0.5, 0.9))
-        self.alphas = build_scheduler(config).alphas_cumprod.to(self.device)
+        self.build_scheduler()
         self.scale: float | None = None
         self.view = None
         self.reconstruction: dict | None = None
 
-    def _measure_images(self, view):
+    def build_scheduler(self) -> None:
+        self.alphas = self.models.build_scheduler(self.config).alphas_cumprod.to(self.device)
+
+    def measuring_set(self, view):
+        """The training images the scale and the reconstruction error are measured on."""
         import numpy as np
 
         n = min(len(view), MEASURE_IMAGES)
         positions = np.linspace(0, len(view) - 1, n).round().astype(np.int64)
         return view.read(np.unique(positions))  # in [0, 1], as the measuring functions take them
 
+    def diffusion_loss(self, unet, z0, labels, generator):
+        from .ddpm import diffusion_loss
+
+        return diffusion_loss(unet, z0, labels, alphas=self.alphas, config=self.config, generator=generator,
+                              amp=self.amp)
+
     def step(self, x, labels, step, generator):
         import torch
 
-        from ..models.ldm import autoencoder_loss, encode, latent_scale, patch_discriminator_loss
-        from .ddpm import diffusion_loss
-
-        ae, config = self.modules["autoencoder"], self.config
+        m, ae, config = self.models, self.modules["autoencoder"], self.config
         ae_steps = int(self.options["ae_steps"])
         if step <= ae_steps:
             self.set_lr(step, ["autoencoder"] + (["discriminator"] if "discriminator" in self.modules else []))
             disc = self.modules.get("discriminator")
             adversarial = disc is not None and config.adversarial_at(step)
             with self.amp:
-                loss, parts, recon = autoencoder_loss(ae, x, config=config, generator=generator, discriminator=disc,
-                                                      use_adversarial=adversarial)
+                loss, parts, recon = m.autoencoder_loss(ae, x, config=config, generator=generator, discriminator=disc,
+                                                        use_adversarial=adversarial)
             self.optimize("autoencoder", loss, ae)
             out = {"ae_loss": loss.item(), **{f"ae_{k}": float(v) for k, v in parts.items()}}
             if adversarial:
                 disc.requires_grad_(True)
                 with self.amp:
-                    d_loss = patch_discriminator_loss(disc, x, recon.detach())
+                    d_loss = m.patch_discriminator_loss(disc, x, recon.detach())
                 self.optimize("discriminator", d_loss, disc)
                 out["disc_loss"] = d_loss.item()
             return out
@@ -88,13 +106,14 @@ class LDMTrainer(Trainer):
         if self.scale is None:
             ae.eval()
             # the UNet trains on posterior samples, so the scale is measured on samples too
-            self.scale = float(latent_scale(ae, self._measure_images(self.view), sample=True, generator=generator))
+            self.scale = float(m.latent_scale(ae, self.measuring_set(self.view), sample=True, generator=generator,
+                                              device=x.device))
         ae.eval().requires_grad_(False)
         unet = self.modules["unet"]
         with torch.no_grad():
-            z0 = encode(ae, x, sample=True, generator=generator, scale=self.scale).float()
+            z0 = m.encode(ae, x, sample=True, generator=generator, scale=self.scale).float()
         self.set_lr(step - ae_steps, ["unet"])
-        loss = diffusion_loss(unet, z0, labels, alphas=self.alphas, config=config, generator=generator, amp=self.amp)
+        loss = self.diffusion_loss(unet, z0, labels, generator)
         self.optimize("unet", loss, unet)
         self.update_ema("unet")
         return {"loss": loss.item()}
@@ -106,10 +125,8 @@ class LDMTrainer(Trainer):
         self.scale = doc.get("latent_scale")
 
     def on_finish(self, view) -> None:
-        from ..models.ldm import reconstruction_error
-
         ae = self.modules["autoencoder"].eval()
-        self.reconstruction = reconstruction_error(ae, self._measure_images(view))
+        self.reconstruction = self.models.reconstruction_error(ae, self.measuring_set(view))
 
     def extra_info(self) -> dict:
         out = {"latent_scale": self.scale}

@@ -14,112 +14,28 @@ stream the loop seeds per step), so a resumed run ends with the weights of an un
 """
 from __future__ import annotations
 
-from .trainer import Trainer
+from .ldm import LDMTrainer
 
 
-class LDM3DTrainer(Trainer):
+class LDM3DTrainer(LDMTrainer):
+    """:class:`workbench.train.ldm.LDMTrainer`'s two stages on MONAI's 3D networks."""
+
     family = "ldm3d"
-    DEFAULT_LR = 2e-4
-    EMA_OF = {"ema": "unet"}
-    MAIN_LOSS = "loss"
+    MODELS = "workbench.models.ldm3d"
     #: fewer autoencoder steps than the 2D family's default: a 3D step costs more, and the tiny
     #: preset's autoencoder reconstructs the gross shape of a brain volume within a few hundred
     OPTIONS = {"ae_steps": 500, "ae_lr": 1e-3}
 
-    @classmethod
-    def check_options(cls, options):
-        from ..errors import WorkbenchError
+    def build_scheduler(self) -> None:
+        self.scheduler = self.models.build_scheduler(self.config)
 
-        steps, lr = options["ae_steps"], options["ae_lr"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise WorkbenchError(f"train ldm3d: ae_steps must be an integer >= 1, got {steps!r}")
-        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
-            raise WorkbenchError(f"train ldm3d: ae_lr must be a positive number, got {lr!r}")
-
-    @classmethod
-    def total_steps(cls, steps, options):
-        return int(options["ae_steps"]) + int(steps)
-
-    def build(self) -> None:
-        from ..models.ldm3d import build_autoencoder, build_latent_unet, build_patch_discriminator, build_scheduler
-
-        config = self.config
-        self.modules["autoencoder"] = build_autoencoder(config)
-        self.modules["unet"] = build_latent_unet(config)
-        ae_lr = float(self.options["ae_lr"])
-        self.add_optimizer("autoencoder", self.modules["autoencoder"].parameters(), lr=ae_lr)
-        self.add_optimizer("unet", self.modules["unet"].parameters(), lr=self.lr)
-        if config.disc_weight > 0:
-            self.modules["discriminator"] = build_patch_discriminator(config)
-            self.add_optimizer("discriminator", self.modules["discriminator"].parameters(), lr=ae_lr, kind="adam",
-                               betas=(0.5, 0.9))
-        self.scheduler = build_scheduler(config)
-        self.scale: float | None = None
-        self.view = None
-        self.reconstruction: dict | None = None
-
-    def _measure_view(self, view):
+    def measuring_set(self, view):
         """The training volumes the scale and the reconstruction error are measured on (a view, read lazily)."""
-        from ..models.ldm3d import measure_positions
+        return view.take(self.models.measure_positions(len(view)))
 
-        return view.take(measure_positions(len(view)))
-
-    def step(self, x, labels, step, generator):
-        import torch
-
-        from ..models.ldm3d import autoencoder_loss, diffusion_loss, encode, latent_scale, patch_discriminator_loss
-
-        ae, config = self.modules["autoencoder"], self.config
-        ae_steps = int(self.options["ae_steps"])
-        if step <= ae_steps:
-            self.set_lr(step, ["autoencoder"] + (["discriminator"] if "discriminator" in self.modules else []))
-            disc = self.modules.get("discriminator")
-            adversarial = disc is not None and config.adversarial_at(step)
-            with self.amp:
-                loss, parts, recon = autoencoder_loss(ae, x, config=config, generator=generator, discriminator=disc,
-                                                      use_adversarial=adversarial)
-            self.optimize("autoencoder", loss, ae)
-            out = {"ae_loss": loss.item(), **{f"ae_{k}": float(v) for k, v in parts.items()}}
-            if adversarial:
-                disc.requires_grad_(True)
-                with self.amp:
-                    d_loss = patch_discriminator_loss(disc, x, recon.detach())
-                self.optimize("discriminator", d_loss, disc)
-                out["disc_loss"] = d_loss.item()
-            return out
-        # -- latent UNet
-        if self.scale is None:
-            ae.eval()
-            # the UNet trains on posterior samples, so the scale is measured on samples too
-            self.scale = float(latent_scale(ae, self._measure_view(self.view), sample=True, generator=generator,
-                                            device=x.device))
-        ae.eval().requires_grad_(False)
-        unet = self.modules["unet"]
-        with torch.no_grad():
-            z0 = encode(ae, x, sample=True, generator=generator, scale=self.scale).float()
-        self.set_lr(step - ae_steps, ["unet"])
-        loss = diffusion_loss(unet, z0, labels, scheduler=self.scheduler, generator=generator, amp=self.amp)
-        self.optimize("unet", loss, unet)
-        self.update_ema("unet")
-        return {"loss": loss.item()}
-
-    def extra_state(self) -> dict:
-        return {"latent_scale": self.scale}
-
-    def load_extra_state(self, doc: dict) -> None:
-        self.scale = doc.get("latent_scale")
-
-    def on_finish(self, view) -> None:
-        from ..models.ldm3d import reconstruction_error
-
-        ae = self.modules["autoencoder"].eval()
-        self.reconstruction = reconstruction_error(ae, self._measure_view(view))
-
-    def extra_info(self) -> dict:
-        out = {"latent_scale": self.scale}
-        if self.reconstruction is not None:
-            out["reconstruction_train"] = self.reconstruction
-        return out
+    def diffusion_loss(self, unet, z0, labels, generator):
+        return self.models.diffusion_loss(unet, z0, labels, scheduler=self.scheduler, generator=generator,
+                                          amp=self.amp)
 
 
 def reconstruction_report(checkpoint, store, *, splits=("train", "test"), max_volumes: int = 64):
