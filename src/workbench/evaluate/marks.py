@@ -14,6 +14,7 @@ the same run at the same instant write under one inter-process lock
 """
 from __future__ import annotations
 
+import html
 import io
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,3 +70,10 @@ class MarkLog:
             return pd.DataFrame(columns=COLUMNS[1:]).rename_axis("synthetic")
         latest = self.history.assign(synthetic=self.history["synthetic"].astype(int)).groupby("synthetic").tail(1)
         return latest.set_index("synthetic")[COLUMNS[1:]].sort_index()
+
+
+def mark_html(mark) -> str:
+    """One line of HTML for a saved mark (a row of :meth:`MarkLog.current`), as the widgets show it."""
+    comment = f" — “{html.escape(str(mark['comment']))}”" if str(mark["comment"]) else ""
+    return (f"marked <b>{html.escape(str(mark['verdict']))}</b> by {html.escape(str(mark['reviewer']))} "
+            f"at {html.escape(str(mark['marked_at']))}{comment}")

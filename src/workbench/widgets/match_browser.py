@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
-from ..evaluate.marks import VERDICTS, MarkLog
+from ..evaluate.marks import VERDICTS, MarkLog, mark_html
 from ..memorization.analysis import EMBEDDING, PIXEL
 from ..memorization.run_results import RunMatches, load_run_matches, run_matches
 from .plots import match_figure
@@ -483,9 +483,7 @@ class MatchBrowser:
         marks = self._marks()
         if self.current in marks.index:
             m = marks.loc[self.current]
-            comment = f" — “{html.escape(str(m['comment']))}”" if str(m["comment"]) else ""
-            self.mark_state.value = (f"marked <b>{html.escape(str(m['verdict']))}</b> by {html.escape(str(m['reviewer']))} "
-                                     f"at {html.escape(str(m['marked_at']))}{comment}")
+            self.mark_state.value = mark_html(m)
             self.comment.value = str(m["comment"])
         else:
             self.mark_state.value = "not marked yet"

@@ -67,7 +67,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
-from ..evaluate.marks import VERDICTS, MarkLog
+from ..evaluate.marks import VERDICTS, MarkLog, mark_html
 from ..search import topk_correlation
 from .match_browser import message_widget
 from .render import crosshair_png, to_png
@@ -605,9 +605,7 @@ class VolumeViewer:
         marks = self.log.current()
         if self.current in marks.index:
             m = marks.loc[self.current]
-            comment = f" — “{html.escape(str(m['comment']))}”" if str(m["comment"]) else ""
-            self.mark_state.value = (f"marked <b>{html.escape(str(m['verdict']))}</b> by {html.escape(str(m['reviewer']))} "
-                                     f"at {html.escape(str(m['marked_at']))}{comment}")
+            self.mark_state.value = mark_html(m)
             self.comment.value = str(m["comment"])
         else:
             self.mark_state.value = "not marked yet"
