@@ -120,13 +120,42 @@ def test_float32_tier_bound_holds(dim):
     assert tiles.tier_error_bound(dim) < 1e-4
 
 
+@pytest.mark.parametrize("dim", [10, 3000, 9000])
+def test_bf16_rows_widened_in_the_tiles_stay_within_their_row_bound(dim):
+    """A bf16 index's tiles multiply float32 queries with its bf16 rows widened to float32 (in the
+    padded layout of the brute screen): every pair is within the row's ``row_error``."""
+    g = torch.Generator().manual_seed(dim)
+    images = (torch.randn(40, 1, 1, dim, dtype=torch.float64, generator=g) + 3).float().numpy()
+    queries = (torch.randn(12, 1, 1, dim, dtype=torch.float64, generator=g) + 3).float().numpy()
+    index = CorrelationIndex(images, precision="bf16", basis_dim=4)
+    assert index.vectors.dtype == torch.bfloat16 and not index.from_disk
+    rows = np.arange(40)
+    x, y = unit64(queries), unit64(images)
+    s = tiles.tile_product(tiles.chunked(x), torch.arange(12), index.rows32(rows)).double()
+    err = (s - x @ y.T).abs()
+    bound = index.row_error[None, :]
+    assert (err <= bound).all(), f"{(err - bound).max():.2e} over the row bound"
+    assert float(bound.max()) < 0.01  # ||y_l|| ~ 2^-9: a bf16 copy's rounding, not more
+    # the gathered and the contiguous reads give the same widened rows
+    np.testing.assert_array_equal(index.rows32(rows[::3]).numpy(), index.rows32(rows)[::3].numpy())
+
+
+def test_an_index_on_the_cpu_keeps_float32_vectors_by_default(brainlike):
+    """The pruned search (method="auto" tries it first) multiplies float32 rows: measured faster
+    than a bf16 copy on CPUs with AMX too (BENCHMARKS.md), so precision="auto" keeps float32."""
+    _, ref = brainlike
+    assert CorrelationIndex(ref, basis_dim=8).vectors.dtype == torch.float32
+    assert CorrelationIndex(ref, basis_dim=8).row_error is None
+
+
 # -- every method equals float64 brute force ---------------------------------------------------
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("basis", ["pca", "blocks"])
 @pytest.mark.parametrize("k", [1, 4, 40])
-def test_every_method_equals_float64_brute_force(brainlike, basis, k):
+def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision):
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, k)
-    index = CorrelationIndex(ref, basis=basis, basis_dim=32, block=4)
+    index = CorrelationIndex(ref, basis=basis, basis_dim=32, block=4, precision=precision)
     for method in ("pruned", "brute", "auto"):
         res = index.topk(q, k=k, method=method, tile=8)  # k = 40 is larger than a tile
         np.testing.assert_array_equal(res.indices, ei)
@@ -136,8 +165,9 @@ def test_every_method_equals_float64_brute_force(brainlike, basis, k):
         assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("case", ["nearly-equal", "between-clusters", "duplicates"])
-def test_adversarial_references_stay_exact(case):
+def test_adversarial_references_stay_exact(case, precision):
     rng = np.random.default_rng(7)
     if case == "nearly-equal":
         base = rng.random((1, 2, 8, 8)).astype(np.float32)
@@ -154,7 +184,7 @@ def test_adversarial_references_stay_exact(case):
         q = base[:10] + 0.01 * rng.standard_normal((10, 2, 8, 8)).astype(np.float32)
     for k in (1, 3, 25):
         ev, ei, _ = truth(q, ref, k)
-        res = CorrelationIndex(ref, basis_dim=8).topk(q, k=k, method="pruned", tile=16)
+        res = CorrelationIndex(ref, basis_dim=8, precision=precision).topk(q, k=k, method="pruned", tile=16)
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
@@ -301,3 +331,23 @@ def test_the_cascade_is_exact_and_saved(brainlike, tmp_path, monkeypatch, keep_v
     again = CorrelationIndex.open(tmp_path / "i")
     assert again.level1 == 8
     np.testing.assert_array_equal(again.topk(q, k=4, method="pruned", tile=8).indices, truth(q, ref, 4)[1])
+
+
+@pytest.mark.parametrize("span", [True, False])
+def test_seed_tiles_cover_every_seed_pair_once_per_tile(span):
+    """The seeds are evaluated as dense tiles: every (query, seed) pair lies in exactly one tile's
+    queries x rows, and a tile holds only rows of that tile."""
+    rng = np.random.default_rng(4)
+    seeds = torch.from_numpy(np.stack([rng.choice(200, 5, replace=False) for _ in range(30)]))
+    queries = torch.from_numpy(np.sort(rng.choice(60, 30, replace=False)))
+    plan = tiles.seed_tiles(seeds, queries, tile=16, span=span)
+    covered = {}
+    for t, qs, rows in plan:
+        assert ((rows // 16) == t).all() and (np.diff(rows) > 0).all()
+        for q in qs.tolist():
+            for r in rows.tolist():
+                covered[(q, r)] = covered.get((q, r), 0) + 1
+    for q, line in zip(queries.tolist(), seeds.tolist()):
+        for r in line:
+            assert covered.get((q, r)) == 1
+    assert len({t for t, _, _ in plan}) == len(plan)

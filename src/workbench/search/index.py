@@ -36,7 +36,7 @@ from ..errors import WorkbenchError
 from . import projection, tiles
 from .bounds import NORMALISE_F32, split_norms
 from .kernel import row_stats, screen_and_rescore
-from .layout import pad_slices, padded_width
+from .layout import pad_slices, padded_width, unpad_slices
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
 from .result import SearchResult
@@ -72,8 +72,10 @@ class CorrelationIndex:
     ----------
     reference : SliceStore (or view) or array ``(N, C, H, W)``; kept for the exact rescore.
     channels, mask : as in :func:`~workbench.search.topk_correlation`.
-    precision : ``"bf16"``, ``"float32"`` or ``"auto"``: the precision of the brute screen's copy
-        (the pruned search's tiles are float32).
+    precision : ``"bf16"``, ``"float32"`` or ``"auto"`` (float32 on the CPU, bf16 on CUDA): the
+        precision of the copy of the unit vectors.  The pruned search's tiles multiply in float32,
+        from a bf16 copy widened row by row (with a per-row bound, :attr:`row_error`); the brute
+        screen multiplies in this precision.
     device : where searches run (``"auto"``: CUDA if available).
     basis : ``"pca"`` (fitted to a seeded sample of the reference, default) or ``"blocks"``
         (``block`` x ``block`` means, no fitting).
@@ -98,7 +100,7 @@ class CorrelationIndex:
         self.channel_index = channel_index(self.reference, channels, shape[1])
         self.select = Selector(self.image_shape, self.channel_index, mask)
         self.device = resolve_device(device)
-        self.dtype = pick_precision(precision, self.device, prepared=True)
+        self.dtype = pick_precision(precision, self.device)
         self.basis_name, self.block, self.seed = basis, int(block), int(seed)
         if _prepared is not None:
             for name, value in _prepared.items():
@@ -177,17 +179,41 @@ class CorrelationIndex:
         return np.sort(rng.choice(len(self.codes), min(len(self.codes), CHECK_ROWS), replace=False))
 
     def rows32(self, positions: np.ndarray) -> torch.Tensor:
-        """Float32 unit vectors of the images at sorted ``positions`` (the tiles' rows)."""
+        """Float32 unit vectors of the images at sorted ``positions`` (the tiles' rows): views or
+        copies of the index's float32 vectors, the bf16 copies widened to float32 (off by at most
+        :attr:`row_error`), or, without vectors in memory, read from the store and normalised."""
         if self.vectors is not None and self.dtype == torch.float32:
             if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
                 return self.vectors[positions[0]:positions[-1] + 1]
             return self.vectors[torch.from_numpy(positions)]
+        if self.vectors is not None:
+            if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+                rows = self.vectors[positions[0]:positions[-1] + 1]
+            else:
+                rows = self.vectors[torch.from_numpy(positions)]
+            return unpad_slices(rows, self.select.dim)
         return normalise(self.select(read_rows(self.reference, positions)), torch.float32)[0]
+
+    @property
+    def row_error(self) -> torch.Tensor | None:
+        """Per row (float64), the bound on a tile's error where the tiles read the bf16 copy of the
+        unit vectors; None where they read float32 rows (one bound for all pairs, ``tiles.tier_error_bound``).
+
+        A tile multiplies the query rounded to float32, x32, with the row's bf16 copy y_h (exact in
+        float32), in float32 slices: |x.y - fl(x32.y_h)| <= |x.y_l| + |(x - x32).y_h| + the
+        accumulation error <= ||y_l|| + ||y_h|| tier_error_bound(D), every term of the float32
+        bound being linear in the row's norm (y_l = y - y_h: the stored split norms)."""
+        if self.vectors is None or self.dtype != torch.bfloat16:
+            return None
+        if getattr(self, "_row_error", None) is None:
+            hi, lo = self.norms[:, 0].double(), self.norms[:, 1].double()
+            self._row_error = lo * (1 + 1e-6) + hi * tiles.tier_error_bound(self.select.dim)
+        return self._row_error
 
     @property
     def from_disk(self) -> bool:
         """The tiles read rows from the reference (prefetched in the background)."""
-        return not (self.vectors is not None and self.dtype == torch.float32)
+        return self.vectors is None
 
     def __len__(self) -> int:
         return len(self.codes)

@@ -46,3 +46,13 @@ def offset_columns(dim: int) -> list[int]:
         cols.append(pos + b - a)
         pos += b - a + PAD
     return cols
+
+
+def unpad_slices(x_pad: torch.Tensor, dim: int, dtype=torch.float32) -> torch.Tensor:
+    """The pixels of vectors in the padded layout (the offset columns dropped), in ``dtype``."""
+    out = torch.empty((len(x_pad), dim), dtype=dtype, device=x_pad.device)
+    pos = 0
+    for a, b in slice_bounds(dim):
+        out[:, a:b] = x_pad[:, pos:pos + b - a]
+        pos += b - a + PAD
+    return out

@@ -15,15 +15,20 @@ from ..errors import WorkbenchError
 from .sources import iter_blocks
 
 
-def normalise(flat: np.ndarray, dtype, device="cpu") -> tuple[torch.Tensor, np.ndarray]:
+def normalise(flat: np.ndarray, dtype, device="cpu", out: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Z-normalised unit vectors in ``dtype`` (computed in float64 for float64, else float32).
 
     Works in place on a private copy: this runs on every reference block, so it is kept to a
     few passes over memory.  The float64 path (queries, the index, the rescore) uses numpy's
-    pairwise sums, which give the same bits in every process whatever its thread count.
+    pairwise sums, which give the same bits in every process whatever its thread count; its
+    ``out`` (float64, the shape of ``flat``) receives the result without a further copy.
     """
     if dtype == torch.float64:
-        x = np.array(flat, dtype=np.float64)  # a private copy, worked on in place
+        if out is None:
+            x = np.array(flat, dtype=np.float64)  # a private copy, worked on in place
+        else:
+            x = out
+            np.copyto(x, flat)
         mean = x.mean(axis=1, keepdims=True)
         if not np.isfinite(mean).all():  # a NaN or inf anywhere in a row reaches its mean
             raise WorkbenchError("images contain non-finite pixels (NaN or inf)")
@@ -70,7 +75,6 @@ def prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
     q64 = torch.empty((n, select.dim), dtype=torch.float64)
     const_q = np.zeros(n, dtype=bool)
     for start, block in iter_blocks(queries, 256):
-        x, c = normalise(select(block), torch.float64)  # numpy: the same bits in every process
-        q64[start:start + len(x)] = x
-        const_q[start:start + len(x)] = c
+        flat = select(block)  # numpy: the same bits in every process; written straight into q64
+        _, const_q[start:start + len(flat)] = normalise(flat, torch.float64, out=q64[start:start + len(flat)].numpy())
     return q64, const_q

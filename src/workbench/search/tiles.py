@@ -48,8 +48,6 @@ TILE = 64
 #: 0.057 / 0.047 s (k = 5 / 1) against 0.073 / 0.055 s gathered; 0.25 and 0 were no better
 #: (BENCHMARKS.md, issue 16, item 11)
 SPAN_DENSITY = 0.5
-#: seed rows read from disk at a time (bounded memory)
-SEED_ROWS = 256
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
 SEED_EXTRA = 2
@@ -86,41 +84,26 @@ def chunked(x: torch.Tensor, dev=None) -> torch.Tensor:
     return out
 
 
-def pair_product(qc: torch.Tensor, qi: torch.Tensor, r32: torch.Tensor, ri: torch.Tensor) -> torch.Tensor:
-    """Float32 products of the pairs (query ``qi[p]``, row ``r32[ri[p]]``): products summed in
-    float32 within slices of TIER_CHUNK pixels (any order of a C-term float32 sum is off by at
-    most gamma_C of the absolute sum), then over the slices: ``tier_error_bound`` holds."""
-    chunks, _, width = qc.shape
-    dim = r32.shape[1]
-    pad = chunks * width - dim
-    out = torch.empty(len(qi), dtype=torch.float32, device=qc.device)
-    step = max(1, 2**24 // (4 * max(dim, 1)))  # pairs per pass: ~64 MB of gathered rows
-    for a in range(0, len(qi), step):
-        g = r32[ri[a:a + step]]
-        if pad:
-            g = torch.nn.functional.pad(g, (0, pad))
-        g = g.view(-1, chunks, width)  # pairs x chunks x C
-        g.mul_(qc[:, qi[a:a + step]].transpose(0, 1))
-        out[a:a + step] = g.sum(dim=2).sum(dim=1)
-    return out
-
-
-def seed_values(qc: torch.Tensor, seeds: torch.Tensor, ref, dev) -> tuple[torch.Tensor, int]:
-    """Float32 values of every query's seed pairs (Q x m) and the number of rows read.  Rows come
-    from the index's copy, or from disk SEED_ROWS at a time (memory stays bounded)."""
-    nq, m = seeds.shape
-    qi = torch.arange(nq, device=dev).repeat_interleave(m)
-    ri = seeds.reshape(-1)
-    if not getattr(ref, "from_disk", True) and dev.type == "cpu":  # gathered straight from the copy
-        return pair_product(qc, qi, ref.vectors, ri).view(nq, m), int(len(torch.unique(ri)))
-    out = torch.empty(nq * m, dtype=torch.float32, device=dev)
-    rows, local = np.unique(ri.cpu().numpy(), return_inverse=True)
-    local = torch.from_numpy(local.reshape(-1)).to(dev)
-    for a in range(0, len(rows), SEED_ROWS):
-        r32 = ref.rows32(rows[a:a + SEED_ROWS]).to(dev)
-        pick = torch.nonzero((local >= a) & (local < a + SEED_ROWS), as_tuple=True)[0]
-        out[pick] = pair_product(qc, qi[pick], r32, local[pick] - a)
-    return out.view(nq, m), len(rows)
+def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool) -> list:
+    """The dense tiles that evaluate every query's seeds: for each tile holding a seed, the queries
+    with a seed there times the union of their seed rows there (a contiguous span where ``span``
+    and at least SPAN_DENSITY of it is seeded).  Neighbouring slices of one subject are the seeds
+    of many queries at once, so one product evaluates them all: pair by pair, each seed read its
+    64 KB row for one multiply-add per pixel (memory-bound, BENCHMARKS.md issue 16 item 8).
+    ``seeds`` (Q' x m) are reference positions, ``queries`` (Q') the query of each line."""
+    m = seeds.shape[1]
+    rows = seeds.reshape(-1).numpy()
+    owner = queries.repeat_interleave(m).numpy()
+    order = np.argsort(rows, kind="stable")
+    rows, owner = rows[order], owner[order]
+    names, first = np.unique(rows // tile, return_index=True)
+    plan = []
+    for t, a, b in zip(names, first, np.r_[first[1:], len(rows)]):
+        r = np.unique(rows[a:b])
+        if span and len(r) >= SPAN_DENSITY * (r[-1] - r[0] + 1):
+            r = np.arange(r[0], r[-1] + 1)
+        plan.append((int(t), torch.from_numpy(np.unique(owner[a:b])), r))
+    return plan
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
@@ -209,6 +192,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     ub, seeds = upper_bound_matrix(*first, ref.constant, const_q, dev, m)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
+    # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
+    # its own bound (ref.row_error, per row), else one bound for all pairs
+    row_eps = getattr(ref, "row_error", None)
+    row_eps_dev = None if row_eps is None else row_eps.to(dev, torch.float32)
+
+    def pair_eps(ri: torch.Tensor):
+        return eps if row_eps is None else row_eps[ri]
     qc = chunked(qdev)
     del qdev
     live = torch.from_numpy(~const_q).to(dev)
@@ -216,30 +206,55 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     got_q, got_r, got_s = [], [], []  # evaluated pairs and their float32 values (kept if they may matter)
     evaluated = 0
+    in_memory = not getattr(ref, "from_disk", False)
 
-    def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor):
+    def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
         nonlocal evaluated
         s = tile_product(qc, qs, r32)
         evaluated += s.numel()
         constant = ref.constant[rows]  # a span may hold constant references: never candidates
         if constant.any():
             s[:, torch.from_numpy(constant).to(s.device)] = -math.inf
-        # keep what can still reach a k-th place: upper end >= the query's tau
-        qq, rr = torch.nonzero(s + eps >= floor[qs][:, None], as_tuple=True)
+        # keep what can still reach a k-th place: upper end >= the query's tau (all, before tau is known)
+        if floor is None:
+            keep = s > -math.inf
+        else:
+            e = eps if row_eps_dev is None else row_eps_dev[torch.from_numpy(rows).to(dev)][None, :]
+            keep = s + e >= floor[qs][:, None]
+        qq, rr = torch.nonzero(keep, as_tuple=True)
         got_q.append(qs[qq].cpu())
         got_r.append(torch.from_numpy(rows)[rr.cpu()])
         got_s.append(s[qq, rr].double().cpu())
 
-    # 2. seeds: each query's m references of highest projected r, evaluated pair by pair
-    s_seed, seed_rows = seed_values(qc, seeds, ref, dev)  # nq x m
-    s_seed[~live] = -math.inf
-    evaluated += int(live.sum()) * m
-    tau = torch.topk(s_seed, k, dim=1).values[:, -1].double() - eps  # k distinct pairs: a lower bound on the k-th best
-    tau[~live] = -math.inf
+    def run(plan, floor, desc):
+        """Evaluate the plan's tiles in order; rows from disk are read one tile ahead, in the background."""
+        bar = tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress)
+        pool = ThreadPoolExecutor(1) if not in_memory and len(plan) > 1 else None
+        try:
+            pending = pool.submit(ref.rows32, plan[0][2]) if pool is not None else None
+            for j, (_, qs, rows) in enumerate(plan):
+                if pool is not None:
+                    r32 = pending.result()
+                    if j + 1 < len(plan):
+                        pending = pool.submit(ref.rows32, plan[j + 1][2])
+                else:
+                    r32 = ref.rows32(rows)
+                evaluate(qs, rows, r32.to(dev), floor)
+                bar.update(1)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            bar.close()
+
+    # 2. seeds: each query's m references of highest projected r, evaluated as dense tiles (the
+    # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
+    # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
     q_live = torch.nonzero(live, as_tuple=True)[0]
-    got_q.append(q_live.repeat_interleave(m).cpu())
-    got_r.append(seeds[q_live].reshape(-1).cpu())
-    got_s.append(s_seed[q_live].reshape(-1).double().cpu())
+    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory)
+    run(seed_plan, None, "seeding")
+    seed_rows = int(sum(len(rows) for _, _, rows in seed_plan))
+    r_all = torch.cat(got_r)
+    tau = kth_lower(torch.cat(got_s) - pair_eps(r_all), torch.cat(got_q), nq, k)  # -inf for constant queries
     tau_dev = tau.to(dev)
     lap("seeds_s")
 
@@ -249,7 +264,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     torch.ge(ub, tau_dev.float()[:, None], out=surv[:, :n])
     del ub
     surv[~live] = False
-    surv[q_live[:, None], seeds[q_live]] = False  # the seeds are done
+    for _, qs, rows in seed_plan:  # the seed tiles are done
+        surv[qs.to(dev)[:, None], torch.from_numpy(rows).to(dev)[None, :]] = False
     surv = surv.view(nq, n_tiles, tile)
     q_any = surv.any(dim=2)  # nq x n_tiles
     todo = torch.nonzero(q_any.any(dim=0), as_tuple=True)[0].cpu().numpy()
@@ -279,25 +295,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("survivors_s")
 
     rows_read = int(sum(len(rows) for _, _, rows in plan))
-    bar = tqdm(total=len(plan), desc="searching tiles", unit="tile", disable=not progress)
-    prefetch = getattr(ref, "from_disk", False)
-    pool = ThreadPoolExecutor(1) if prefetch and len(plan) > 1 else None
-    try:
-        pending = pool.submit(ref.rows32, plan[0][2]) if pool is not None else None
-        for j, (_, qs, rows) in enumerate(plan):
-            if pool is not None:
-                r32 = pending.result()
-                if j + 1 < len(plan):
-                    pending = pool.submit(ref.rows32, plan[j + 1][2])
-            else:
-                r32 = ref.rows32(rows)
-            evaluate(qs, rows, r32.to(dev), tau_dev)
-            bar.update(1)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        bar.close()
-
+    run(plan, tau_dev, "searching tiles")
     lap("tiles_s")
 
     # 4. rescore the pairs whose interval reaches the k-th best lower end
@@ -306,8 +304,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     _, first = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
     first = torch.from_numpy(first)
     qi, ri, si = qi[first], ri[first], si[first]
-    level = kth_lower(si - eps, qi, nq, k)
-    keep = (si + eps) >= level[qi]
+    e_i = pair_eps(ri)
+    level = kth_lower(si - e_i, qi, nq, k)
+    keep = (si + e_i) >= level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
     values, indices = rescore(q64, reference, select, qi, ri, k, nq, getattr(ref, "stats", None))
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel)
@@ -315,7 +314,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     clock.pop("start"), clock.pop("last")
     n_pairs = nq * n
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
-             "precision": "float32", "device": str(dev), "error_bound": eps, "bound": "uniform", "pixels": select.dim,
+             "precision": "float32" if row_eps is None else "bf16 rows, float32 products", "device": str(dev),
+             "error_bound": eps if row_eps is None else float(row_eps.max()),
+             "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
              "tiles_evaluated": len(plan), "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
