@@ -8,14 +8,16 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    (:mod:`workbench.search.projection`): one Q x N x d product, or, for a large basis, a cascade:
    the first ``level1`` codes for every pair and all d only for the pairs that survive those.
 2. **Seeds.** Each query's k + SEED_EXTRA references of highest projected r (c_x.c_y) are
-   evaluated first; the k-th best of their lower ends is tau, a lower bound on the query's true
-   k-th best (they are k distinct real pairs).  Projected r ranks near-copies and neighbouring
-   slices well, so tau lands close to the truth (BENCHMARKS.md).
+   evaluated first, as dense tiles (:func:`seed_tiles`: per tile, the queries with a seed there
+   times their seed rows there); the k-th best lower end of a query's evaluated pairs is tau, a
+   lower bound on its true k-th best (they include its k distinct seeds).  Projected r ranks
+   near-copies and neighbouring slices well, so tau lands close to the truth (BENCHMARKS.md).
 3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of TILE consecutive
    rows, the queries with a survivor there and the rows with a survivor there form one dense
-   float32 product (slices of TIER_CHUNK pixels, error at most :func:`tier_error_bound`).  Rows
-   are read only for these tiles, in index order, the next tile's rows read in the background
-   when they come from disk.
+   float32 product (slices of TIER_CHUNK pixels, error at most :func:`tier_error_bound`; a bf16
+   index's rows are widened to float32, each off by at most its ``row_error``).  Rows are read
+   only for these tiles, in index order, the next tile's rows read in the background when they
+   come from disk.
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
    float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
 
