@@ -8,8 +8,9 @@ Measures, on the device:
 - the matmul peak in float32 (TF32 off, as the search keeps it) and bf16, n x n @ n x n;
 - workload (a) of ``benchmarks/search.py`` (256 queries x 8,192 references of 4x64x64; phantom
   data generated on first use, about a minute on 16 cores): torch float32 brute force on the
-  device, and our ``CorrelationIndex`` brute and pruned at k = 5 and k = 1, with agreement with
-  the float64 truth computed on the CPU;
+  device, and our ``CorrelationIndex`` brute, pruned and auto at k = 5 and k = 1 (float32 and, on
+  CUDA, bf16 copies: ``precision="auto"`` picks bf16 there), with agreement with the float64 truth
+  computed on the CPU;
 - every time after ``torch.cuda.synchronize()``; best of three.
 
 It should finish within a few minutes on one GPU.  Figures go to BENCHMARKS.md with the device's
@@ -88,16 +89,19 @@ def main(argv=None) -> None:
                      "topk_agree_pct": 100 * float((res.indices.cpu().numpy() == ti).all(axis=1).mean())})
         from workbench.search import CorrelationIndex
 
-        t0 = time.perf_counter()
-        index = CorrelationIndex(r, device=str(dev), precision="float32")
-        prep = time.perf_counter() - t0
-        for method in ("brute", "pruned"):
-            res, sec = best_of(lambda: index.topk(q, k=k, method=method), dev)
-            rows.append({"method": f"CorrelationIndex {method}", "k": k, "prepare_s": prep, "search_s": sec,
-                         "gflops_effective": flops / sec / 1e9, "fraction": res.stats.get("full_fraction"),
-                         "seconds": res.stats.get("seconds"),
-                         "topk_agree_pct": 100 * float((res.indices == ti).all(axis=1).mean()),
-                         "max_abs_dr": float(np.abs(res.values - tv).max())})
+        # both copies on CUDA: precision="auto" picks bf16 there, not yet measured against float32
+        for precision in ("float32", "bf16") if dev.type == "cuda" else ("float32",):
+            t0 = time.perf_counter()
+            index = CorrelationIndex(r, device=str(dev), precision=precision)
+            prep = time.perf_counter() - t0
+            for method in ("brute", "pruned", "auto"):
+                res, sec = best_of(lambda: index.topk(q, k=k, method=method), dev)
+                rows.append({"method": f"CorrelationIndex {method}, {precision}", "k": k, "prepare_s": prep,
+                             "search_s": sec, "gflops_effective": flops / sec / 1e9, "ran": res.stats.get("method"),
+                             "fraction": res.stats.get("full_fraction"), "seconds": res.stats.get("seconds"),
+                             "topk_agree_pct": 100 * float((res.indices == ti).all(axis=1).mean()),
+                             "max_abs_dr": float(np.abs(res.values - tv).max())})
+            del index
     out["rows"] = rows
     text = json.dumps(out, indent=1, default=float)
     print(text)

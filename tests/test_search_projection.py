@@ -351,3 +351,27 @@ def test_seed_tiles_cover_every_seed_pair_once_per_tile(span):
         for r in line:
             assert covered.get((q, r)) == 1
     assert len({t for t, _, _ in plan}) == len(plan)
+
+
+@pytest.mark.parametrize("level1", [None, 8])
+def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, monkeypatch, level1):
+    """Above HOLD_BOUNDS_BYTES the Q x N bounds are not held from the seeds to the survivors but
+    computed again block by block: the same pairs survive, the same answer comes back."""
+    if level1:
+        monkeypatch.setattr(index_module, "LEVEL1", level1)
+    monkeypatch.setattr(tiles, "BOUND_ROWS", 50)  # several blocks
+    q, ref = brainlike
+    q = q.copy()
+    q[3] = 0.25  # a constant query: -inf bounds in every block
+    index = CorrelationIndex(ref, basis_dim=32)
+    with pytest.warns(UserWarning, match="constant"):
+        held = index.topk(q, k=3, method="pruned", tile=8)
+    monkeypatch.setattr(tiles, "HOLD_BOUNDS_BYTES", 0)
+    with pytest.warns(UserWarning, match="constant"):
+        again = index.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(again.indices, held.indices)
+    np.testing.assert_array_equal(again.values, held.values)
+    assert again.stats["screened_pairs"] == held.stats["screened_pairs"]
+    live = np.arange(len(q)) != 3
+    ev, ei, _ = truth(q[live], ref, 3)
+    np.testing.assert_array_equal(again.indices[live], ei)

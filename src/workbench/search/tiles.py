@@ -53,8 +53,12 @@ SPAN_DENSITY = 0.5
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
 SEED_EXTRA = 2
-#: reference rows per bound block (bounds are held for all pairs: Q x N float32)
+#: reference rows per bound block
 BOUND_ROWS = 16384
+#: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
+#: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
+#: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
+HOLD_BOUNDS_BYTES = 128 * 2**20
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
 
@@ -123,26 +127,51 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch
     return out
 
 
-def upper_bound_matrix(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev,
-                       m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q x N float32 upper bounds (constant queries and references get -inf), and per query the
-    ``m`` references with the highest projected r (c_x.c_y, an estimate of r): the seeds."""
-    nq, n = len(cq), len(codes)
-    ub = torch.empty((nq, n), dtype=torch.float32, device=dev)
+def bound_blocks(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev):
+    """``(a, b, est, ub)`` for blocks of BOUND_ROWS references: the projected r (c_x.c_y, an
+    estimate of r) and the upper bounds, Q x (b - a) float32 (constant queries and references
+    -inf in both).  ``ub`` is computed from ``est``: read ``est`` first."""
+    n = len(codes)
     dead = torch.from_numpy(constant).to(dev)
-    best_v = torch.full((nq, 0), -math.inf, device=dev)
-    best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
+    dead_q = torch.from_numpy(const_q).to(dev) if const_q.any() else None
     for a in range(0, n, BOUND_ROWS):
         b = min(a + BOUND_ROWS, n)
         est = cq @ codes[a:b].to(dev).T
         est[:, dead[a:b]] = -math.inf
+        if dead_q is not None:
+            est[dead_q] = -math.inf
+        yield a, b, est, lambda est=est, a=a, b=b: projection.finish_bounds(est, rho_q, slack_q, rho[a:b].to(dev),
+                                                                             slack[a:b].to(dev))
+
+
+def seeds_and_bounds(first, constant, const_q, dev, m: int, hold: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Per query the ``m`` references of highest projected r (the seeds), and the Q x N bounds
+    when ``hold`` (else None: :func:`survivor_mask` computes them again, block by block)."""
+    nq, n = len(first[0]), len(first[3])
+    ub = torch.empty((nq, n), dtype=torch.float32, device=dev) if hold else None
+    best_v = torch.full((nq, 0), -math.inf, device=dev)
+    best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
+    for a, b, est, bounds in bound_blocks(*first, constant, const_q, dev):
         v, i = torch.topk(est, min(m, b - a), dim=1)
         best_v, order = torch.topk(torch.cat([best_v, v], dim=1), min(m, best_v.shape[1] + v.shape[1]), dim=1)
         best_i = torch.gather(torch.cat([best_i, i + a], dim=1), 1, order)
-        ub[:, a:b] = projection.finish_bounds(est, rho_q, slack_q, rho[a:b].to(dev), slack[a:b].to(dev))
-    if const_q.any():
-        ub[torch.from_numpy(const_q).to(dev)] = -math.inf
+        if hold:
+            ub[:, a:b] = bounds()
     return ub, best_i
+
+
+def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: int) -> torch.Tensor:
+    """Q x ``width`` bool (padded with False past N): the pairs whose bound reaches the query's tau,
+    from the held bounds ``ub`` or computed again block by block (``ub`` None)."""
+    nq, n = len(first[0]), len(first[3])
+    surv = torch.zeros((nq, width), dtype=torch.bool, device=dev)
+    t = tau.float()[:, None]
+    if ub is not None:
+        torch.ge(ub, t, out=surv[:, :n])
+        return surv
+    for a, b, _, bounds in bound_blocks(*first, constant, const_q, dev):
+        torch.ge(bounds(), t, out=surv[:, a:b])
+    return surv
 
 
 def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.Tensor:
@@ -191,7 +220,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         first = (cq, rho_q, slack_q, ref.codes, ref.rho, ref.slack)
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
-    ub, seeds = upper_bound_matrix(*first, ref.constant, const_q, dev, m)
+    hold = len(q64) * n * 4 <= HOLD_BOUNDS_BYTES
+    ub, seeds = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
     # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
@@ -262,8 +292,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     # 3. survivors, as dense tiles (the seed tiles are done).  Constant references have bound
     # -inf and every live query a finite tau, so they never survive; constant queries are cut.
-    surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
-    torch.ge(ub, tau_dev.float()[:, None], out=surv[:, :n])
+    surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
     del ub
     surv[~live] = False
     for _, qs, rows in seed_plan:  # the seed tiles are done
