@@ -375,3 +375,29 @@ def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, mon
     live = np.arange(len(q)) != 3
     ev, ei, _ = truth(q[live], ref, 3)
     np.testing.assert_array_equal(again.indices[live], ei)
+
+
+@pytest.mark.parametrize("setting", ["medium", "high"])
+def test_a_caller_allowing_lower_precision_float32_products_still_gets_the_exact_answer(setting):
+    """torch.set_float32_matmul_precision("medium") lets the CPU (oneDNN with AMX) multiply float32
+    in bf16, "high" lets CUDA use TF32: the search's bounds assume IEEE float32 products, so it sets
+    them for its own work and restores the caller's setting afterwards."""
+    rng = np.random.default_rng(11)
+    base = rng.random((1, 2, 32, 32)).astype(np.float32)
+    ref = base + 2e-3 * rng.standard_normal((300, 2, 32, 32)).astype(np.float32)  # r within ~1e-5 of each other
+    q = base + 2e-3 * rng.standard_normal((12, 2, 32, 32)).astype(np.float32)
+    ev, ei, _ = truth(q, ref, 5)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        for precision in ("float32", "bf16"):
+            index = CorrelationIndex(ref, basis_dim=8, precision=precision)
+            for method in ("pruned", "brute"):
+                res = index.topk(q, k=5, method=method, tile=16)
+                np.testing.assert_array_equal(res.indices, ei)
+                np.testing.assert_allclose(res.values, ev, atol=1e-12)
+        res = topk_correlation(q, ref, k=5)
+        np.testing.assert_array_equal(res.indices, ei)
+        assert torch.get_float32_matmul_precision() == setting
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -40,6 +40,8 @@ size (5x256x256 included).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .layout import SCREEN_CHUNK
@@ -90,3 +92,23 @@ def pair_error(qn: torch.Tensor, rn: torch.Tensor, out_abs: torch.Tensor, t_abs:
     err += out_abs * (BF16_U / (1 - BF16_U))
     # float32 rounding of this sum itself: a relative 1e-6 margin covers it many times over
     return err.mul_(1 + 1e-6).add_(1e-7)
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """Float32 matrix products in IEEE float32 inside (also as a decorator): every error bound of
+    the search assumes them.  ``torch.set_float32_matmul_precision("high")`` or ``"medium"``, which
+    training scripts set for speed, lets CUDA multiply float32 in TF32 and, with "medium", the CPU
+    (oneDNN, AMX) in bf16: measured here, a 2048-long float32 product came out 0.53 off against
+    1.3e-4 in IEEE float32, far outside any bound the rescore trusts.  Set through torch's
+    per-backend ``fp32_precision`` (torch refuses a mix of its legacy and new switches), and the
+    caller's settings restored on the way out."""
+    backends = [torch.backends.mkldnn.matmul, torch.backends.cuda.matmul]
+    before = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, value in zip(backends, before):
+            b.fp32_precision = value

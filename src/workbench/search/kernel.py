@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from ..progress import tqdm
 
 from ..errors import TooFewReferenceImages
-from .bounds import pair_error, screen_error_bound, split_norms
+from .bounds import ieee_float32, pair_error, screen_error_bound, split_norms
 from .layout import PAD, SCREEN_CHUNK, offset_columns, pad_slices, slice_bounds
 from .normalise import normalise, single_thread
 from .result import SearchResult, mark_constant_queries
@@ -71,9 +71,7 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     const_r = []
     screened = 0
     dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 error bound
-    try:
+    with ieee_float32():  # TF32 or bf16 inside float32 products would break the error bounds
         bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
         for cols, r_lo, c, pair_mask, rn in blocks:
             if c.any():
@@ -118,8 +116,6 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             cand_s.append(upper[qi, ri].cpu())
             bar.update(len(c))
         bar.close()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     const_r = np.concatenate(const_r) if const_r else np.zeros(0, dtype=np.int64)
     if n_reference - len(const_r) < k:
         n_valid = n_reference - len(const_r)

@@ -4,7 +4,7 @@ For z-normalised unit vectors x, y and an orthogonal projection P onto a d-dimen
 
     x.y = Px.Py + (x - Px).(y - Py) <= Px.Py + ||x - Px|| ||y - Py||          (Cauchy-Schwarz)
 
-Block means (:mod:`workbench.search.pruned`) are one such P, fixed in advance.  Here P is fitted to
+Block means (:func:`block_basis`) are one such P, fixed in advance.  Here P is fitted to
 the reference itself: its leading principal directions (the eigenvectors of the Gram matrix of a
 seeded sample of normalised reference rows, :func:`fit_basis`).  Brain slices live near a
 low-dimensional subspace, so ||y - Py|| is small and the bound is tight: on 4x64x64 phantom
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import WorkbenchError
+from .bounds import ieee_float32
 
 U32 = 2.0**-24
 U64 = 2.0**-53
@@ -147,6 +148,7 @@ def basis_delta(w: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(g).item()) * (1 + 1e-12) + rounding + 1e-15
 
 
+@ieee_float32()
 def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0.0,
           prefix: int | None = None):
     """Codes (n x d float32), an upper bound on ||x - Px|| and the slack of each row (float64).

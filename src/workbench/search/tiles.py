@@ -39,7 +39,7 @@ import torch
 from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
-from .bounds import NORMALISE_F32
+from .bounds import NORMALISE_F32, ieee_float32
 from .kernel import rescore
 from .result import SearchResult, mark_constant_queries
 
@@ -189,6 +189,7 @@ def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.
     return out
 
 
+@ieee_float32()
 def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select, *, k: int, dev, tile: int = TILE,
                  progress: bool = False, stacklevel: int = 4, max_fraction: float | None = None) -> SearchResult | None:
     """Exact top-k by the four steps of the module docstring.
