@@ -214,21 +214,23 @@ def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.n
     product per pair (a pair's value never depends on the other pairs).
 
     For a unit query x (sum s_x) and a raw row y of mean m and centred norm n (:func:`row_stats`),
-    r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass: only its conversion to
-    float64 (and, without stored ``stats``, its mean and norm).  The dot products are numpy's BLAS
-    ``ddot`` held to one thread (twice the speed of ``torch.dot`` here): a threaded BLAS sums in a
-    thread-count-dependent order, and every process, Dask workers included, must give each pair
-    the same bits.
+    r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass.  Rows are read in
+    store order, a chunk at a time, and stay in their stored precision: ``np.dot`` widens the one
+    row of each pair to float64 (exactly) while it is in cache, which gives the same bits as
+    widening the whole chunk first and took 22 ms where that took 40 at workload (a), k = 5
+    (BENCHMARKS.md).  The dot products are numpy's BLAS ``ddot`` held to one thread (twice the
+    speed of ``torch.dot`` here): a threaded BLAS sums in a thread-count-dependent order, and
+    every process, Dask workers included, must give each pair the same bits.
     """
     exact = np.empty(len(qi))
     rows = np.unique(ri)
     qn = q64.numpy()
     qsum = qn.sum(axis=1)
-    step = max(1, 2**23 // (8 * select.dim))  # rows per chunk: ~8 MB of float64
+    step = max(1, 2**22 // (4 * select.dim))  # rows per chunk: ~4 MB of float32
     with single_thread(), threadpool_limits(limits=1, user_api="blas"):
         for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
             chunk = rows[s:s + step]
-            raw = np.asarray(select(read_rows(reference, chunk)), dtype=np.float64)
+            raw = np.asarray(select(read_rows(reference, chunk)))
             st = row_stats(raw) if stats is None else np.asarray(stats[chunk])
             lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
             local = np.searchsorted(chunk, ri[lo:hi])
@@ -236,5 +238,5 @@ def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.n
             # vector is fetched once for them (the chunk's rows are in cache already)
             for j in np.argsort(qi[lo:hi], kind="stable"):
                 q, row = qi[lo + j], local[j]
-                exact[lo + j] = (qn[q] @ raw[row] - st[row, 0] * qsum[q]) / st[row, 1]
+                exact[lo + j] = (np.dot(qn[q], raw[row].astype(np.float64)) - st[row, 0] * qsum[q]) / st[row, 1]
     return exact
