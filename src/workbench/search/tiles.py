@@ -243,6 +243,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
         nonlocal evaluated
+        qs = qs.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
         s = tile_product(qc, qs, r32)
         evaluated += s.numel()
         constant = ref.constant[rows]  # a span may hold constant references: never candidates
@@ -333,9 +334,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # 4. rescore the pairs whose interval reaches the k-th best lower end
     qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
     # a dense tile may evaluate a seed pair again: count every pair once
-    _, first = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
-    first = torch.from_numpy(first)
-    qi, ri, si = qi[first], ri[first], si[first]
+    _, once = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
+    once = torch.from_numpy(once)
+    qi, ri, si = qi[once], ri[once], si[once]
     e_i = pair_eps(ri)
     level = kth_lower(si - e_i, qi, nq, k)
     keep = (si + e_i) >= level[qi]
