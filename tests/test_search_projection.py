@@ -219,13 +219,31 @@ def test_constant_images_inside_a_tile_span_are_not_matched():
 
 def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     q, ref = brainlike
-    index = CorrelationIndex(ref, basis_dim=32)
-    res = index.topk(q, k=2, tile=8)
+    ev, ei, _ = truth(q, ref, 2)
+    index = CorrelationIndex(ref, basis_dim=4)  # a small basis and tiles: tiles beyond the seeds' to sample
+    # the tiles' measured cost against the brute probe's figures (made slow, then free, here)
+    slow = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
+    res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "pruned" and res.stats["auto"].startswith("pruned")
-    rng = np.random.default_rng(0)  # noise: nothing can be pruned, so auto goes brute
+    figures = res.stats["auto_figures"]
+    assert figures["brute_s"] == len(q) * len(ref) and 0 < figures["sample_pairs"]
+    assert 0 < figures["pruned_rest_s"] < figures["brute_total_s"]
+    assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
+    assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
+    np.testing.assert_array_equal(res.indices, ei)
+    free = {"pair_s": 0.0, "row_s": 0.0, "rescore_pair_s": 0.0}
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
+    res = index.topk(q, k=2, tile=4)
+    assert res.stats["method"] == "brute" and "timed sample" in res.stats["auto"]
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
+    rng = np.random.default_rng(0)  # noise: nothing can be pruned, so auto goes brute however slow
     noise = CorrelationIndex(rng.random((200, 1, 8, 8)).astype(np.float32), basis_dim=8)
     res = noise.topk(rng.random((20, 1, 8, 8)).astype(np.float32), k=2, tile=8)
-    assert res.stats["method"] == "brute" and res.stats["auto"].startswith("brute")
+    assert res.stats["method"] == "brute" and res.stats["auto"].startswith("brute") and "more than" in res.stats["auto"]
+    monkeypatch.undo()
     # topk_correlation builds an index only with enough queries to pay for it
     monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10)
     monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 10)
@@ -401,3 +419,19 @@ def test_a_caller_allowing_lower_precision_float32_products_still_gets_the_exact
         assert torch.get_float32_matmul_precision() == setting
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("kind", ["float32", "bf16", "out-of-core"])
+def test_the_brute_probe_predicts_a_positive_time_once_per_index(brainlike, tmp_path, kind):
+    """method="auto" compares the tiles' measured cost with the brute screen's, timed once per
+    index on its own rows as the brute search reads them (memory, or the store)."""
+    _, ref = brainlike
+    if kind == "out-of-core":
+        index = CorrelationIndex(write_store(tmp_path / "s", ref), basis_dim=8, keep_vectors=False)
+    else:
+        index = CorrelationIndex(ref, basis_dim=8, precision=kind)
+    one = index.brute_seconds(10)
+    probe = index.probe()
+    assert probe["pair_s"] > 0 and probe["rescore_pair_s"] > 0 and (probe["row_s"] > 0) == (kind == "out-of-core")
+    assert index.brute_seconds(20) == pytest.approx(one + 10 * len(ref) * probe["pair_s"])
+    assert index.probe() is probe  # memoised: measured once per index

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,8 @@ from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
 from ..device import resolve_device
 from ..errors import WorkbenchError
-from . import projection, tiles
-from .bounds import NORMALISE_F32, split_norms
+from . import kernel, projection, tiles
+from .bounds import NORMALISE_F32, screen_error_bound, split_norms
 from .kernel import row_stats, screen_and_rescore
 from .layout import pad_slices, padded_width, unpad_slices
 from .normalise import normalise, prepare_queries
@@ -48,10 +49,9 @@ METHODS = ("auto", "brute", "pruned")
 INDEX_VERSION = 3  # 3: projection basis, codes and bounds; vectors optional
 #: an index keeps its copy of the unit vectors in memory up to this size (else rows come from the store)
 KEEP_VECTORS_BYTES = 2**30
-#: method="auto" searches by tiles when they would evaluate at most this fraction of all pairs.
-#: A pair evaluated in a tile costs about 2x a pair of the brute screen (gathered rows and
-#: queries, smaller products; BENCHMARKS.md), and the bounds and seeds are already paid for.
-AUTO_MAX_FRACTION = 0.4
+#: ``method="auto"`` times the brute screen once per index on this many of its rows against as
+#: many (at most 128 MB of float32: the probe must not raise a large search's peak memory)
+BRUTE_PROBE_ROWS = 256
 #: a cascade: with a basis of at least 2 x LEVEL1 directions, every pair is bounded from its first
 #: LEVEL1 codes and only the survivors from all of them (tiles.py)
 LEVEL1 = 256
@@ -230,9 +230,10 @@ class CorrelationIndex:
 
         ``method="pruned"`` bounds every pair from the codes and evaluates the survivors as dense
         tiles (:mod:`workbench.search.tiles`); ``"brute"`` screens every pair at full size;
-        ``"auto"`` computes the bounds and seed tiles, then goes on by tiles when they would
-        evaluate at most AUTO_MAX_FRACTION of the pairs and otherwise by brute force.  All are
-        exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why) and
+        ``"auto"`` computes the bounds and seed tiles, times a sample of the tiles, and goes on by
+        tiles where the rest would take less time than brute force takes by the index's probe of
+        its brute screen on this machine (:meth:`brute_seconds`), else by brute force.  All are
+        exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.
         """
@@ -250,20 +251,82 @@ class CorrelationIndex:
         if tile < 1:
             raise WorkbenchError(f"tile must be >= 1 image, got {tile}")
         q64, const_q = prepare_queries(queries, self.select)
+        auto = self._auto_figures(len(q64)) if method == "auto" else None
         if method != "brute":
             result = tiles.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
-                                        tile=tile, progress=progress,
-                                        max_fraction=AUTO_MAX_FRACTION if method == "auto" else None)
+                                        tile=tile, progress=progress, auto=auto)
             if result is not None:
-                if method == "auto":
-                    result.stats["auto"] = (f"pruned: the tiles evaluate {result.stats['full_fraction']:.1%} of the "
-                                            f"pairs (brute below {AUTO_MAX_FRACTION:.0%})")
+                if auto is not None:
+                    result.stats["auto"] = (f"pruned: the tiles evaluate {auto['fraction']:.1%} of the pairs; the rest "
+                                            f"predicted {auto['pruned_rest_s']:.3g} s from a timed sample of them, "
+                                            f"brute force {auto['brute_total_s']:.3g} s by the index's probe")
+                    result.stats["auto_figures"] = clean_figures(auto)
                 return result
         result = self._brute(q64, const_q, k, block_size, progress)
-        if method == "auto":
-            result.stats["auto"] = (f"brute: the bounds left tiles of more than {AUTO_MAX_FRACTION:.0%} of the pairs "
-                                    f"to evaluate")
+        if auto is not None:
+            if "pruned_rest_s" in auto:
+                why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; the rest predicted "
+                       f"{auto['pruned_rest_s']:.3g} s from a timed sample of them, brute force "
+                       f"{auto['brute_total_s']:.3g} s by the index's probe")
+            else:
+                why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs "
+                       f"(more than {tiles.AUTO_MAX_FRACTION:.0%})")
+            result.stats["auto"] = f"brute: {why}"
+            result.stats["auto_figures"] = clean_figures(auto)
         return result
+
+    def brute_seconds(self, n_queries: int) -> float:
+        """Predicted seconds of the brute-force screen of ``n_queries`` on this index (its rescore
+        apart): the screen timed once (memoised, :meth:`probe`), scaled to n_queries x N pairs and
+        N rows read."""
+        probe = self.probe()
+        return n_queries * len(self) * probe["pair_s"] + len(self) * probe["row_s"]
+
+    def probe(self) -> dict:
+        """What ``method="auto"`` measured of this index's brute search on this machine, once:
+        ``pair_s`` (screen seconds per pair), ``row_s`` (per reference row read and normalised from
+        the store, where the index keeps no copy) and ``rescore_pair_s`` (float64 rescore per pair),
+        timed on BRUTE_PROBE_ROWS of its own rows as queries against as many references, read as
+        the brute search reads them."""
+        if getattr(self, "_probe", None) is None:
+            self._probe = self._probe_brute()
+        return self._probe
+
+    def _auto_figures(self, n_queries: int) -> dict:
+        """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`)."""
+        if self.vectors is not None and self.dtype == torch.bfloat16:
+            # near a query's k-th best the bf16 screen's per-pair bound is about ||x_l|| + ||y_l||
+            # (bounds.py): the query's taken as a typical row's.  A prediction, not a bound.
+            lo = self.norms[:, 1].float()
+            brute_eps = lo + lo.median() + lo * lo.median() + tiles.tier_error_bound(self.select.dim)
+        else:
+            brute_eps = screen_error_bound(self.select.dim, torch.float32)
+        return {"brute_s": self.brute_seconds(n_queries), "brute_eps": brute_eps,
+                "rescore_pair_s": self.probe()["rescore_pair_s"]}
+
+    def _probe_brute(self) -> tuple[float, float]:
+        b = min(len(self), BRUTE_PROBE_ROWS, max(16, 2**27 // (4 * self.select.dim)))
+        rows = np.arange(b)
+        t0 = time.perf_counter()
+        x64, const = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
+        read = time.perf_counter() - t0  # read and normalised: what a streamed brute search does per row
+        if self.vectors is not None:
+            block = (rows, self.vectors[:b].to(self.device), self.constant[:b], None,
+                     None if self.norms is None else self.norms[:b])
+            dtype, lift = self.dtype, 0.0
+        else:  # the streamed brute search: float32 rows normalised on the fly
+            block = (rows, x64.float().to(self.device), const, None, None)
+            dtype, lift = torch.float32, NORMALISE_F32
+        best = float("inf")
+        for _ in range(2):  # a warm-up, then the screen's own time (its rescore excluded)
+            with warnings.catch_warnings():  # constant probe rows are the search's business, not the probe's
+                warnings.simplefilter("ignore")
+                res = screen_and_rescore(x64, const, iter([block]), self.reference, self.select, k=1, n_reference=b,
+                                         dtype=dtype, dev=self.device, progress=False, ref_lift=lift,
+                                         stats=self.stats)
+            best = min(best, res.stats["seconds"]["screen_s"]) if _ else best
+        return {"pair_s": best / (b * b), "row_s": read / b if self.vectors is None else 0.0,
+                "rescore_pair_s": res.stats["seconds"]["rescore_s"] / max(res.rescored, 1)}
 
     def _check_selection(self, channels, mask) -> None:
         if channels is not None:
@@ -284,7 +347,7 @@ class CorrelationIndex:
             blocks = streamed_blocks(self.reference, self.select, size, torch.float32, self.device)
             result = screen_and_rescore(q64, const_q, blocks, self.reference, self.select, k=k,
                                         n_reference=len(self), dtype=torch.float32, dev=self.device, progress=progress,
-                                        ref_lift=NORMALISE_F32)
+                                        ref_lift=NORMALISE_F32, stats=self.stats)
             result.stats.update(method="brute", full_fraction=1.0)
             return result
         block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
@@ -300,7 +363,7 @@ class CorrelationIndex:
                        None if self.norms is None else self.norms[start:stop])
 
         result = screen_and_rescore(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
-                                    dtype=self.dtype, dev=self.device, progress=progress)
+                                    dtype=self.dtype, dev=self.device, progress=progress, stats=self.stats)
         result.stats["method"] = "brute"
         result.stats["full_fraction"] = 1.0
         return result
@@ -413,6 +476,11 @@ class CorrelationIndex:
 #: 40-57 ms at 80,000 x 4x128x128, so the index pays from about 6,000-7,000 queries on.
 AUTO_MIN_QUERIES = 8192
 AUTO_MIN_REFERENCE = 2048
+
+
+def clean_figures(auto: dict) -> dict:
+    """``method="auto"``'s figures as plain numbers (a per-row bound is given by its median)."""
+    return {key: float(v.median()) if torch.is_tensor(v) else v for key, v in auto.items()}
 
 
 def index_pays(n_queries: int, n_reference: int) -> bool:

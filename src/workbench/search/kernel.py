@@ -21,6 +21,7 @@ k of the rescored candidates is the float64 brute-force top k (ties to the lower
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
@@ -38,7 +39,7 @@ from .sources import read_rows
 
 def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
                        n_reference: int, dtype, dev, progress: bool, ref_lift: float = 0.0,
-                       stacklevel: int = 3) -> SearchResult:
+                       stacklevel: int = 3, stats=None) -> SearchResult:
     """Screen normalised reference blocks, then rescore exactly.
 
     ``blocks`` yields ``(cols, vectors, constant, pair_mask, norms)``: the reference positions of
@@ -46,7 +47,9 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     (Q, len(cols)) mask of the pairs to evaluate (pruned pairs are left out), and for a bf16
     screen the rows' split norms (:func:`~workbench.search.bounds.split_norms`).  ``ref_lift`` is
     added to every reference's ||y_l|| (NORMALISE_F32 where the reference was normalised in
-    float32).  ``stacklevel``: where the warnings about constant images point, counted from here
+    float32).  ``stats``: the reference rows' :func:`row_stats`, where an index stored them (the
+    rescore then reads each row once, without a pass for its mean and norm).  ``stacklevel``: where
+    the warnings about constant images point, counted from here
     (3: the caller of this function's caller).  Raises :class:`~workbench.errors.TooFewReferenceImages`
     when fewer than ``k`` reference images are non-constant.
     """
@@ -71,6 +74,7 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     const_r = []
     screened = 0
     dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
+    t_screen = time.perf_counter()
     with ieee_float32():  # TF32 or bf16 inside float32 products would break the error bounds
         bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
         for cols, r_lo, c, pair_mask, rn in blocks:
@@ -124,14 +128,18 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
         warnings.warn(f"{len(const_r)} reference image(s) are constant (zero variance) and cannot be matched: "
                       f"{const_r[:10].tolist()}", stacklevel=stacklevel)
 
+    t_screen = time.perf_counter() - t_screen
+    t_rescore = time.perf_counter()
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
     final_level = run_top[:, -1].cpu() if run_top.shape[1] else torch.full((nq,), -math.inf)
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
-    values, indices = rescore(q64, reference, select, qi, ri, k, nq)
+    values, indices = rescore(q64, reference, select, qi, ri, k, nq, stats)
+    t_rescore = time.perf_counter() - t_rescore
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
     stats = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
+             "seconds": {"screen_s": round(t_screen, 4), "rescore_s": round(t_rescore, 4)},
              "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
              "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
     return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)

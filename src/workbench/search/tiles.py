@@ -55,6 +55,11 @@ SPAN_DENSITY = 0.5
 SEED_EXTRA = 2
 #: reference rows per bound block
 BOUND_ROWS = 16384
+#: ``method="auto"`` times every AUTO_SAMPLE_STRIDE-th tile of the plan (about 5 %) to predict the rest
+AUTO_SAMPLE_STRIDE = 20
+#: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
+#: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
+AUTO_MAX_FRACTION = 0.5
 #: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
@@ -191,13 +196,21 @@ def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.
 
 @ieee_float32()
 def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select, *, k: int, dev, tile: int = TILE,
-                 progress: bool = False, stacklevel: int = 4, max_fraction: float | None = None) -> SearchResult | None:
+                 progress: bool = False, stacklevel: int = 4, auto: dict | None = None) -> SearchResult | None:
     """Exact top-k by the four steps of the module docstring.
 
     ``ref`` carries the index's parts: ``basis``, ``delta``, ``codes``, ``rho``, ``slack``,
     ``constant`` (numpy bool) and ``rows32(positions)``, the float32 unit vectors of sorted
-    reference positions.  ``max_fraction`` (``method="auto"``): return None, having spent only the
-    bounds and the seed tiles, when the tiles would evaluate more than this fraction of all pairs.
+    reference positions.
+
+    ``auto`` (``method="auto"``): a dict holding, from the index's probe, ``brute_s`` (the predicted
+    seconds of a brute-force screen), ``brute_eps`` (its error bound: a number, or per reference
+    row) and ``rescore_pair_s`` (the float64 rescore's cost per pair).  The tiles' own cost is
+    measured on a sample of them (every AUTO_SAMPLE_STRIDE-th tile of the plan, kept), and each
+    path's rescore predicted from the pairs evaluated so far that its bound cannot rule out; where
+    the rest of the pruned search would take longer than brute force, or the tiles would evaluate
+    more than AUTO_MAX_FRACTION of all pairs, this returns None, having spent the bounds, the seeds
+    and the sample.  The dict receives what was measured and predicted.
     """
     nq, n = len(q64), len(ref.codes)
     n_valid = n - int(ref.constant.sum())
@@ -323,11 +336,35 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
             rows = np.arange(rows[0], rows[-1] + 1)
         plan.append((t, qs, rows))
     work = sum(len(qs) * len(rows) for _, qs, rows in plan)
-    if max_fraction is not None and (work + evaluated) > max_fraction * nq * n:
-        return None
     lap("survivors_s")
 
     rows_read = int(sum(len(rows) for _, _, rows in plan))
+    if auto is not None:
+        auto["fraction"] = (work + evaluated) / max(nq * n, 1)
+        if auto["fraction"] > AUTO_MAX_FRACTION:
+            return None
+        # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept)
+        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // 2))
+        sample, plan = plan[::stride], [p for j, p in enumerate(plan) if j % stride]
+        t0 = time.perf_counter()
+        run(sample, tau_dev, "sampling tiles")
+        spent = time.perf_counter() - t0
+        done = sum(len(qs) * len(rows) for _, qs, rows in sample)
+        auto.update(sample_pairs=done, sample_s=spent,
+                    tiles_s=spent + (work - done) * spent / max(done, 1))
+        # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
+        # the sample) that each path's bound could not rule out, at the probe's cost per pair
+        qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
+        e_i = pair_eps(ri)
+        level = kth_lower(si - e_i, qi, nq, k)[qi]
+        e_b = auto["brute_eps"][ri] if torch.is_tensor(auto["brute_eps"]) else auto["brute_eps"]
+        auto["rescore_pairs"] = int((si + e_i >= level).sum())
+        auto["brute_rescore_pairs"] = int((si + e_b >= level - e_b).sum())
+        pruned_rest = auto["tiles_s"] - spent + auto["rescore_pairs"] * auto["rescore_pair_s"]
+        brute = auto["brute_s"] + auto["brute_rescore_pairs"] * auto["rescore_pair_s"]
+        auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute)
+        if pruned_rest > brute:  # the seeds and the sample are spent either way
+            return None
     run(plan, tau_dev, "searching tiles")
     lap("tiles_s")
 
