@@ -49,9 +49,11 @@ METHODS = ("auto", "brute", "pruned")
 INDEX_VERSION = 3  # 3: projection basis, codes and bounds; vectors optional
 #: an index keeps its copy of the unit vectors in memory up to this size (else rows come from the store)
 KEEP_VECTORS_BYTES = 2**30
-#: ``method="auto"`` times the brute screen once per index on this many of its rows against as
-#: many (at most 128 MB of float32: the probe must not raise a large search's peak memory)
+#: ``method="auto"`` times the brute screen once per index: this many of its rows as queries
+#: against BRUTE_PROBE_REFS of them (at most 128 MB of float32: the probe must not raise a large
+#: search's peak memory)
 BRUTE_PROBE_ROWS = 256
+BRUTE_PROBE_REFS = 1024
 #: a cascade: with a basis of at least 2 x LEVEL1 directions, every pair is bounded from its first
 #: LEVEL1 codes and only the survivors from all of them (tiles.py)
 LEVEL1 = 256
@@ -304,28 +306,33 @@ class CorrelationIndex:
         return {"brute_s": self.brute_seconds(n_queries), "brute_eps": brute_eps,
                 "rescore_pair_s": self.probe()["rescore_pair_s"]}
 
-    def _probe_brute(self) -> tuple[float, float]:
-        b = min(len(self), BRUTE_PROBE_ROWS, max(16, 2**27 // (4 * self.select.dim)))
+    def _probe_brute(self) -> dict:
+        # references as a brute-force block holds them, up to 128 MB of float32; the first of them
+        # as queries (a 256 x 256 probe over-predicted the full screen's cost per pair 3x at (b))
+        b = min(len(self), BRUTE_PROBE_REFS, max(16, 2**27 // (4 * self.select.dim)))
+        nq = min(b, BRUTE_PROBE_ROWS)
         rows = np.arange(b)
         t0 = time.perf_counter()
-        x64, const = normalise(self.select(read_rows(self.reference, rows)), torch.float64)
+        x32, const = normalise(self.select(read_rows(self.reference, rows)), torch.float32)
         read = time.perf_counter() - t0  # read and normalised: what a streamed brute search does per row
+        q64, const_q = normalise(self.select(read_rows(self.reference, rows[:nq])), torch.float64)
         if self.vectors is not None:
             block = (rows, self.vectors[:b].to(self.device), self.constant[:b], None,
                      None if self.norms is None else self.norms[:b])
             dtype, lift = self.dtype, 0.0
         else:  # the streamed brute search: float32 rows normalised on the fly
-            block = (rows, x64.float().to(self.device), const, None, None)
+            block = (rows, x32.to(self.device), const, None, None)
             dtype, lift = torch.float32, NORMALISE_F32
+        del x32
         best = float("inf")
         for _ in range(2):  # a warm-up, then the screen's own time (its rescore excluded)
             with warnings.catch_warnings():  # constant probe rows are the search's business, not the probe's
                 warnings.simplefilter("ignore")
-                res = screen_and_rescore(x64, const, iter([block]), self.reference, self.select, k=1, n_reference=b,
+                res = screen_and_rescore(q64, const_q, iter([block]), self.reference, self.select, k=1, n_reference=b,
                                          dtype=dtype, dev=self.device, progress=False, ref_lift=lift,
                                          stats=self.stats)
             best = min(best, res.stats["seconds"]["screen_s"]) if _ else best
-        return {"pair_s": best / (b * b), "row_s": read / b if self.vectors is None else 0.0,
+        return {"pair_s": best / (nq * b), "row_s": read / b if self.vectors is None else 0.0,
                 "rescore_pair_s": res.stats["seconds"]["rescore_s"] / max(res.rescored, 1)}
 
     def _check_selection(self, channels, mask) -> None:
