@@ -34,7 +34,7 @@ from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
 from ..device import resolve_device
 from ..errors import WorkbenchError
-from . import kernel, projection, tiles
+from . import projection, tiles
 from .bounds import NORMALISE_F32, screen_error_bound, split_norms
 from .kernel import row_stats, screen_and_rescore
 from .layout import pad_slices, padded_width, unpad_slices
