@@ -67,3 +67,15 @@ def test_search_command_prints_a_summary_with_pruning(phantom_store, tmp_path, c
     t = pd.read_csv(out)
     assert len(t) == 2 * len(phantom_store)
     assert (t.groupby("query")["match_subject"].nunique() == 2).all()  # two different subjects each
+
+
+def test_search_command_says_what_auto_chose(phantom_store, tmp_path, capsys, monkeypatch):
+    from workbench.search import index as index_module
+
+    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10)  # build an index even for this small search
+    monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 10)
+    out = tmp_path / "m.csv"
+    assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
+                 "--split", "train", "--k", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "method auto chose " in printed and ("predicted" in printed or "more than" in printed)

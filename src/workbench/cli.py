@@ -395,6 +395,8 @@ def _search(args) -> None:
     print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.1f} s "
           f"({pairs / max(seconds, 1e-9):,.0f} pairs/s; {stats.get('method', 'brute')}, {stats.get('precision')} screen, "
           f"{stats.get('candidates_per_query', 0):.1f} candidates rescored per query{pruned}); wrote {out}")
+    if "auto" in stats:  # method="auto": what it measured and chose
+        print(f"method auto chose {stats['auto']}")
 
 
 def _clean(args) -> None:
