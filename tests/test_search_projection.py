@@ -231,6 +231,9 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     assert 0 < figures["pruned_rest_s"] < figures["brute_total_s"]
     assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
     assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
+    pruned = index.topk(q, k=2, tile=4, method="pruned")  # the same tiles, the sampled ones counted
+    assert res.stats["tiles_evaluated"] == pruned.stats["tiles_evaluated"] > 0
+    assert res.stats["screened_pairs"] == pruned.stats["screened_pairs"]
     np.testing.assert_array_equal(res.indices, ei)
     free = {"pair_s": 0.0, "row_s": 0.0, "rescore_pair_s": 0.0}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)

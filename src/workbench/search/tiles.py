@@ -339,6 +339,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("survivors_s")
 
     rows_read = int(sum(len(rows) for _, _, rows in plan))
+    n_planned = len(plan)  # the tiles beyond the seeds', the sample of method="auto" included
     if auto is not None:
         auto["fraction"] = (work + evaluated) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
@@ -388,7 +389,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
-             "tiles_evaluated": len(plan), "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
+             "tiles_evaluated": n_planned, "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=len(qi),
                         stats=stats)
