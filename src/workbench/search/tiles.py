@@ -241,7 +241,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
     # its own bound (ref.row_error, per row), else one bound for all pairs
     row_eps = getattr(ref, "row_error", None)
-    row_eps_dev = None if row_eps is None else row_eps.to(dev, torch.float32)
+    row_eps_dev = None if row_eps is None else row_eps.to(dev)  # float64
 
     def pair_eps(ri: torch.Tensor):
         return eps if row_eps is None else row_eps[ri]
@@ -266,8 +266,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         if floor is None:
             keep = s > -math.inf
         else:
-            e = eps if row_eps_dev is None else row_eps_dev[torch.from_numpy(rows).to(dev)][None, :]
-            keep = s + e >= floor[qs][:, None]
+            e = eps if row_eps is None else row_eps_dev[torch.from_numpy(rows).to(dev)][None, :]
+            # s >= tau - e compared in float64 (s is exact there): s + e rounded to float32 could
+            # fall below tau by a rounding the bound does not cover
+            keep = s >= floor[qs][:, None] - e
         qq, rr = torch.nonzero(keep, as_tuple=True)
         got_q.append(qs[qq].cpu())
         got_r.append(torch.from_numpy(rows)[rr.cpu()])
