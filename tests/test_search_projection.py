@@ -438,3 +438,14 @@ def test_the_brute_probe_predicts_a_positive_time_once_per_index(brainlike, tmp_
     assert probe["pair_s"] > 0 and probe["rescore_pair_s"] > 0 and (probe["row_s"] > 0) == (kind == "out-of-core")
     assert index.brute_seconds(20) == pytest.approx(one + 10 * len(ref) * probe["pair_s"])
     assert index.probe() is probe  # memoised: measured once per index
+
+
+@pytest.mark.parametrize("method", ["pruned", "auto"])
+def test_only_constant_queries_get_no_match_from_the_tiles(method):
+    """Nothing to evaluate at all (every query constant): no seed, no tile, no error."""
+    rng = np.random.default_rng(0)
+    ref = rng.random((100, 1, 8, 8)).astype(np.float32)
+    q = np.full((3, 1, 8, 8), 0.5, np.float32)
+    with pytest.warns(UserWarning, match="constant"):
+        res = CorrelationIndex(ref, basis_dim=4).topk(q, k=2, method=method)
+    assert res.indices.tolist() == [[-1, -1]] * 3 and res.constant_queries.all()

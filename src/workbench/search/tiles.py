@@ -250,7 +250,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     live = torch.from_numpy(~const_q).to(dev)
     n_tiles = -(-n // tile)
 
-    got_q, got_r, got_s = [], [], []  # evaluated pairs and their float32 values (kept if they may matter)
+    # evaluated pairs and their float32 values (kept if they may matter); empty to start with, so
+    # that a search with nothing to evaluate (every query constant) still concatenates
+    got_q, got_r = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    got_s = [torch.zeros(0, dtype=torch.float64)]
     evaluated = 0
     in_memory = not getattr(ref, "from_disk", False)
 
