@@ -449,3 +449,21 @@ def test_only_constant_queries_get_no_match_from_the_tiles(method):
     with pytest.warns(UserWarning, match="constant"):
         res = CorrelationIndex(ref, basis_dim=4).topk(q, k=2, method=method)
     assert res.indices.tolist() == [[-1, -1]] * 3 and res.constant_queries.all()
+
+
+def test_a_saved_bf16_index_reopens_and_its_tiles_stay_exact(brainlike, tmp_path):
+    """A bf16 copy is saved with its split norms: reopened, its tiles widen the memory-mapped bf16
+    rows with the same per-row bound and the answer is float64's."""
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, basis_dim=16, precision="bf16")
+    index.save(tmp_path / "i")
+    again = CorrelationIndex.open(tmp_path / "i")
+    assert again.dtype == torch.bfloat16 and not again.from_disk
+    np.testing.assert_array_equal(again.row_error.numpy(), index.row_error.numpy())
+    for k in (1, 4):
+        ev, ei, _ = truth(q, ref, k)
+        res = again.topk(q, k=k, method="pruned", tile=8)
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+        assert res.stats["bound"] == "per row"
