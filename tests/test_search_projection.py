@@ -467,3 +467,21 @@ def test_a_saved_bf16_index_reopens_and_its_tiles_stay_exact(brainlike, tmp_path
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
         assert res.stats["bound"] == "per row"
+
+
+def test_the_tiles_left_are_predicted_from_the_sampled_tiles_times():
+    """auto fits each sampled tile's seconds as a fixed cost plus a cost per pair."""
+    def plan(sizes):  # tiles of (queries, rows)
+        return [(j, torch.arange(a), np.arange(b)) for j, (a, b) in enumerate(sizes)]
+
+    sample = plan([(2, 10), (5, 40), (1, 4), (8, 64)])
+    times = [1e-3 + 2e-6 * a * b for a, b in [(2, 10), (5, 40), (1, 4), (8, 64)]]
+    rest = plan([(3, 30), (10, 64)])
+    want = 2 * 1e-3 + 2e-6 * (90 + 640)
+    assert tiles.predict_tiles(sample, times, rest) == pytest.approx(want)
+    assert tiles.predict_tiles(sample, times, []) == 0.0
+    # two tiles only: the mean cost per pair
+    two = tiles.predict_tiles(sample[:2], times[:2], rest)
+    assert two == pytest.approx(730 * sum(times[:2]) / 220)
+    # a fit with a negative part falls back to one non-negative cost
+    assert tiles.predict_tiles(sample, [4e-3, 1e-3, 5e-3, 1e-3], rest) >= 0

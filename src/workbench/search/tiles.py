@@ -55,8 +55,10 @@ SPAN_DENSITY = 0.5
 SEED_EXTRA = 2
 #: reference rows per bound block
 BOUND_ROWS = 16384
-#: ``method="auto"`` times every AUTO_SAMPLE_STRIDE-th tile of the plan (about 5 %) to predict the rest
+#: ``method="auto"`` times every AUTO_SAMPLE_STRIDE-th tile of the plan (about 5 %), or more often
+#: so that at least AUTO_SAMPLE_TILES are timed, to predict the rest
 AUTO_SAMPLE_STRIDE = 20
+AUTO_SAMPLE_TILES = 8
 #: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
@@ -130,6 +132,23 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch
         rest = dim - full * TIER_CHUNK
         out += q[full, :, :rest] @ r32[:, full * TIER_CHUNK:].T
     return out
+
+
+def predict_tiles(sample: list, times: list, rest: list) -> float:
+    """Seconds the ``rest`` of a plan should take, from its ``sample``'s measured ``times``: each
+    tile's time fitted (least squares) as a fixed cost plus a cost per pair evaluated, both at least
+    0; with fewer than three sampled tiles, or all of one size, the sample's mean cost per pair."""
+    pairs = np.array([len(qs) * len(rows) for _, qs, rows in sample], dtype=float)
+    todo = np.array([len(qs) * len(rows) for _, qs, rows in rest], dtype=float)
+    t = np.asarray(times, dtype=float)
+    if len(todo) == 0:
+        return 0.0
+    if len(pairs) >= 3 and np.ptp(pairs) > 0:
+        (fixed, per_pair), *_ = np.linalg.lstsq(np.stack([np.ones_like(pairs), pairs], 1), t, rcond=None)
+        if fixed < 0 or per_pair < 0:  # one of them carries it all
+            fixed, per_pair = (0.0, t.sum() / pairs.sum()) if per_pair > 0 else (t.mean(), 0.0)
+        return float(len(todo) * fixed + todo.sum() * per_pair)
+    return float(todo.sum() * t.sum() / max(pairs.sum(), 1.0))
 
 
 def bound_blocks(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev):
@@ -278,13 +297,15 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_r.append(torch.from_numpy(rows)[rr.cpu()])
         got_s.append(s[qq, rr].double().cpu())
 
-    def run(plan, floor, desc):
-        """Evaluate the plan's tiles in order; rows from disk are read one tile ahead, in the background."""
+    def run(plan, floor, desc, times=None):
+        """Evaluate the plan's tiles in order; rows from disk are read one tile ahead, in the
+        background.  ``times``: a list that receives each tile's seconds."""
         bar = tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress)
         pool = ThreadPoolExecutor(1) if not in_memory and len(plan) > 1 else None
         try:
             pending = pool.submit(ref.rows32, plan[0][2]) if pool is not None else None
             for j, (_, qs, rows) in enumerate(plan):
+                t0 = time.perf_counter()
                 if pool is not None:
                     r32 = pending.result()
                     if j + 1 < len(plan):
@@ -292,6 +313,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                 else:
                     r32 = ref.rows32(rows)
                 evaluate(qs, rows, r32.to(dev), floor)
+                if times is not None:
+                    times.append(time.perf_counter() - t0)
                 bar.update(1)
         finally:
             if pool is not None:
@@ -305,6 +328,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory)
     run(seed_plan, None, "seeding")
     seed_rows = int(sum(len(rows) for _, _, rows in seed_plan))
+    n_seeded = sum(len(x) for x in got_q)  # the seed tiles' kept pairs come first in got_*
     r_all = torch.cat(got_r)
     tau = kth_lower(torch.cat(got_s) - pair_eps(r_all), torch.cat(got_q), nq, k)  # -inf for constant queries
     tau_dev = tau.to(dev)
@@ -349,26 +373,32 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         auto["fraction"] = (work + evaluated) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
             return None
-        # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept)
-        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // 2))
+        # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
+        # each tile's seconds fitted as a fixed cost plus a cost per pair, which predicts the rest
+        # (a cost per pair alone misjudged the rest by a third where the sample's tiles were larger)
+        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
         sample, plan = plan[::stride], [p for j, p in enumerate(plan) if j % stride]
-        t0 = time.perf_counter()
-        run(sample, tau_dev, "sampling tiles")
-        spent = time.perf_counter() - t0
+        times = []
+        run(sample, tau_dev, "sampling tiles", times)
+        spent = float(sum(times))
         done = sum(len(qs) * len(rows) for _, qs, rows in sample)
-        auto.update(sample_pairs=done, sample_s=spent,
-                    tiles_s=spent + (work - done) * spent / max(done, 1))
+        auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent,
+                    tiles_s=spent + predict_tiles(sample, times, plan))
         # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
-        # the sample) that each path's bound could not rule out, at the probe's cost per pair
+        # the sample, scaled to the whole plan) that each path's bound could not rule out
+        t1 = time.perf_counter()
         qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
         e_i = pair_eps(ri)
         level = kth_lower(si - e_i, qi, nq, k)[qi]
         e_b = auto["brute_eps"][ri] if torch.is_tensor(auto["brute_eps"]) else auto["brute_eps"]
-        auto["rescore_pairs"] = int((si + e_i >= level).sum())
-        auto["brute_rescore_pairs"] = int((si + e_b >= level - e_b).sum())
-        pruned_rest = auto["tiles_s"] - spent + auto["rescore_pairs"] * auto["rescore_pair_s"]
-        brute = auto["brute_s"] + auto["brute_rescore_pairs"] * auto["rescore_pair_s"]
-        auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute)
+        scale = torch.ones(len(qi), dtype=torch.float64)
+        scale[n_seeded:] = work / max(done, 1)
+        auto["rescore_pairs"] = int(((si + e_i >= level) * scale).sum())
+        auto["brute_rescore_pairs"] = int(((si + e_b >= level - e_b) * scale).sum())
+        # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
+        pruned_rest = auto["tiles_s"] - spent
+        brute = auto["brute_s"] + max(0, auto["brute_rescore_pairs"] - auto["rescore_pairs"]) * auto["rescore_pair_s"]
+        auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute, weigh_s=time.perf_counter() - t1)
         if pruned_rest > brute:  # the seeds and the sample are spent either way
             return None
     run(plan, tau_dev, "searching tiles")
