@@ -138,11 +138,11 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     values, indices = rescore(q64, reference, select, qi, ri, k, nq, stats)
     t_rescore = time.perf_counter() - t_rescore
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
-    stats = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
-             "seconds": {"screen_s": round(t_screen, 4), "rescore_s": round(t_rescore, 4)},
-             "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
-             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=stats)
+    info = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
+            "seconds": {"screen_s": round(t_screen, 4), "rescore_s": round(t_rescore, 4)},
+            "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
+            "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=info)
 
 
 def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
