@@ -1,6 +1,6 @@
 """What ``method="auto"`` chooses against what each path takes (issue 16, item 5).
 
-    .venv/bin/python benchmarks/search_auto.py                      # float32 and bf16 copies, k = 5, 50, 200, 800
+    .venv/bin/python benchmarks/search_auto.py                      # float32 and bf16 copies, k = 1, 5, 50, 200, 800
     .venv/bin/python benchmarks/search_auto.py --precisions float32 --k 5 1
 
 Workload (a) of ``benchmarks/search.py`` (256 queries x 8,192 references of 4x64x64; its phantom
@@ -25,7 +25,7 @@ import search as bench  # noqa: E402  the workload of the search benchmark
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precisions", nargs="+", default=["float32", "bf16"])
-    ap.add_argument("--k", type=int, nargs="+", default=[5, 50, 200, 800])
+    ap.add_argument("--k", type=int, nargs="+", default=[1, 5, 50, 200, 800])
     args = ap.parse_args(argv)
     from workbench.search import CorrelationIndex
 

@@ -152,14 +152,19 @@ def test_an_index_on_the_cpu_keeps_float32_vectors_by_default(brainlike):
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("basis", ["pca", "blocks"])
 @pytest.mark.parametrize("k", [1, 4, 40])
-def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision):
+def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision, monkeypatch):
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, k)
     index = CorrelationIndex(ref, basis=basis, basis_dim=32, block=4, precision=precision)
-    for method in ("pruned", "brute", "auto"):
-        res = index.topk(q, k=k, method=method, tile=8)  # k = 40 is larger than a tile
+    for method in ("pruned", "brute", "auto", "auto-pruned"):
+        if method == "auto-pruned":  # brute force made slow: auto samples tiles before and after the seeds
+            index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
+            monkeypatch.setattr(tiles, "AUTO_EARLY_GAIN", 0)  # and checks before the seeds whatever they cost
+        res = index.topk(q, k=k, method=method.split("-")[0], tile=8)  # k = 40 is larger than a tile
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
+        if method == "auto-pruned":
+            assert "early_sample_s" in res.stats["auto_figures"] and not res.stats["auto_figures"].get("before_seeds")
     pruned = index.topk(q, k=k, method="pruned", tile=8)
     if k < 40:  # the fitted basis prunes most pairs of these smooth slices
         assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
@@ -224,6 +229,7 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     # the tiles' measured cost against the brute probe's figures (made slow, then free, here)
     slow = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
+    monkeypatch.setattr(tiles, "AUTO_EARLY_GAIN", 0)  # check before the seeds however cheap they are
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "pruned" and res.stats["auto"].startswith("pruned")
     figures = res.stats["auto_figures"]
@@ -231,16 +237,35 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     assert 0 < figures["pruned_rest_s"] < figures["brute_total_s"]
     assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
     assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
-    pruned = index.topk(q, k=2, tile=4, method="pruned")  # the same tiles, the sampled ones counted
-    assert res.stats["tiles_evaluated"] == pruned.stats["tiles_evaluated"] > 0
-    assert res.stats["screened_pairs"] == pruned.stats["screened_pairs"]
+    # before the seeds it sampled seed tiles and tiles planned on the seeds' projected r
+    assert figures["seed_sample_s"] > 0 and figures["early_sample_s"] > 0 and not figures.get("before_seeds")
+    assert 0 < figures["early_fraction"] < 1 and figures["seeds_rest_s"] + figures["early_tiles_s"] < figures["brute_s"]
+    pruned = index.topk(q, k=2, tile=4, method="pruned")
+    assert res.stats["tiles_evaluated"] > 0 and pruned.stats["tiles_evaluated"] > 0  # the sampled ones counted
     np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    # a free brute force: it goes brute before the seeds, having spent only the samples
     free = {"pair_s": 0.0, "row_s": 0.0, "rescore_pair_s": 0.0}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
     res = index.topk(q, k=2, tile=4)
-    assert res.stats["method"] == "brute" and "timed sample" in res.stats["auto"]
+    assert res.stats["method"] == "brute" and "before the seeds" in res.stats["auto"]
+    assert res.stats["auto_figures"]["before_seeds"] is True
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    # the rest of the seeds predicted free: no early check; the timed sample after the seeds decides
+    calls, predict = [], tiles.predict_tiles
+
+    def free_early(*a):
+        calls.append(1)
+        return 0.0 if len(calls) == 1 else predict(*a)
+    monkeypatch.setattr(tiles, "predict_tiles", free_early)
+    res = index.topk(q, k=2, tile=4)
+    assert len(calls) == 2 and res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
+    assert "early_tiles_s" not in res.stats["auto_figures"]
+    assert res.stats["auto_figures"]["pruned_rest_s"] > res.stats["auto_figures"]["brute_total_s"] == 0
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    monkeypatch.setattr(tiles, "predict_tiles", predict)
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
     rng = np.random.default_rng(0)  # noise: nothing can be pruned, so auto goes brute however slow
     noise = CorrelationIndex(rng.random((200, 1, 8, 8)).astype(np.float32), basis_dim=8)

@@ -62,6 +62,10 @@ AUTO_SAMPLE_TILES = 8
 #: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
+#: ``method="auto"`` checks before the seeds whether brute force is faster where the rest of the
+#: seeds would cost this many times the check: at (a), k <= 5, the seeds took 22-27 ms, the check
+#: 10-13 ms and never changed the choice; at k = 200 the seeds took 0.18 s (BENCHMARKS.md)
+AUTO_EARLY_GAIN = 3
 #: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
@@ -168,9 +172,10 @@ def bound_blocks(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev):
                                                                              slack[a:b].to(dev))
 
 
-def seeds_and_bounds(first, constant, const_q, dev, m: int, hold: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Per query the ``m`` references of highest projected r (the seeds), and the Q x N bounds
-    when ``hold`` (else None: :func:`survivor_mask` computes them again, block by block)."""
+def seeds_and_bounds(first, constant, const_q, dev, m: int, hold: bool):
+    """Per query the ``m`` references of highest projected r (the seeds) and their projected r
+    (Q x m, descending), and the Q x N bounds when ``hold`` (else None: :func:`survivor_mask`
+    computes them again, block by block)."""
     nq, n = len(first[0]), len(first[3])
     ub = torch.empty((nq, n), dtype=torch.float32, device=dev) if hold else None
     best_v = torch.full((nq, 0), -math.inf, device=dev)
@@ -181,7 +186,7 @@ def seeds_and_bounds(first, constant, const_q, dev, m: int, hold: bool) -> tuple
         best_i = torch.gather(torch.cat([best_i, i + a], dim=1), 1, order)
         if hold:
             ub[:, a:b] = bounds()
-    return ub, best_i
+    return ub, best_i, best_v
 
 
 def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: int) -> torch.Tensor:
@@ -196,6 +201,54 @@ def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: i
     for a, b, _, bounds in bound_blocks(*first, constant, const_q, dev):
         torch.ge(bounds(), t, out=surv[:, a:b])
     return surv
+
+
+def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) -> list:
+    """The dense products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile
+    of ``tile`` rows, ``(tile, queries, rows)`` with the queries that have a survivor there and the
+    rows that do (a contiguous span in memory where at least SPAN_DENSITY of it survives).  With a
+    ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, each tile's survivors are bounded
+    again from all the codes against ``tau`` first."""
+    nq = surv.shape[0]
+    n_tiles = surv.shape[1] // tile
+    dev = surv.device
+    surv = surv.view(nq, n_tiles, tile)
+    q_any = surv.any(dim=2)  # nq x n_tiles
+    todo = torch.nonzero(q_any.any(dim=0), as_tuple=True)[0].cpu().numpy()
+    plan = []
+    for t in todo:
+        qs = torch.nonzero(q_any[:, t], as_tuple=True)[0]
+        sub = surv[qs, t]  # Qb x tile
+        cols = torch.nonzero(sub.any(dim=0), as_tuple=True)[0]
+        rows = (t * tile + cols).cpu().numpy()
+        if cascade is not None:  # second level: the full codes of this tile's surviving pairs
+            cq, rho_q, slack_q = cascade
+            ri = torch.from_numpy(rows)  # the index's parts stay on the CPU; their rows move
+            ub2 = projection.upper_bounds(cq[qs], rho_q[qs], slack_q[qs], ref.codes[ri].to(dev), ref.rho[ri].to(dev),
+                                          ref.slack[ri].to(dev))
+            sub = sub[:, cols] & (ub2 >= tau[qs].float()[:, None])
+            keep_q, keep_r = sub.any(dim=1), sub.any(dim=0)
+            if not bool(keep_q.any()):
+                continue
+            qs, rows = qs[keep_q], rows[keep_r.cpu().numpy()]
+        if not getattr(ref, "from_disk", False) and len(rows) >= SPAN_DENSITY * (rows[-1] - rows[0] + 1):
+            # in memory, a contiguous span of rows is a view: its product costs less than gathering
+            # the surviving rows into a copy first (the extra pairs are evaluated exactly like the rest)
+            rows = np.arange(rows[0], rows[-1] + 1)
+        plan.append((t, qs, rows))
+    return plan
+
+
+def plan_pairs(plan: list) -> int:
+    return sum(len(qs) * len(rows) for _, qs, rows in plan)
+
+
+def unique_pairs(qi: torch.Tensor, ri: torch.Tensor, si: torch.Tensor | None, n: int):
+    """Each evaluated (query, reference) pair once: ``(qi, ri, si)`` without repeats, or, with
+    ``si`` None, the positions that keep the first of each."""
+    _, once = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
+    once = torch.from_numpy(once)
+    return once if si is None else (qi[once], ri[once], si[once])
 
 
 def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.Tensor:
@@ -254,7 +307,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
     hold = len(q64) * n * 4 <= HOLD_BOUNDS_BYTES
-    ub, seeds = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
+    ub, seeds, seed_est = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
     # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
@@ -326,49 +379,71 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
     q_live = torch.nonzero(live, as_tuple=True)[0]
     seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory)
-    run(seed_plan, None, "seeding")
+    cascade = (cq, rho_q, slack_q) if level1 else None
+
+    done_tiles = list(seed_plan)  # tiles evaluated before the survivors' (method="auto" adds its early sample)
+
+    def survivors(tau_dev: torch.Tensor) -> list:
+        """The tiles of the pairs whose bound reaches ``tau_dev``, beyond those evaluated."""
+        # constant references have bound -inf and every live query a finite tau, so they never
+        # survive; constant queries are cut
+        surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
+        surv[~live] = False
+        for _, qs, rows in done_tiles:
+            surv[qs.to(dev)[:, None], torch.from_numpy(rows).to(dev)[None, :]] = False
+        return tile_plan(surv, tau_dev, ref, cascade, tile)
+
+    if auto is not None:
+        # before the seeds, which cost k + SEED_EXTRA pairs a query: time a sample of their tiles,
+        # and, where the rest of them would cost AUTO_EARLY_GAIN times what this check costs (a
+        # survivor pass over the bounds, about as long as computing them), plan the tiles with the
+        # seeds' projected r as each query's threshold (it predicted the tiles' work to within
+        # 1-20 % at (a), k = 5-200) and time a sample of those too (all sampled pairs are real
+        # pairs, kept; the survivors' plan leaves them out).  Go brute now if the seeds and the
+        # tiles would take longer than the brute screen (the rescores apart: brute force's is the
+        # larger).  A fit on the seed tiles alone, which are small, misjudged the tiles up to 2.4x.
+        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(seed_plan) // AUTO_SAMPLE_TILES))
+        seed_sample, rest = seed_plan[::stride], [p for j, p in enumerate(seed_plan) if j % stride]
+        times = []
+        run(seed_sample, None, "sampling seeds", times)
+        auto.update(seed_sample_s=float(sum(times)), seeds_rest_s=predict_tiles(seed_sample, times, rest))
+        if auto["seeds_rest_s"] > AUTO_EARLY_GAIN * clock["bounds_s"] * (1 if hold else 2):
+            t1 = time.perf_counter()
+            guess = survivors(seed_est[:, k - 1].double())
+            stride = max(1, min(AUTO_SAMPLE_STRIDE, len(guess) // AUTO_SAMPLE_TILES))
+            sample, guess = guess[::stride], [p for j, p in enumerate(guess) if j % stride]
+            more = []
+            run(sample, None, "sampling tiles", more)
+            done_tiles += sample
+            both, both_s = seed_sample + sample, times + more
+            auto.update(seeds_rest_s=predict_tiles(both, both_s, rest),
+                        early_fraction=(plan_pairs(guess) + plan_pairs(sample) + plan_pairs(seed_plan)) / max(nq * n, 1),
+                        early_sample_s=float(sum(more)), early_tiles_s=predict_tiles(both, both_s, guess),
+                        early_check_s=time.perf_counter() - t1)
+            if auto["seeds_rest_s"] + auto["early_tiles_s"] > auto["brute_s"]:
+                auto.update(fraction=auto["early_fraction"], before_seeds=True)
+                return None
+        run(rest, None, "seeding")
+    else:
+        run(seed_plan, None, "seeding")
     seed_rows = int(sum(len(rows) for _, _, rows in seed_plan))
-    n_seeded = sum(len(x) for x in got_q)  # the seed tiles' kept pairs come first in got_*
-    r_all = torch.cat(got_r)
-    tau = kth_lower(torch.cat(got_s) - pair_eps(r_all), torch.cat(got_q), nq, k)  # -inf for constant queries
+    n_seeded = sum(len(x) for x in got_q)  # the seed tiles' pairs (and auto's early sample) come first in got_*
+    # auto's early sample may have evaluated seed pairs again: a pair counted twice could lift the
+    # k-th best above the truth
+    qi, ri, si = unique_pairs(torch.cat(got_q), torch.cat(got_r), torch.cat(got_s), n)
+    tau = kth_lower(si - pair_eps(ri), qi, nq, k)  # -inf for constant queries
     tau_dev = tau.to(dev)
     lap("seeds_s")
 
-    # 3. survivors, as dense tiles (the seed tiles are done).  Constant references have bound
-    # -inf and every live query a finite tau, so they never survive; constant queries are cut.
-    surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
+    # 3. survivors, as dense tiles (the seed tiles are done)
+    plan = survivors(tau_dev)
     del ub
-    surv[~live] = False
-    for _, qs, rows in seed_plan:  # the seed tiles are done
-        surv[qs.to(dev)[:, None], torch.from_numpy(rows).to(dev)[None, :]] = False
-    surv = surv.view(nq, n_tiles, tile)
-    q_any = surv.any(dim=2)  # nq x n_tiles
-    todo = torch.nonzero(q_any.any(dim=0), as_tuple=True)[0].cpu().numpy()
-    plan = []  # (tile, queries, rows) of every dense product to evaluate
-    for t in todo:
-        qs = torch.nonzero(q_any[:, t], as_tuple=True)[0]
-        sub = surv[qs, t]  # Qb x tile
-        cols = torch.nonzero(sub.any(dim=0), as_tuple=True)[0]
-        rows = (t * tile + cols).cpu().numpy()
-        if level1:  # second level: the full codes of this tile's surviving pairs
-            ri = torch.from_numpy(rows)  # the index's parts stay on the CPU; their rows move
-            ub2 = projection.upper_bounds(cq[qs], rho_q[qs], slack_q[qs], ref.codes[ri].to(dev), ref.rho[ri].to(dev),
-                                          ref.slack[ri].to(dev))
-            sub = sub[:, cols] & (ub2 >= tau_dev[qs].float()[:, None])
-            keep_q, keep_r = sub.any(dim=1), sub.any(dim=0)
-            if not bool(keep_q.any()):
-                continue
-            qs, rows = qs[keep_q], rows[keep_r.cpu().numpy()]
-        if not getattr(ref, "from_disk", False) and len(rows) >= SPAN_DENSITY * (rows[-1] - rows[0] + 1):
-            # in memory, a contiguous span of rows is a view: its product costs less than gathering
-            # the surviving rows into a copy first (the extra pairs are evaluated exactly like the rest)
-            rows = np.arange(rows[0], rows[-1] + 1)
-        plan.append((t, qs, rows))
-    work = sum(len(qs) * len(rows) for _, qs, rows in plan)
+    work = plan_pairs(plan)
     lap("survivors_s")
 
-    rows_read = int(sum(len(rows) for _, _, rows in plan))
-    n_planned = len(plan)  # the tiles beyond the seeds', the sample of method="auto" included
+    early = done_tiles[len(seed_plan):]  # method="auto"'s sample before the seeds
+    rows_read = int(sum(len(rows) for _, _, rows in plan + early))
+    n_planned = len(plan) + len(early)  # the tiles beyond the seeds', the samples of method="auto" included
     if auto is not None:
         auto["fraction"] = (work + evaluated) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
@@ -388,11 +463,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # the sample, scaled to the whole plan) that each path's bound could not rule out
         t1 = time.perf_counter()
         qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
+        scale = torch.ones(len(qi), dtype=torch.float64)
+        scale[n_seeded:] = work / max(done, 1)
+        once = unique_pairs(qi, ri, None, n)
+        qi, ri, si, scale = qi[once], ri[once], si[once], scale[once]
         e_i = pair_eps(ri)
         level = kth_lower(si - e_i, qi, nq, k)[qi]
         e_b = auto["brute_eps"][ri] if torch.is_tensor(auto["brute_eps"]) else auto["brute_eps"]
-        scale = torch.ones(len(qi), dtype=torch.float64)
-        scale[n_seeded:] = work / max(done, 1)
         auto["rescore_pairs"] = int(((si + e_i >= level) * scale).sum())
         auto["brute_rescore_pairs"] = int(((si + e_b >= level - e_b) * scale).sum())
         # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
@@ -405,11 +482,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("tiles_s")
 
     # 4. rescore the pairs whose interval reaches the k-th best lower end
-    qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
     # a dense tile may evaluate a seed pair again: count every pair once
-    _, once = np.unique(qi.numpy() * n + ri.numpy(), return_index=True)
-    once = torch.from_numpy(once)
-    qi, ri, si = qi[once], ri[once], si[once]
+    qi, ri, si = unique_pairs(torch.cat(got_q), torch.cat(got_r), torch.cat(got_s), n)
     e_i = pair_eps(ri)
     level = kth_lower(si - e_i, qi, nq, k)
     keep = (si + e_i) >= level[qi]
