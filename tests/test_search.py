@@ -324,3 +324,30 @@ def test_too_few_non_constant_reference_images_is_a_typed_error():
         with pytest.raises(TooFewReferenceImages, match="k=3 but only 2 reference images are non-constant") as err:
             topk_correlation(rng.random((2, 1, 8, 8)), ref, k=3, device="cpu")
     assert isinstance(err.value, WorkbenchError) and (err.value.k, err.value.available) == (3, 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float64_normalisation_gives_a_row_the_same_bits_in_any_block(threads, monkeypatch):
+    """Queries and rescores rely on a row's float64 unit vector having the same bits whatever rows
+    share its block, the block size and the threads: normalised alone, in small blocks or whole,
+    the bits agree; a NaN in any block is refused."""
+    from workbench.search import normalise as normalise_module
+
+    rng = np.random.default_rng(4)
+    flat = (rng.standard_normal((37, 3000)) * 3 + 5).astype(np.float32)
+    flat[5] = 2.0  # constant
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole, const = normalise_module.normalise(flat, torch.float64)
+        monkeypatch.setattr(normalise_module, "NORMALISE_BLOCK_BYTES", 3 * 3000 * 8)
+        blocked, const_b = normalise_module.normalise(flat, torch.float64)
+        alone = np.concatenate([normalise_module.normalise(flat[i:i + 1], torch.float64)[0].numpy() for i in range(37)])
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(whole.numpy(), blocked.numpy()) and np.array_equal(whole.numpy(), alone)
+    assert const.tolist() == const_b.tolist() == [i == 5 for i in range(37)]
+    assert np.allclose(np.linalg.norm(whole.numpy()[~const], axis=1), 1.0) and not whole.numpy()[5].any()
+    flat[30, 7] = np.nan
+    with pytest.raises(WorkbenchError, match="non-finite"):
+        normalise_module.normalise(flat, torch.float64)

@@ -159,7 +159,7 @@ def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision,
     for method in ("pruned", "brute", "auto", "auto-pruned"):
         if method == "auto-pruned":  # brute force made slow: auto samples tiles before and after the seeds
             index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
-            monkeypatch.setattr(tiles, "AUTO_EARLY_GAIN", 0)  # and checks before the seeds whatever they cost
+            monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # and checks before the seeds whatever they cost
         res = index.topk(q, k=k, method=method.split("-")[0], tile=8)  # k = 40 is larger than a tile
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
@@ -229,7 +229,7 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     # the tiles' measured cost against the brute probe's figures (made slow, then free, here)
     slow = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
-    monkeypatch.setattr(tiles, "AUTO_EARLY_GAIN", 0)  # check before the seeds however cheap they are
+    monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # check before the seeds however cheap they are
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "pruned" and res.stats["auto"].startswith("pruned")
     figures = res.stats["auto_figures"]

@@ -63,9 +63,12 @@ AUTO_SAMPLE_TILES = 8
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
 #: ``method="auto"`` checks before the seeds whether brute force is faster where the rest of the
-#: seeds would cost this many times the check: at (a), k <= 5, the seeds took 22-27 ms, the check
-#: 10-13 ms and never changed the choice; at k = 200 the seeds took 0.18 s (BENCHMARKS.md)
-AUTO_EARLY_GAIN = 3
+#: seeds alone would cost this share of the brute screen: elsewhere at most that much is spent before
+#: the check after the seeds.  The check costs a survivor pass and a tile plan: 10-13 ms at (a),
+#: 1.2 s at (b) (1,000 x 80,000, bounds recomputed, two-level codes), where at k = 5 the seeds are
+#: 9 % and 4 % of the brute screen and the check never changed the choice; at (a), k = 50 and 200,
+#: they are 35 % and 70 % (BENCHMARKS.md)
+AUTO_EARLY_SHARE = 0.2
 #: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
@@ -395,19 +398,19 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     if auto is not None:
         # before the seeds, which cost k + SEED_EXTRA pairs a query: time a sample of their tiles,
-        # and, where the rest of them would cost AUTO_EARLY_GAIN times what this check costs (a
-        # survivor pass over the bounds, about as long as computing them), plan the tiles with the
-        # seeds' projected r as each query's threshold (it predicted the tiles' work to within
-        # 1-20 % at (a), k = 5-200) and time a sample of those too (all sampled pairs are real
-        # pairs, kept; the survivors' plan leaves them out).  Go brute now if the seeds and the
-        # tiles would take longer than the brute screen (the rescores apart: brute force's is the
-        # larger).  A fit on the seed tiles alone, which are small, misjudged the tiles up to 2.4x.
+        # and, where the rest of them would cost more than AUTO_EARLY_SHARE of the brute screen,
+        # plan the tiles with the seeds' projected r as each query's threshold (it predicted the
+        # tiles' work to within 1-20 % at (a), k = 5-200) and time a sample of those too (all
+        # sampled pairs are real pairs, kept; the survivors' plan leaves them out).  Go brute now
+        # if the seeds and the tiles would take longer than the brute screen (the rescores apart:
+        # brute force's is the larger).  A fit on the small seed tiles alone misjudged the tiles
+        # up to 2.4x.
         stride = max(1, min(AUTO_SAMPLE_STRIDE, len(seed_plan) // AUTO_SAMPLE_TILES))
         seed_sample, rest = seed_plan[::stride], [p for j, p in enumerate(seed_plan) if j % stride]
         times = []
         run(seed_sample, None, "sampling seeds", times)
         auto.update(seed_sample_s=float(sum(times)), seeds_rest_s=predict_tiles(seed_sample, times, rest))
-        if auto["seeds_rest_s"] > AUTO_EARLY_GAIN * clock["bounds_s"] * (1 if hold else 2):
+        if auto["seeds_rest_s"] > AUTO_EARLY_SHARE * auto["brute_s"]:
             t1 = time.perf_counter()
             guess = survivors(seed_est[:, k - 1].double())
             stride = max(1, min(AUTO_SAMPLE_STRIDE, len(guess) // AUTO_SAMPLE_TILES))
