@@ -234,8 +234,10 @@ class CorrelationIndex:
         tiles (:mod:`workbench.search.tiles`); ``"brute"`` screens every pair at full size;
         ``"auto"`` computes the bounds and seed tiles, times a sample of the tiles, and goes on by
         tiles where the rest would take less time than brute force takes by the index's probe of
-        its brute screen on this machine (:meth:`brute_seconds`), else by brute force.  All are
-        exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
+        its brute screen on this machine (:meth:`brute_seconds`), else by brute force; where the
+        seeds themselves are dear (large k) it decides before them, from timed samples of the seed
+        tiles and of tiles planned on the seeds' projected r (:func:`tiles.tiled_search`).  All
+        are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.
         """
