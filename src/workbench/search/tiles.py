@@ -243,6 +243,7 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
 
 
 def plan_pairs(plan: list) -> int:
+    """Pairs a plan of tiles evaluates."""
     return sum(len(qs) * len(rows) for _, qs, rows in plan)
 
 
