@@ -291,15 +291,23 @@ def write_store(path, images):
     return SliceStore.open(path)
 
 
-def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_path):
+def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_path, monkeypatch):
     q, ref = brainlike
     store = write_store(tmp_path / "s", ref)
     ev, ei, _ = truth(q, ref, 3)
     index = CorrelationIndex(store, keep_vectors=False, basis_dim=32)
     assert index.vectors is None and index.from_disk
+    asked, read = [], []  # the rows the kernel is asked to fetch ahead, and those then read
+    prefetch, rows32 = CorrelationIndex.prefetch_rows, CorrelationIndex.rows32
+    monkeypatch.setattr(CorrelationIndex, "prefetch_rows", lambda self, p: (asked.append(p), prefetch(self, p))[1])
+    monkeypatch.setattr(CorrelationIndex, "rows32", lambda self, p: (read.append(p), rows32(self, p))[1])
     res = index.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    assert len(read) > 2 and asked  # each tile after the first of its stage was asked for ahead of its read
+    key = [tuple(p) for p in read]
+    assert all(tuple(p) in key for p in asked) and len(asked) == len(set(map(tuple, asked)))
+    monkeypatch.undo()
     brute = index.topk(q, k=3, method="brute")  # streams the store
     np.testing.assert_array_equal(brute.indices, ei)
     index.save(tmp_path / "i")
@@ -308,6 +316,29 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
     res2 = again.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res2.indices, res.indices)
     np.testing.assert_array_equal(res2.values, res.values)
+
+
+def test_a_store_asks_the_kernel_for_each_run_of_rows_it_will_read(brainlike, tmp_path, monkeypatch):
+    """prefetch: one posix_fadvise(WILLNEED) per run of consecutive store rows (a view's positions
+    mapped to its rows), nothing read, and the rows read afterwards unchanged."""
+    from workbench.data import store as store_module
+
+    if not hasattr(store_module.os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this platform")
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    view = store.where(subject=["s1", "s3"])  # store rows 16-31 and 48-63
+    calls = []
+    monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)))
+    view.prefetch(np.array([0, 1, 2, 5, 16, 17]))  # store rows 16-18, 21, 48-49
+    row = ref[0].nbytes
+    first = store._images.offset
+    assert calls == [(first + 16 * row, 3 * row, store_module.os.POSIX_FADV_WILLNEED),
+                     (first + 21 * row, row, store_module.os.POSIX_FADV_WILLNEED),
+                     (first + 48 * row, 2 * row, store_module.os.POSIX_FADV_WILLNEED)]
+    view.prefetch(np.array([], dtype=np.int64))
+    assert len(calls) == 3
+    np.testing.assert_array_equal(view.read(np.array([0, 16])), ref[[16, 48]])
 
 
 def test_an_edited_store_is_refused(brainlike, tmp_path):

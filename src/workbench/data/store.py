@@ -394,6 +394,29 @@ class SliceStore:
             return full
         return np.ascontiguousarray(full[:, self._channel_index])
 
+    def prefetch(self, positions) -> None:
+        """Ask the kernel to start reading the images at view ``positions`` into the page cache
+        and return at once (``posix_fadvise(WILLNEED)`` on each run of consecutive rows): a later
+        :meth:`read` of them waits less.  Nothing where the store is in memory or the platform
+        has no ``posix_fadvise``.  Why not a reader thread: it took one of the two cores from the
+        search's products, and the kernel reads without it (BENCHMARKS.md, issue 16 item 13)."""
+        images = self._images
+        if not hasattr(os, "posix_fadvise") or not isinstance(images, np.memmap) or images.offset is None:
+            return
+        rows = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
+        if not len(rows):
+            return
+        row_bytes = int(np.prod(images.shape[1:])) * 4
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts, stops = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])
+        fd = os.open(images.filename, os.O_RDONLY)
+        try:
+            for a, b in zip(starts.tolist(), stops.tolist()):
+                os.posix_fadvise(fd, images.offset + int(rows[a]) * row_bytes, (b - a) * row_bytes,
+                                 os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def _read_full_rows(self, rows: np.ndarray) -> np.ndarray:
         images = self._images
         shape = images.shape[1:]

@@ -196,6 +196,12 @@ class CorrelationIndex:
             return unpad_slices(rows, self.select.dim)
         return normalise(self.select(read_rows(self.reference, positions)), torch.float32)[0]
 
+    def prefetch_rows(self, positions: np.ndarray) -> None:
+        """Ask for the images at ``positions`` to be fetched from disk ahead of :meth:`rows32`
+        (a store on disk; nothing otherwise)."""
+        if isinstance(self.reference, SliceStore):
+            self.reference.prefetch(positions)
+
     @property
     def row_error(self) -> torch.Tensor | None:
         """Per row (float64), the bound on a tile's error where the tiles read the bf16 copy of the
@@ -214,7 +220,7 @@ class CorrelationIndex:
 
     @property
     def from_disk(self) -> bool:
-        """The tiles read rows from the reference (prefetched in the background)."""
+        """The tiles read rows from the reference (the kernel asked to fetch the next tiles' rows ahead)."""
         return self.vectors is None
 
     def __len__(self) -> int:

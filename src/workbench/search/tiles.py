@@ -16,8 +16,8 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    rows, the queries with a survivor there and the rows with a survivor there form one dense
    float32 product (slices of TIER_CHUNK pixels, error at most :func:`tier_error_bound`; a bf16
    index's rows are widened to float32, each off by at most its ``row_error``).  Rows are read
-   only for these tiles, in index order, the next tile's rows read in the background when they
-   come from disk.
+   only for these tiles, in index order; from disk, the kernel fetches the next tiles' rows
+   while one is multiplied.
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
    float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -73,6 +72,12 @@ AUTO_EARLY_SHARE = 0.2
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
 HOLD_BOUNDS_BYTES = 128 * 2**20
+#: rows read from disk: the kernel is asked to fetch the rows of this many tiles ahead (posix_fadvise)
+#: while a tile is read and multiplied in the search's own thread.  At (b), k = 5, rows not in the
+#: page cache, the search took 31-33 s so against 48 s with a thread reading one tile ahead, which
+#: also took the products' second core (k = 1: 6.9 against 9.5 s; rows cached: 5.8 against 7.8 s);
+#: 8 or 32 tiles ahead, or fetching whole spans, were no faster (BENCHMARKS.md, issue 16 item 13)
+PREFETCH_TILES = 2
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
 
@@ -358,28 +363,22 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_s.append(s[qq, rr].double().cpu())
 
     def run(plan, floor, desc, times=None):
-        """Evaluate the plan's tiles in order; rows from disk are read one tile ahead, in the
-        background.  ``times``: a list that receives each tile's seconds."""
-        bar = tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress)
-        pool = ThreadPoolExecutor(1) if not in_memory and len(plan) > 1 else None
-        try:
-            pending = pool.submit(ref.rows32, plan[0][2]) if pool is not None else None
+        """Evaluate the plan's tiles in order.  Rows from disk are read as each tile comes, the
+        kernel asked to fetch the next PREFETCH_TILES tiles' rows meanwhile (``prefetch_rows``).
+        ``times``: a list that receives each tile's seconds."""
+        prefetch = getattr(ref, "prefetch_rows", None) if not in_memory else None
+        asked = 1  # tiles whose rows the kernel was asked for: the first is read at once
+        with tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress) as bar:
             for j, (_, qs, rows) in enumerate(plan):
                 t0 = time.perf_counter()
-                if pool is not None:
-                    r32 = pending.result()
-                    if j + 1 < len(plan):
-                        pending = pool.submit(ref.rows32, plan[j + 1][2])
-                else:
-                    r32 = ref.rows32(rows)
-                evaluate(qs, rows, r32.to(dev), floor)
+                if prefetch is not None:
+                    for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
+                        prefetch(ahead[2])
+                    asked = max(asked, j + 1 + PREFETCH_TILES)
+                evaluate(qs, rows, ref.rows32(rows).to(dev), floor)
                 if times is not None:
                     times.append(time.perf_counter() - t0)
                 bar.update(1)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-            bar.close()
 
     # 2. seeds: each query's m references of highest projected r, evaluated as dense tiles (the
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
