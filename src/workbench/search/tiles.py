@@ -131,13 +131,25 @@ def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool
     return plan
 
 
-def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
+def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: list | None = None) -> torch.Tensor:
     """Float32 products of the queries ``qs`` (rows of the chunked layout ``qc``) with the rows
-    ``r32`` (m, D): one batched product over the slices, summed in float32 (tier_error_bound)."""
+    ``r32`` (m, D): one batched product over the slices, summed in float32 (tier_error_bound).
+
+    ``buffer``: a one-item list holding the tensor the queries are gathered into, reused from
+    tile to tile (grown when a tile needs more).  A fresh 10-20 MB gather per tile left the
+    allocator's heap fragmented: at (b) the search peaked at 2.6-2.95 GiB against 2.2 GiB with
+    the buffer, and ran no faster (BENCHMARKS.md, issue 16 item 13)."""
     chunks = qc.shape[0]
     m, dim = r32.shape
     full = dim // TIER_CHUNK
-    q = qc[:, qs]  # chunks x Qb x C
+    if buffer is None:
+        q = qc[:, qs]  # chunks x Qb x C
+    else:
+        need = chunks * len(qs) * TIER_CHUNK
+        if buffer[0] is None or buffer[0].numel() < need:
+            buffer[0] = None  # the old one goes before the larger one comes
+            buffer[0] = torch.empty(need, dtype=qc.dtype, device=qc.device)
+        q = torch.index_select(qc, 1, qs, out=buffer[0][:need].view(chunks, len(qs), TIER_CHUNK))
     out = torch.bmm(q[:full], r32[:, :full * TIER_CHUNK].view(m, full, TIER_CHUNK).permute(1, 2, 0)).sum(dim=0) \
         if full else torch.zeros((len(qs), m), dtype=torch.float32, device=qc.device)
     if full < chunks:  # the last, short slice
@@ -340,11 +352,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     got_s = [torch.zeros(0, dtype=torch.float64)]
     evaluated = 0
     in_memory = not getattr(ref, "from_disk", False)
+    gathered = [None]  # the tiles' query gathers, one buffer reused (tile_product)
 
     def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
         nonlocal evaluated
         qs = qs.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
-        s = tile_product(qc, qs, r32)
+        s = tile_product(qc, qs, r32, gathered)
         evaluated += s.numel()
         constant = ref.constant[rows]  # a span may hold constant references: never candidates
         if constant.any():
