@@ -430,6 +430,22 @@ def test_seed_tiles_cover_every_seed_pair_once_per_tile(span):
     assert len({t for t, _, _ in plan}) == len(plan)
 
 
+@pytest.mark.parametrize("dim", [3000, 2048])
+def test_tile_products_through_a_reused_gather_buffer_equal_fresh_gathers(dim):
+    """The tiles gather their queries into one buffer, grown when a tile needs more and reused by
+    smaller ones: every product equals the one with a fresh gather, bit for bit (a short last
+    slice of pixels included)."""
+    rng = np.random.default_rng(5)
+    qc = tiles.chunked(torch.from_numpy(rng.standard_normal((20, dim))))
+    r32 = torch.from_numpy(rng.standard_normal((7, dim)).astype(np.float32))
+    buffer = [None]
+    for qs in ([0, 3, 5], list(range(20)), [2], [19, 4]):
+        qs = torch.tensor(qs)
+        np.testing.assert_array_equal(tiles.tile_product(qc, qs, r32, buffer).numpy(),
+                                      tiles.tile_product(qc, qs, r32).numpy())
+    assert buffer[0].numel() == qc.shape[0] * 20 * tiles.TIER_CHUNK  # grown once, to the largest tile
+
+
 @pytest.mark.parametrize("level1", [None, 8])
 def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, monkeypatch, level1):
     """Above HOLD_BOUNDS_BYTES the Q x N bounds are not held from the seeds to the survivors but
