@@ -228,6 +228,13 @@ class StoreWriter:
         return self._ctx.__exit__(exc_type, exc, tb)
 
 
+def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(a, b)``: the runs of consecutive store rows ``rows[a:b]`` (each one step above the last),
+    in the order given: one file read, or one read-ahead request, per run."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(rows)]]).tolist()))
+
+
 class SliceStore:
     """A memory-mapped image array ``(N, C, H, W)`` (slices) or ``(N, C, D, H, W)`` (volumes) plus
     its manifest, or a view of some rows.
@@ -407,11 +414,9 @@ class SliceStore:
         if not len(rows):
             return
         row_bytes = int(np.prod(images.shape[1:])) * 4
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts, stops = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])
         fd = os.open(images.filename, os.O_RDONLY)
         try:
-            for a, b in zip(starts.tolist(), stops.tolist()):
+            for a, b in row_runs(rows):
                 os.posix_fadvise(fd, images.offset + int(rows[a]) * row_bytes, (b - a) * row_bytes,
                                  os.POSIX_FADV_WILLNEED)
         finally:
@@ -430,13 +435,9 @@ class SliceStore:
             raise StoreError(f"{self.path}: rows out of range 0..{len(images) - 1}")
         row_bytes = int(np.prod(shape)) * 4
         flat = out.reshape(len(rows), -1).view(np.uint8).reshape(-1)
-        # runs of consecutive store rows in the requested order: one pread per run
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts = np.concatenate([[0], breaks])
-        stops = np.concatenate([breaks, [len(rows)]])
         fd = os.open(images.filename, os.O_RDONLY)
         try:
-            for a, b in zip(starts.tolist(), stops.tolist()):
+            for a, b in row_runs(rows):  # one pread per run of consecutive store rows
                 want = (b - a) * row_bytes
                 pos = images.offset + int(rows[a]) * row_bytes
                 view = memoryview(flat[a * row_bytes:b * row_bytes])

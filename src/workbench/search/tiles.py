@@ -259,6 +259,13 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
     return plan
 
 
+def split_sample(plan: list) -> tuple[list, list]:
+    """``method="auto"``'s timed sample of a plan (every AUTO_SAMPLE_STRIDE-th tile, or more often
+    so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order."""
+    stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
+    return plan[::stride], [p for j, p in enumerate(plan) if j % stride]
+
+
 def plan_pairs(plan: list) -> int:
     """Pairs a plan of tiles evaluates."""
     return sum(len(qs) * len(rows) for _, qs, rows in plan)
@@ -421,16 +428,14 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # if the seeds and the tiles would take longer than the brute screen (the rescores apart:
         # brute force's is the larger).  A fit on the small seed tiles alone misjudged the tiles
         # up to 2.4x.
-        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(seed_plan) // AUTO_SAMPLE_TILES))
-        seed_sample, rest = seed_plan[::stride], [p for j, p in enumerate(seed_plan) if j % stride]
+        seed_sample, rest = split_sample(seed_plan)
         times = []
         run(seed_sample, None, "sampling seeds", times)
         auto.update(seed_sample_s=float(sum(times)), seeds_rest_s=predict_tiles(seed_sample, times, rest))
         if auto["seeds_rest_s"] > AUTO_EARLY_SHARE * auto["brute_s"]:
             t1 = time.perf_counter()
             guess = survivors(seed_est[:, k - 1].double())
-            stride = max(1, min(AUTO_SAMPLE_STRIDE, len(guess) // AUTO_SAMPLE_TILES))
-            sample, guess = guess[::stride], [p for j, p in enumerate(guess) if j % stride]
+            sample, guess = split_sample(guess)
             more = []
             run(sample, None, "sampling tiles", more)
             done_tiles += sample
@@ -470,8 +475,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
         # each tile's seconds fitted as a fixed cost plus a cost per pair, which predicts the rest
         # (a cost per pair alone misjudged the rest by a third where the sample's tiles were larger)
-        stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
-        sample, plan = plan[::stride], [p for j, p in enumerate(plan) if j % stride]
+        sample, plan = split_sample(plan)
         times = []
         run(sample, tau_dev, "sampling tiles", times)
         spent = float(sum(times))
