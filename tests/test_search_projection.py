@@ -140,6 +140,33 @@ def test_bf16_rows_widened_in_the_tiles_stay_within_their_row_bound(dim):
     np.testing.assert_array_equal(index.rows32(rows[::3]).numpy(), index.rows32(rows)[::3].numpy())
 
 
+@pytest.mark.parametrize("dim", [10, 3000, 9000])
+@pytest.mark.parametrize("kind", ["offset", "float64", "integers"])
+def test_raw_rows_in_the_tiles_stay_within_their_row_bound(dim, kind):
+    """An index without vectors in memory multiplies the float32 queries with the rows as stored and
+    takes r = (x32.y - m sum(x32)) / n with the index's mean and norm of each row: every pair is
+    within ``raw_row_error`` (a large mean beside the spread, a float64 reference rounded to
+    float32 on the way, integer pixels)."""
+    g = torch.Generator().manual_seed(dim)
+    base = torch.randn(40, 1, 1, dim, dtype=torch.float64, generator=g)
+    images = {"offset": (base * 0.05 + 300).float().numpy(), "float64": (base + 3).numpy(),
+              "integers": (base * 200 + 1000).round().clip(0, 4095).numpy().astype(np.uint16)}[kind]
+    queries = (torch.randn(12, 1, 1, dim, dtype=torch.float64, generator=g) + 3).float().numpy()
+    index = CorrelationIndex(images, basis_dim=4, keep_vectors=False)
+    assert index.from_disk
+    rows = np.arange(40)
+    x, y = unit64(queries), unit64(images.astype(np.float64))
+    qc = tiles.chunked(x)
+    p = tiles.tile_product(qc, torch.arange(12), index.raw_rows(rows, [None])).double()
+    st = torch.from_numpy(index.stats)
+    s = (p - qc.double().sum(dim=(0, 2))[:, None] * st[None, :, 0]) / st[None, :, 1]
+    err = (s - x @ y.T).abs()
+    bound = tiles.raw_row_error(dim, index.stats)[None, :]
+    assert (err <= bound).all(), f"{(err - bound).max():.2e} over the row bound"
+    if kind != "offset":  # the bound grows with the mean beside the spread: 1 + D m^2 / n^2
+        assert float(bound.max()) < 1e-3
+
+
 def test_an_index_on_the_cpu_keeps_float32_vectors_by_default(brainlike):
     """The pruned search (method="auto" tries it first) multiplies float32 rows: measured faster
     than a bf16 copy on CPUs with AMX too (BENCHMARKS.md), so precision="auto" keeps float32."""
@@ -170,11 +197,16 @@ def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision,
         assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
 
 
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
-@pytest.mark.parametrize("case", ["nearly-equal", "between-clusters", "duplicates"])
+@pytest.mark.parametrize("precision", ["float32", "bf16", "out-of-core"])
+@pytest.mark.parametrize("case", ["nearly-equal", "between-clusters", "duplicates", "offset"])
 def test_adversarial_references_stay_exact(case, precision):
+    """``out-of-core``: no vectors in memory, the tiles multiply the rows as stored (raw_rows)."""
     rng = np.random.default_rng(7)
-    if case == "nearly-equal":
+    if case == "offset":  # a mean 10^4 times the spread: the raw rows' bound is loose, the answer exact
+        base = rng.random((40, 2, 8, 8))
+        ref = (1000 + 0.1 * np.concatenate([base, base + 0.05 * rng.standard_normal(base.shape)])).astype(np.float32)
+        q = (base[:10] + 0.02 * rng.standard_normal((10, 2, 8, 8))).astype(np.float32)
+    elif case == "nearly-equal":
         base = rng.random((1, 2, 8, 8)).astype(np.float32)
         ref = base + 1e-4 * rng.standard_normal((120, 2, 8, 8)).astype(np.float32)
         q = base + 1e-4 * rng.standard_normal((10, 2, 8, 8)).astype(np.float32)
@@ -189,7 +221,9 @@ def test_adversarial_references_stay_exact(case, precision):
         q = base[:10] + 0.01 * rng.standard_normal((10, 2, 8, 8)).astype(np.float32)
     for k in (1, 3, 25):
         ev, ei, _ = truth(q, ref, k)
-        res = CorrelationIndex(ref, basis_dim=8, precision=precision).topk(q, k=k, method="pruned", tile=16)
+        index = CorrelationIndex(ref, basis_dim=8, **({"keep_vectors": False} if precision == "out-of-core"
+                                                        else {"precision": precision}))
+        res = index.topk(q, k=k, method="pruned", tile=16)
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
@@ -298,15 +332,24 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
     index = CorrelationIndex(store, keep_vectors=False, basis_dim=32)
     assert index.vectors is None and index.from_disk
     asked, read = [], []  # the rows the kernel is asked to fetch ahead, and those then read
-    prefetch, rows32 = CorrelationIndex.prefetch_rows, CorrelationIndex.rows32
+    prefetch, raw_rows = CorrelationIndex.prefetch_rows, CorrelationIndex.raw_rows
     monkeypatch.setattr(CorrelationIndex, "prefetch_rows", lambda self, p: (asked.append(p), prefetch(self, p))[1])
-    monkeypatch.setattr(CorrelationIndex, "rows32", lambda self, p: (read.append(p), rows32(self, p))[1])
+    buffers = set()  # the tiles read every batch of rows into one reused buffer
+
+    def spy(self, p, buffer=None):
+        read.append(p)
+        out = raw_rows(self, p, buffer)
+        buffers.add(id(buffer[0]))
+        assert np.shares_memory(out.numpy(), buffer[0])
+        return out
+    monkeypatch.setattr(CorrelationIndex, "raw_rows", spy)
     res = index.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
     assert len(read) > 2 and asked  # each tile after the first of its stage was asked for ahead of its read
     key = [tuple(p) for p in read]
     assert all(tuple(p) in key for p in asked) and len(asked) == len(set(map(tuple, asked)))
+    assert len(buffers) <= 2  # the seeds' and the tiles' stages: one buffer each, never one per tile
     monkeypatch.undo()
     brute = index.topk(q, k=3, method="brute")  # streams the store
     np.testing.assert_array_equal(brute.indices, ei)
@@ -316,6 +359,32 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
     res2 = again.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res2.indices, res.indices)
     np.testing.assert_array_equal(res2.values, res.values)
+
+
+def test_rows_read_into_a_reused_buffer_are_the_rows_read_afresh(brainlike, tmp_path):
+    """SliceStore.read(out=...) and CorrelationIndex.raw_rows(buffer=...): the same bits as a fresh
+    read, a view of the buffer, the buffer grown only when a batch needs more; a wrong buffer is
+    refused, and a view that picks channels copies them out of it."""
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    pos = np.array([0, 1, 2, 7, 30, 31, 40])
+    buf = store.read_buffer(10)
+    got = store.read(pos, out=buf)
+    np.testing.assert_array_equal(got, store.read(pos))
+    assert np.shares_memory(got, buf) and got.shape == (len(pos), *store.image_shape)
+    with pytest.raises(ValueError, match="at least 7 images"):
+        store.read(pos, out=store.read_buffer(3))
+    with pytest.raises(ValueError, match="float32"):
+        store.read(pos, out=np.empty((10, int(np.prod(store.image_shape))), np.float64))
+    two = store.with_channels(store.channels[:2][::-1])
+    np.testing.assert_array_equal(two.read(pos, out=buf), two.read(pos))
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=16)
+    holder = [None]
+    for rows in (pos, pos[:3], np.arange(3, 80)):  # the last needs more than the first buffer holds
+        out = index.raw_rows(rows, holder)
+        np.testing.assert_array_equal(out.numpy(), store.read(rows).reshape(len(rows), -1))
+        assert np.shares_memory(out.numpy(), holder[0])
+    assert len(holder[0]) == 77
 
 
 def test_a_store_asks_the_kernel_for_each_run_of_rows_it_will_read(brainlike, tmp_path, monkeypatch):

@@ -381,22 +381,33 @@ class SliceStore:
             return self._read_store_rows(self.rows[[int(i)]])[0]
         return self.read(i)
 
-    def read(self, positions) -> np.ndarray:
+    def read(self, positions, out: np.ndarray | None = None) -> np.ndarray:
         """Images at view positions (an array of ints), read in store order for locality.
 
         Reads go through the file (``pread`` of each run of consecutive rows), not the memory
         map: pages of a memory map stay counted in the process's resident memory, so streaming a
         store larger than RAM through the map would make the process look as large as the store.
+
+        ``out``: a C-contiguous float32 array of at least ``len(positions)`` images of the file's
+        shape (every channel), reused from read to read by a caller that reads many batches (the
+        pruned search's tiles); the images are read into its first rows and a view of them is
+        returned (a copy where this view picks channels).  Rows from the page cache came at
+        6 GB/s into a reused buffer against 2.5 GB/s into a fresh one, whose every page faults in
+        (BENCHMARKS.md, issue 16 item 14).
         """
         rows = self.rows[np.asarray(positions, dtype=np.int64)]
-        return self._read_store_rows(rows)
+        return self._read_store_rows(rows, out)
+
+    def read_buffer(self, n: int) -> np.ndarray:
+        """An array that :meth:`read` can read ``n`` images into (``out``): every channel of the file."""
+        return np.empty((n, *self._images.shape[1:]), dtype=np.float32)
 
     def read_rows(self, store_rows) -> np.ndarray:
         """Images at store rows (e.g. from the ``prev`` / ``next`` columns)."""
         return self._read_store_rows(np.asarray(store_rows, dtype=np.int64))
 
-    def _read_store_rows(self, rows: np.ndarray) -> np.ndarray:
-        full = self._read_full_rows(rows)
+    def _read_store_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        full = self._read_full_rows(rows, out)
         if self._channel_index is None:
             return full
         return np.ascontiguousarray(full[:, self._channel_index])
@@ -422,10 +433,17 @@ class SliceStore:
         finally:
             os.close(fd)
 
-    def _read_full_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _read_full_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         images = self._images
         shape = images.shape[1:]
-        out = np.empty((len(rows), *shape), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(rows), *shape), dtype=np.float32)
+        else:
+            if (out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim < 1 or len(out) < len(rows)
+                    or (len(out) and out[0].size != int(np.prod(shape)))):
+                raise ValueError(f"out: expected a C-contiguous float32 array of at least {len(rows)} images of "
+                                 f"{int(np.prod(shape))} values, got {out.dtype} {out.shape}")
+            out = out[:len(rows)].reshape(len(rows), *shape)
         if not len(rows):
             return out
         if not isinstance(images, np.memmap) or images.offset is None:

@@ -181,9 +181,10 @@ class CorrelationIndex:
         return np.sort(rng.choice(len(self.codes), min(len(self.codes), CHECK_ROWS), replace=False))
 
     def rows32(self, positions: np.ndarray) -> torch.Tensor:
-        """Float32 unit vectors of the images at sorted ``positions`` (the tiles' rows): views or
-        copies of the index's float32 vectors, the bf16 copies widened to float32 (off by at most
-        :attr:`row_error`), or, without vectors in memory, read from the store and normalised."""
+        """Float32 unit vectors of the images at sorted ``positions`` (the tiles' rows in memory):
+        views or copies of the index's float32 vectors, the bf16 copies widened to float32 (off by
+        at most :attr:`row_error`), or, without vectors in memory, read from the store and
+        normalised (the tiles read :meth:`raw_rows` there)."""
         if self.vectors is not None and self.dtype == torch.float32:
             if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
                 return self.vectors[positions[0]:positions[-1] + 1]
@@ -194,7 +195,29 @@ class CorrelationIndex:
             else:
                 rows = self.vectors[torch.from_numpy(positions)]
             return unpad_slices(rows, self.select.dim)
-        return normalise(self.select(read_rows(self.reference, positions)), torch.float32)[0]
+        return normalise(self._read_selected(positions, None), torch.float32)[0]
+
+    def raw_rows(self, positions: np.ndarray, buffer: list | None = None) -> torch.Tensor:
+        """The selected pixels of the images at sorted ``positions`` as stored (float32, not
+        normalised: the tiles divide by the stored norms, ``tiles.raw_row_error``; a reference in
+        another dtype is rounded to float32, which that bound covers).
+
+        ``buffer``: a one-item list holding the float32 array that rows from a store are read
+        into, reused from call to call (grown when a call needs more; the result is a view of it,
+        valid until the next call): rows came from the page cache at 6 GB/s into a reused buffer
+        against 2.5 GB/s into fresh memory (BENCHMARKS.md, issue 16 item 14)."""
+        return torch.from_numpy(np.ascontiguousarray(self._read_selected(positions, buffer), dtype=np.float32))
+
+    def _read_selected(self, positions: np.ndarray, buffer: list | None) -> np.ndarray:
+        """The selected pixels of the reference images at ``positions``, a store's read into the
+        one-item list ``buffer``'s array (grown when it holds too few rows)."""
+        out = None
+        if buffer is not None and isinstance(self.reference, SliceStore):
+            out = buffer[0]
+            if out is None or len(out) < len(positions):
+                buffer[0] = out = None  # the old one goes before the larger one comes
+                buffer[0] = out = self.reference.read_buffer(max(len(positions), tiles.TILE))
+        return self.select(read_rows(self.reference, positions, out))
 
     def prefetch_rows(self, positions: np.ndarray) -> None:
         """Ask for the images at ``positions`` to be fetched from disk ahead of :meth:`rows32`

@@ -34,6 +34,7 @@ from .bounds import ieee_float32, pair_error, screen_error_bound, split_norms
 from .layout import PAD, SCREEN_CHUNK, offset_columns, pad_slices, slice_bounds
 from .normalise import single_thread
 from .result import SearchResult, mark_constant_queries
+from ..data.store import SliceStore
 from .sources import read_rows
 
 
@@ -235,10 +236,12 @@ def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.n
     qn = q64.numpy()
     qsum = qn.sum(axis=1)
     step = max(1, 2**22 // (4 * select.dim))  # rows per chunk: ~4 MB of float32
+    # from a store, every chunk is read into one buffer (SliceStore.read: fresh memory faults in)
+    buffer = reference.read_buffer(min(step, len(rows))) if isinstance(reference, SliceStore) else None
     with single_thread(), threadpool_limits(limits=1, user_api="blas"):
         for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
             chunk = rows[s:s + step]
-            raw = np.asarray(select(read_rows(reference, chunk)))
+            raw = np.asarray(select(read_rows(reference, chunk, buffer)))
             st = row_stats(raw) if stats is None else np.asarray(stats[chunk])
             lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
             local = np.searchsorted(chunk, ri[lo:hi])

@@ -94,6 +94,32 @@ def tier_error_bound(dim: int) -> float:
     return (2 * u + u * u + NORMALISE_F32 + (g_c + g_n * (1 + g_c)) * (1 + 4 * u) ** 2) * (1 + 1e-6) + 1e-9
 
 
+def raw_row_error(dim: int, stats: np.ndarray) -> torch.Tensor:
+    """Per row (float64), the bound on |tile value - x.y| where a tile multiplies the float32 query
+    x32 with the row's raw pixels y (float32, as stored: no normalising pass) and the value is
+    (fl32(x32.y) - m S) / n, with the row's mean m and centred norm n (``stats``, the rescore's
+    :func:`~workbench.search.kernel.row_stats`) and S = sum(x32) in float64.
+
+    x32.y - m S = x32.(y - m) exactly, and |x.(y - m) - x32.(y - m)| <= u n (x32 is x rounded, x a
+    unit vector), so after dividing by n: u.  The float32 product is off by at most
+    (gamma_C + gamma_nc (1 + gamma_C)) ||x32|| ||y|| (``tier_error_bound``'s slices and sum),
+    ||y|| = sqrt(n^2 + D m^2): times rho = ||y|| / n after the division, rho >= 1, near 1 for
+    images whose mean is small beside their spread (1.2-1.5 on brain slices with background).
+    A reference in another dtype (float64) is rounded to float32 on the way, y32 = y + d with
+    |d_i| <= u |y_i|: x32.d adds at most u (1 + u) rho.  The float64 steps and the stats' own
+    rounding (relative 1e-13 at most) are covered by 1e-12 rho.  Constant rows (n = 0) get 0:
+    they are never candidates."""
+    chunks = max(1, -(-dim // TIER_CHUNK))
+    g_c, g_n = projection.gamma(min(dim, TIER_CHUNK)), projection.gamma(chunks)
+    u = projection.U32
+    st = torch.as_tensor(np.asarray(stats), dtype=torch.float64)
+    mean, norm = st[:, 0], st[:, 1]
+    live = norm > 0
+    rho = torch.where(live, torch.sqrt(norm**2 + dim * mean**2) / torch.where(live, norm, 1.0), 0.0) * (1 + 1e-12)
+    err = u * (1 + u) + (u * (1 + u) + (g_c + g_n * (1 + g_c)) * (1 + u) ** 2) * rho
+    return torch.where(live, err * (1 + 1e-6) + 1e-12 * rho + 1e-15, 0.0)
+
+
 def chunked(x: torch.Tensor, dev=None) -> torch.Tensor:
     """Queries (n, D) in float32 as (n_chunks, n, TIER_CHUNK), zero-padded: the layout
     ``tile_product`` gathers from (built 256 rows at a time: no second copy of all queries)."""
@@ -344,12 +370,23 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
     # its own bound (ref.row_error, per row), else one bound for all pairs
     row_eps = getattr(ref, "row_error", None)
+    in_memory = not getattr(ref, "from_disk", False)
+    # rows from a store enter the tiles as stored, with the index's mean and norm of each row
+    # (raw_row_error): normalising each tile's rows took 2.1 s of (b)'s 17 s (BENCHMARKS.md, item 14)
+    raw = not in_memory and getattr(ref, "stats", None) is not None
+    if raw:
+        row_eps = raw_row_error(select.dim, ref.stats)
+        st = torch.as_tensor(np.asarray(ref.stats), dtype=torch.float64)
+        raw_mean, raw_norm = st[:, 0].to(dev), st[:, 1].to(dev)
     row_eps_dev = None if row_eps is None else row_eps.to(dev)  # float64
 
     def pair_eps(ri: torch.Tensor):
         return eps if row_eps is None else row_eps[ri]
     qc = chunked(qdev)
     del qdev
+    # S = sum(x32) per query in float64 (raw rows): exact to far below the bound's 1e-12
+    qsum = torch.cat([qc[:, a:a + 64].sum(dim=(0, 2), dtype=torch.float64)  # 64 queries at a time: no float64
+                      for a in range(0, qc.shape[1], 64)]) if raw else None  # copy of them all
     live = torch.from_numpy(~const_q).to(dev)
     n_tiles = -(-n // tile)
 
@@ -358,13 +395,16 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     got_q, got_r = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     got_s = [torch.zeros(0, dtype=torch.float64)]
     evaluated = 0
-    in_memory = not getattr(ref, "from_disk", False)
     gathered = [None]  # the tiles' query gathers, one buffer reused (tile_product)
+    read_into = [None]  # the rows the tiles read from a store, one buffer reused (ref.raw_rows)
 
     def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
         nonlocal evaluated
         qs = qs.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
         s = tile_product(qc, qs, r32, gathered)
+        if raw:  # (x32.y - m S) / n in float64 (raw_row_error); constant rows are set to -inf below
+            ri_dev = torch.from_numpy(rows).to(dev)
+            s = s.double().sub_(qsum[qs][:, None] * raw_mean[ri_dev][None, :]).div_(raw_norm[ri_dev][None, :])
         evaluated += s.numel()
         constant = ref.constant[rows]  # a span may hold constant references: never candidates
         if constant.any():
@@ -395,7 +435,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                     for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
                         prefetch(ahead[2])
                     asked = max(asked, j + 1 + PREFETCH_TILES)
-                evaluate(qs, rows, ref.rows32(rows).to(dev), floor)
+                r32 = ref.raw_rows(rows, read_into) if raw else ref.rows32(rows)
+                evaluate(qs, rows, r32.to(dev), floor)
                 if times is not None:
                     times.append(time.perf_counter() - t0)
                 bar.update(1)
@@ -517,7 +558,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     clock.pop("start"), clock.pop("last")
     n_pairs = nq * n
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
-             "precision": "float32" if row_eps is None else "bf16 rows, float32 products", "device": str(dev),
+             "precision": "float32" if row_eps is None else "raw rows, float32 products" if raw
+             else "bf16 rows, float32 products", "device": str(dev),
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
