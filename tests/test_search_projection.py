@@ -480,23 +480,29 @@ def test_the_cascade_is_exact_and_saved(brainlike, tmp_path, monkeypatch, keep_v
 
 
 @pytest.mark.parametrize("span", [True, False])
-def test_seed_tiles_cover_every_seed_pair_once_per_tile(span):
-    """The seeds are evaluated as dense tiles: every (query, seed) pair lies in exactly one tile's
-    queries x rows, and a tile holds only rows of that tile."""
+@pytest.mark.parametrize("sparse", [0.0, 0.1, 1.1])
+def test_seed_tiles_cover_every_seed_pair_once_per_tile(span, sparse, monkeypatch):
+    """The seeds are evaluated tile by tile: every (query, seed) pair lies in exactly one tile's
+    queries x rows (dense) or its mask of pairs (sampled: only seed pairs there), and a tile holds
+    only rows of that tile; all dense, some sampled, all sampled."""
+    monkeypatch.setattr(tiles, "SPARSE_DENSITY", sparse)
     rng = np.random.default_rng(4)
     seeds = torch.from_numpy(np.stack([rng.choice(200, 5, replace=False) for _ in range(30)]))
     queries = torch.from_numpy(np.sort(rng.choice(60, 30, replace=False)))
     plan = tiles.seed_tiles(seeds, queries, tile=16, span=span)
+    seed_pairs = {(q, r) for q, line in zip(queries.tolist(), seeds.tolist()) for r in line}
     covered = {}
-    for t, qs, rows in plan:
-        assert ((rows // 16) == t).all() and (np.diff(rows) > 0).all()
-        for q in qs.tolist():
-            for r in rows.tolist():
-                covered[(q, r)] = covered.get((q, r), 0) + 1
-    for q, line in zip(queries.tolist(), seeds.tolist()):
-        for r in line:
-            assert covered.get((q, r)) == 1
-    assert len({t for t, _, _ in plan}) == len(plan)
+    for tile in plan:
+        assert ((tile.rows // 16) == tile.index).all() and (np.diff(tile.rows) > 0).all()
+        mask = torch.ones((len(tile.queries), len(tile.rows)), dtype=torch.bool) if tile.pairs is None else tile.pairs
+        for a, b in torch.nonzero(mask).tolist():
+            pair = (int(tile.queries[a]), int(tile.rows[b]))
+            assert tile.pairs is None or pair in seed_pairs
+            covered[pair] = covered.get(pair, 0) + 1
+    assert all(covered.get(p) == 1 for p in seed_pairs)
+    kinds = {tile.pairs is None for tile in plan}
+    assert kinds == ({True} if sparse == 0 else {False} if sparse > 1 else kinds)
+    assert len({tile.index for tile in plan}) == len(plan)
 
 
 @pytest.mark.parametrize("dim", [3000, 2048])
@@ -513,6 +519,45 @@ def test_tile_products_through_a_reused_gather_buffer_equal_fresh_gathers(dim):
         np.testing.assert_array_equal(tiles.tile_product(qc, qs, r32, buffer).numpy(),
                                       tiles.tile_product(qc, qs, r32).numpy())
     assert buffer[0].numel() == qc.shape[0] * 20 * tiles.TIER_CHUNK  # grown once, to the largest tile
+
+
+@pytest.mark.parametrize("dim", [10, 1024, 3000])
+def test_pair_products_equal_the_tile_products_within_the_tier_bound(dim):
+    """A sampled tile's products of its pairs alone (``pair_product``): within the float32 tier's
+    bound of the exact products and of the dense tile's, for pairs in any pattern (a query with
+    several rows, rows with several queries, a short last slice of pixels)."""
+    rng = np.random.default_rng(dim)
+    x = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((20, dim)) + 2), dim=1)
+    y = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((9, dim)) + 2), dim=1)
+    qc = tiles.chunked(x)
+    qi = torch.tensor([2, 2, 3, 7, 7, 7, 19])
+    lr = torch.tensor([0, 5, 5, 1, 2, 8, 3])
+    got = tiles.pair_product(qc, qi, lr, y.float()).double()
+    exact = (x[qi] * y[lr]).sum(dim=1)
+    assert (got - exact).abs().max() <= tiles.tier_error_bound(dim)
+    dense = tiles.tile_product(qc, torch.arange(20), y.float()).double()[qi, lr]
+    assert (got - dense).abs().max() <= 2 * tiles.tier_error_bound(dim)
+
+
+@pytest.mark.parametrize("sparse", [0.0, 1.1])
+@pytest.mark.parametrize("keep_vectors", [True, False])
+def test_sampled_and_dense_tiles_give_the_same_exact_answer(brainlike, tmp_path, monkeypatch, sparse, keep_vectors):
+    """Every tile dense (SPARSE_DENSITY 0) or every tile sampled (above 1), in memory and from a
+    store, method auto forced through its samples too: the float64 brute-force top k."""
+    monkeypatch.setattr(tiles, "SPARSE_DENSITY", sparse)
+    q, ref = brainlike
+    ev, ei, _ = truth(q, ref, 4)
+    source = ref if keep_vectors else write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(source, basis_dim=16, keep_vectors=keep_vectors)
+    res = index.topk(q, k=4, method="pruned", tile=8)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}  # brute force made slow
+    monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # auto samples tiles before the seeds as well
+    res = index.topk(q, k=4, method="auto", tile=8)
+    assert res.stats["method"] == "pruned"
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
 @pytest.mark.parametrize("level1", [None, 8])
@@ -613,7 +658,7 @@ def test_a_saved_bf16_index_reopens_and_its_tiles_stay_exact(brainlike, tmp_path
 def test_the_tiles_left_are_predicted_from_the_sampled_tiles_times():
     """auto fits each sampled tile's seconds as a fixed cost plus a cost per pair."""
     def plan(sizes):  # tiles of (queries, rows)
-        return [(j, torch.arange(a), np.arange(b)) for j, (a, b) in enumerate(sizes)]
+        return [tiles.Tile(j, torch.arange(a), np.arange(b)) for j, (a, b) in enumerate(sizes)]
 
     sample = plan([(2, 10), (5, 40), (1, 4), (8, 64)])
     times = [1e-3 + 2e-6 * a * b for a, b in [(2, 10), (5, 40), (1, 4), (8, 64)]]
@@ -626,3 +671,8 @@ def test_the_tiles_left_are_predicted_from_the_sampled_tiles_times():
     assert two == pytest.approx(730 * sum(times[:2]) / 220)
     # a fit with a negative part falls back to one non-negative cost
     assert tiles.predict_tiles(sample, [4e-3, 1e-3, 5e-3, 1e-3], rest) >= 0
+    # a sampled tile's pair counts SPARSE_PAIR_COST dense pairs: 12 of 3 x 30 wanted
+    mask = torch.zeros((3, 30), dtype=torch.bool)
+    mask[0, :12] = True
+    sparse = [tiles.Tile(0, torch.arange(3), np.arange(30), mask)]
+    assert tiles.predict_tiles(sample, times, sparse) == pytest.approx(1e-3 + 2e-6 * 12 * tiles.SPARSE_PAIR_COST)

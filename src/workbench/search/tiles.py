@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +51,22 @@ TILE = 64
 #: 0.057 / 0.047 s (k = 5 / 1) against 0.073 / 0.055 s gathered; 0.25 and 0 were no better
 #: (BENCHMARKS.md, issue 16, item 11)
 SPAN_DENSITY = 0.5
+#: evaluate only a tile's surviving pairs (a sampled product, :func:`pair_product`) rather than
+#: every query with a survivor there times every row with one (:func:`tile_product`) where fewer
+#: than this fraction of those pairs survive.  At (b) the level-2 survivors were 0.16 % of all
+#: pairs while the dense tiles evaluated 3.1 %: a median tile of 59 queries x 28 rows held about
+#: 100 surviving pairs.  Per pair, the sampled product cost about 8x a dense tile's (15 against
+#: 1.9 us at 65,536 pixels, the dense tile's query gather included: BENCHMARKS.md, issue 16 item 14)
+SPARSE_DENSITY = 0.5
+# torch.sparse_csr_tensor warns once a process that sparse CSR support is "in beta": pair_product
+# builds only the pattern of a sampled product, tested here against the dense tiles
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+#: (pair, slice) entries of one sampled product where the sampled tiles of a stage are evaluated
+#: together (rows in memory): bounds its pattern (about 20 bytes an entry)
+MERGED_ENTRIES = 2**22
+#: a sampled tile's pair counted as this many dense pairs where ``method="auto"`` predicts the
+#: tiles' seconds from a sample of them (the ratio above)
+SPARSE_PAIR_COST = 3
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
 SEED_EXTRA = 2
@@ -135,6 +153,34 @@ def chunked(x: torch.Tensor, dev=None) -> torch.Tensor:
     return out
 
 
+class Tile(NamedTuple):
+    """One product of a plan: the tile's number, its queries (sorted), its rows (sorted), and, for
+    a sampled tile, the bool (queries x rows) mask of the pairs it evaluates (None: every pair)."""
+    index: int
+    queries: torch.Tensor
+    rows: np.ndarray
+    pairs: torch.Tensor | None = None
+
+    def work(self, sparse_cost: float = 1) -> float:
+        """Pairs it evaluates, a sampled tile's counted ``sparse_cost`` times."""
+        if self.pairs is None:
+            return len(self.queries) * len(self.rows)
+        return int(self.pairs.sum()) * sparse_cost
+
+
+def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, span: bool) -> Tile:
+    """The product that evaluates the pairs ``mask`` (len(qs) x len(rows), bool) of tile ``t``:
+    sampled where under SPARSE_DENSITY of its pairs are wanted, else dense, over the whole span of
+    its rows where ``span`` (rows in memory: a view) and at least SPAN_DENSITY of the span is wanted."""
+    if int(mask.sum()) < SPARSE_DENSITY * mask.numel():
+        return Tile(int(t), qs, rows, mask)
+    if span and len(rows) >= SPAN_DENSITY * (rows[-1] - rows[0] + 1):
+        # in memory, a contiguous span of rows is a view: its product costs less than gathering
+        # the surviving rows into a copy first (the extra pairs are evaluated exactly like the rest)
+        rows = np.arange(rows[0], rows[-1] + 1)
+    return Tile(int(t), qs, rows)
+
+
 def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool) -> list:
     """The dense tiles that evaluate every query's seeds: for each tile holding a seed, the queries
     with a seed there times the union of their seed rows there (a contiguous span where ``span``
@@ -150,10 +196,10 @@ def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool
     names, first = np.unique(rows // tile, return_index=True)
     plan = []
     for t, a, b in zip(names, first, np.r_[first[1:], len(rows)]):
-        r = np.unique(rows[a:b])
-        if span and len(r) >= SPAN_DENSITY * (r[-1] - r[0] + 1):
-            r = np.arange(r[0], r[-1] + 1)
-        plan.append((int(t), torch.from_numpy(np.unique(owner[a:b])), r))
+        r, qs = np.unique(rows[a:b]), np.unique(owner[a:b])
+        mask = torch.zeros((len(qs), len(r)), dtype=torch.bool)
+        mask[np.searchsorted(qs, owner[a:b]), np.searchsorted(r, rows[a:b])] = True
+        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span))
     return plan
 
 
@@ -184,12 +230,47 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: 
     return out
 
 
+def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
+    """Float32 products of the pairs (query ``qi[j]``, row ``lr[j]`` of ``r32``) alone, ``qi``
+    ascending: the same slices of TIER_CHUNK pixels summed in float32 as :func:`tile_product`, so
+    the same bound (``tier_error_bound``, any order of summation), but as one sampled product
+    (``torch.sparse.sampled_addmm``) that reads the queries in place: no gather of the queries, no
+    product of the pairs nobody asked for.  Where few of a tile's pairs survive, that gather and
+    those products cost more than the wanted pairs (SPARSE_DENSITY).
+
+    The slices become rows and columns of one 2D pattern: row (slice b, query q) of the layout
+    ``qc`` viewed as (slices x queries, TIER_CHUNK), times column (row j, slice b) of ``r32``
+    viewed as (rows x slices, TIER_CHUNK), for every pair and slice, so neither side is copied
+    (a batched pattern over the slices made the kernel copy a strided side: 1.2-2.1 against
+    0.85 ms a tile at (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14)."""
+    chunks, nq, width = qc.shape
+    m, dim = r32.shape
+    full = dim // TIER_CHUNK
+    out = torch.zeros(len(qi), dtype=torch.float32, device=qc.device)
+    if full:
+        # CSR rows in (slice, query) order: each holds its query's pairs, in pair order
+        per_query = torch.bincount(qi, minlength=nq).repeat(full)
+        crow = torch.zeros(full * nq + 1, dtype=torch.long, device=qc.device)
+        torch.cumsum(per_query, 0, out=crow[1:])
+        cols = (lr[None, :] * full + torch.arange(full, device=qc.device)[:, None]).reshape(-1)
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=qc.device),
+                                          size=(full * nq, m * full), check_invariants=False)
+        rows = r32[:, :full * TIER_CHUNK]
+        rows = rows.reshape(m * full, TIER_CHUNK)  # a view where the pixels fill whole slices
+        got = torch.sparse.sampled_addmm(pattern, qc[:full].view(full * nq, TIER_CHUNK), rows.T, beta=0.0)
+        out = got.values().view(full, len(qi)).sum(dim=0)
+    if full < chunks:  # the last, short slice: one dot product per pair
+        rest = dim - full * TIER_CHUNK
+        out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:]).sum(dim=1)
+    return out
+
+
 def predict_tiles(sample: list, times: list, rest: list) -> float:
     """Seconds the ``rest`` of a plan should take, from its ``sample``'s measured ``times``: each
     tile's time fitted (least squares) as a fixed cost plus a cost per pair evaluated, both at least
     0; with fewer than three sampled tiles, or all of one size, the sample's mean cost per pair."""
-    pairs = np.array([len(qs) * len(rows) for _, qs, rows in sample], dtype=float)
-    todo = np.array([len(qs) * len(rows) for _, qs, rows in rest], dtype=float)
+    pairs = np.array([t.work(SPARSE_PAIR_COST) for t in sample], dtype=float)
+    todo = np.array([t.work(SPARSE_PAIR_COST) for t in rest], dtype=float)
     t = np.asarray(times, dtype=float)
     if len(todo) == 0:
         return 0.0
@@ -250,9 +331,9 @@ def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: i
 
 
 def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) -> list:
-    """The dense products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile
-    of ``tile`` rows, ``(tile, queries, rows)`` with the queries that have a survivor there and the
-    rows that do (a contiguous span in memory where at least SPAN_DENSITY of it survives).  With a
+    """The products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile of
+    ``tile`` rows, a :class:`Tile` of the queries that have a survivor there and the rows that do
+    (:func:`make_tile`: the surviving pairs alone where they are few).  With a
     ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, each tile's survivors are bounded
     again from all the codes against ``tau`` first."""
     nq = surv.shape[0]
@@ -267,21 +348,18 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
         sub = surv[qs, t]  # Qb x tile
         cols = torch.nonzero(sub.any(dim=0), as_tuple=True)[0]
         rows = (t * tile + cols).cpu().numpy()
+        sub = sub[:, cols]
         if cascade is not None:  # second level: the full codes of this tile's surviving pairs
             cq, rho_q, slack_q = cascade
             ri = torch.from_numpy(rows)  # the index's parts stay on the CPU; their rows move
             ub2 = projection.upper_bounds(cq[qs], rho_q[qs], slack_q[qs], ref.codes[ri].to(dev), ref.rho[ri].to(dev),
                                           ref.slack[ri].to(dev))
-            sub = sub[:, cols] & (ub2 >= tau[qs].float()[:, None])
+            sub &= ub2 >= tau[qs].float()[:, None]
             keep_q, keep_r = sub.any(dim=1), sub.any(dim=0)
             if not bool(keep_q.any()):
                 continue
-            qs, rows = qs[keep_q], rows[keep_r.cpu().numpy()]
-        if not getattr(ref, "from_disk", False) and len(rows) >= SPAN_DENSITY * (rows[-1] - rows[0] + 1):
-            # in memory, a contiguous span of rows is a view: its product costs less than gathering
-            # the surviving rows into a copy first (the extra pairs are evaluated exactly like the rest)
-            rows = np.arange(rows[0], rows[-1] + 1)
-        plan.append((t, qs, rows))
+            qs, rows, sub = qs[keep_q], rows[keep_r.cpu().numpy()], sub[keep_q][:, keep_r]
+        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False)))
     return plan
 
 
@@ -294,7 +372,7 @@ def split_sample(plan: list) -> tuple[list, list]:
 
 def plan_pairs(plan: list) -> int:
     """Pairs a plan of tiles evaluates."""
-    return sum(len(qs) * len(rows) for _, qs, rows in plan)
+    return sum(t.work() for t in plan)
 
 
 def unique_pairs(qi: torch.Tensor, ri: torch.Tensor, si: torch.Tensor | None, n: int):
@@ -398,48 +476,92 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     gathered = [None]  # the tiles' query gathers, one buffer reused (tile_product)
     read_into = [None]  # the rows the tiles read from a store, one buffer reused (ref.raw_rows)
 
-    def evaluate(qs: torch.Tensor, rows: np.ndarray, r32: torch.Tensor, floor: torch.Tensor | None):
+    const_dev = torch.from_numpy(ref.constant).to(dev)  # constant references: never candidates
+    # in memory, float32 rows filling whole slices: the sampled tiles' pairs are taken from the index's
+    # rows in place (global positions), all tiles of a stage in a few products (pair_product); per
+    # tile, gathering their rows and one small product each cost more than the pairs at (a)
+    whole = None
+    if in_memory and row_eps is None and select.dim % TIER_CHUNK == 0:
+        whole = getattr(ref, "vectors", None)
+        whole = whole.to(dev) if whole is not None and whole.dtype == torch.float32 else None
+
+    def product(tile: Tile, r32: torch.Tensor):
+        """``(qi, ri, s)``: the tile's evaluated pairs (query, reference position) and their values."""
+        qs = tile.queries.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
+        rows_dev = torch.from_numpy(tile.rows).to(dev)
+        if tile.pairs is None:  # every pair, as a (queries x rows) product, then pair by pair
+            s = tile_product(qc, qs, r32, gathered).reshape(-1)
+            qi, lr = qs.repeat_interleave(len(tile.rows)), torch.arange(len(tile.rows), device=dev).repeat(len(qs))
+        else:
+            lq, lr = torch.nonzero(tile.pairs.to(dev), as_tuple=True)  # row-major: qi ascending
+            qi = qs[lq]
+            s = pair_product(qc, qi, lr, r32)
+        return qi, rows_dev[lr], s
+
+    def keep_pairs(qi: torch.Tensor, ri: torch.Tensor, s: torch.Tensor, floor: torch.Tensor | None):
+        """Keep the evaluated pairs that may still reach a k-th place (all, before tau is known)."""
         nonlocal evaluated
-        qs = qs.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
-        s = tile_product(qc, qs, r32, gathered)
         if raw:  # (x32.y - m S) / n in float64 (raw_row_error); constant rows are set to -inf below
-            ri_dev = torch.from_numpy(rows).to(dev)
-            s = s.double().sub_(qsum[qs][:, None] * raw_mean[ri_dev][None, :]).div_(raw_norm[ri_dev][None, :])
+            s = s.double().sub_(qsum[qi] * raw_mean[ri]).div_(raw_norm[ri])
         evaluated += s.numel()
-        constant = ref.constant[rows]  # a span may hold constant references: never candidates
-        if constant.any():
-            s[:, torch.from_numpy(constant).to(s.device)] = -math.inf
-        # keep what can still reach a k-th place: upper end >= the query's tau (all, before tau is known)
+        s[const_dev[ri]] = -math.inf  # a span may hold constant references
         if floor is None:
             keep = s > -math.inf
         else:
-            e = eps if row_eps is None else row_eps_dev[torch.from_numpy(rows).to(dev)][None, :]
+            e = eps if row_eps is None else row_eps_dev[ri]
             # s >= tau - e compared in float64 (s is exact there): s + e rounded to float32 could
             # fall below tau by a rounding the bound does not cover
-            keep = s >= floor[qs][:, None] - e
-        qq, rr = torch.nonzero(keep, as_tuple=True)
-        got_q.append(qs[qq].cpu())
-        got_r.append(torch.from_numpy(rows)[rr.cpu()])
-        got_s.append(s[qq, rr].double().cpu())
+            keep = s >= floor[qi] - e
+        got_q.append(qi[keep].cpu())
+        got_r.append(ri[keep].cpu())
+        got_s.append(s[keep].double().cpu())
 
     def run(plan, floor, desc, times=None):
         """Evaluate the plan's tiles in order.  Rows from disk are read as each tile comes, the
         kernel asked to fetch the next PREFETCH_TILES tiles' rows meanwhile (``prefetch_rows``).
-        ``times``: a list that receives each tile's seconds."""
+        In memory (``whole``), the sampled tiles' pairs are evaluated together, in products of up
+        to MERGED_ENTRIES (pair, slice) entries.  ``times``: a list that receives each tile's
+        seconds, in plan order (the sampled tiles evaluated together share theirs by pairs)."""
         prefetch = getattr(ref, "prefetch_rows", None) if not in_memory else None
         asked = 1  # tiles whose rows the kernel was asked for: the first is read at once
+        seconds = {}
+        merged = [j for j, t in enumerate(plan) if t.pairs is not None] if whole is not None else []
         with tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress) as bar:
-            for j, (_, qs, rows) in enumerate(plan):
+            if merged:
+                t0 = time.perf_counter()
+                parts = [pairs_of(plan[j]) for j in merged]
+                qi, ri = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                order = torch.sort(qi, stable=True).indices  # CSR rows: queries ascending
+                qi, ri = qi[order], ri[order]
+                step = max(1, MERGED_ENTRIES // max(1, select.dim // TIER_CHUNK))
+                for a in range(0, len(qi), step):
+                    keep_pairs(qi[a:a + step], ri[a:a + step], pair_product(qc, qi[a:a + step], ri[a:a + step], whole),
+                               floor)
+                spent = time.perf_counter() - t0
+                total = sum(len(p[0]) for p in parts)
+                for j, p in zip(merged, parts):
+                    seconds[j] = spent * len(p[0]) / max(total, 1)
+                bar.update(len(merged))
+            skip = set(merged)
+            for j, tile in enumerate(plan):
+                if j in skip:
+                    continue
                 t0 = time.perf_counter()
                 if prefetch is not None:
                     for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
-                        prefetch(ahead[2])
+                        prefetch(ahead.rows)
                     asked = max(asked, j + 1 + PREFETCH_TILES)
-                r32 = ref.raw_rows(rows, read_into) if raw else ref.rows32(rows)
-                evaluate(qs, rows, r32.to(dev), floor)
-                if times is not None:
-                    times.append(time.perf_counter() - t0)
+                r32 = ref.raw_rows(tile.rows, read_into) if raw else ref.rows32(tile.rows)
+                keep_pairs(*product(tile, r32.to(dev)), floor)
+                seconds[j] = time.perf_counter() - t0
                 bar.update(1)
+        if times is not None:
+            times.extend(seconds[j] for j in range(len(plan)))
+
+    def pairs_of(tile: Tile):
+        """A sampled tile's pairs as (query, reference position), queries ascending."""
+        lq, lr = torch.nonzero(tile.pairs.to(dev), as_tuple=True)
+        return tile.queries.to(dev)[lq], torch.from_numpy(tile.rows).to(dev)[lr]
 
     # 2. seeds: each query's m references of highest projected r, evaluated as dense tiles (the
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
@@ -456,8 +578,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # survive; constant queries are cut
         surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
         surv[~live] = False
-        for _, qs, rows in done_tiles:
-            surv[qs.to(dev)[:, None], torch.from_numpy(rows).to(dev)[None, :]] = False
+        for done in done_tiles:  # a sampled tile evaluated its pairs alone
+            qs, rows = done.queries.to(dev), torch.from_numpy(done.rows).to(dev)
+            if done.pairs is None:
+                surv[qs[:, None], rows[None, :]] = False
+            else:
+                lq, lr = torch.nonzero(done.pairs.to(dev), as_tuple=True)
+                surv[qs[lq], rows[lr]] = False
         return tile_plan(surv, tau_dev, ref, cascade, tile)
 
     if auto is not None:
@@ -491,7 +618,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         run(rest, None, "seeding")
     else:
         run(seed_plan, None, "seeding")
-    seed_rows = int(sum(len(rows) for _, _, rows in seed_plan))
+    seed_rows = int(sum(len(t.rows) for t in seed_plan))
     n_seeded = sum(len(x) for x in got_q)  # the seed tiles' pairs (and auto's early sample) come first in got_*
     # auto's early sample may have evaluated seed pairs again: a pair counted twice could lift the
     # k-th best above the truth
@@ -507,7 +634,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("survivors_s")
 
     early = done_tiles[len(seed_plan):]  # method="auto"'s sample before the seeds
-    rows_read = int(sum(len(rows) for _, _, rows in plan + early))
+    rows_read = int(sum(len(t.rows) for t in plan + early))
     n_planned = len(plan) + len(early)  # the tiles beyond the seeds', the samples of method="auto" included
     if auto is not None:
         auto["fraction"] = (work + evaluated) / max(nq * n, 1)
@@ -520,7 +647,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         times = []
         run(sample, tau_dev, "sampling tiles", times)
         spent = float(sum(times))
-        done = sum(len(qs) * len(rows) for _, qs, rows in sample)
+        done = plan_pairs(sample)
         auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent,
                     tiles_s=spent + predict_tiles(sample, times, plan))
         # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
