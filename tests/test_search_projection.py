@@ -560,6 +560,20 @@ def test_sampled_and_dense_tiles_give_the_same_exact_answer(brainlike, tmp_path,
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
+def test_tiles_hold_more_rows_of_smaller_images_within_their_bytes(brainlike):
+    """Rows per tile: 512 for the benchmark's 4 x 64 x 64 and 4 x 128 x 128 slices, 64 for BraTS
+    slices of 5 x 256 x 256 (a tile's rows within TILE_BYTES), a power of two in between; the
+    default search uses it."""
+    assert tiles.tile_rows(4 * 64 * 64) == tiles.tile_rows(4 * 128 * 128) == tiles.TILE_MAX == 512
+    assert tiles.tile_rows(5 * 256 * 256) == tiles.TILE == 64
+    assert tiles.tile_rows(1_000_000) == 64  # never fewer than TILE, however large the image
+    assert tiles.tile_rows(200_000) == 128 and 128 * 4 * 200_000 <= tiles.TILE_BYTES
+    q, ref = brainlike
+    res = CorrelationIndex(ref, basis_dim=16).topk(q, k=2, method="pruned")
+    assert res.stats["tile"] == tiles.tile_rows(ref[0].size)
+    np.testing.assert_array_equal(res.indices, truth(q, ref, 2)[1])
+
+
 @pytest.mark.parametrize("level1", [None, 8])
 def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, monkeypatch, level1):
     """Above HOLD_BOUNDS_BYTES the Q x N bounds are not held from the seeds to the survivors but

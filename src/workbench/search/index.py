@@ -256,7 +256,7 @@ class CorrelationIndex:
 
     # -- searching -------------------------------------------------------------------------------
     def topk(self, queries, k: int = 1, *, method: str = "auto", channels=None, mask=None,
-             block_size: int | None = None, tile: int = tiles.TILE, progress: bool = False) -> SearchResult:
+             block_size: int | None = None, tile: int | None = None, progress: bool = False) -> SearchResult:
         """Exact top-k Pearson r of each query against the indexed reference.
 
         ``method="pruned"`` bounds every pair from the codes and evaluates the survivors as dense
@@ -268,7 +268,8 @@ class CorrelationIndex:
         tiles and of tiles planned on the seeds' projected r (:func:`tiles.tiled_search`).  All
         are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
-        ``mask``, if given, must be those the index was built with.
+        ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
+        tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
@@ -281,7 +282,7 @@ class CorrelationIndex:
             raise WorkbenchError("empty queries: nothing to search")
         if not 1 <= k <= len(self):
             raise WorkbenchError(f"k={k} must be between 1 and the reference size {len(self)}")
-        if tile < 1:
+        if tile is not None and tile < 1:
             raise WorkbenchError(f"tile must be >= 1 image, got {tile}")
         q64, const_q = prepare_queries(queries, self.select)
         auto = self._auto_figures(len(q64)) if method == "auto" else None

@@ -44,8 +44,25 @@ from .bounds import NORMALISE_F32, ieee_float32
 from .kernel import rescore
 from .result import SearchResult, mark_constant_queries
 
-#: reference rows per tile
+#: reference rows per tile: the fewest (:func:`tile_rows`)
 TILE = 64
+#: the most rows per tile, and the bytes of float32 rows a tile may hold (:func:`tile_rows`).
+#: Larger tiles read each query once for more rows and cost fewer plans and products, and the
+#: sampled tiles evaluate no more pairs for it: at (b) (rows of 256 KB) tiles of 64 / 128 / 256 /
+#: 512 / 1,024 rows took 8.9 / 8.6 / 7.9 / 7.3 / 7.8 s (k = 5), at (a) (64 KB) 0.146 / 0.137 /
+#: 0.128 / 0.122 s (BENCHMARKS.md, issue 16 item 14).  The bytes keep a tile of BraTS slices
+#: (1.3 MB each) at 64 rows: its read buffer stays near 100 MB.
+TILE_MAX = 512
+TILE_BYTES = 128 * 2**20
+
+
+def tile_rows(dim: int) -> int:
+    """Rows per tile for images of ``dim`` pixels: the largest power of two from TILE to TILE_MAX
+    whose float32 rows fit in TILE_BYTES."""
+    rows = TILE
+    while rows * 2 <= TILE_MAX and rows * 2 * 4 * dim <= TILE_BYTES:
+        rows *= 2
+    return rows
 #: evaluate a tile's whole span of rows instead of gathering its surviving rows when at least this
 #: fraction of the span survives (in-memory float32 vectors only): on workload (a) the tiles took
 #: 0.057 / 0.047 s (k = 5 / 1) against 0.073 / 0.055 s gathered; 0.25 and 0 were no better
@@ -399,7 +416,7 @@ def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.
 
 
 @ieee_float32()
-def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select, *, k: int, dev, tile: int = TILE,
+def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select, *, k: int, dev, tile: int | None = None,
                  progress: bool = False, stacklevel: int = 4, auto: dict | None = None) -> SearchResult | None:
     """Exact top-k by the four steps of the module docstring.
 
@@ -420,6 +437,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     dict where it returned None there).  The dict receives what was measured and predicted.
     """
     nq, n = len(q64), len(ref.codes)
+    tile = tile or tile_rows(select.dim)
     n_valid = n - int(ref.constant.sum())
     if n_valid < k:
         raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
