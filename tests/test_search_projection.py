@@ -503,6 +503,8 @@ def test_seed_tiles_cover_every_seed_pair_once_per_tile(span, sparse, monkeypatc
     kinds = {tile.pairs is None for tile in plan}
     assert kinds == ({True} if sparse == 0 else {False} if sparse > 1 else kinds)
     assert len({tile.index for tile in plan}) == len(plan)
+    # a device whose tiles may not be sampled (SPARSE_DEVICES: CUDA) gets dense tiles only
+    assert all(t.pairs is None for t in tiles.seed_tiles(seeds, queries, tile=16, span=span, sparse=False))
 
 
 @pytest.mark.parametrize("dim", [3000, 2048])

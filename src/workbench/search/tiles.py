@@ -12,12 +12,16 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    times their seed rows there); the k-th best lower end of a query's evaluated pairs is tau, a
    lower bound on its true k-th best (they include its k distinct seeds).  Projected r ranks
    near-copies and neighbouring slices well, so tau lands close to the truth (BENCHMARKS.md).
-3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of TILE consecutive
-   rows, the queries with a survivor there and the rows with a survivor there form one dense
-   float32 product (slices of TIER_CHUNK pixels, error at most :func:`tier_error_bound`; a bf16
-   index's rows are widened to float32, each off by at most its ``row_error``).  Rows are read
-   only for these tiles, in index order; from disk, the kernel fetches the next tiles' rows
-   while one is multiplied.
+3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of consecutive rows
+   (:func:`tile_rows`: 64-512), the queries with a survivor there and the rows with a survivor
+   there form one dense float32 product (slices of TIER_CHUNK pixels, error at most
+   :func:`tier_error_bound`; a bf16 index's rows are widened to float32, each off by at most its
+   ``row_error``), or, where under SPARSE_DENSITY of those pairs survive, the surviving pairs
+   alone are computed in the same slices (:func:`pair_product`, a sampled product): the
+   survivors are scattered, 0.16 % of the pairs at (b) against 3.1 % in dense tiles.  Rows are
+   read only for these tiles, in index order; from disk, the kernel fetches the next tiles'
+   rows while one is multiplied, and the rows enter the products as stored, divided by the
+   index's mean and norm of each row (:func:`raw_row_error`).
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
    float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
 
@@ -81,6 +85,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 #: (pair, slice) entries of one sampled product where the sampled tiles of a stage are evaluated
 #: together (rows in memory): bounds its pattern (about 20 bytes an entry)
 MERGED_ENTRIES = 2**22
+#: devices whose tiles may be sampled: measured on the CPU only.  On CUDA the dense tiles run on
+#: tensor cores and ``sampled_addmm`` (cuSPARSE) is unmeasured, so CUDA keeps the dense tiles
+SPARSE_DEVICES = ("cpu",)
 #: a sampled tile's pair counted as this many dense pairs where ``method="auto"`` predicts the
 #: tiles' seconds from a sample of them (the ratio above)
 SPARSE_PAIR_COST = 3
@@ -185,11 +192,12 @@ class Tile(NamedTuple):
         return int(self.pairs.sum()) * sparse_cost
 
 
-def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, span: bool) -> Tile:
+def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, span: bool, sparse: bool) -> Tile:
     """The product that evaluates the pairs ``mask`` (len(qs) x len(rows), bool) of tile ``t``:
-    sampled where under SPARSE_DENSITY of its pairs are wanted, else dense, over the whole span of
-    its rows where ``span`` (rows in memory: a view) and at least SPAN_DENSITY of the span is wanted."""
-    if int(mask.sum()) < SPARSE_DENSITY * mask.numel():
+    sampled where ``sparse`` and under SPARSE_DENSITY of its pairs are wanted, else dense, over the
+    whole span of its rows where ``span`` (rows in memory: a view) and at least SPAN_DENSITY of the
+    span is wanted."""
+    if sparse and int(mask.sum()) < SPARSE_DENSITY * mask.numel():
         return Tile(int(t), qs, rows, mask)
     if span and len(rows) >= SPAN_DENSITY * (rows[-1] - rows[0] + 1):
         # in memory, a contiguous span of rows is a view: its product costs less than gathering
@@ -198,7 +206,7 @@ def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, sp
     return Tile(int(t), qs, rows)
 
 
-def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool) -> list:
+def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool, sparse: bool = True) -> list:
     """The dense tiles that evaluate every query's seeds: for each tile holding a seed, the queries
     with a seed there times the union of their seed rows there (a contiguous span where ``span``
     and at least SPAN_DENSITY of it is seeded).  Neighbouring slices of one subject are the seeds
@@ -216,7 +224,7 @@ def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool
         r, qs = np.unique(rows[a:b]), np.unique(owner[a:b])
         mask = torch.zeros((len(qs), len(r)), dtype=torch.bool)
         mask[np.searchsorted(qs, owner[a:b]), np.searchsorted(r, rows[a:b])] = True
-        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span))
+        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span, sparse))
     return plan
 
 
@@ -376,7 +384,8 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
             if not bool(keep_q.any()):
                 continue
             qs, rows, sub = qs[keep_q], rows[keep_r.cpu().numpy()], sub[keep_q][:, keep_r]
-        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False)))
+        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False),
+                              sparse=dev.type in SPARSE_DEVICES))
     return plan
 
 
@@ -587,7 +596,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
     # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
     q_live = torch.nonzero(live, as_tuple=True)[0]
-    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory)
+    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory,
+                           sparse=torch.device(dev).type in SPARSE_DEVICES)
     cascade = (cq, rho_q, slack_q) if level1 else None
 
     done_tiles = list(seed_plan)  # tiles evaluated before the survivors' (method="auto" adds its early sample)
