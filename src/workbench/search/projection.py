@@ -170,17 +170,24 @@ def codes(x: torch.Tensor, w: torch.Tensor, delta: float, input_error: float = 0
         w32 = torch.nn.functional.pad(w32, (0, 0, 0, pad))
     wc = w32.view(chunks, CODE_CHUNK, d)
     acc = torch.zeros((n, d), dtype=torch.float64, device=x.device)
-    rows = max(1, 2**26 // (4 * d * chunks))  # bound the (chunks, rows, d) partial products to ~64 MB
     group = CODE_GROUP if chunks % CODE_GROUP == 0 else 1
+    step = group * max(1, CODE_GROUP // group)  # slices per batched product: whole groups
+    # rows per block: their float32 copy and a batch's (step, rows, d) partial products each ~64 MB
+    # at most.  Products of many rows by a batch of slices ran at 2.3x the speed of all slices of
+    # few rows (0.41 against 0.94 s for 1,000 x 65,536 pixels, d = 1,024: BENCHMARKS.md, issue 16
+    # item 14); the sums, and so the bound, are the same
+    rows = max(1, min(2**26 // (4 * d * step), 2**26 // (4 * chunks * CODE_CHUNK)))
     for a in range(0, n, rows):
         x32 = x[a:a + rows].to(torch.float32)  # a block at a time: no float32 copy of all rows
         if pad:
             x32 = torch.nn.functional.pad(x32, (0, pad))
         xc = x32.view(-1, chunks, CODE_CHUNK).transpose(0, 1)  # chunks x rows x C
-        part = torch.bmm(xc, wc)
-        if group > 1:  # groups of partials summed in float32 first: gamma_G more, 1/G of the float64 work
-            part = part.view(chunks // group, group, *part.shape[1:]).sum(dim=1)
-        acc[a:a + rows] = part.double().sum(dim=0)
+        block = acc[a:a + rows]
+        for c in range(0, chunks, step):
+            part = torch.bmm(xc[c:c + step], wc[c:c + step])
+            if group > 1:  # groups of partials summed in float32 first: gamma_G more, 1/G of the float64 work
+                part = part.view(-1, group, *part.shape[1:]).sum(dim=1)
+            block += part.double().sum(dim=0)
     c = acc.to(torch.float32)
     xnorm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64) * (1 + 1e-15)  # no float64 copy of x
     rho, slack = code_bounds(c, xnorm, chunks, delta, input_error)
