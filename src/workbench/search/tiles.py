@@ -76,8 +76,10 @@ SPAN_DENSITY = 0.5
 #: every query with a survivor there times every row with one (:func:`tile_product`) where fewer
 #: than this fraction of those pairs survive.  At (b) the level-2 survivors were 0.16 % of all
 #: pairs while the dense tiles evaluated 3.1 %: a median tile of 59 queries x 28 rows held about
-#: 100 surviving pairs.  Per pair, the sampled product cost about 8x a dense tile's (15 against
-#: 1.9 us at 65,536 pixels, the dense tile's query gather included: BENCHMARKS.md, issue 16 item 14)
+#: 100 surviving pairs.  Per pair, the sampled product cost about 4x a dense tile's (8.4 against
+#: 1.9 us at 65,536 pixels, the dense tile's query gather included), so 0.25 would break even;
+#: measured at (a) and (b), 0.5 was within 7 % of the best of 0.1-1.01 in every case, 0 (all
+#: dense) up to 1.5x slower (BENCHMARKS.md, issue 16 item 14)
 SPARSE_DENSITY = 0.5
 # torch.sparse_csr_tensor warns once a process that sparse CSR support is "in beta": pair_product
 # builds only the pattern of a sampled product, tested here against the dense tiles
@@ -89,7 +91,7 @@ MERGED_ENTRIES = 2**22
 #: tensor cores and ``sampled_addmm`` (cuSPARSE) is unmeasured, so CUDA keeps the dense tiles
 SPARSE_DEVICES = ("cpu",)
 #: a sampled tile's pair counted as this many dense pairs where ``method="auto"`` predicts the
-#: tiles' seconds from a sample of them (the ratio above)
+#: tiles' seconds from a sample of them (4x from disk at (b), 2.3x in memory at (a))
 SPARSE_PAIR_COST = 3
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
@@ -510,7 +512,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # rows in place (global positions), all tiles of a stage in a few products (pair_product); per
     # tile, gathering their rows and one small product each cost more than the pairs at (a)
     whole = None
-    if in_memory and row_eps is None and select.dim % TIER_CHUNK == 0:
+    sparse_here = torch.device(dev).type in SPARSE_DEVICES
+    if sparse_here and in_memory and row_eps is None and select.dim % TIER_CHUNK == 0:
         whole = getattr(ref, "vectors", None)
         whole = whole.to(dev) if whole is not None and whole.dtype == torch.float32 else None
 
@@ -596,8 +599,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
     # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
     q_live = torch.nonzero(live, as_tuple=True)[0]
-    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory,
-                           sparse=torch.device(dev).type in SPARSE_DEVICES)
+    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory, sparse=sparse_here)
     cascade = (cq, rho_q, slack_q) if level1 else None
 
     done_tiles = list(seed_plan)  # tiles evaluated before the survivors' (method="auto" adds its early sample)
