@@ -10,7 +10,8 @@ Measures, on the device:
   data generated on first use, about a minute on 16 cores): torch float32 brute force on the
   device, and our ``CorrelationIndex`` brute, pruned and auto at k = 5 and k = 1 (float32 and, on
   CUDA, bf16 copies: ``precision="auto"`` picks bf16 there), with agreement with the float64 truth
-  computed on the CPU;
+  computed on the CPU; "pruned-sampled" allows the sampled tiles (``tiles.pair_product``) on the
+  device, which ``tiles.SPARSE_DEVICES`` keeps to the CPU until measured there;
 - every time after ``torch.cuda.synchronize()``; best of three.
 
 It should finish within a few minutes on one GPU.  Figures go to BENCHMARKS.md with the device's
@@ -87,15 +88,28 @@ def main(argv=None) -> None:
         res, sec = best_of(brute, dev)
         rows.append({"method": "torch float32 brute", "k": k, "search_s": sec, "gflops": flops / sec / 1e9,
                      "topk_agree_pct": 100 * float((res.indices.cpu().numpy() == ti).all(axis=1).mean())})
-        from workbench.search import CorrelationIndex
+        from workbench.search import CorrelationIndex, tiles
 
         # both copies on CUDA: precision="auto" picks bf16 there, not yet measured against float32
         for precision in ("float32", "bf16") if dev.type == "cuda" else ("float32",):
             t0 = time.perf_counter()
             index = CorrelationIndex(r, device=str(dev), precision=precision)
             prep = time.perf_counter() - t0
-            for method in ("brute", "pruned", "auto"):
-                res, sec = best_of(lambda: index.topk(q, k=k, method=method), dev)
+            for method in ("brute", "pruned", "pruned-sampled", "auto"):
+                # pruned-sampled: sampled tiles allowed on this device too (tiles.SPARSE_DEVICES
+                # keeps them to the CPU until this row shows whether they pay on CUDA)
+                sampled = tiles.SPARSE_DEVICES
+                if method == "pruned-sampled":
+                    tiles.SPARSE_DEVICES = tuple(set(sampled) | {dev.type})
+                try:
+                    res, sec = best_of(lambda: index.topk(q, k=k, method=method.split("-")[0]), dev)
+                except RuntimeError as err:  # sampled_addmm on this device untried: record, go on
+                    if method != "pruned-sampled":
+                        raise
+                    rows.append({"method": f"CorrelationIndex {method}, {precision}", "k": k, "error": str(err)})
+                    continue
+                finally:
+                    tiles.SPARSE_DEVICES = sampled
                 rows.append({"method": f"CorrelationIndex {method}, {precision}", "k": k, "prepare_s": prep,
                              "search_s": sec, "gflops_effective": flops / sec / 1e9, "ran": res.stats.get("method"),
                              "fraction": res.stats.get("full_fraction"), "seconds": res.stats.get("seconds"),
