@@ -554,6 +554,7 @@ def test_sampled_and_dense_tiles_give_the_same_exact_answer(brainlike, tmp_path,
     res = index.topk(q, k=4, method="pruned", tile=8)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    assert (res.stats["tiles_sampled"] > 0) == (sparse > 1)  # the path under test ran, or did not
     index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}  # brute force made slow
     monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # auto samples tiles before the seeds as well
     res = index.topk(q, k=4, method="auto", tile=8)

@@ -722,7 +722,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
-             "tiles_evaluated": n_planned, "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
+             "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan + early + seed_plan),
+             "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=len(qi),
                         stats=stats)
