@@ -577,6 +577,28 @@ def test_tiles_hold_more_rows_of_smaller_images_within_their_bytes(brainlike):
     np.testing.assert_array_equal(res.indices, truth(q, ref, 2)[1])
 
 
+@pytest.mark.parametrize("size", [32, 24])  # 2 x 32 x 32: whole slices of 1,024 pixels; 2 x 24 x 24: a short last one
+@pytest.mark.parametrize("keep_vectors", [True, False])
+def test_sampled_tiles_of_images_longer_than_a_slice_are_exact(tmp_path, monkeypatch, size, keep_vectors):
+    """The sampled product over (slice, query) x (row, slice) patterns, in memory (a stage's tiles
+    in one product from the index's rows, where the pixels fill whole slices) and from a store
+    (raw rows), with a short last slice or none: the float64 brute-force top k."""
+    monkeypatch.setattr(tiles, "SPARSE_DENSITY", 1.1)  # every tile sampled
+    ref = slices(n_subjects=6, depth=12, size=size, seed=3)
+    rng = np.random.default_rng(2)
+    q = np.concatenate([ref[::7] + 0.02 * rng.standard_normal(ref[::7].shape).astype(np.float32),
+                        slices(n_subjects=1, depth=8, size=size, seed=9)])
+    assert ref[0].size > tiles.TIER_CHUNK
+    source = ref if keep_vectors else write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(source, basis_dim=16, keep_vectors=keep_vectors)
+    for k in (1, 5):
+        ev, ei, _ = truth(q, ref, k)
+        res = index.topk(q, k=k, method="pruned", tile=16)
+        assert res.stats["tiles_sampled"] > 0
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
 @pytest.mark.parametrize("level1", [None, 8])
 def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, monkeypatch, level1):
     """Above HOLD_BOUNDS_BYTES the Q x N bounds are not held from the seeds to the survivors but
