@@ -597,6 +597,13 @@ def test_sampled_tiles_of_images_longer_than_a_slice_are_exact(tmp_path, monkeyp
         assert res.stats["tiles_sampled"] > 0
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    # auto through its sample after the seeds (brute force made slow): in memory the sampled tiles'
+    # rest is predicted at the rate of all their products so far
+    index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
+    res = index.topk(q, k=5, method="auto", tile=16)
+    figures = res.stats["auto_figures"]
+    assert res.stats["method"] == "pruned" and 0 <= figures["sample_s"] <= figures["tiles_s"] < 60
+    np.testing.assert_array_equal(res.indices, truth(q, ref, 5)[1])
 
 
 @pytest.mark.parametrize("level1", [None, 8])

@@ -102,6 +102,12 @@ BOUND_ROWS = 16384
 #: so that at least AUTO_SAMPLE_TILES are timed, to predict the rest
 AUTO_SAMPLE_STRIDE = 20
 AUTO_SAMPLE_TILES = 8
+#: ... but never more often than every AUTO_SAMPLE_MIN_STRIDE-th tile: with tiles of 512 rows (a)
+#: has 16 tiles, and every 2nd made auto's samples before the seeds half the tiles' work, spent
+#: before it could decide (at k = 800 it went brute at 2.83 s against brute force's 2.35 s; every
+#: 4th: 2.52 s; every 8th: 2.35 s, but a bf16 index at k = 5 then misjudged its seeds from two
+#: tiles, 0.225 against 0.173 s: BENCHMARKS.md, issue 16 item 14)
+AUTO_SAMPLE_MIN_STRIDE = 4
 #: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
@@ -394,7 +400,7 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
 def split_sample(plan: list) -> tuple[list, list]:
     """``method="auto"``'s timed sample of a plan (every AUTO_SAMPLE_STRIDE-th tile, or more often
     so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order."""
-    stride = max(1, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
+    stride = max(AUTO_SAMPLE_MIN_STRIDE, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
     return plan[::stride], [p for j, p in enumerate(plan) if j % stride]
 
 
@@ -571,6 +577,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                                floor)
                 spent = time.perf_counter() - t0
                 total = sum(len(p[0]) for p in parts)
+                merged_tally[0] += spent
+                merged_tally[1] += total
                 for j, p in zip(merged, parts):
                     seconds[j] = spent * len(p[0]) / max(total, 1)
                 bar.update(len(merged))
@@ -589,6 +597,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                 bar.update(1)
         if times is not None:
             times.extend(seconds[j] for j in range(len(plan)))
+
+    # seconds and pairs of every product of sampled tiles taken together (``whole``): auto's rate
+    # for the rest of such tiles.  One product's fixed cost weighs on a small sample: at (a), k = 200,
+    # a sample of 946 pairs cost 5.9 us a pair against 1.7 over a whole stage, predicted 0.42 s for
+    # the rest against 0.13 s by the larger sample before the seeds, and auto switched to brute
+    # force after the seeds (1.13-1.33 s; brute force alone 0.80 s: BENCHMARKS.md, issue 16 item 14)
+    merged_tally = [0.0, 0]
 
     def pairs_of(tile: Tile):
         """A sampled tile's pairs as (query, reference position), queries ascending."""
@@ -680,8 +695,16 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         run(sample, tau_dev, "sampling tiles", times)
         spent = float(sum(times))
         done = plan_pairs(sample)
-        auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent,
-                    tiles_s=spent + predict_tiles(sample, times, plan))
+        sampled = [t for t in plan if t.pairs is not None]
+        if whole is not None and sampled and merged_tally[1]:  # evaluated together: at the rate of all so far
+            dense = [(t, sec) for t, sec in zip(sample, times) if t.pairs is None]
+            rest = [t for t in plan if t.pairs is None]
+            rest_s = merged_tally[0] / merged_tally[1] * plan_pairs(sampled)
+            if rest:
+                rest_s += predict_tiles(*zip(*dense), rest) if dense else predict_tiles(sample, times, rest)
+        else:
+            rest_s = predict_tiles(sample, times, plan)
+        auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent, tiles_s=spent + rest_s)
         # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
         # the sample, scaled to the whole plan) that each path's bound could not rule out
         t1 = time.perf_counter()
