@@ -220,7 +220,7 @@ class CorrelationIndex:
         return self.select(read_rows(self.reference, positions, out))
 
     def prefetch_rows(self, positions: np.ndarray) -> None:
-        """Ask for the images at ``positions`` to be fetched from disk ahead of :meth:`rows32`
+        """Ask for the images at ``positions`` to be fetched from disk ahead of :meth:`raw_rows`
         (a store on disk; nothing otherwise)."""
         if isinstance(self.reference, SliceStore):
             self.reference.prefetch(positions)

@@ -30,11 +30,11 @@ from threadpoolctl import threadpool_limits
 from ..progress import tqdm
 
 from ..errors import TooFewReferenceImages
+from ..data.store import SliceStore
 from .bounds import ieee_float32, pair_error, screen_error_bound, split_norms
 from .layout import PAD, SCREEN_CHUNK, offset_columns, pad_slices, slice_bounds
 from .normalise import single_thread
 from .result import SearchResult, mark_constant_queries
-from ..data.store import SliceStore
 from .sources import read_rows
 
 

@@ -193,6 +193,16 @@ class Tile(NamedTuple):
     rows: np.ndarray
     pairs: torch.Tensor | None = None
 
+    def pair_index(self, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(qi, lr)`` on ``dev``: the query and the position among :attr:`rows` of each pair the
+        tile evaluates (every query x row where dense), queries ascending."""
+        qs = self.queries.to(dev)  # seed tiles' queries come from the CPU
+        if self.pairs is None:
+            m = len(self.rows)
+            return qs.repeat_interleave(m), torch.arange(m, device=qs.device).repeat(len(qs))
+        lq, lr = torch.nonzero(self.pairs.to(dev), as_tuple=True)  # row-major: queries ascending
+        return qs[lq], lr
+
     def work(self, sparse_cost: float = 1) -> float:
         """Pairs it evaluates, a sampled tile's counted ``sparse_cost`` times."""
         if self.pairs is None:
@@ -363,10 +373,10 @@ def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: i
     return surv
 
 
-def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) -> list:
+def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sparse: bool = True) -> list:
     """The products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile of
     ``tile`` rows, a :class:`Tile` of the queries that have a survivor there and the rows that do
-    (:func:`make_tile`: the surviving pairs alone where they are few).  With a
+    (:func:`make_tile`: the surviving pairs alone where they are few and ``sparse``).  With a
     ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, each tile's survivors are bounded
     again from all the codes against ``tau`` first."""
     nq = surv.shape[0]
@@ -392,8 +402,7 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int) ->
             if not bool(keep_q.any()):
                 continue
             qs, rows, sub = qs[keep_q], rows[keep_r.cpu().numpy()], sub[keep_q][:, keep_r]
-        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False),
-                              sparse=dev.type in SPARSE_DEVICES))
+        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False), sparse=sparse))
     return plan
 
 
@@ -525,16 +534,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     def product(tile: Tile, r32: torch.Tensor):
         """``(qi, ri, s)``: the tile's evaluated pairs (query, reference position) and their values."""
-        qs = tile.queries.to(dev)  # the seed tiles' queries come from the CPU: index device tensors on their device
-        rows_dev = torch.from_numpy(tile.rows).to(dev)
+        qi, lr = tile.pair_index(dev)
         if tile.pairs is None:  # every pair, as a (queries x rows) product, then pair by pair
-            s = tile_product(qc, qs, r32, gathered).reshape(-1)
-            qi, lr = qs.repeat_interleave(len(tile.rows)), torch.arange(len(tile.rows), device=dev).repeat(len(qs))
+            s = tile_product(qc, tile.queries.to(dev), r32, gathered).reshape(-1)
         else:
-            lq, lr = torch.nonzero(tile.pairs.to(dev), as_tuple=True)  # row-major: qi ascending
-            qi = qs[lq]
             s = pair_product(qc, qi, lr, r32)
-        return qi, rows_dev[lr], s
+        return qi, torch.from_numpy(tile.rows).to(dev)[lr], s
 
     def keep_pairs(qi: torch.Tensor, ri: torch.Tensor, s: torch.Tensor, floor: torch.Tensor | None):
         """Keep the evaluated pairs that may still reach a k-th place (all, before tau is known)."""
@@ -606,9 +611,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     merged_tally = [0.0, 0]
 
     def pairs_of(tile: Tile):
-        """A sampled tile's pairs as (query, reference position), queries ascending."""
-        lq, lr = torch.nonzero(tile.pairs.to(dev), as_tuple=True)
-        return tile.queries.to(dev)[lq], torch.from_numpy(tile.rows).to(dev)[lr]
+        """A tile's pairs as (query, reference position), queries ascending."""
+        qi, lr = tile.pair_index(dev)
+        return qi, torch.from_numpy(tile.rows).to(dev)[lr]
 
     # 2. seeds: each query's m references of highest projected r, evaluated as dense tiles (the
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
@@ -626,13 +631,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
         surv[~live] = False
         for done in done_tiles:  # a sampled tile evaluated its pairs alone
-            qs, rows = done.queries.to(dev), torch.from_numpy(done.rows).to(dev)
-            if done.pairs is None:
-                surv[qs[:, None], rows[None, :]] = False
-            else:
-                lq, lr = torch.nonzero(done.pairs.to(dev), as_tuple=True)
-                surv[qs[lq], rows[lr]] = False
-        return tile_plan(surv, tau_dev, ref, cascade, tile)
+            surv[pairs_of(done)] = False
+        return tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here)
 
     if auto is not None:
         # before the seeds, which cost k + SEED_EXTRA pairs a query: time a sample of their tiles,
