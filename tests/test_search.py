@@ -203,6 +203,38 @@ def test_index_gives_the_same_answer_and_reopens(phantom_store, tmp_path, precis
     np.testing.assert_array_equal(res2.values, res.values)
 
 
+def test_rescore_gives_the_same_bits_from_an_array_and_a_store(phantom_store):
+    """The float64 rescore reads an array's rows in place and a store's through a buffer, with or
+    without the index's row statistics: every pair must get the same bits either way (ties are
+    broken by these bits, and Dask workers rescore their own shares)."""
+    import torch
+
+    from workbench.search.kernel import exact_pairs, row_stats
+    from workbench.search.normalise import prepare_queries
+    from workbench.search.sources import Selector
+
+    images = phantom_store.to_array()
+    flair = phantom_store.channels.index("flair")
+    mask = images[:, flair].mean(0) > 0.05
+    rng = np.random.default_rng(3)
+    qi = rng.integers(0, 6, 300)
+    ri = rng.integers(0, len(images), 300)
+    for channels, m in [(None, None), ([0, flair], mask)]:
+        select = Selector(images.shape[1:], channels, m)
+        q64, _ = prepare_queries(images[:6] + 0.01, select)
+        stats = row_stats(select(images))
+        got = [exact_pairs(q64, images, select, qi, ri, stats), exact_pairs(q64, images, select, qi, ri),
+               exact_pairs(q64, phantom_store, select, qi, ri, stats), exact_pairs(q64, phantom_store, select, qi, ri),
+               exact_pairs(q64, np.asfortranarray(images), select, qi, ri, stats)]
+        for i, other in enumerate(got[1:]):
+            np.testing.assert_array_equal(other, got[0], err_msg=f"reader {i + 1}, channels {channels}")
+        # against a float64 reference computed here, pair by pair
+        y = select(images).astype(np.float64)
+        y = (y - y.mean(1, keepdims=True)) / np.linalg.norm(y - y.mean(1, keepdims=True), axis=1, keepdims=True)
+        np.testing.assert_allclose(got[0], np.einsum("ij,ij->i", q64.numpy()[qi], y[ri]), atol=1e-12)
+    assert exact_pairs(torch.zeros((1, 4), dtype=torch.float64), images, select, qi[:0], ri[:0]).shape == (0,)
+
+
 def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path):
     from workbench.data.store import SliceStore, StoreWriter
     from workbench.search import CorrelationIndex
@@ -347,6 +379,12 @@ def test_float64_normalisation_gives_a_row_the_same_bits_in_any_block(threads, m
         torch.set_num_threads(before)
     assert np.array_equal(whole.numpy(), blocked.numpy()) and np.array_equal(whole.numpy(), alone)
     assert const.tolist() == const_b.tolist() == [i == 5 for i in range(37)]
+    # the rescore's row statistics too, from rows laid out by columns (as a mask selects them)
+    from workbench.search.kernel import row_stats
+
+    stats = row_stats(np.asfortranarray(flat))
+    assert np.array_equal(stats, np.concatenate([row_stats(flat[i:i + 1]) for i in range(37)]))
+    assert np.array_equal(stats, row_stats(flat))
     assert np.allclose(np.linalg.norm(whole.numpy()[~const], axis=1), 1.0) and not whole.numpy()[5].any()
     flat[30, 7] = np.nan
     with pytest.raises(WorkbenchError, match="non-finite"):

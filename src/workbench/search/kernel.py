@@ -210,8 +210,11 @@ def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.nda
 
 def row_stats(flat) -> np.ndarray:
     """Per row ``[mean, ||row - mean||]`` in float64 (m x 2), by numpy's pairwise sums, which give
-    the same bits in every process whatever its thread count."""
-    x = np.array(flat, dtype=np.float64)  # a private copy: centred and squared in place
+    the same bits in every process whatever its thread count or the rows beside it."""
+    # a private copy (centred and squared in place), in row order: a masked selection comes
+    # column-ordered from numpy, and its rows were then summed one column at a time, whose bits
+    # differ from a row's alone (a row rescored alone got another mean than the index stored)
+    x = np.array(flat, dtype=np.float64, order="C")
     mean = x.mean(axis=1)
     x -= mean[:, None]
     np.square(x, out=x)
@@ -219,35 +222,57 @@ def row_stats(flat) -> np.ndarray:
 
 
 def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, stats=None) -> np.ndarray:
-    """Exact r of pairs sorted by reference row: each row is read once, then one float64 dot
-    product per pair (a pair's value never depends on the other pairs).
+    """Exact r of pairs sorted by reference row: each row is read once and widened to float64
+    once, then one float64 dot product per pair (a pair's value never depends on the other pairs).
 
     For a unit query x (sum s_x) and a raw row y of mean m and centred norm n (:func:`row_stats`),
-    r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass.  Rows are read in
-    store order, a chunk at a time, and stay in their stored precision: ``np.dot`` widens the one
-    row of each pair to float64 (exactly) while it is in cache, which gives the same bits as
-    widening the whole chunk first and took 22 ms where that took 40 at workload (a), k = 5
-    (BENCHMARKS.md).  The dot products are numpy's BLAS ``ddot`` held to one thread (twice the
-    speed of ``torch.dot`` here): a threaded BLAS sums in a thread-count-dependent order, and
-    every process, Dask workers included, must give each pair the same bits.
+    r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass.  Rows of a store are
+    read in store order, a chunk at a time, into one buffer; rows of an array in memory are
+    taken in place.  Each row is widened (exactly) into one reused float64 row: a fresh float64
+    copy per pair cost 70-100 us for 16,384 pixels, its pages faulting in, against 4 us for the
+    copy into the reused row (rescore at workload (a), k = 5 / 200: 37 / 730 ms -> 24 / 490 ms,
+    the same bits: BENCHMARKS.md, issue 16 item 15).  The dot products are numpy's BLAS ``ddot``
+    held to one thread (twice the speed of ``torch.dot`` here): a threaded BLAS sums in a
+    thread-count-dependent order, and every process, Dask workers included, must give each
+    pair the same bits.
     """
     exact = np.empty(len(qi))
-    rows = np.unique(ri)
+    if not len(qi):
+        return exact
     qn = q64.numpy()
     qsum = qn.sum(axis=1)
-    step = max(1, 2**22 // (4 * select.dim))  # rows per chunk: ~4 MB of float32
+    row64 = np.empty(select.dim)  # each candidate row widened into this one
+    first = np.flatnonzero(np.r_[True, ri[1:] != ri[:-1]])  # each row's first pair
+    last = np.r_[first[1:], len(ri)].tolist()
+    rows = ri[first]
+    given = None if stats is None else np.asarray(stats)[rows].tolist()
+    g = 0  # the row's place among the candidate rows
+    with single_thread(), threadpool_limits(limits=1, user_api="blas"):
+        for chunk, raw in _candidate_rows(reference, select, rows):  # in order
+            st = row_stats(raw).tolist() if given is None else given[g:g + len(chunk)]
+            for j in range(len(chunk)):
+                np.copyto(row64, raw[j])
+                mean, norm = st[j]
+                for p in range(first[g], last[g]):
+                    q = qi[p]
+                    exact[p] = (np.dot(qn[q], row64) - mean * qsum[q]) / norm
+                g += 1
+    return exact
+
+
+def _candidate_rows(reference, select, rows: np.ndarray):
+    """``(positions, pixels)`` for the sorted reference ``rows``, in order: a store's a chunk at
+    a time (~4 MB of float32 rows) read into one buffer, an array's one by one in place (a view
+    where nothing is selected out)."""
+    if isinstance(reference, np.ndarray):  # in place, row by row: no gather into fresh memory
+        plain = select.channels is None and select.mask is None and reference.flags.c_contiguous
+        flat = reference.reshape(len(reference), -1) if plain else None
+        for i, j in enumerate(rows):
+            yield rows[i:i + 1], flat[j:j + 1] if plain else np.asarray(select(reference[j:j + 1]))
+        return
+    step = max(1, 2**22 // (4 * select.dim))
     # from a store, every chunk is read into one buffer (SliceStore.read: fresh memory faults in)
     buffer = reference.read_buffer(min(step, len(rows))) if isinstance(reference, SliceStore) else None
-    with single_thread(), threadpool_limits(limits=1, user_api="blas"):
-        for s in range(0, len(rows), step):  # read candidate rows in store order, a chunk at a time
-            chunk = rows[s:s + step]
-            raw = np.asarray(select(read_rows(reference, chunk, buffer)))
-            st = row_stats(raw) if stats is None else np.asarray(stats[chunk])
-            lo, hi = np.searchsorted(ri, chunk[0]), np.searchsorted(ri, chunk[-1], side="right")
-            local = np.searchsorted(chunk, ri[lo:hi])
-            # by query within the chunk: a query's candidates are often neighbouring rows, so its
-            # vector is fetched once for them (the chunk's rows are in cache already)
-            for j in np.argsort(qi[lo:hi], kind="stable"):
-                q, row = qi[lo + j], local[j]
-                exact[lo + j] = (np.dot(qn[q], raw[row].astype(np.float64)) - st[row, 0] * qsum[q]) / st[row, 1]
-    return exact
+    for s in range(0, len(rows), step):
+        chunk = rows[s:s + step]
+        yield chunk, np.asarray(select(read_rows(reference, chunk, buffer)))
