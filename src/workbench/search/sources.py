@@ -37,13 +37,15 @@ def as_source(x, name: str):
                          f"got {type(x).__name__}")
 
 
-def iter_blocks(src, size: int):
-    """``(start, images)`` for consecutive blocks of ``size`` rows; every block is a private copy."""
+def iter_blocks(src, size: int, copy: bool = True):
+    """``(start, images)`` for consecutive blocks of ``size`` rows; every block is a private copy
+    (normalisation in float32 works on blocks in place and must not touch the caller's array),
+    or, with ``copy=False``, an array's blocks are views (a store's are read either way)."""
     if isinstance(src, SliceStore):
         yield from src.blocks(size)
-    else:  # copies: normalisation works on blocks in place and must not touch the caller's array
+    else:
         for start in range(0, len(src), size):
-            yield start, np.array(src[start:start + size])
+            yield start, np.array(src[start:start + size]) if copy else src[start:start + size]
 
 
 def read_rows(src, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
