@@ -278,16 +278,33 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     assert res.stats["tiles_evaluated"] > 0 and pruned.stats["tiles_evaluated"] > 0  # the sampled ones counted
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
-    # a free brute force: it goes brute before the seeds, having spent only the samples
+    predict = tiles.predict_tiles
+    # a free brute force: the rest of the seeds alone cost more; brute before the seeds, having
+    # spent only the sample of the seeds (no tile plan, no sample of tiles)
     free = {"pair_s": 0.0, "row_s": 0.0, "rescore_pair_s": 0.0}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
     res = index.topk(q, k=2, tile=4)
-    assert res.stats["method"] == "brute" and "before the seeds" in res.stats["auto"]
-    assert res.stats["auto_figures"]["before_seeds"] is True
+    assert res.stats["method"] == "brute" and "before the seeds: the rest of the seeds alone" in res.stats["auto"]
+    assert res.stats["auto_figures"]["before_seeds"] is True and res.stats["auto_figures"]["seeds_only"] is True
+    assert "early_sample_s" not in res.stats["auto_figures"] and res.stats["auto_figures"]["seed_sample_s"] > 0
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    # seeds and tiles predicted at 0.1 and 0.7 of the brute screen: under it, but not by the margin
+    # that the early predictions are held to (AUTO_EARLY_MARGIN): brute before the seeds
+    unit = {"pair_s": 1e-3, "row_s": 0.0, "rescore_pair_s": 1e-9}
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: unit)
+    brute_s = len(q) * len(ref) * 1e-3
+    shares = iter([0.1, 0.1, 0.7])
+    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: next(shares) * brute_s)
+    assert 1 / tiles.AUTO_EARLY_MARGIN < 0.8 < 1  # brute for the margin alone
+    res = index.topk(q, k=2, tile=4)
+    assert res.stats["method"] == "brute" and "predictions that came out low" in res.stats["auto"]
+    assert res.stats["auto_figures"]["early_sample_s"] > 0 and not res.stats["auto_figures"].get("seeds_only")
+    np.testing.assert_array_equal(res.indices, ei)
+    monkeypatch.setattr(tiles, "predict_tiles", predict)
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
     # the rest of the seeds predicted free: no early check; the timed sample after the seeds decides
-    calls, predict = [], tiles.predict_tiles
+    calls = []
 
     def free_early(*a):
         calls.append(1)
