@@ -465,10 +465,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     path's rescore predicted from the pairs evaluated so far that its bound cannot rule out; where
     the rest of the pruned search would take longer than brute force, or the tiles would evaluate
     more than AUTO_MAX_FRACTION of all pairs, this returns None, having spent the bounds, the seeds
-    and the sample.  Where the rest of the seeds would cost more than AUTO_EARLY_SHARE of
-    ``brute_s``, the same weighing is done before the seeds, on samples of the seed tiles and of
-    tiles planned with each query's k-th best projected r as its threshold (``before_seeds`` in the
-    dict where it returned None there).  The dict receives what was measured and predicted.
+    and the sample.  Before the seeds it times a sample of the seed tiles: where the rest of the
+    seeds alone would cost more than ``brute_s`` it returns None at once (``seeds_only``); where
+    they would cost more than AUTO_EARLY_SHARE of it, the same weighing is done there, on samples
+    of the seed tiles and of tiles planned with each query's k-th best projected r as its
+    threshold, held to AUTO_EARLY_MARGIN (``before_seeds`` in the dict where it returned None
+    before the seeds).  The dict receives what was measured and predicted.
     """
     nq, n = len(q64), len(ref.codes)
     tile = tile or tile_rows(select.dim)
