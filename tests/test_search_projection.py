@@ -540,7 +540,7 @@ def test_tile_products_through_a_reused_gather_buffer_equal_fresh_gathers(dim):
     assert buffer[0].numel() == qc.shape[0] * 20 * tiles.TIER_CHUNK  # grown once, to the largest tile
 
 
-@pytest.mark.parametrize("dim", [10, 1024, 3000])
+@pytest.mark.parametrize("dim", [10, 1024, 3000, 4096])
 def test_pair_products_equal_the_tile_products_within_the_tier_bound(dim):
     """A sampled tile's products of its pairs alone (``pair_product``): within the float32 tier's
     bound of the exact products and of the dense tile's, for pairs in any pattern (a query with
@@ -556,6 +556,11 @@ def test_pair_products_equal_the_tile_products_within_the_tier_bound(dim):
     assert (got - exact).abs().max() <= tiles.tier_error_bound(dim)
     dense = tiles.tile_product(qc, torch.arange(20), y.float()).double()[qi, lr]
     assert (got - dense).abs().max() <= 2 * tiles.tier_error_bound(dim)
+    if dim % tiles.TIER_CHUNK == 0:  # the pattern laid out by reference rows (rows in memory): any pair order
+        shuffle = torch.from_numpy(rng.permutation(len(qi)))
+        by_rows = tiles.pair_product_by_rows(qc, qi[shuffle], lr[shuffle], y.float()).double()
+        assert (by_rows - exact[shuffle]).abs().max() <= tiles.tier_error_bound(dim)
+        assert (by_rows - got[shuffle]).abs().max() <= 2 * tiles.tier_error_bound(dim)
 
 
 @pytest.mark.parametrize("sparse", [0.0, 1.1])

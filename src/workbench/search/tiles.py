@@ -316,6 +316,42 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
     return out
 
 
+def pair_product_by_rows(qc: torch.Tensor, qi: torch.Tensor, ri: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`pair_product` with the pattern the other way round, for many pairs over rows in
+    memory: pattern row (reference row j, slice b) of ``rows`` viewed as (rows x slices, TIER_CHUNK),
+    column (slice b, query q) of the layout ``qc`` viewed as (slices x queries, TIER_CHUNK), so a
+    reference row's slice is read once for all its queries' pairs.  The same float32 slices summed
+    in float32: the same bound.  ``rows`` fill whole slices; the pairs (``qi[j]``, ``ri[j]``) come
+    in any order.  At (a), k = 5, the 16,942 pairs of the tiles took 29-30 ms against 38-39 ms by
+    :func:`pair_product`; on a tile of (b)'s, whose rows are few and queries many, it was not
+    faster (BENCHMARKS.md, issue 16 item 15)."""
+    nq = qc.shape[1]
+    m, dim = rows.shape
+    full = dim // TIER_CHUNK
+    dev = qc.device
+    order = torch.argsort(ri * nq + qi)  # CSR rows in (row, slice) order, each its queries ascending
+    qo, ro = qi[order], ri[order]
+    per_row = torch.bincount(ro, minlength=m)
+    starts = torch.zeros(m + 1, dtype=torch.long, device=dev)
+    torch.cumsum(per_row, 0, out=starts[1:])
+    crow = torch.zeros(m * full + 1, dtype=torch.long, device=dev)
+    torch.cumsum(per_row.repeat_interleave(full), 0, out=crow[1:])
+    # entry of pair p (in this order) and slice b: its row's block of full x count entries, slice b's
+    # run of count entries, its place among its row's pairs
+    slices = torch.arange(full, device=dev)
+    pos = ((starts[ro] * full + torch.arange(len(ro), device=dev) - starts[ro])[:, None]
+           + slices[None, :] * per_row[ro][:, None]).reshape(-1)
+    cols = torch.empty(len(pos), dtype=torch.long, device=dev)
+    cols[pos] = (slices[None, :] * nq + qo[:, None]).reshape(-1)
+    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=dev),
+                                      size=(m * full, full * nq), check_invariants=False)
+    got = torch.sparse.sampled_addmm(pattern, rows.reshape(m * full, TIER_CHUNK), qc[:full].view(full * nq, TIER_CHUNK).T,
+                                     beta=0.0)
+    out = torch.empty(len(qi), dtype=torch.float32, device=dev)
+    out[order] = got.values()[pos].view(len(ro), full).sum(dim=1)
+    return out
+
+
 def predict_tiles(sample: list, times: list, rest: list) -> float:
     """Seconds the ``rest`` of a plan should take, from its ``sample``'s measured ``times``: each
     tile's time fitted (least squares) as a fixed cost plus a cost per pair evaluated, both at least
@@ -535,7 +571,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     const_dev = torch.from_numpy(ref.constant).to(dev)  # constant references: never candidates
     # in memory, float32 rows filling whole slices: the sampled tiles' pairs are taken from the index's
-    # rows in place (global positions), all tiles of a stage in a few products (pair_product); per
+    # rows in place (global positions), all tiles of a stage in a few products (pair_product_by_rows); per
     # tile, gathering their rows and one small product each cost more than the pairs at (a)
     whole = None
     sparse_here = torch.device(dev).type in SPARSE_DEVICES
@@ -585,12 +621,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                 t0 = time.perf_counter()
                 parts = [pairs_of(plan[j]) for j in merged]
                 qi, ri = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-                order = torch.sort(qi, stable=True).indices  # CSR rows: queries ascending
+                order = torch.sort(ri, stable=True).indices  # each product's pairs over a range of rows
                 qi, ri = qi[order], ri[order]
                 step = max(1, MERGED_ENTRIES // max(1, select.dim // TIER_CHUNK))
                 for a in range(0, len(qi), step):
-                    keep_pairs(qi[a:a + step], ri[a:a + step], pair_product(qc, qi[a:a + step], ri[a:a + step], whole),
-                               floor)
+                    keep_pairs(qi[a:a + step], ri[a:a + step],
+                               pair_product_by_rows(qc, qi[a:a + step], ri[a:a + step], whole), floor)
                 spent = time.perf_counter() - t0
                 total = sum(len(p[0]) for p in parts)
                 merged_tally[0] += spent
