@@ -282,34 +282,24 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: 
 
 
 def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
-    """Float32 products of the pairs (query ``qi[j]``, row ``lr[j]`` of ``r32``) alone, ``qi``
-    ascending: the same slices of TIER_CHUNK pixels summed in float32 as :func:`tile_product`, so
-    the same bound (``tier_error_bound``, any order of summation), but as one sampled product
-    (``torch.sparse.sampled_addmm``) that reads the queries in place: no gather of the queries, no
-    product of the pairs nobody asked for.  Where few of a tile's pairs survive, that gather and
-    those products cost more than the wanted pairs (SPARSE_DENSITY).
+    """Float32 products of the pairs (query ``qi[j]``, row ``lr[j]`` of ``r32``) alone: the same
+    slices of TIER_CHUNK pixels summed in float32 as :func:`tile_product`, so the same bound
+    (``tier_error_bound``, any order of summation), but as one sampled product
+    (``torch.sparse.sampled_addmm``, :func:`slice_products`) that reads the queries in place: no
+    gather of the queries, no product of the pairs nobody asked for.  Where few of a tile's pairs
+    survive, that gather and those products cost more than the wanted pairs (SPARSE_DENSITY).
 
-    The slices become rows and columns of one 2D pattern: row (slice b, query q) of the layout
-    ``qc`` viewed as (slices x queries, TIER_CHUNK), times column (row j, slice b) of ``r32``
-    viewed as (rows x slices, TIER_CHUNK), for every pair and slice, so neither side is copied
-    (a batched pattern over the slices made the kernel copy a strided side: 1.2-2.1 against
-    0.85 ms a tile at (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14)."""
+    The pattern's rows are the queries' slices (row (slice b, query q) of the layout ``qc``) and
+    its columns the rows' (row (row j, slice b) of ``r32``): neither side is copied (a batched
+    pattern over the slices made the kernel copy a strided side: 1.2-2.1 against 0.85 ms a tile at
+    (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14)."""
     chunks, nq, width = qc.shape
     m, dim = r32.shape
     full = dim // TIER_CHUNK
     out = torch.zeros(len(qi), dtype=torch.float32, device=qc.device)
     if full:
-        # CSR rows in (slice, query) order: each holds its query's pairs, in pair order
-        per_query = torch.bincount(qi, minlength=nq).repeat(full)
-        crow = torch.zeros(full * nq + 1, dtype=torch.long, device=qc.device)
-        torch.cumsum(per_query, 0, out=crow[1:])
-        cols = (lr[None, :] * full + torch.arange(full, device=qc.device)[:, None]).reshape(-1)
-        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=qc.device),
-                                          size=(full * nq, m * full), check_invariants=False)
-        rows = r32[:, :full * TIER_CHUNK]
-        rows = rows.reshape(m * full, TIER_CHUNK)  # a view where the pixels fill whole slices
-        got = torch.sparse.sampled_addmm(pattern, qc[:full].view(full * nq, TIER_CHUNK), rows.T, beta=0.0)
-        out = got.values().view(full, len(qi)).sum(dim=0)
+        out = slice_products(qc[:full].view(full * nq, TIER_CHUNK), qi, True,
+                             r32[:, :full * TIER_CHUNK].reshape(m * full, TIER_CHUNK), lr, False, full)
     if full < chunks:  # the last, short slice: one dot product per pair
         rest = dim - full * TIER_CHUNK
         out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:]).sum(dim=1)
@@ -318,37 +308,51 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
 
 def pair_product_by_rows(qc: torch.Tensor, qi: torch.Tensor, ri: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """:func:`pair_product` with the pattern the other way round, for many pairs over rows in
-    memory: pattern row (reference row j, slice b) of ``rows`` viewed as (rows x slices, TIER_CHUNK),
-    column (slice b, query q) of the layout ``qc`` viewed as (slices x queries, TIER_CHUNK), so a
-    reference row's slice is read once for all its queries' pairs.  The same float32 slices summed
-    in float32: the same bound.  ``rows`` fill whole slices; the pairs (``qi[j]``, ``ri[j]``) come
-    in any order.  At (a), k = 5, the 16,942 pairs of the tiles took 29-30 ms against 38-39 ms by
-    :func:`pair_product`; on a tile of (b)'s, whose rows are few and queries many, it was not
-    faster (BENCHMARKS.md, issue 16 item 15)."""
+    memory: the pattern's rows are the reference rows' slices (row (row j, slice b) of ``rows``)
+    and its columns the queries' (row (slice b, query q) of ``qc``), so a reference row's slice is
+    read once for all its queries' pairs.  ``rows`` fill whole slices.  At (a), k = 5, the 16,942
+    pairs of the tiles took 29-30 ms against 38-39 ms by :func:`pair_product`; on a tile of (b)'s,
+    whose rows are few and queries many, it was not faster (BENCHMARKS.md, issue 16 item 15)."""
     nq = qc.shape[1]
     m, dim = rows.shape
     full = dim // TIER_CHUNK
-    dev = qc.device
-    order = torch.argsort(ri * nq + qi)  # CSR rows in (row, slice) order, each its queries ascending
-    qo, ro = qi[order], ri[order]
-    per_row = torch.bincount(ro, minlength=m)
-    starts = torch.zeros(m + 1, dtype=torch.long, device=dev)
-    torch.cumsum(per_row, 0, out=starts[1:])
-    crow = torch.zeros(m * full + 1, dtype=torch.long, device=dev)
-    torch.cumsum(per_row.repeat_interleave(full), 0, out=crow[1:])
-    # entry of pair p (in this order) and slice b: its row's block of full x count entries, slice b's
-    # run of count entries, its place among its row's pairs
+    return slice_products(rows.reshape(m * full, TIER_CHUNK), ri, False, qc[:full].view(full * nq, TIER_CHUNK), qi, True,
+                          full)
+
+
+def slice_products(a: torch.Tensor, ai: torch.Tensor, a_slice_major: bool, b: torch.Tensor, bi: torch.Tensor,
+                   b_slice_major: bool, full: int) -> torch.Tensor:
+    """Per pair j, the sum over the ``full`` slices s of a's item ``ai[j]`` slice s . b's item
+    ``bi[j]`` slice s (float32), as one sampled product.  ``a`` and ``b`` are 2D views of
+    (items x slices) rows of TIER_CHUNK values, slice-major (row s * items + i) or item-major
+    (row i * full + s).  a's slices are the pattern's rows, each holding the pairs of its item in
+    pair order (sorted by item first, unless they come so); the pairs come in any order."""
+    dev = a.device
+    n_a, n_b = a.shape[0] // full, b.shape[0] // full
+    order = None if bool((ai[1:] >= ai[:-1]).all()) else torch.argsort(ai, stable=True)
+    ao, bo = (ai, bi) if order is None else (ai[order], bi[order])
+    n = len(ao)
+    count = torch.bincount(ao, minlength=n_a)
+    crow = torch.zeros(n_a * full + 1, dtype=torch.long, device=dev)
+    torch.cumsum(count.repeat(full) if a_slice_major else count.repeat_interleave(full), 0, out=crow[1:])
     slices = torch.arange(full, device=dev)
-    pos = ((starts[ro] * full + torch.arange(len(ro), device=dev) - starts[ro])[:, None]
-           + slices[None, :] * per_row[ro][:, None]).reshape(-1)
-    cols = torch.empty(len(pos), dtype=torch.long, device=dev)
-    cols[pos] = (slices[None, :] * nq + qo[:, None]).reshape(-1)
+    b_row = slices[None, :] * n_b + bo[:, None] if b_slice_major else bo[:, None] * full + slices[None, :]
+    if a_slice_major:  # pattern rows (slice, item): the entries come in (slice, pair) order
+        pos = None
+        cols = b_row.T.reshape(-1)
+    else:  # rows (item, slice): a pair's entry in each of its item's rows
+        within = torch.arange(n, device=dev) - (torch.cumsum(count, 0) - count)[ao]
+        pos = (crow[ao[:, None] * full + slices[None, :]] + within[:, None]).reshape(-1)
+        cols = torch.empty(len(pos), dtype=torch.long, device=dev)
+        cols[pos] = b_row.reshape(-1)
     pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=dev),
-                                      size=(m * full, full * nq), check_invariants=False)
-    got = torch.sparse.sampled_addmm(pattern, rows.reshape(m * full, TIER_CHUNK), qc[:full].view(full * nq, TIER_CHUNK).T,
-                                     beta=0.0)
-    out = torch.empty(len(qi), dtype=torch.float32, device=dev)
-    out[order] = got.values()[pos].view(len(ro), full).sum(dim=1)
+                                      size=(n_a * full, n_b * full), check_invariants=False)
+    got = torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+    sums = got.view(full, n).sum(dim=0) if pos is None else got[pos].view(n, full).sum(dim=1)
+    if order is None:
+        return sums
+    out = torch.empty(n, dtype=torch.float32, device=dev)
+    out[order] = sums
     return out
 
 
