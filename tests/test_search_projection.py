@@ -14,6 +14,7 @@ from workbench.errors import WorkbenchError
 from workbench.search import CorrelationIndex, topk_correlation
 from workbench.search import index as index_module
 from workbench.search import projection, tiles
+from workbench.search.index import RawReader
 from workbench.search.normalise import normalise
 
 
@@ -157,7 +158,7 @@ def test_raw_rows_in_the_tiles_stay_within_their_row_bound(dim, kind):
     rows = np.arange(40)
     x, y = unit64(queries), unit64(images.astype(np.float64))
     qc = tiles.chunked(x)
-    p = tiles.tile_product(qc, torch.arange(12), index.raw_rows(rows, [None])).double()
+    p = tiles.tile_product(qc, torch.arange(12), index.raw_rows(rows)).double()
     st = torch.from_numpy(index.stats)
     s = (p - qc.double().sum(dim=(0, 2))[:, None] * st[None, :, 0]) / st[None, :, 1]
     err = (s - x @ y.T).abs()
@@ -348,25 +349,31 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
     ev, ei, _ = truth(q, ref, 3)
     index = CorrelationIndex(store, keep_vectors=False, basis_dim=32)
     assert index.vectors is None and index.from_disk
-    asked, read = [], []  # the rows the kernel is asked to fetch ahead, and those then read
-    prefetch, raw_rows = CorrelationIndex.prefetch_rows, CorrelationIndex.raw_rows
-    monkeypatch.setattr(CorrelationIndex, "prefetch_rows", lambda self, p: (asked.append(p), prefetch(self, p))[1])
-    buffers = set()  # the tiles read every batch of rows into one reused buffer
+    asked, read = [], []  # the rows asked for ahead, and those then got
+    readers = []  # the tiles read every batch of rows into the reader's few buffers
+    ask, get, init = RawReader.ask, RawReader.get, RawReader.__init__
 
-    def spy(self, p, buffer=None):
+    def spy_init(self, index, depth):
+        init(self, index, depth)
+        readers.append(self._reader)
+    monkeypatch.setattr(RawReader, "__init__", spy_init)
+    monkeypatch.setattr(RawReader, "ask", lambda self, p: (asked.append(p), ask(self, p))[1])
+
+    def spy_get(self, p):
         read.append(p)
-        out = raw_rows(self, p, buffer)
-        buffers.add(id(buffer[0]))
-        assert np.shares_memory(out.numpy(), buffer[0])
+        out = get(self, p)
+        if self._reader.direct:  # a view of one of the reader's buffers, never a fresh array
+            assert any(np.shares_memory(out.numpy(), b) for b in [self._reader._current])
         return out
-    monkeypatch.setattr(CorrelationIndex, "raw_rows", spy)
+    monkeypatch.setattr(RawReader, "get", spy_get)
     res = index.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
     assert len(read) > 2 and asked  # each tile after the first of its stage was asked for ahead of its read
     key = [tuple(p) for p in read]
     assert all(tuple(p) in key for p in asked) and len(asked) == len(set(map(tuple, asked)))
-    assert len(buffers) <= 2  # the seeds' and the tiles' stages: one buffer each, never one per tile
+    assert readers and all(r._count <= r.depth + 2 for r in readers)  # a few buffers, never one per tile
+    assert all(r._fd is None and r._pool is None for r in readers)  # each closed after its stage
     monkeypatch.undo()
     brute = index.topk(q, k=3, method="brute")  # streams the store
     np.testing.assert_array_equal(brute.indices, ei)
@@ -379,9 +386,9 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
 
 
 def test_rows_read_into_a_reused_buffer_are_the_rows_read_afresh(brainlike, tmp_path):
-    """SliceStore.read(out=...) and CorrelationIndex.raw_rows(buffer=...): the same bits as a fresh
-    read, a view of the buffer, the buffer grown only when a batch needs more; a wrong buffer is
-    refused, and a view that picks channels copies them out of it."""
+    """SliceStore.read(out=...) and the tiles' reader (CorrelationIndex.raw_reader): the same bits
+    as a fresh read; read(out=...) returns a view of the buffer, refuses a wrong one, and a view
+    that picks channels copies them out of it."""
     _, ref = brainlike
     store = write_store(tmp_path / "s", ref)
     pos = np.array([0, 1, 2, 7, 30, 31, 40])
@@ -396,12 +403,13 @@ def test_rows_read_into_a_reused_buffer_are_the_rows_read_afresh(brainlike, tmp_
     two = store.with_channels(store.channels[:2][::-1])
     np.testing.assert_array_equal(two.read(pos, out=buf), two.read(pos))
     index = CorrelationIndex(store, keep_vectors=False, basis_dim=16)
-    holder = [None]
-    for rows in (pos, pos[:3], np.arange(3, 80)):  # the last needs more than the first buffer holds
-        out = index.raw_rows(rows, holder)
-        np.testing.assert_array_equal(out.numpy(), store.read(rows).reshape(len(rows), -1))
-        assert np.shares_memory(out.numpy(), holder[0])
-    assert len(holder[0]) == 77
+    with index.raw_reader(2) as reader:
+        for rows in (pos, pos[:3], np.arange(3, 80)):  # the last needs more than the first buffer holds
+            reader.ask(rows)
+        for rows in (pos, pos[:3], np.arange(3, 80)):
+            out = reader.get(rows)
+            np.testing.assert_array_equal(out.numpy(), store.read(rows).reshape(len(rows), -1))
+            np.testing.assert_array_equal(index.raw_rows(rows).numpy(), out.numpy())
 
 
 def test_a_store_asks_the_kernel_for_each_run_of_rows_it_will_read(brainlike, tmp_path, monkeypatch):

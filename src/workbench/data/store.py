@@ -433,6 +433,14 @@ class SliceStore:
         finally:
             os.close(fd)
 
+    def reader(self, depth: int = 2, **kw):
+        """An :class:`~workbench.data.readahead.AheadReader` of this view's images: ``ask`` for
+        the images of the next batches, ``get`` each batch, read from disk meanwhile by a few
+        threads (``O_DIRECT``; the page cache where that is refused)."""
+        from .readahead import AheadReader
+
+        return AheadReader(self, depth, **kw)
+
     def _read_full_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         images = self._images
         shape = images.shape[1:]

@@ -195,35 +195,26 @@ class CorrelationIndex:
             else:
                 rows = self.vectors[torch.from_numpy(positions)]
             return unpad_slices(rows, self.select.dim)
-        return normalise(self._read_selected(positions, None), torch.float32)[0]
+        return normalise(self._read_selected(positions), torch.float32)[0]
 
-    def raw_rows(self, positions: np.ndarray, buffer: list | None = None) -> torch.Tensor:
+    def raw_rows(self, positions: np.ndarray) -> torch.Tensor:
         """The selected pixels of the images at sorted ``positions`` as stored (float32, not
         normalised: the tiles divide by the stored norms, ``tiles.raw_row_error``; a reference in
-        another dtype is rounded to float32, which that bound covers).
+        another dtype is rounded to float32, which that bound covers).  The tiles read them through
+        :meth:`raw_reader`."""
+        return torch.from_numpy(np.ascontiguousarray(self._read_selected(positions), dtype=np.float32))
 
-        ``buffer``: a one-item list holding the float32 array that rows from a store are read
-        into, reused from call to call (grown when a call needs more; the result is a view of it,
-        valid until the next call): rows came from the page cache at 6 GB/s into a reused buffer
-        against 2.5 GB/s into fresh memory (BENCHMARKS.md, issue 16 item 14)."""
-        return torch.from_numpy(np.ascontiguousarray(self._read_selected(positions, buffer), dtype=np.float32))
+    def raw_reader(self, depth: int) -> "RawReader":
+        """:meth:`raw_rows` for a stream of tiles: ``ask(positions)`` for the next tiles' rows,
+        then ``get(positions)`` each tile's, in order; from a store they are read ahead from disk
+        by :class:`~workbench.data.readahead.AheadReader` while a tile is multiplied (at (b), rows
+        on disk: the tiles 16.5-17.5 s through the page cache against 5.5 s; BENCHMARKS.md, issue
+        16 item 16).  A context manager: leaving it waits for reads in flight."""
+        return RawReader(self, depth)
 
-    def _read_selected(self, positions: np.ndarray, buffer: list | None) -> np.ndarray:
-        """The selected pixels of the reference images at ``positions``, a store's read into the
-        one-item list ``buffer``'s array (grown when it holds too few rows)."""
-        out = None
-        if buffer is not None and isinstance(self.reference, SliceStore):
-            out = buffer[0]
-            if out is None or len(out) < len(positions):
-                buffer[0] = out = None  # the old one goes before the larger one comes
-                buffer[0] = out = self.reference.read_buffer(max(len(positions), tiles.TILE))
-        return self.select(read_rows(self.reference, positions, out))
-
-    def prefetch_rows(self, positions: np.ndarray) -> None:
-        """Ask for the images at ``positions`` to be fetched from disk ahead of :meth:`raw_rows`
-        (a store on disk; nothing otherwise)."""
-        if isinstance(self.reference, SliceStore):
-            self.reference.prefetch(positions)
+    def _read_selected(self, positions: np.ndarray) -> np.ndarray:
+        """The selected pixels of the reference images at ``positions``."""
+        return self.select(read_rows(self.reference, positions))
 
     @property
     def row_error(self) -> torch.Tensor | None:
@@ -542,6 +533,37 @@ def clean_figures(auto: dict) -> dict:
 def index_pays(n_queries: int, n_reference: int) -> bool:
     """Whether ``method="auto"`` of an unprepared search builds an index (module constants)."""
     return n_queries >= AUTO_MIN_QUERIES and n_reference >= AUTO_MIN_REFERENCE
+
+
+class RawReader:
+    """The rows of :meth:`CorrelationIndex.raw_rows`, tile after tile (:meth:`CorrelationIndex.raw_reader`).
+
+    ``get`` returns a float32 tensor that may be a view of a buffer reused after the next ``get``
+    (rows read from a store into the reader's buffers: from the page cache rows came at 6 GB/s
+    into reused buffers against 2.5 GB/s into fresh ones; BENCHMARKS.md, issue 16 item 14)."""
+
+    def __init__(self, index: CorrelationIndex, depth: int):
+        self._index = index
+        ref = index.reference
+        self._reader = ref.reader(depth) if isinstance(ref, SliceStore) else None
+
+    def ask(self, positions: np.ndarray) -> None:
+        if self._reader is not None:
+            self._reader.ask(positions)
+
+    def get(self, positions: np.ndarray) -> torch.Tensor:
+        rows = self._reader.get(positions) if self._reader is not None else read_rows(self._index.reference, positions)
+        return torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def topk_pruned(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,

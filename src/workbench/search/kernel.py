@@ -37,6 +37,9 @@ from .normalise import single_thread
 from .result import SearchResult, mark_constant_queries
 from .sources import read_rows
 
+#: chunks of candidate rows (about 4 MB each) read ahead from a store while one is rescored
+RESCORE_AHEAD = 4
+
 
 def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
                        n_reference: int, dtype, dev, progress: bool, ref_lift: float = 0.0,
@@ -271,8 +274,18 @@ def _candidate_rows(reference, select, rows: np.ndarray):
             yield rows[i:i + 1], flat[j:j + 1] if plain else np.asarray(select(reference[j:j + 1]))
         return
     step = max(1, 2**22 // (4 * select.dim))
-    # from a store, every chunk is read into one buffer (SliceStore.read: fresh memory faults in)
-    buffer = reference.read_buffer(min(step, len(rows))) if isinstance(reference, SliceStore) else None
-    for s in range(0, len(rows), step):
-        chunk = rows[s:s + step]
-        yield chunk, np.asarray(select(read_rows(reference, chunk, buffer)))
+    chunks = [rows[s:s + step] for s in range(0, len(rows), step)]
+    if not isinstance(reference, SliceStore):
+        for chunk in chunks:
+            yield chunk, np.asarray(select(read_rows(reference, chunk)))
+        return
+    # from a store, the next RESCORE_AHEAD chunks are read from disk while one is rescored
+    # (AheadReader: rows on disk at (b), k = 5, the rescore took 1.6 s read as it came against 0.8 s cached)
+    with reference.reader(RESCORE_AHEAD) as reader:
+        for chunk in chunks[:RESCORE_AHEAD + 1]:
+            reader.ask(chunk)
+        for j, chunk in enumerate(chunks):
+            got = reader.get(chunk)
+            if j + RESCORE_AHEAD + 1 < len(chunks):
+                reader.ask(chunks[j + RESCORE_AHEAD + 1])
+            yield chunk, np.asarray(select(got))

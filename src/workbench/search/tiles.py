@@ -19,8 +19,8 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    ``row_error``), or, where under SPARSE_DENSITY of those pairs survive, the surviving pairs
    alone are computed in the same slices (:func:`pair_product`, a sampled product): the
    survivors are scattered, 0.16 % of the pairs at (b) against 3.1 % in dense tiles.  Rows are
-   read only for these tiles, in index order; from disk, the kernel fetches the next tiles'
-   rows while one is multiplied, and the rows enter the products as stored, divided by the
+   read only for these tiles, in index order; from disk, threads read the next tiles' rows
+   (O_DIRECT) while one is multiplied, and the rows enter the products as stored, divided by the
    index's mean and norm of each row (:func:`raw_row_error`).
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
    float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
@@ -33,6 +33,7 @@ codes did on brain phantoms, and ball bounds per k-means cluster pruned almost n
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -129,11 +130,12 @@ AUTO_EARLY_MARGIN = 1.3
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
 HOLD_BOUNDS_BYTES = 128 * 2**20
-#: rows read from disk: the kernel is asked to fetch the rows of this many tiles ahead (posix_fadvise)
-#: while a tile is read and multiplied in the search's own thread.  At (b), k = 5, rows not in the
-#: page cache, the search took 31-33 s so against 48 s with a thread reading one tile ahead, which
-#: also took the products' second core (k = 1: 6.9 against 9.5 s; rows cached: 5.8 against 7.8 s);
-#: 8 or 32 tiles ahead, or fetching whole spans, were no faster (BENCHMARKS.md, issue 16 item 13)
+#: rows read from disk: the rows of this many tiles ahead are read (``CorrelationIndex.raw_reader``:
+#: O_DIRECT, by a few threads, into buffers of the reader's own) while a tile is multiplied.  At (b),
+#: k = 5, rows on disk, the tiles took 5.5 s so against 16.5-17.5 s when the kernel was asked for
+#: them (posix_fadvise) and they were read through the page cache in the search's own thread
+#: (BENCHMARKS.md, issue 16 item 16; a thread reading through the page cache had taken the
+#: products' second core for its copies, item 13)
 PREFETCH_TILES = 2
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
@@ -571,7 +573,6 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     got_s = [torch.zeros(0, dtype=torch.float64)]
     evaluated = 0
     gathered = [None]  # the tiles' query gathers, one buffer reused (tile_product)
-    read_into = [None]  # the rows the tiles read from a store, one buffer reused (ref.raw_rows)
 
     const_dev = torch.from_numpy(ref.constant).to(dev)  # constant references: never candidates
     # in memory, float32 rows filling whole slices: the sampled tiles' pairs are taken from the index's
@@ -611,13 +612,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         got_s.append(s[keep].double().cpu())
 
     def run(plan, floor, desc, times=None):
-        """Evaluate the plan's tiles in order.  Rows from disk are read as each tile comes, the
-        kernel asked to fetch the next PREFETCH_TILES tiles' rows meanwhile (``prefetch_rows``).
+        """Evaluate the plan's tiles in order.  Rows from disk are read ahead, the next
+        PREFETCH_TILES tiles' rows while a tile is multiplied (``raw_reader``).
         In memory (``whole``), the sampled tiles' pairs are evaluated together, in products of up
         to MERGED_ENTRIES (pair, slice) entries.  ``times``: a list that receives each tile's
         seconds, in plan order (the sampled tiles evaluated together share theirs by pairs)."""
-        prefetch = getattr(ref, "prefetch_rows", None) if not in_memory else None
-        asked = 1  # tiles whose rows the kernel was asked for: the first is read at once
+        asked = 1  # tiles whose rows the reader was asked for: the first is read at once
         seconds = {}
         merged = [j for j, t in enumerate(plan) if t.pairs is not None] if whole is not None else []
         with tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress) as bar:
@@ -639,18 +639,19 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                     seconds[j] = spent * len(p[0]) / max(total, 1)
                 bar.update(len(merged))
             skip = set(merged)
-            for j, tile in enumerate(plan):
-                if j in skip:
-                    continue
-                t0 = time.perf_counter()
-                if prefetch is not None:
-                    for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
-                        prefetch(ahead.rows)
-                    asked = max(asked, j + 1 + PREFETCH_TILES)
-                r32 = ref.raw_rows(tile.rows, read_into) if raw else ref.rows32(tile.rows)
-                keep_pairs(*product(tile, r32.to(dev)), floor)
-                seconds[j] = time.perf_counter() - t0
-                bar.update(1)
+            with ref.raw_reader(PREFETCH_TILES) if raw else contextlib.nullcontext() as reader:
+                for j, tile in enumerate(plan):
+                    if j in skip:
+                        continue
+                    t0 = time.perf_counter()
+                    if raw:
+                        for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
+                            reader.ask(ahead.rows)
+                        asked = max(asked, j + 1 + PREFETCH_TILES)
+                    r32 = reader.get(tile.rows) if raw else ref.rows32(tile.rows)
+                    keep_pairs(*product(tile, r32.to(dev)), floor)
+                    seconds[j] = time.perf_counter() - t0
+                    bar.update(1)
         if times is not None:
             times.extend(seconds[j] for j in range(len(plan)))
 
