@@ -538,9 +538,10 @@ def index_pays(n_queries: int, n_reference: int) -> bool:
 class RawReader:
     """The rows of :meth:`CorrelationIndex.raw_rows`, tile after tile (:meth:`CorrelationIndex.raw_reader`).
 
-    ``get`` returns a float32 tensor that may be a view of a buffer reused after the next ``get``
-    (rows read from a store into the reader's buffers: from the page cache rows came at 6 GB/s
-    into reused buffers against 2.5 GB/s into fresh ones; BENCHMARKS.md, issue 16 item 14)."""
+    ``get`` returns a float32 tensor that may be a view of one of the reader's few buffers,
+    reused after the next ``get`` (fresh memory for every batch of rows cost its page faults:
+    from the page cache rows came at 6 GB/s into reused buffers against 2.5 GB/s into fresh
+    ones; BENCHMARKS.md, issue 16 item 14)."""
 
     def __init__(self, index: CorrelationIndex, depth: int):
         self._index = index

@@ -48,10 +48,9 @@ def iter_blocks(src, size: int, copy: bool = True):
             yield start, np.array(src[start:start + size]) if copy else src[start:start + size]
 
 
-def read_rows(src, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The images at ``positions`` (sorted), read into memory (into ``out``'s first rows where
-    ``src`` is a SliceStore: :meth:`SliceStore.read`)."""
-    return src.read(positions, out) if isinstance(src, SliceStore) else np.asarray(src[positions])
+def read_rows(src, positions: np.ndarray) -> np.ndarray:
+    """The images at ``positions`` (sorted), read into memory."""
+    return src.read(positions) if isinstance(src, SliceStore) else np.asarray(src[positions])
 
 
 def channel_index(src, channels, n_channels: int):
