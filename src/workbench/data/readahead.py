@@ -38,6 +38,13 @@ CHUNK = 4 * 2**20
 THREADS = 8
 
 
+def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(a, b)``: the runs of consecutive store rows ``rows[a:b]`` (each one step above the last),
+    in the order given: one file read, or one read-ahead request, per run."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(rows)]]).tolist()))
+
+
 def aligned_empty(nbytes: int) -> np.ndarray:
     """An uninitialised uint8 array of ``nbytes`` whose first byte sits on a BLOCK boundary."""
     raw = np.empty(nbytes + BLOCK, dtype=np.uint8)
@@ -178,8 +185,6 @@ class AheadReader:
 
     def _submit(self, positions: np.ndarray, buf: np.ndarray) -> list:
         """Read requests, one per CHUNK of each run of consecutive store rows, into ``buf``."""
-        from .store import row_runs
-
         rows = self.store.rows[positions]
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self.store._images)):
             raise StoreError(f"{self.store.path}: rows out of range 0..{len(self.store._images) - 1}")

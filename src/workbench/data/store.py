@@ -46,6 +46,7 @@ import pandas as pd
 
 from ..errors import StoreError
 from .atomic import atomic_dir
+from .readahead import AheadReader, row_runs
 from .temporaries import ELSEWHERE, IN_USE, find_temporaries, remove_path
 
 FORMAT_VERSION = 1
@@ -226,13 +227,6 @@ class StoreWriter:
             self._ctx.__exit__(type(err), err, err.__traceback__)
             raise
         return self._ctx.__exit__(exc_type, exc, tb)
-
-
-def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """``(a, b)``: the runs of consecutive store rows ``rows[a:b]`` (each one step above the last),
-    in the order given: one file read, or one read-ahead request, per run."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    return list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(rows)]]).tolist()))
 
 
 class SliceStore:
@@ -437,8 +431,6 @@ class SliceStore:
         """An :class:`~workbench.data.readahead.AheadReader` of this view's images: ``ask`` for
         the images of the next batches, ``get`` each batch, read from disk meanwhile by a few
         threads (``O_DIRECT``; the page cache where that is refused)."""
-        from .readahead import AheadReader
-
         return AheadReader(self, depth, **kw)
 
     def _read_full_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
