@@ -123,3 +123,25 @@ def test_closing_waits_for_reads_in_flight(store, monkeypatch):
     reader.close()
     assert sorted(done) == sorted(started) and reader._pool is None and reader._fd is None
     assert not [t for t in threading.enumerate() if t.name.startswith("store-readahead")]
+
+
+@pytest.mark.parametrize("direct", MODES)
+def test_streamed_blocks_are_the_callers_to_keep(store, direct, monkeypatch):
+    """SliceStore.blocks (the streamed brute force, the index's build) reads ahead with the same
+    reader, each block a fresh array: blocks kept by the caller are never overwritten."""
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)  # the page-cache thread instead
+    elif not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    view = store.take(np.r_[60:70, 0:23]).with_channels(["b", "c"])
+    kept = list(view.blocks(5))
+    assert [a for a, _ in kept] == list(range(0, 33, 5))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in kept]), view.read(np.arange(33)))
+    assert not any(np.shares_memory(x, y) for i, (_, x) in enumerate(kept) for _, y in kept[i + 1:])
+    with view.reader(1, reuse=False, direct=direct or None) as reader:
+        a, b = np.arange(0, 4), np.arange(4, 9)
+        reader.ask(a)
+        first = reader.get(a)
+        second = reader.get(b)
+        assert not np.shares_memory(first, second)
+        np.testing.assert_array_equal(first, view.read(a))

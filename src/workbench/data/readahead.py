@@ -59,17 +59,21 @@ class AheadReader:
     ``ask(positions)`` starts reading the images at those view positions and returns at once;
     ``get(positions)`` returns them (float32, as :meth:`SliceStore.read` would), waiting for the
     reads of an earlier ask, or reading them now if none was made.  What ``get`` returns is a view
-    of a buffer that is reused after the next ``get``.  Gets must come in the order of their asks
-    (an ask that is never got is dropped at the next ``get`` that matches a later one).
+    of a buffer that is reused after the next ``get``, or, with ``reuse=False``, a fresh array
+    that the caller may keep (the disk fills it: no copy).  Gets must come in the order of their
+    asks (an ask that is never got is dropped at the next ``get`` that matches a later one).
 
-    Memory: at most ``depth + 2`` buffers, each as large as the largest request.  Use it as a
+    Memory: at most ``depth + 1`` batches in flight, and with ``reuse`` at most ``depth + 2``
+    buffers in all, each as large as the largest request.  Use it as a
     context manager, or call :meth:`close`: it waits for reads in flight (a buffer must not be
     freed while a thread writes to it) and stops the threads.
     """
 
-    def __init__(self, store, depth: int = 2, *, threads: int = THREADS, direct: bool | None = None):
+    def __init__(self, store, depth: int = 2, *, threads: int = THREADS, direct: bool | None = None,
+                 reuse: bool = True):
         self.store = store
         self.depth = max(0, int(depth))
+        self.reuse = reuse
         images = store._images
         self._shape = images.shape[1:]
         self._row_bytes = int(np.prod(self._shape)) * 4
@@ -108,6 +112,8 @@ class AheadReader:
     def get(self, positions) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
         if not self.direct:
+            if not self.reuse:
+                return self.store.read(positions)
             if self._plain is None or len(self._plain) < len(positions):
                 self._plain = None  # the old one goes before the larger one comes
                 self._plain = self.store.read_buffer(max(len(positions), 1))
@@ -130,7 +136,10 @@ class AheadReader:
             self._wait(futures)
             self._free.append(buf)
             raise
-        self._current = buf
+        if self.reuse:
+            self._current = buf
+        else:  # the caller's to keep
+            self._count -= 1
         full = buf[:len(positions) * self._row_bytes].view(np.float32).reshape(len(positions), *self._shape)
         channels = self.store._channel_index
         return full if channels is None else np.ascontiguousarray(full[:, channels])

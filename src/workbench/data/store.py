@@ -430,7 +430,8 @@ class SliceStore:
     def reader(self, depth: int = 2, **kw):
         """An :class:`~workbench.data.readahead.AheadReader` of this view's images: ``ask`` for
         the images of the next batches, ``get`` each batch, read from disk meanwhile by a few
-        threads (``O_DIRECT``; the page cache where that is refused)."""
+        threads (``O_DIRECT``; the page cache where that is refused).  ``reuse=False``: every
+        batch in a fresh array that the caller may keep."""
         return AheadReader(self, depth, **kw)
 
     def _read_full_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -471,22 +472,37 @@ class SliceStore:
         return out
 
     def blocks(self, block_size: int, *, prefetch: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, images)`` blocks of at most ``block_size`` images, streaming from disk.
+        """Yield ``(start, images)`` blocks of at most ``block_size`` images, streaming from disk;
+        each block is a fresh array, the caller's to keep.
 
-        With ``prefetch`` a background thread reads the next block while the caller works on
-        the current one (file reads release the GIL), so at most two blocks are in memory.
+        With ``prefetch`` the next block is read while the caller works on the current one, so at
+        most two blocks are in memory: by a few threads with ``O_DIRECT`` (:meth:`reader`; a
+        streamed brute-force search of 1,000 queries against 16,000 4x128x128 rows on disk took
+        11.6-12.4 s so against 16.0-18.4 s read through the page cache by a thread: BENCHMARKS.md,
+        issue 16 item 16), or, where that is refused, by a background thread through the page cache
+        (file reads release the GIL).
         """
         starts = range(0, len(self), block_size)
-        read = lambda a: self.read(np.arange(a, min(a + block_size, len(self))))  # noqa: E731
+        positions = lambda a: np.arange(a, min(a + block_size, len(self)))  # noqa: E731
         if not prefetch or len(starts) < 2:
             for a in starts:
-                yield a, read(a)
+                yield a, self.read(positions(a))
             return
+        with self.reader(0, reuse=False) as reader:  # depth 0: one block in flight
+            if reader.direct:
+                reader.ask(positions(starts[0]))
+                for i, a in enumerate(starts):
+                    block = reader.get(positions(a))
+                    if i + 1 < len(starts):
+                        reader.ask(positions(starts[i + 1]))
+                    yield a, block
+                    del block
+                return
         with ThreadPoolExecutor(1, thread_name_prefix="store-prefetch") as pool:
-            nxt = pool.submit(read, starts[0])
+            nxt = pool.submit(lambda a: self.read(positions(a)), starts[0])
             for i, a in enumerate(starts):
                 block = nxt.result()
-                nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+                nxt = pool.submit(lambda a: self.read(positions(a)), starts[i + 1]) if i + 1 < len(starts) else None
                 yield a, block
                 del block
 
