@@ -383,8 +383,8 @@ class SliceStore:
         store larger than RAM through the map would make the process look as large as the store.
 
         ``out``: a C-contiguous float32 array of at least ``len(positions)`` images of the file's
-        shape (every channel), reused from read to read by a caller that reads many batches (the
-        pruned search's tiles); the images are read into its first rows and a view of them is
+        shape (every channel), reused from read to read by a caller that reads many batches
+        (:meth:`reader`'s page-cache path); the images are read into its first rows and a view of them is
         returned (a copy where this view picks channels).  Rows from the page cache came at
         6 GB/s into a reused buffer against 2.5 GB/s into a fresh one, whose every page faults in
         (BENCHMARKS.md, issue 16 item 14).
@@ -410,8 +410,10 @@ class SliceStore:
         """Ask the kernel to start reading the images at view ``positions`` into the page cache
         and return at once (``posix_fadvise(WILLNEED)`` on each run of consecutive rows): a later
         :meth:`read` of them waits less.  Nothing where the store is in memory or the platform
-        has no ``posix_fadvise``.  Why not a reader thread: it took one of the two cores from the
-        search's products, and the kernel reads without it (BENCHMARKS.md, issue 16 item 13)."""
+        has no ``posix_fadvise``.  The page-cache path of :meth:`reader`, where ``O_DIRECT`` is
+        refused: the advice did not keep the disk busy while the search worked (at (b) the tiles
+        took 16.5-17.5 s from disk so, 5.5 s read by the O_DIRECT threads: BENCHMARKS.md, issue 16
+        item 16)."""
         images = self._images
         if not hasattr(os, "posix_fadvise") or not isinstance(images, np.memmap) or images.offset is None:
             return
