@@ -144,6 +144,19 @@ class AheadReader:
         channels = self.store._channel_index
         return full if channels is None else np.ascontiguousarray(full[:, channels])
 
+    def stream(self, batches, ahead: int):
+        """Each of ``batches`` (arrays of positions) got in order, the next ``ahead`` (at most
+        ``depth + 1``) asked for while the caller works on one."""
+        batches = list(batches)
+        for b in batches[:ahead]:
+            self.ask(b)
+        for j, b in enumerate(batches):
+            got = self.get(b)
+            if j + ahead < len(batches):
+                self.ask(batches[j + ahead])
+            yield got
+            del got  # a fresh block (reuse=False) is the caller's alone while the next one is read
+
     def close(self) -> None:
         while self._pending:
             self._release(self._pending.popleft())

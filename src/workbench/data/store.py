@@ -492,11 +492,9 @@ class SliceStore:
             return
         with self.reader(0, reuse=False) as reader:  # depth 0: one block in flight
             if reader.direct:
-                reader.ask(positions(starts[0]))
-                for i, a in enumerate(starts):
-                    block = reader.get(positions(a))
-                    if i + 1 < len(starts):
-                        reader.ask(positions(starts[i + 1]))
+                stream = reader.stream(map(positions, starts), 1)
+                for a in starts:
+                    block = next(stream)
                     yield a, block
                     del block
                 return

@@ -205,8 +205,8 @@ class CorrelationIndex:
         return torch.from_numpy(np.ascontiguousarray(self._read_selected(positions), dtype=np.float32))
 
     def raw_reader(self, depth: int) -> "RawReader":
-        """:meth:`raw_rows` for a stream of tiles: ``ask(positions)`` for the next tiles' rows,
-        then ``get(positions)`` each tile's, in order; from a store they are read ahead from disk
+        """:meth:`raw_rows` for a stream of tiles (``RawReader.stream``): from a store the next
+        tiles' rows are read ahead from disk
         by :class:`~workbench.data.readahead.AheadReader` while a tile is multiplied (at (b), rows
         on disk: the tiles 16.5-17.5 s through the page cache against 5.5 s; BENCHMARKS.md, issue
         16 item 16).  A context manager: leaving it waits for reads in flight."""
@@ -538,23 +538,25 @@ def index_pays(n_queries: int, n_reference: int) -> bool:
 class RawReader:
     """The rows of :meth:`CorrelationIndex.raw_rows`, tile after tile (:meth:`CorrelationIndex.raw_reader`).
 
-    ``get`` returns a float32 tensor that may be a view of one of the reader's few buffers,
-    reused after the next ``get`` (fresh memory for every batch of rows cost its page faults:
-    from the page cache rows came at 6 GB/s into reused buffers against 2.5 GB/s into fresh
-    ones; BENCHMARKS.md, issue 16 item 14)."""
+    ``stream`` yields float32 tensors that may be views of the reader's few buffers, each reused
+    once the next is yielded (fresh memory for every batch of rows cost its page faults: from the
+    page cache rows came at 6 GB/s into reused buffers against 2.5 GB/s into fresh ones;
+    BENCHMARKS.md, issue 16 item 14)."""
 
     def __init__(self, index: CorrelationIndex, depth: int):
         self._index = index
         ref = index.reference
         self._reader = ref.reader(depth) if isinstance(ref, SliceStore) else None
 
-    def ask(self, positions: np.ndarray) -> None:
-        if self._reader is not None:
-            self._reader.ask(positions)
-
-    def get(self, positions: np.ndarray) -> torch.Tensor:
-        rows = self._reader.get(positions) if self._reader is not None else read_rows(self._index.reference, positions)
-        return torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
+    def stream(self, batches, ahead: int):
+        """The rows of each of ``batches`` (sorted positions) in order, the next ``ahead`` (at
+        most depth + 1) read meanwhile from a store."""
+        if self._reader is None:
+            got = (read_rows(self._index.reference, b) for b in batches)
+        else:
+            got = self._reader.stream(batches, ahead)
+        for rows in got:
+            yield torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
 
     def close(self) -> None:
         if self._reader is not None:

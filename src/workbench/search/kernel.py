@@ -282,10 +282,5 @@ def _candidate_rows(reference, select, rows: np.ndarray):
     # from a store, the next RESCORE_AHEAD chunks are read from disk while one is rescored
     # (AheadReader: rows on disk at (b), k = 5, the rescore took 1.6 s read as it came against 0.8 s cached)
     with reference.reader(RESCORE_AHEAD) as reader:
-        for chunk in chunks[:RESCORE_AHEAD + 1]:
-            reader.ask(chunk)
-        for j, chunk in enumerate(chunks):
-            got = reader.get(chunk)
-            if j + RESCORE_AHEAD + 1 < len(chunks):
-                reader.ask(chunks[j + RESCORE_AHEAD + 1])
+        for chunk, got in zip(chunks, reader.stream(chunks, RESCORE_AHEAD + 1)):
             yield chunk, np.asarray(select(got))

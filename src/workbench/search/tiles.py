@@ -130,8 +130,9 @@ AUTO_EARLY_MARGIN = 1.3
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
 HOLD_BOUNDS_BYTES = 128 * 2**20
-#: rows read from disk: the rows of this many tiles ahead are read (``CorrelationIndex.raw_reader``:
-#: O_DIRECT, by a few threads, into buffers of the reader's own) while a tile is multiplied.  At (b),
+#: rows read from disk: while a tile is multiplied, the rows of the next PREFETCH_TILES + 1 tiles are
+#: read (``CorrelationIndex.raw_reader``: O_DIRECT, by a few threads, into buffers of the reader's own,
+#: at most PREFETCH_TILES + 2 of them).  At (b),
 #: k = 5, rows on disk, the tiles took 5.5 s so against 16.5-17.5 s when the kernel was asked for
 #: them (posix_fadvise) and they were read through the page cache in the search's own thread
 #: (BENCHMARKS.md, issue 16 item 16; a thread reading through the page cache had taken the
@@ -613,11 +614,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     def run(plan, floor, desc, times=None):
         """Evaluate the plan's tiles in order.  Rows from disk are read ahead, the next
-        PREFETCH_TILES tiles' rows while a tile is multiplied (``raw_reader``).
+        PREFETCH_TILES + 1 tiles' rows while a tile is multiplied (``raw_reader``).
         In memory (``whole``), the sampled tiles' pairs are evaluated together, in products of up
         to MERGED_ENTRIES (pair, slice) entries.  ``times``: a list that receives each tile's
         seconds, in plan order (the sampled tiles evaluated together share theirs by pairs)."""
-        asked = 1  # tiles whose rows the reader was asked for: the first is read at once
         seconds = {}
         merged = [j for j, t in enumerate(plan) if t.pairs is not None] if whole is not None else []
         with tqdm(total=len(plan), desc=desc, unit="tile", disable=not progress) as bar:
@@ -639,17 +639,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                     seconds[j] = spent * len(p[0]) / max(total, 1)
                 bar.update(len(merged))
             skip = set(merged)
+            todo = [j for j in range(len(plan)) if j not in skip]
             with ref.raw_reader(PREFETCH_TILES) if raw else contextlib.nullcontext() as reader:
-                for j, tile in enumerate(plan):
-                    if j in skip:
-                        continue
+                rows = reader.stream([plan[j].rows for j in todo], PREFETCH_TILES + 1) if raw else None
+                for j in todo:
                     t0 = time.perf_counter()
-                    if raw:
-                        for ahead in plan[asked:j + 1 + PREFETCH_TILES]:
-                            reader.ask(ahead.rows)
-                        asked = max(asked, j + 1 + PREFETCH_TILES)
-                    r32 = reader.get(tile.rows) if raw else ref.rows32(tile.rows)
-                    keep_pairs(*product(tile, r32.to(dev)), floor)
+                    r32 = next(rows) if raw else ref.rows32(plan[j].rows)
+                    keep_pairs(*product(plan[j], r32.to(dev)), floor)
                     seconds[j] = time.perf_counter() - t0
                     bar.update(1)
         if times is not None:
