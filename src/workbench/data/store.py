@@ -384,8 +384,8 @@ class SliceStore:
 
         ``out``: a C-contiguous float32 array of at least ``len(positions)`` images of the file's
         shape (every channel), reused from read to read by a caller that reads many batches
-        (:meth:`reader`'s page-cache path); the images are read into its first rows and a view of them is
-        returned (a copy where this view picks channels).  Rows from the page cache came at
+        (:meth:`reader`'s page-cache path); the images are read into its first rows and a view of
+        them is returned (a copy where this view picks channels).  Rows from the page cache came at
         6 GB/s into a reused buffer against 2.5 GB/s into a fresh one, whose every page faults in
         (BENCHMARKS.md, issue 16 item 14).
         """
@@ -486,9 +486,10 @@ class SliceStore:
         """
         starts = range(0, len(self), block_size)
         positions = lambda a: np.arange(a, min(a + block_size, len(self)))  # noqa: E731
+        read = lambda a: self.read(positions(a))  # noqa: E731
         if not prefetch or len(starts) < 2:
             for a in starts:
-                yield a, self.read(positions(a))
+                yield a, read(a)
             return
         with self.reader(0, reuse=False) as reader:  # depth 0: one block in flight
             if reader.direct:
@@ -499,10 +500,10 @@ class SliceStore:
                     del block
                 return
         with ThreadPoolExecutor(1, thread_name_prefix="store-prefetch") as pool:
-            nxt = pool.submit(lambda a: self.read(positions(a)), starts[0])
+            nxt = pool.submit(read, starts[0])
             for i, a in enumerate(starts):
                 block = nxt.result()
-                nxt = pool.submit(lambda a: self.read(positions(a)), starts[i + 1]) if i + 1 < len(starts) else None
+                nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
                 yield a, block
                 del block
 
