@@ -506,6 +506,60 @@ def test_the_cascade_is_exact_and_saved(brainlike, tmp_path, monkeypatch, keep_v
     np.testing.assert_array_equal(again.topk(q, k=4, method="pruned", tile=8).indices, truth(q, ref, 4)[1])
 
 
+def test_the_cascade_bounds_pair_by_pair_keep_every_pair_the_dense_bounds_keep(brainlike, monkeypatch):
+    """The second level of the cascade bounds each surviving pair alone (a sampled product of its
+    codes, ``tiles.cascade_pairs``; CUDA keeps a dense product per tile): it keeps every pair whose
+    true r reaches the query's threshold, and the same pairs as the dense bounds up to the rounding
+    of the three terms (1e-6)."""
+    monkeypatch.setattr(index_module, "LEVEL1", 8)
+    monkeypatch.setattr(tiles, "BOUND_ROWS", 50)  # several blocks of references
+    q, ref = brainlike
+    index = CorrelationIndex(ref, basis_dim=32)
+    assert index.level1 == 8
+    q64 = unit64(q)
+    cq, rho_q, slack_q, _ = projection.codes(q64, index.basis, index.delta, prefix=8)
+    _, _, r = truth(q, ref, 1)
+    tau = torch.from_numpy(np.sort(r, axis=1)[:, -6])  # each query's 6th best r
+    tile = 8
+    width = -(-len(ref) // tile) * tile
+    rng = np.random.default_rng(3)
+    surv = torch.zeros((len(q), width), dtype=torch.bool)
+    surv[:, :len(ref)] = torch.from_numpy(rng.random((len(q), len(ref))) < 0.7)  # first-level survivors
+    qi, ri = tiles.cascade_pairs(surv, tau, index, (cq, rho_q, slack_q))
+    got = np.zeros((len(q), len(ref)), dtype=bool)
+    got[qi, ri] = True
+    assert len(qi) == got.sum()  # each pair once
+    s = surv[:, :len(ref)].numpy()
+    assert not (got & ~s).any()
+    assert (got | ~s | (r < tau.numpy()[:, None])).all()  # every survivor reaching tau is kept
+    dense = projection.upper_bounds(cq, rho_q, slack_q, index.codes, index.rho, index.slack).numpy()
+    aq, ar = np.nonzero(s)
+    np.testing.assert_allclose(tiles.pair_bounds((cq, rho_q, slack_q), index, torch.from_numpy(aq), torch.from_numpy(ar)),
+                               dense[aq, ar], rtol=0, atol=1e-6)
+    margin = np.abs(dense - tau.numpy()[:, None]) > 1e-6
+    want = s & (dense >= tau.numpy()[:, None])
+    np.testing.assert_array_equal(got[margin], want[margin])
+    assert 0 < got.sum() < s.sum()  # the second level prunes
+    # the tiles of those pairs: each tile evaluates its pairs (sampled tiles those alone)
+    plan = tiles.tile_plan(surv, tau, index, (cq, rho_q, slack_q), tile, sparse=True)
+    assert [t.index for t in plan] == sorted(set((ri // tile).tolist()))
+    evaluated = np.zeros_like(got)
+    for t in plan:
+        tq, lr = t.pair_index("cpu")
+        evaluated[tq.numpy(), t.rows[lr.numpy()]] = True
+        if t.pairs is not None:
+            np.testing.assert_array_equal(t.pairs.numpy(), got[np.ix_(t.queries.numpy(), t.rows)])
+    assert (evaluated | ~got).all()
+    assert any(t.pairs is not None for t in plan)
+    # CUDA's way (dense level-2 products per tile, dense tiles) evaluates those pairs as well
+    dense_plan = tiles.tile_plan(surv, tau, index, (cq, rho_q, slack_q), tile, sparse=False)
+    assert all(t.pairs is None for t in dense_plan)
+    evaluated[:] = False
+    for t in dense_plan:
+        evaluated[np.ix_(t.queries.numpy(), t.rows)] = True
+    assert (evaluated | ~got | ~margin).all()
+
+
 @pytest.mark.parametrize("span", [True, False])
 @pytest.mark.parametrize("sparse", [0.0, 0.1, 1.1])
 def test_seed_tiles_cover_every_seed_pair_once_per_tile(span, sparse, monkeypatch):

@@ -243,18 +243,7 @@ def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool
     64 KB row for one multiply-add per pixel (memory-bound, BENCHMARKS.md issue 16 item 8).
     ``seeds`` (Q' x m) are reference positions, ``queries`` (Q') the query of each line."""
     m = seeds.shape[1]
-    rows = seeds.reshape(-1).numpy()
-    owner = queries.repeat_interleave(m).numpy()
-    order = np.argsort(rows, kind="stable")
-    rows, owner = rows[order], owner[order]
-    names, first = np.unique(rows // tile, return_index=True)
-    plan = []
-    for t, a, b in zip(names, first, np.r_[first[1:], len(rows)]):
-        r, qs = np.unique(rows[a:b]), np.unique(owner[a:b])
-        mask = torch.zeros((len(qs), len(r)), dtype=torch.bool)
-        mask[np.searchsorted(qs, owner[a:b]), np.searchsorted(r, rows[a:b])] = True
-        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span, sparse))
-    return plan
+    return pair_plan(queries.repeat_interleave(m).numpy(), seeds.reshape(-1).numpy(), tile, span, sparse)
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: list | None = None) -> torch.Tensor:
@@ -428,8 +417,12 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sp
     """The products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile of
     ``tile`` rows, a :class:`Tile` of the queries that have a survivor there and the rows that do
     (:func:`make_tile`: the surviving pairs alone where they are few and ``sparse``).  With a
-    ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, each tile's survivors are bounded
-    again from all the codes against ``tau`` first."""
+    ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, the survivors are bounded again from
+    all the codes against ``tau`` first: pair by pair where ``sparse`` (:func:`cascade_pairs`),
+    else as a dense product per tile (CUDA, where sampled products are unmeasured)."""
+    span = not getattr(ref, "from_disk", False)
+    if cascade is not None and sparse:
+        return pair_plan(*cascade_pairs(surv, tau, ref, cascade), tile, span, sparse)
     nq = surv.shape[0]
     n_tiles = surv.shape[1] // tile
     dev = surv.device
@@ -453,7 +446,60 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sp
             if not bool(keep_q.any()):
                 continue
             qs, rows, sub = qs[keep_q], rows[keep_r.cpu().numpy()], sub[keep_q][:, keep_r]
-        plan.append(make_tile(t, qs, rows, sub, span=not getattr(ref, "from_disk", False), sparse=sparse))
+        plan.append(make_tile(t, qs, rows, sub, span, sparse))
+    return plan
+
+
+def cascade_pairs(surv: torch.Tensor, tau: torch.Tensor, ref, cascade) -> tuple[np.ndarray, np.ndarray]:
+    """``(qi, ri)``: the pairs of ``surv`` whose second-level bound, from all the codes, reaches
+    the query's ``tau``.
+
+    Each pair's codes product is taken alone (a sampled product, :func:`slice_products` over one
+    slice of d), a block of BOUND_ROWS references at a time.  The same float32 product summed in
+    any order has the same bound (gamma_d in :mod:`.projection`), and the three terms are added as
+    :func:`~.projection.finish_bounds` adds them, so the bound is the same.  A dense product per
+    tile of its queries x rows (built before) computed about 4x the pairs asked for: at (b),
+    k = 5, 589,214 first-level survivors in 157 tiles, the tile plan 0.70 s, 0.35 s of it the
+    products (BENCHMARKS.md, issue 16 item 17)."""
+    t = tau.float()
+    got_q, got_r = [], []
+    for a in range(0, surv.shape[1], BOUND_ROWS):
+        qi, ri = torch.nonzero(surv[:, a:a + BOUND_ROWS], as_tuple=True)
+        if not len(qi):
+            continue
+        ri = ri + a
+        keep = pair_bounds(cascade, ref, qi, ri) >= t[qi]
+        got_q.append(qi[keep])
+        got_r.append(ri[keep])
+    if not got_q:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return torch.cat(got_q).cpu().numpy(), torch.cat(got_r).cpu().numpy()
+
+
+def pair_bounds(cascade, ref, qi: torch.Tensor, ri: torch.Tensor) -> torch.Tensor:
+    """:func:`~.projection.upper_bounds` of the pairs (query ``qi[j]``, reference ``ri[j]``) alone,
+    from the queries' codes ``cascade`` = ``(cq, rho_q, slack_q)`` and the index's (float32)."""
+    cq, rho_q, slack_q = cascade
+    dev = cq.device
+    ub = slice_products(ref.codes.to(dev), ri, False, cq, qi, False, 1)
+    ub.add_(rho_q.float()[qi] * ref.rho.float().to(dev)[ri])
+    ub += slack_q.float()[qi] + 1e-6
+    ub += ref.slack.float().to(dev)[ri]
+    return ub
+
+
+def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: bool) -> list:
+    """The tiles of the pairs ``(qi, ri)``: per tile of ``tile`` rows holding a pair, its queries
+    and its rows (both ascending) and the mask of its pairs (:func:`make_tile`)."""
+    by_tile = np.argsort(ri // tile, kind="stable")
+    qi, ri = qi[by_tile], ri[by_tile]
+    names, first = np.unique(ri // tile, return_index=True)
+    plan = []
+    for t, a, b in zip(names, first, np.r_[first[1:], len(ri)]):
+        r, qs = np.unique(ri[a:b]), np.unique(qi[a:b])
+        mask = torch.zeros((len(qs), len(r)), dtype=torch.bool)
+        mask[np.searchsorted(qs, qi[a:b]), np.searchsorted(r, ri[a:b])] = True
+        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span, sparse))
     return plan
 
 
