@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/search_scale.py                          # 1,000 x 80,000 x 4x128x128 (21 GB store)
     .venv/bin/python benchmarks/search_scale.py --images 8192 --queries 256   # a small rehearsal
     .venv/bin/python benchmarks/search_scale.py --json runs/bench-scale.json
+    .venv/bin/python benchmarks/search_scale.py --row-copy   # the index with a float16 row copy (+10.5 GB on disk)
 
 The store (``runs/bench-cache/scale-<N>``, git-ignored, built once): N images of 4 x 128 x 128
 float32 (256 KiB each; N = 80,000 by default: 21.0 GB, more than the machine's page cache can
@@ -133,14 +134,18 @@ def child(args) -> None:
     work = np.load(args.query_file)
     queries = work["queries"]
     out = {"rss_start_gib": vm_hwm_gib()}
-    saved = Path(args.store + f".index-d{args.basis_dim or 'default'}")
+    saved = Path(args.store + f".index-d{args.basis_dim or 'default'}" + ("-rowcopy" if args.row_copy else ""))
+    copy_path = Path(args.store + f".rows16-d{args.basis_dim or 'default'}.npy")
     t0 = time.perf_counter()
     if args.reuse_index and (saved / "index.json").is_file():
         index = CorrelationIndex.open(saved)
         out["opened_s"] = time.perf_counter() - t0
         out["prepare_s"] = json.loads((saved / "prepare.json").read_text())["prepare_s"]
     else:
-        index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim)
+        if args.row_copy:
+            copy_path.unlink(missing_ok=True)  # rebuilt with the index
+        index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim,
+                                 row_copy=copy_path if args.row_copy else None)
         out["prepare_s"] = time.perf_counter() - t0
         index.save(saved, overwrite=True)  # for --reuse-index
         (saved / "prepare.json").write_text(json.dumps({"prepare_s": out["prepare_s"]}))
@@ -171,6 +176,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--reuse-index", action="store_true",
                     help="open the index saved by an earlier run (its build time is reported from then)")
+    ap.add_argument("--row-copy", action="store_true",
+                    help="build the index with a float16 copy of the unit rows beside the store (row_copy=), "
+                         "which the seeds and tiles read in place of the store")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -212,6 +220,7 @@ def main() -> None:
            "--k", *map(str, args.k)]
     cmd += ["--basis-dim", str(args.basis_dim)] if args.basis_dim else []
     cmd += ["--reuse-index"] if args.reuse_index else []
+    cmd += ["--row-copy"] if args.row_copy else []
     subprocess.run(cmd, check=True)
     res = json.loads(out_file.read_text())
 
@@ -220,6 +229,7 @@ def main() -> None:
     scale = n / min(args.slice, n)
     report = {"store": str(path), "images": n, "store_gb": gb, "queries": nq, "query_mix": work["counts"],
               "pixels": dim, "truth_s": truth_s, "prepare_s": res["prepare_s"], "index": res["index"],
+              "row_copy": bool(args.row_copy),
               "rss_peak_gib": res["rss_peak_gib"], "rss_after_prepare_gib": res["rss_after_prepare_gib"],
               "torch_float32_s": base["torch_float32_s"] * scale, "faiss_s": base["faiss_s"] and base["faiss_s"] * scale,
               "baseline_slice": min(args.slice, n), "runs": {}}

@@ -54,10 +54,13 @@ def aligned_empty(nbytes: int) -> np.ndarray:
 
 class AheadReader:
     """The images of a :class:`~workbench.data.store.SliceStore` (a view: positions map to store
-    rows, channels picked) read ahead into buffers of its own.
+    rows, channels picked) read ahead into buffers of its own.  Anything with a store's reading
+    interface will do (``_images``, a ``.npy`` memmap of any dtype; ``rows``, ``path``,
+    ``_channel_index``, ``prefetch``, ``read``, ``read_buffer``): the search's float16 row copy
+    (:class:`~workbench.search.rowcopy.RowCopy`) is read so.
 
     ``ask(positions)`` starts reading the images at those view positions and returns at once;
-    ``get(positions)`` returns them (float32, as :meth:`SliceStore.read` would), waiting for the
+    ``get(positions)`` returns them (in the file's dtype, as :meth:`SliceStore.read` would), waiting for the
     reads of an earlier ask, or reading them now if none was made.  What ``get`` returns is a view
     of a buffer that is reused after the next ``get``, or, with ``reuse=False``, a fresh array
     that the caller may keep (the disk fills it: no copy).  Gets must come in the order of their
@@ -76,7 +79,8 @@ class AheadReader:
         self.reuse = reuse
         images = store._images
         self._shape = images.shape[1:]
-        self._row_bytes = int(np.prod(self._shape)) * 4
+        self._dtype = images.dtype
+        self._row_bytes = int(np.prod(self._shape)) * images.dtype.itemsize
         self._offset = images.offset if isinstance(images, np.memmap) else None
         self._fd = None
         if direct is not False and self._offset is not None and hasattr(os, "O_DIRECT"):
@@ -140,7 +144,7 @@ class AheadReader:
             self._current = buf
         else:  # the caller's to keep
             self._count -= 1
-        full = buf[:len(positions) * self._row_bytes].view(np.float32).reshape(len(positions), *self._shape)
+        full = buf[:len(positions) * self._row_bytes].view(self._dtype).reshape(len(positions), *self._shape)
         channels = self.store._channel_index
         return full if channels is None else np.ascontiguousarray(full[:, channels])
 

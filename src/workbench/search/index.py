@@ -41,6 +41,7 @@ from .layout import pad_slices, padded_width, unpad_slices
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
 from .result import SearchResult
+from .rowcopy import RowCopy, RowCopyWriter
 from .streaming import streamed_blocks
 from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks, read_rows
 
@@ -84,11 +85,15 @@ class CorrelationIndex:
     basis_dim : number of principal directions kept (``"pca"``; default :func:`default_basis_dim`).
     keep_vectors : keep the copy of the unit vectors (``"auto"``: when it is under 1 GiB; else
         the tiles read their rows from the reference store, which keeps memory small).
+    row_copy : a new ``.npy`` path: write a float16 copy of the unit rows there while building
+        (half the store's size on disk), and let the pruned search's seeds and tiles read it
+        instead of the store (half the bytes from disk; the float64 rescore still reads the store).
+        For an index whose rows stay on disk (``keep_vectors`` False).  :mod:`.rowcopy`.
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
                  basis: str = "pca", basis_dim: int | None = None, block: int = 4, keep_vectors="auto", seed: int = 0,
-                 progress: bool = False, _prepared=None):
+                 progress: bool = False, row_copy=None, _prepared=None):
         self.reference = as_source(reference, "reference")
         shape = tuple(self.reference.shape)
         if shape[0] == 0:
@@ -104,6 +109,7 @@ class CorrelationIndex:
         self.device = resolve_device(device)
         self.dtype = pick_precision(precision, self.device)
         self.basis_name, self.block, self.seed = basis, int(block), int(seed)
+        self.row_copy, self.copy_norms = None, None
         if _prepared is not None:
             for name, value in _prepared.items():
                 setattr(self, name, value)
@@ -111,42 +117,56 @@ class CorrelationIndex:
         t0 = time.perf_counter()
         bytes_per = 2 if self.dtype == torch.bfloat16 else 4
         if keep_vectors == "auto":
-            keep_vectors = shape[0] * self.select.dim * bytes_per <= KEEP_VECTORS_BYTES
-        self.basis = self._fit(basis, basis_dim)
-        self.delta = projection.basis_delta(self.basis)
-        block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
-        vectors, constant, rho, slack, norms, stats, rho1, slack1 = [], [], [], [], [], [], [], []
-        d = self.basis.shape[1]
-        self.level1 = LEVEL1 if d >= 2 * LEVEL1 else None
-        codes = torch.empty((shape[0], d), dtype=torch.float32)  # filled block by block: no second copy
-        for start, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
-                                  desc="indexing", unit="block", disable=not progress):
-            flat = self.select(images)
-            stats.append(row_stats(flat))  # the rescore's mean and norm of each row
-            # float32 normalisation (NORMALISE_F32 from exact, which every bound allows for) is
-            # several times faster than float64; the bf16 screen's split norms need float64
-            if self.dtype == torch.bfloat16 and keep_vectors:
-                x, c = normalise(flat, torch.float64)
-                err = 0.0
-            else:
-                x, c = normalise(flat, torch.float32)
-                err = NORMALISE_F32
-            if keep_vectors and self.dtype == torch.float32:
-                if not vectors:  # filled block by block: no second copy
-                    vectors.append(torch.empty((shape[0], self.select.dim), dtype=torch.float32))
-                vectors[0][start:start + len(x)] = x
-            elif keep_vectors:
-                low = x.to(torch.float32).to(self.dtype)
-                norms.append(split_norms(x, low))  # the bf16 screen's per-pair error bound and padded layout
-                vectors.append(pad_slices(low))
-            constant.append(c)
-            cc, rr, ss, *first = projection.codes(x, self.basis, self.delta, err, prefix=self.level1)
-            codes[start:start + len(cc)] = cc
-            rho.append(rr)
-            slack.append(ss)
-            if first:
-                rho1.append(first[0][0])
-                slack1.append(first[0][1])
+            keep_vectors = row_copy is None and shape[0] * self.select.dim * bytes_per <= KEEP_VECTORS_BYTES
+        if row_copy is not None and keep_vectors:
+            raise WorkbenchError("row_copy serves an index whose rows stay on disk: it needs keep_vectors=False "
+                                 "(or 'auto')")
+        writer = RowCopyWriter(row_copy, shape[0], self.select.dim) if row_copy is not None else None
+        try:
+            self.basis = self._fit(basis, basis_dim)
+            self.delta = projection.basis_delta(self.basis)
+            block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
+            vectors, constant, rho, slack, norms, stats, rho1, slack1 = [], [], [], [], [], [], [], []
+            d = self.basis.shape[1]
+            self.level1 = LEVEL1 if d >= 2 * LEVEL1 else None
+            codes = torch.empty((shape[0], d), dtype=torch.float32)  # filled block by block: no second copy
+            for start, images in tqdm(iter_blocks(self.reference, block_size), total=-(-shape[0] // block_size),
+                                      desc="indexing", unit="block", disable=not progress):
+                flat = self.select(images)
+                stats.append(row_stats(flat))  # the rescore's mean and norm of each row
+                # float32 normalisation (NORMALISE_F32 from exact, which every bound allows for) is
+                # several times faster than float64; the bf16 screen's split norms need float64
+                if self.dtype == torch.bfloat16 and keep_vectors:
+                    x, c = normalise(flat, torch.float64)
+                    err = 0.0
+                else:
+                    x, c = normalise(flat, torch.float32)
+                    err = NORMALISE_F32
+                if writer is not None:
+                    writer.add(start, x)
+                if keep_vectors and self.dtype == torch.float32:
+                    if not vectors:  # filled block by block: no second copy
+                        vectors.append(torch.empty((shape[0], self.select.dim), dtype=torch.float32))
+                    vectors[0][start:start + len(x)] = x
+                elif keep_vectors:
+                    low = x.to(torch.float32).to(self.dtype)
+                    norms.append(split_norms(x, low))  # the bf16 screen's per-pair error bound and padded layout
+                    vectors.append(pad_slices(low))
+                constant.append(c)
+                cc, rr, ss, *first = projection.codes(x, self.basis, self.delta, err, prefix=self.level1)
+                codes[start:start + len(cc)] = cc
+                rho.append(rr)
+                slack.append(ss)
+                if first:
+                    rho1.append(first[0][0])
+                    slack1.append(first[0][1])
+        except BaseException:
+            if writer is not None:  # nothing half-written left behind
+                writer.abort()
+            raise
+        if writer is not None:
+            self.copy_norms = torch.from_numpy(writer.finish())
+            self.row_copy = RowCopy(row_copy, shape[0], self.select.dim)
         self.vectors = (vectors[0] if len(vectors) == 1 and self.dtype == torch.float32 else torch.cat(vectors)) \
             if vectors else None
         self.norms = torch.cat(norms) if norms else None
@@ -205,8 +225,9 @@ class CorrelationIndex:
         return torch.from_numpy(np.ascontiguousarray(self._read_selected(positions), dtype=np.float32))
 
     def raw_reader(self, depth: int) -> "RawReader":
-        """:meth:`raw_rows` for a stream of tiles (``RawReader.stream``): from a store the next
-        tiles' rows are read ahead from disk
+        """:meth:`raw_rows` for a stream of tiles (``RawReader.stream``), or, where the index has a
+        ``row_copy``, the float16 copy's unit rows widened to float32: from a store (or the copy) the
+        next tiles' rows are read ahead from disk
         by :class:`~workbench.data.readahead.AheadReader` while a tile is multiplied (at (b), rows
         on disk: the tiles 16.5-17.5 s through the page cache against 5.5 s; BENCHMARKS.md, issue
         16 item 16).  A context manager: leaving it waits for reads in flight."""
@@ -219,16 +240,22 @@ class CorrelationIndex:
     @property
     def row_error(self) -> torch.Tensor | None:
         """Per row (float64), the bound on a tile's error where the tiles read the bf16 copy of the
-        unit vectors; None where they read float32 rows (one bound for all pairs, ``tiles.tier_error_bound``).
+        unit vectors, or the float16 copy on disk (``row_copy``, :mod:`.rowcopy`, whose stored
+        (hi, lo) bound it the same way); None where they read float32 rows (one bound for all
+        pairs, ``tiles.tier_error_bound``).
 
         A tile multiplies the query rounded to float32, x32, with the row's bf16 copy y_h (exact in
         float32), in float32 slices: |x.y - fl(x32.y_h)| <= |x.y_l| + |(x - x32).y_h| + the
         accumulation error <= ||y_l|| + ||y_h|| tier_error_bound(D), every term of the float32
         bound being linear in the row's norm (y_l = y - y_h: the stored split norms)."""
-        if self.vectors is None or self.dtype != torch.bfloat16:
+        if self.vectors is None and self.row_copy is not None:  # the float16 copy on disk (.rowcopy)
+            norms = self.copy_norms
+        elif self.vectors is None or self.dtype != torch.bfloat16:
             return None
+        else:
+            norms = self.norms
         if getattr(self, "_row_error", None) is None:
-            hi, lo = self.norms[:, 0].double(), self.norms[:, 1].double()
+            hi, lo = norms[:, 0].double(), norms[:, 1].double()
             self._row_error = lo * (1 + 1e-6) + hi * tiles.tier_error_bound(self.select.dim)
         return self._row_error
 
@@ -242,8 +269,9 @@ class CorrelationIndex:
 
     def __repr__(self) -> str:
         prec = "bf16" if self.dtype == torch.bfloat16 else "float32"
+        copy = f", float16 row copy {self.row_copy.path}" if self.row_copy is not None else ""
         return (f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec}, "
-                f"{self.basis_name} basis of {self.basis.shape[1]})")
+                f"{self.basis_name} basis of {self.basis.shape[1]}{copy})")
 
     # -- searching -------------------------------------------------------------------------------
     def topk(self, queries, k: int = 1, *, method: str = "auto", channels=None, mask=None,
@@ -260,7 +288,8 @@ class CorrelationIndex:
         are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
-        tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
+        tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size, up to
+        1,024 reading a ``row_copy``).
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
@@ -369,9 +398,10 @@ class CorrelationIndex:
         # candidates are, mostly out of cache), after a warm-up on others
         qi = np.arange(nq)
         spread = np.linspace(0, len(self) - 2, nq).astype(np.int64)
-        exact_pairs(q64, self.reference, self.select, qi, spread + 1, self.stats)
-        t0 = time.perf_counter()
-        exact_pairs(q64, self.reference, self.select, qi, spread, self.stats)
+        with np.errstate(divide="ignore", invalid="ignore"):  # timed only: a constant row's r is never used
+            exact_pairs(q64, self.reference, self.select, qi, spread + 1, self.stats)
+            t0 = time.perf_counter()
+            exact_pairs(q64, self.reference, self.select, qi, spread, self.stats)
         return {"pair_s": best / (nq * b), "row_s": read / b if self.vectors is None else 0.0,
                 "rescore_pair_s": (time.perf_counter() - t0) / nq}
 
@@ -433,6 +463,8 @@ class CorrelationIndex:
             np.save(tmp / "constant.npy", self.constant)
             np.save(tmp / "stats.npy", self.stats)
             np.save(tmp / "check.npy", self.check)
+            if self.row_copy is not None:
+                np.save(tmp / "copy_norms.npy", self.copy_norms.numpy())
             if self.select.mask is not None:
                 np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
             meta = {
@@ -448,6 +480,7 @@ class CorrelationIndex:
                 "pixels": self.select.dim,
                 "basis": self.basis_name, "basis_dim": int(self.basis.shape[1]), "block": self.block,
                 "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None, "level1": self.level1,
+                "row_copy": str(self.row_copy.path.resolve()) if self.row_copy is not None else None,
             }
             (tmp / "index.json").write_text(json.dumps(meta))
         return path
@@ -473,6 +506,7 @@ class CorrelationIndex:
             raw = np.load(path / "vectors.npy", mmap_mode="c") if meta["vectors"] else None
             parts["norms"] = (torch.from_numpy(np.load(path / "norms.npy"))
                               if meta["vectors"] and meta["precision"] == "bf16" else None)
+            parts["copy_norms"] = torch.from_numpy(np.load(path / "copy_norms.npy")) if meta.get("row_copy") else None
         except (OSError, ValueError, KeyError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store = SliceStore.open(meta["store"])
@@ -499,6 +533,12 @@ class CorrelationIndex:
                 vectors = vectors.view(torch.int16).view(torch.bfloat16) if raw.dtype == np.uint16 else vectors
             parts["vectors"] = vectors
         parts["delta"] = float(meta["delta"])
+        parts["row_copy"] = None
+        if meta.get("row_copy"):
+            if parts["copy_norms"].shape != (n, 2):
+                raise WorkbenchError(f"{path / 'copy_norms.npy'}: shape {tuple(parts['copy_norms'].shape)} does not "
+                                     f"match the index ({n}, 2)")
+            parts["row_copy"] = RowCopy(meta["row_copy"], n, meta["pixels"])
         index = cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
                     basis=meta["basis"], block=meta["block"], seed=meta["seed"], _prepared=parts)
         index._verify(path)
@@ -514,6 +554,15 @@ class CorrelationIndex:
             bad = rows[(gap > 4 * slack + 1e-5).numpy()]
             raise WorkbenchError(f"{path}: the images at positions {bad.tolist()} of the store {self.reference.path} no "
                                  f"longer match the index (the store was edited after the index was built); build it again")
+        if self.row_copy is not None:
+            # each copied row is within its stored lo of the exact unit row; x here is within
+            # NORMALISE_F32 of it too
+            copied = torch.from_numpy(self.row_copy.read(rows)).double()
+            gap = (copied - x.double()).norm(dim=1)
+            bad = rows[(gap > self.copy_norms[torch.from_numpy(rows), 1] + 2 * NORMALISE_F32 + 1e-6).numpy()]
+            if len(bad):
+                raise WorkbenchError(f"{self.row_copy.path}: the rows at positions {bad.tolist()} do not match the "
+                                     f"store {self.reference.path} (the copy or the store was edited); build the index again")
 
 
 #: ``method="auto"`` of :func:`~workbench.search.topk_correlation` builds an index and prunes
@@ -546,17 +595,28 @@ class RawReader:
     def __init__(self, index: CorrelationIndex, depth: int):
         self._index = index
         ref = index.reference
-        self._reader = ref.reader(depth) if isinstance(ref, SliceStore) else None
+        self._copy = index.row_copy is not None and index.vectors is None
+        self._reader = index.row_copy.reader(depth) if self._copy else ref.reader(depth) \
+            if isinstance(ref, SliceStore) else None
+        self._wide = None  # the copy's rows widened to float32, one buffer reused
 
     def stream(self, batches, ahead: int):
         """The rows of each of ``batches`` (sorted positions) in order, the next ``ahead`` (at
-        most depth + 1) read meanwhile from a store."""
+        most depth + 1) read meanwhile from a store or the row copy."""
         if self._reader is None:
             got = (read_rows(self._index.reference, b) for b in batches)
         else:
             got = self._reader.stream(batches, ahead)
         for rows in got:
-            yield torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
+            if self._copy:
+                if self._wide is None or len(self._wide) < len(rows):
+                    self._wide = None
+                    self._wide = torch.empty(rows.shape, dtype=torch.float32)
+                wide = self._wide[:len(rows)]
+                wide.copy_(torch.from_numpy(rows))  # float16 to float32, exact
+                yield wide
+            else:
+                yield torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
 
     def close(self) -> None:
         if self._reader is not None:

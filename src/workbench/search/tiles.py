@@ -61,11 +61,21 @@ TILE_MAX = 512
 TILE_BYTES = 128 * 2**20
 
 
-def tile_rows(dim: int) -> int:
+#: rows per tile at most where the tiles read an index's float16 row copy (``row_copy``): the
+#: reading buffers are half the size, and larger tiles read each query's slices for more rows.  At
+#: (b), k = 5, rows on disk: 6.9-7.4 s with 1,024 rows against 7.9-8.6 s with 512 (256: 7.8-8.5 s);
+#: reading the store itself, 1,024 rows were no faster than 512 (8.5-9.6 against 9.5-10.0 s) for
+#: twice the buffers (BENCHMARKS.md, issue 16 item 17)
+COPY_TILE_MAX = 1024
+
+
+def tile_rows(dim: int, copy: bool = False) -> int:
     """Rows per tile for images of ``dim`` pixels: the largest power of two from TILE to TILE_MAX
-    whose float32 rows fit in TILE_BYTES."""
+    (COPY_TILE_MAX reading a float16 row copy) whose rows as read fit in TILE_BYTES (float32, or
+    float16 from a copy)."""
+    most, size = (COPY_TILE_MAX, 2) if copy else (TILE_MAX, 4)
     rows = TILE
-    while rows * 2 <= TILE_MAX and rows * 2 * 4 * dim <= TILE_BYTES:
+    while rows * 2 <= most and rows * 2 * size * dim <= TILE_BYTES:
         rows *= 2
     return rows
 #: evaluate a tile's whole span of rows instead of gathering its surviving rows when at least this
@@ -562,7 +572,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     before the seeds).  The dict receives what was measured and predicted.
     """
     nq, n = len(q64), len(ref.codes)
-    tile = tile or tile_rows(select.dim)
+    in_memory = not getattr(ref, "from_disk", False)
+    # rows from disk are read ahead (ref.raw_reader): the float16 row copy's where the index has one
+    copied = not in_memory and getattr(ref, "row_copy", None) is not None
+    tile = tile or tile_rows(select.dim, copied)
     n_valid = n - int(ref.constant.sum())
     if n_valid < k:
         raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
@@ -588,13 +601,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     ub, seeds, seed_est = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
-    # a bf16 index's rows are bf16 copies of the unit vectors: each row's tiles are off by at most
-    # its own bound (ref.row_error, per row), else one bound for all pairs
+    # a bf16 index's rows are bf16 copies of the unit vectors (a row copy's on disk float16 ones):
+    # each row's tiles are off by at most its own bound (ref.row_error, per row), else one bound for all pairs
     row_eps = getattr(ref, "row_error", None)
-    in_memory = not getattr(ref, "from_disk", False)
-    # rows from a store enter the tiles as stored, with the index's mean and norm of each row
-    # (raw_row_error): normalising each tile's rows took 2.1 s of (b)'s 17 s (BENCHMARKS.md, item 14)
-    raw = not in_memory and getattr(ref, "stats", None) is not None
+    # rows from disk (without a row copy) enter the tiles as stored, with the index's mean and norm
+    # of each row (raw_row_error): normalising each tile's rows took 2.1 s of (b)'s 17 s (BENCHMARKS.md, item 14)
+    raw = not in_memory and not copied and getattr(ref, "stats", None) is not None
+    streamed = raw or copied
     if raw:
         row_eps = raw_row_error(select.dim, ref.stats)
         st = torch.as_tensor(np.asarray(ref.stats), dtype=torch.float64)
@@ -686,11 +699,11 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                 bar.update(len(merged))
             skip = set(merged)
             todo = [j for j in range(len(plan)) if j not in skip]
-            with ref.raw_reader(PREFETCH_TILES) if raw else contextlib.nullcontext() as reader:
-                rows = reader.stream([plan[j].rows for j in todo], PREFETCH_TILES + 1) if raw else None
+            with ref.raw_reader(PREFETCH_TILES) if streamed else contextlib.nullcontext() as reader:
+                rows = reader.stream([plan[j].rows for j in todo], PREFETCH_TILES + 1) if streamed else None
                 for j in todo:
                     t0 = time.perf_counter()
-                    r32 = next(rows) if raw else ref.rows32(plan[j].rows)
+                    r32 = next(rows) if streamed else ref.rows32(plan[j].rows)
                     keep_pairs(*product(plan[j], r32.to(dev)), floor)
                     seconds[j] = time.perf_counter() - t0
                     bar.update(1)
@@ -838,7 +851,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     n_pairs = nq * n
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
              "precision": "float32" if row_eps is None else "raw rows, float32 products" if raw
-             else "bf16 rows, float32 products", "device": str(dev),
+             else "float16 row copy, float32 products" if copied else "bf16 rows, float32 products", "device": str(dev),
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),

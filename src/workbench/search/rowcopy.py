@@ -1,0 +1,116 @@
+"""A float16 copy of the reference's unit rows on disk, for the pruned search's seeds and tiles.
+
+Why: at the BraTS scale (1,000 x 100,000 x 5x256x256, a 131 GB store) no page cache holds the
+reference, so every search reads its rows from disk, and there the tiles wait on the disk: at
+workload (b), k = 5, 10.5 GB of rows in 5.2-5.7 s at about 1.9 GB/s, the disk's pace, while the
+products took a fraction of that (BENCHMARKS.md, issue 16 items 16-17).  A float16 copy of the
+unit rows is half the bytes.  The float64 rescore still reads the store itself, so the answer is
+the same.  The copy costs half the store's size on disk and one pass to write while the index is
+built; it is asked for (``CorrelationIndex(row_copy=path)``), never made silently.
+
+Rigour.  Row u = fl16(x32), x32 the float32 unit row the index computed (off the exact unit row
+y by at most ``NORMALISE_F32``).  Stored per row, in float64: ``hi`` = ||u|| and ``lo`` =
+NORMALISE_F32 + ||x32 - u||.  A tile multiplies the query rounded to float32 with u widened
+(exactly) to float32, in float32 slices, and is off the true r by at most
+lo + hi * tiles.tier_error_bound(D): the bound of the bf16 copy (``CorrelationIndex.row_error``),
+with ||y - u|| <= lo.  fl16 keeps 11 bits, bf16 8: the bound is about 8x tighter than a bf16
+copy's.  Entries below float16's normal range lose relative precision, not the bound: ||x32 - u||
+is measured, not assumed.
+
+The file is a ``.npy`` of (N, D) float16 written to ``<path>.partial`` and renamed when complete,
+so a build that fails leaves nothing that looks finished.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.readahead import AheadReader
+from ..errors import WorkbenchError
+from .bounds import NORMALISE_F32
+
+
+class RowCopy:
+    """An open row copy: the reading interface of a store (``_images``, ``rows``, ``path``,
+    ``read``, ``read_buffer``, ``prefetch``) so that :class:`~workbench.data.readahead.AheadReader`
+    reads it ahead with ``O_DIRECT`` like the store's rows; positions are the index's."""
+
+    def __init__(self, path, n: int, dim: int):
+        self.path = Path(path)
+        try:
+            self._images = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise WorkbenchError(f"{self.path}: cannot open the index's float16 row copy ({err}); build the index "
+                                 "again") from None
+        if self._images.dtype != np.float16 or self._images.shape != (n, dim):
+            raise WorkbenchError(f"{self.path}: a row copy of {self._images.dtype} {self._images.shape}, the index "
+                                 f"needs float16 ({n}, {dim}); build the index again")
+        self.rows = np.arange(n)
+        self._channel_index = None
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def read(self, positions, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``positions`` (float16), into ``out`` where given (a view of it)."""
+        rows = self._images[np.asarray(positions, dtype=np.int64)]
+        if out is None:
+            return np.array(rows)
+        out[:len(rows)] = rows
+        return out[:len(rows)]
+
+    def read_buffer(self, n: int) -> np.ndarray:
+        return np.empty((n, self._images.shape[1]), dtype=np.float16)
+
+    def prefetch(self, positions) -> None:
+        """Nothing: where ``O_DIRECT`` is refused, the reader's page-cache path reads on ``get``."""
+
+    def reader(self, depth: int = 2) -> AheadReader:
+        return AheadReader(self, depth)
+
+
+class RowCopyWriter:
+    """Writes a row copy block by block (:meth:`add`), then :meth:`finish` renames it into place
+    and returns the per-row ``(hi, lo)`` (module docstring); :meth:`abort` removes the partial file."""
+
+    def __init__(self, path, n: int, dim: int):
+        self.path = Path(path)
+        if self.path.suffix != ".npy":
+            raise WorkbenchError(f"{self.path}: the row copy is a .npy file; give a path ending in .npy")
+        if self.path.exists():
+            raise WorkbenchError(f"{self.path} exists: give a new path for the row copy (or remove the old one)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".partial")
+        # written through the file, not a memmap: a memmap's written pages count in the process's
+        # resident memory (the build of (b)'s copy peaked at 11.5 GiB so)
+        self._file = open(self._tmp, "wb")
+        np.lib.format.write_array_header_1_0(self._file, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
+                                                          "fortran_order": False, "shape": (n, dim)})
+        self._next, self._n = 0, n
+        self.norms = np.zeros((n, 2))
+
+    def add(self, start: int, x32: torch.Tensor) -> None:
+        """The float32 unit rows ``x32`` of positions ``start`` on (blocks in order)."""
+        if start != self._next:
+            raise WorkbenchError(f"{self.path}: rows {start}.. given after rows up to {self._next}: blocks must come in order")
+        u = x32.to(torch.float16)
+        u.numpy().tofile(self._file)
+        self._next = start + len(u)
+        wide = u.double()
+        # (1 + 1e-9) covers the float64 rounding of the norms (D u64 < 1e-10 up to D = 10^6)
+        self.norms[start:start + len(u), 0] = wide.norm(dim=1).numpy() * (1 + 1e-9)
+        self.norms[start:start + len(u), 1] = (NORMALISE_F32 + (x32.double() - wide).norm(dim=1).numpy()) * (1 + 1e-9)
+
+    def finish(self) -> np.ndarray:
+        if self._next != self._n:
+            raise WorkbenchError(f"{self.path}: {self._next} of {self._n} rows written")
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.norms
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,137 @@
+"""The float16 row copy on disk (issue 16): the pruned search's seeds and tiles read half the bytes,
+the answer stays float64 brute force's, and a copy that does not match its store is refused."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_search_projection import brainlike, truth, unit64, write_store  # noqa: F401  (brainlike: a fixture)
+from workbench.data.readahead import AheadReader
+from workbench.errors import WorkbenchError
+from workbench.search import CorrelationIndex, projection, tiles
+from workbench.search.rowcopy import RowCopy
+
+
+@pytest.fixture()
+def spiky(brainlike):  # noqa: F811
+    """The brain-like reference with rows whose unit vectors have entries below float16's normal
+    range (one bright pixel, the rest faint), and constant rows."""
+    q, ref = brainlike
+    ref = ref.copy()
+    ref[5] = 1e-3 * ref[5]
+    ref[5, 0, 3, 3] = 50.0
+    ref[9] = 7.0  # constant
+    return q, ref
+
+
+def test_the_row_copy_gives_the_exact_answer_and_its_bound_holds_on_every_pair(spiky, tmp_path):
+    q, ref = spiky
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    assert index.from_disk and index.row_copy is not None and "float16 row copy" in repr(index)
+    assert not (tmp_path / "rows.npy.partial").exists()
+    copy = np.load(tmp_path / "rows.npy")
+    assert copy.dtype == np.float16 and copy.shape == (len(ref), ref[0].size)
+    # adversarial queries: a few rows' own float16 rounding errors, so that x.(y - u) is as large as
+    # the bound allows for those pairs
+    x32 = unit64(ref[[0, 5, 40, 100]]).float()
+    err_q = (x32.double() - torch.from_numpy(copy[[0, 5, 40, 100]]).double()).numpy().reshape(4, *ref.shape[1:])
+    q = np.concatenate([q, err_q.astype(np.float32)])
+    # every pair: a tile's float32 value from the copy is within the row's bound of the true r
+    live = np.flatnonzero(~index.constant)
+    _, _, r = truth(q, ref[live], 1)
+    qc = tiles.chunked(unit64(q))
+    rows = torch.from_numpy(copy[live]).float()
+    s = tiles.tile_product(qc, torch.arange(len(q)), rows).reshape(len(q), len(live)).double().numpy()
+    err = index.row_error.numpy()[live]
+    assert (np.abs(s - r) <= err[None, :]).all()
+    at = np.searchsorted(live, [0, 40, 100])  # (row 5's bound is mostly the float32 normalisation's)
+    worst = np.abs(s - r)[[-4, -2, -1], at]
+    assert (worst > 0.5 * err[at]).all()  # those pairs come close to it
+    assert err.max() < 1e-3 and np.median(err) < 4e-4  # float16: 11 bits
+    for method in ("pruned", "auto"):
+        for k in (1, 4):
+            res = index.topk(q, k=k, method=method, tile=8)
+            ev, ei, _ = truth(q, ref[live], k)
+            np.testing.assert_array_equal(res.indices, live[ei])
+            np.testing.assert_allclose(res.values, ev, atol=1e-12)
+            if res.stats["method"] == "pruned":
+                assert res.stats["precision"] == "float16 row copy, float32 products"
+
+
+def test_the_tiles_read_the_row_copy_ahead_not_the_store(brainlike, tmp_path, monkeypatch):  # noqa: F811
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    got = {"copy": 0, "store": 0}
+    get = AheadReader.get
+
+    def spy(self, positions):
+        out = get(self, positions)
+        if isinstance(self.store, RowCopy):
+            got["copy"] += 1
+            assert out.dtype == np.float16
+            np.testing.assert_array_equal(out, self.store.read(positions))  # the same rows, read ahead
+        else:
+            got["store"] += 1
+        return out
+    monkeypatch.setattr(AheadReader, "get", spy)
+    res = index.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(res.indices, truth(q, ref, 3)[1])
+    assert got["copy"] > 2  # the seeds and the tiles
+    assert got["store"] >= 1  # the float64 rescore reads the store itself
+
+
+def test_a_saved_index_reopens_its_row_copy_and_refuses_an_edited_one(brainlike, tmp_path):  # noqa: F811
+    q, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    first = index.topk(q, k=3, method="pruned", tile=8)
+    index.save(tmp_path / "i")
+    assert json.loads((tmp_path / "i" / "index.json").read_text())["row_copy"] == str((tmp_path / "rows.npy").resolve())
+    again = CorrelationIndex.open(tmp_path / "i")
+    assert again.row_copy is not None
+    res = again.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(res.indices, first.indices)
+    np.testing.assert_array_equal(res.values, first.values)
+    # an edited row of the copy (one the check recomputes): refused, the file named
+    edited = np.load(tmp_path / "rows.npy", mmap_mode="r+")
+    edited[again.check[0]] = np.flip(edited[again.check[0]])
+    edited.flush()
+    del edited
+    with pytest.raises(WorkbenchError, match="rows.npy.*do not match the store"):
+        CorrelationIndex.open(tmp_path / "i")
+    (tmp_path / "rows.npy").unlink()
+    with pytest.raises(WorkbenchError, match="rows.npy.*row copy"):
+        CorrelationIndex.open(tmp_path / "i")
+    np.save(tmp_path / "rows.npy", np.zeros((3, 4), dtype=np.float16))  # another file in its place
+    with pytest.raises(WorkbenchError, match=r"rows.npy.*\(3, 4\)"):
+        CorrelationIndex.open(tmp_path / "i")
+
+
+def test_a_row_copy_is_never_left_half_written_nor_written_over(brainlike, tmp_path, monkeypatch):  # noqa: F811
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    with pytest.raises(WorkbenchError, match="keep_vectors=False"):
+        CorrelationIndex(store, keep_vectors=True, row_copy=tmp_path / "rows.npy")
+    with pytest.raises(WorkbenchError, match=".npy"):
+        CorrelationIndex(store, keep_vectors=False, row_copy=tmp_path / "rows.bin")
+    codes = projection.codes
+    calls = []
+
+    def failing(*a, **kw):  # the pass over the reference fails after its first block
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("disk full")
+        return codes(*a, **kw)
+    monkeypatch.setattr(projection, "codes", failing)
+    monkeypatch.setattr("workbench.search.index.BLOCK_BYTES", 8 * ref[0].size * 16)  # blocks of 16 images
+    with pytest.raises(RuntimeError, match="disk full"):
+        CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    assert len(calls) == 2
+    assert not (tmp_path / "rows.npy").exists() and not (tmp_path / "rows.npy.partial").exists()
+    monkeypatch.undo()
+    CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    with pytest.raises(WorkbenchError, match="rows.npy exists"):
+        CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
