@@ -21,6 +21,8 @@ uint16, memory-mapped when opened; absent for an index too large to keep them), 
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import time
 import warnings
@@ -122,7 +124,7 @@ class CorrelationIndex:
             raise WorkbenchError("row_copy serves an index whose rows stay on disk: it needs keep_vectors=False "
                                  "(or 'auto')")
         writer = RowCopyWriter(row_copy, shape[0], self.select.dim) if row_copy is not None else None
-        try:
+        with writer if writer is not None else contextlib.nullcontext():  # a failed build leaves no copy
             self.basis = self._fit(basis, basis_dim)
             self.delta = projection.basis_delta(self.basis)
             block_size = max(1, BLOCK_BYTES // (8 * self.select.dim))
@@ -160,12 +162,9 @@ class CorrelationIndex:
                 if first:
                     rho1.append(first[0][0])
                     slack1.append(first[0][1])
-        except BaseException:
-            if writer is not None:  # nothing half-written left behind
-                writer.abort()
-            raise
+            if writer is not None:
+                self.copy_norms = torch.from_numpy(writer.finish())
         if writer is not None:
-            self.copy_norms = torch.from_numpy(writer.finish())
             self.row_copy = RowCopy(row_copy, shape[0], self.select.dim)
         self.vectors = (vectors[0] if len(vectors) == 1 and self.dtype == torch.float32 else torch.cat(vectors)) \
             if vectors else None

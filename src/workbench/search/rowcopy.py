@@ -17,17 +17,19 @@ with ||y - u|| <= lo.  fl16 keeps 11 bits, bf16 8: the bound is about 8x tighter
 copy's.  Entries below float16's normal range lose relative precision, not the bound: ||x32 - u||
 is measured, not assumed.
 
-The file is a ``.npy`` of (N, D) float16 written to ``<path>.partial`` and renamed when complete,
-so a build that fails leaves nothing that looks finished.
+The file is a ``.npy`` of (N, D) float16, written under a temporary name beside it
+(:func:`~workbench.data.atomic.atomic_file`: ``workbench clean`` finds what a killed build left,
+which holds patients' pixels) and renamed when complete.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.atomic import atomic_file
 from ..data.readahead import AheadReader
 from ..errors import WorkbenchError
 from .bounds import NORMALISE_F32
@@ -73,8 +75,9 @@ class RowCopy:
 
 
 class RowCopyWriter:
-    """Writes a row copy block by block (:meth:`add`), then :meth:`finish` renames it into place
-    and returns the per-row ``(hi, lo)`` (module docstring); :meth:`abort` removes the partial file."""
+    """Writes a row copy block by block (:meth:`add`, in order); :meth:`finish` completes it and
+    returns the per-row ``(hi, lo)`` (module docstring).  A context manager: the copy appears at
+    ``path`` only when finished inside the block, and a block that raises leaves nothing."""
 
     def __init__(self, path, n: int, dim: int):
         self.path = Path(path)
@@ -82,15 +85,19 @@ class RowCopyWriter:
             raise WorkbenchError(f"{self.path}: the row copy is a .npy file; give a path ending in .npy")
         if self.path.exists():
             raise WorkbenchError(f"{self.path} exists: give a new path for the row copy (or remove the old one)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        self._n, self._dim, self._next = n, dim, 0
+        self.norms = np.zeros((n, 2))
+        self._stack = contextlib.ExitStack()
+        self._file = None
+
+    def __enter__(self):
+        tmp = self._stack.enter_context(atomic_file(self.path))
         # written through the file, not a memmap: a memmap's written pages count in the process's
         # resident memory (the build of (b)'s copy peaked at 11.5 GiB so)
-        self._file = open(self._tmp, "wb")
+        self._file = self._stack.enter_context(open(tmp, "wb"))
         np.lib.format.write_array_header_1_0(self._file, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
-                                                          "fortran_order": False, "shape": (n, dim)})
-        self._next, self._n = 0, n
-        self.norms = np.zeros((n, 2))
+                                                          "fortran_order": False, "shape": (self._n, self._dim)})
+        return self
 
     def add(self, start: int, x32: torch.Tensor) -> None:
         """The float32 unit rows ``x32`` of positions ``start`` on (blocks in order)."""
@@ -107,10 +114,8 @@ class RowCopyWriter:
     def finish(self) -> np.ndarray:
         if self._next != self._n:
             raise WorkbenchError(f"{self.path}: {self._next} of {self._n} rows written")
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._stack.close()  # the file closed, then renamed into place
         return self.norms
 
-    def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+    def __exit__(self, *exc):
+        self._stack.__exit__(*exc)  # after finish: nothing left; on an error: the temporary removed
