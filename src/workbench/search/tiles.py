@@ -148,6 +148,12 @@ HOLD_BOUNDS_BYTES = 128 * 2**20
 #: (BENCHMARKS.md, issue 16 item 16; a thread reading through the page cache had taken the
 #: products' second core for its copies, item 13)
 PREFETCH_TILES = 2
+#: ... and reading a float16 row copy, whose tiles are twice as long (COPY_TILE_MAX): the next
+#: tile only, so that the reading buffers and the rows widened to float32 take no more memory than
+#: a search reading the store.  At (b), k = 5, rows on disk, 0 / 1 / 2 tiles ahead: 7.4-7.8 /
+#: 7.9-8.3 / 7.5-7.6 s, peak 2.50-2.52 / 2.58-2.65 / 2.64 GiB (the store read 2 ahead: 10.3-10.7 s,
+#: 2.32 GiB; BENCHMARKS.md, issue 16 item 17)
+COPY_PREFETCH_TILES = 0
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
 
@@ -608,6 +614,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # of each row (raw_row_error): normalising each tile's rows took 2.1 s of (b)'s 17 s (BENCHMARKS.md, item 14)
     raw = not in_memory and not copied and getattr(ref, "stats", None) is not None
     streamed = raw or copied
+    ahead = COPY_PREFETCH_TILES if copied else PREFETCH_TILES
     if raw:
         row_eps = raw_row_error(select.dim, ref.stats)
         st = torch.as_tensor(np.asarray(ref.stats), dtype=torch.float64)
@@ -673,7 +680,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     def run(plan, floor, desc, times=None):
         """Evaluate the plan's tiles in order.  Rows from disk are read ahead, the next
-        PREFETCH_TILES + 1 tiles' rows while a tile is multiplied (``raw_reader``).
+        PREFETCH_TILES + 1 tiles' rows (COPY_PREFETCH_TILES + 1 from a row copy) while a tile is
+        multiplied (``raw_reader``).
         In memory (``whole``), the sampled tiles' pairs are evaluated together, in products of up
         to MERGED_ENTRIES (pair, slice) entries.  ``times``: a list that receives each tile's
         seconds, in plan order (the sampled tiles evaluated together share theirs by pairs)."""
@@ -699,8 +707,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                 bar.update(len(merged))
             skip = set(merged)
             todo = [j for j in range(len(plan)) if j not in skip]
-            with ref.raw_reader(PREFETCH_TILES) if streamed else contextlib.nullcontext() as reader:
-                rows = reader.stream([plan[j].rows for j in todo], PREFETCH_TILES + 1) if streamed else None
+            with ref.raw_reader(ahead) if streamed else contextlib.nullcontext() as reader:
+                rows = reader.stream([plan[j].rows for j in todo], ahead + 1) if streamed else None
                 for j in todo:
                     t0 = time.perf_counter()
                     r32 = next(rows) if streamed else ref.rows32(plan[j].rows)
