@@ -657,9 +657,6 @@ def test_tiles_hold_more_rows_of_smaller_images_within_their_bytes(brainlike):
     assert tiles.tile_rows(5 * 256 * 256) == tiles.TILE == 64
     assert tiles.tile_rows(1_000_000) == 64  # never fewer than TILE, however large the image
     assert tiles.tile_rows(200_000) == 128 and 128 * 4 * 200_000 <= tiles.TILE_BYTES
-    # reading a float16 row copy: half the bytes a row, up to COPY_TILE_MAX rows
-    assert tiles.tile_rows(4 * 128 * 128, copy=True) == tiles.COPY_TILE_MAX == 1024
-    assert tiles.tile_rows(5 * 256 * 256, copy=True) == 128
     q, ref = brainlike
     res = CorrelationIndex(ref, basis_dim=16).topk(q, k=2, method="pruned")
     assert res.stats["tile"] == tiles.tile_rows(ref[0].size)

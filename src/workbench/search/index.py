@@ -304,8 +304,7 @@ class CorrelationIndex:
         are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
-        tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size, up to
-        1,024 reading a ``row_copy``).
+        tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")

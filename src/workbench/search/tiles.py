@@ -61,21 +61,13 @@ TILE_MAX = 512
 TILE_BYTES = 128 * 2**20
 
 
-#: rows per tile at most where the tiles read an index's float16 row copy (``row_copy``): the
-#: reading buffers are half the size, and larger tiles read each query's slices for more rows.  At
-#: (b), k = 5, rows on disk: 6.9-7.4 s with 1,024 rows against 7.9-8.6 s with 512 (256: 7.8-8.5 s);
-#: reading the store itself, 1,024 rows were no faster than 512 (8.5-9.6 against 9.5-10.0 s) for
-#: twice the buffers (BENCHMARKS.md, issue 16 item 17)
-COPY_TILE_MAX = 1024
-
-
-def tile_rows(dim: int, copy: bool = False) -> int:
+def tile_rows(dim: int) -> int:
     """Rows per tile for images of ``dim`` pixels: the largest power of two from TILE to TILE_MAX
-    (COPY_TILE_MAX reading a float16 row copy) whose rows as read fit in TILE_BYTES (float32, or
-    float16 from a copy)."""
-    most, size = (COPY_TILE_MAX, 2) if copy else (TILE_MAX, 4)
+    whose float32 rows fit in TILE_BYTES (also reading a float16 row copy, whose rows are widened
+    to float32 for the products: tiles of 1,024 rows from a copy were no faster at (b), and took
+    0.2 GiB more; BENCHMARKS.md, issue 16 item 17)."""
     rows = TILE
-    while rows * 2 <= most and rows * 2 * size * dim <= TILE_BYTES:
+    while rows * 2 <= TILE_MAX and rows * 2 * 4 * dim <= TILE_BYTES:
         rows *= 2
     return rows
 #: evaluate a tile's whole span of rows instead of gathering its surviving rows when at least this
@@ -148,12 +140,12 @@ HOLD_BOUNDS_BYTES = 128 * 2**20
 #: (BENCHMARKS.md, issue 16 item 16; a thread reading through the page cache had taken the
 #: products' second core for its copies, item 13)
 PREFETCH_TILES = 2
-#: ... and reading a float16 row copy, whose tiles are twice as long (COPY_TILE_MAX): the next
-#: tile only, so that the reading buffers and the rows widened to float32 take no more memory than
-#: a search reading the store.  At (b), k = 5, rows on disk, 0 / 1 / 2 tiles ahead: 7.4-7.8 /
-#: 7.9-8.3 / 7.5-7.6 s, peak 2.50-2.52 / 2.58-2.65 / 2.64 GiB (the store read 2 ahead: 10.3-10.7 s,
-#: 2.32 GiB; BENCHMARKS.md, issue 16 item 17)
-COPY_PREFETCH_TILES = 0
+#: ... and reading a float16 row copy (``row_copy``): one tile fewer, so that its reading buffers
+#: and the rows widened to float32 take no more memory than a search reading the store.  At (b),
+#: k = 5, rows on disk, in one script: 512-row tiles 1 ahead 6.9-7.6 s, peak 2.33 GiB; 0 ahead
+#: 8.8-10.9 s, 2.28 GiB; 1,024-row tiles 0 ahead 7.1-7.7 s, 2.52 GiB (the store 2 ahead:
+#: 10.3-10.7 s, 2.32 GiB; BENCHMARKS.md, issue 16 item 17)
+COPY_PREFETCH_TILES = 1
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
 
@@ -581,7 +573,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     in_memory = not getattr(ref, "from_disk", False)
     # rows from disk are read ahead (ref.raw_reader): the float16 row copy's where the index has one
     copied = not in_memory and getattr(ref, "row_copy", None) is not None
-    tile = tile or tile_rows(select.dim, copied)
+    tile = tile or tile_rows(select.dim)
     n_valid = n - int(ref.constant.sum())
     if n_valid < k:
         raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
