@@ -17,12 +17,14 @@ On disk an index is a folder: ``basis.npy`` (D x d float32), ``codes.npy``, ``rh
 ``slack.npy`` (per image), ``constant.npy``, ``check.npy`` (the codes of a few sampled images,
 recomputed on opening to catch an edited store), ``vectors.npy`` (N x D, float32 or bf16 stored as
 uint16, memory-mapped when opened; absent for an index too large to keep them), ``norms.npy``
-(bf16), ``mask.npy`` (if any) and ``index.json``.
+(bf16), ``copy_norms.npy`` (with a float16 row copy, :mod:`workbench.search.rowcopy`, which lives
+where it was written and is named in ``index.json``), ``mask.npy`` (if any) and ``index.json``.
 """
 from __future__ import annotations
 
 import contextlib
-
+import ctypes
+import ctypes.util
 import json
 import time
 import warnings
@@ -71,9 +73,6 @@ def release_free_memory() -> None:
     one in a fresh process: at workload (b) with a row copy, 2.86 GiB after the build against
     2.50 GiB after opening the saved index; the build's resident memory fell from 1.63 to
     1.22 GiB when trimmed, and the search's peak to 2.72 GiB (BENCHMARKS.md, issue 16 item 17)."""
-    import ctypes
-    import ctypes.util
-
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
     except (OSError, AttributeError):
