@@ -51,3 +51,4 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search.py --size 64 --k 5 --precisions auto --methods torch,faiss,index,pruned,auto --peak-n 1024 --json runs/bench-search-k5.json
 	$(PY) benchmarks/search.py --size 64 --k 1 --precisions auto --methods torch,faiss,index,pruned,auto --peak-n 1024 --json runs/bench-search-k1.json
 	$(PY) benchmarks/search_scale.py --json runs/bench-scale.json
+	$(PY) benchmarks/search_scale.py --row-copy --json runs/bench-scale-rowcopy.json
