@@ -135,3 +135,23 @@ def test_a_row_copy_is_never_left_half_written_nor_written_over(brainlike, tmp_p
     CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
     with pytest.raises(WorkbenchError, match="rows.npy exists"):
         CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+
+
+def test_the_row_copy_reads_its_rows_with_and_without_o_direct(brainlike, tmp_path):  # noqa: F811
+    _, ref = brainlike
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    copy, full = index.row_copy, np.load(tmp_path / "rows.npy")
+    pos = np.array([0, 1, 2, 7, 30, 31, len(ref) - 1])
+    np.testing.assert_array_equal(copy.read(pos), full[pos])
+    buf = copy.read_buffer(10)
+    got = copy.read(pos, buf)
+    np.testing.assert_array_equal(got, full[pos])
+    assert np.shares_memory(got, buf)
+    for direct in (False, None):  # the page-cache path, and O_DIRECT where the file system allows it
+        with AheadReader(copy, 2, direct=direct) as reader:
+            reader.ask(pos)
+            np.testing.assert_array_equal(reader.get(pos), full[pos])
+            np.testing.assert_array_equal(reader.get(pos[::2]), full[pos[::2]])  # not asked: read now
+    with pytest.raises(WorkbenchError, match="out of range"):
+        copy.read([len(ref)])

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..data.atomic import atomic_file
-from ..data.readahead import AheadReader
+from ..data.readahead import AheadReader, row_runs
 from ..errors import WorkbenchError
 from .bounds import NORMALISE_F32
 
@@ -61,12 +61,26 @@ class RowCopy:
         return len(self._images)
 
     def read(self, positions, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows at ``positions`` (float16), into ``out`` where given (a view of it)."""
-        rows = self._images[np.asarray(positions, dtype=np.int64)]
+        """Rows at ``positions`` (float16), into ``out`` where given (a view of it): read from the
+        file one run of consecutive rows at a time, not through the memmap, whose touched pages
+        would count in the process's resident memory."""
+        positions = np.asarray(positions, dtype=np.int64)
         if out is None:
-            return np.array(rows)
-        out[:len(rows)] = rows
-        return out[:len(rows)]
+            out = self.read_buffer(len(positions))
+        out = out[:len(positions)]
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            raise WorkbenchError(f"{self.path}: rows out of range 0..{len(self) - 1}")
+        row_bytes = self._images.shape[1] * 2
+        with open(self.path, "rb", buffering=0) as f:
+            for a, b in row_runs(positions):
+                view = memoryview(out[a:b]).cast("B")
+                got = 0
+                while got < len(view):
+                    n = os.preadv(f.fileno(), [view[got:]], self._images.offset + int(positions[a]) * row_bytes + got)
+                    if n <= 0:
+                        raise WorkbenchError(f"{self.path}: file ends before row {int(positions[b - 1])} (truncated?)")
+                    got += n
+        return out
 
     def read_buffer(self, n: int) -> np.ndarray:
         return np.empty((n, self._images.shape[1]), dtype=np.float16)
