@@ -79,3 +79,33 @@ def test_search_command_says_what_auto_chose(phantom_store, tmp_path, capsys, mo
                  "--split", "train", "--k", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "method auto chose " in printed and ("predicted" in printed or "more than" in printed)
+
+
+def test_index_command_and_search_with_it_give_the_searchs_table(phantom_store, tmp_path, capsys):
+    """`workbench index` prepares the train split once (here with a float16 row copy); `workbench
+    search --index` then gives the same matches as searching the store itself."""
+    direct = tmp_path / "direct.parquet"
+    assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
+                 "--split", "train", "--k", "3", "--out", str(direct)]) == 0
+    index = tmp_path / "train.index"
+    assert main(["index", "--reference", str(phantom_store.path), "--split", "train", "--basis-dim", "16",
+                 "--row-copy", str(tmp_path / "rows16.npy"), "--out", str(index)]) == 0
+    out = capsys.readouterr().out
+    assert "float16 row copy" in out and f"workbench search --index {index}" in out
+    via = tmp_path / "via.parquet"
+    assert main(["search", "--queries", str(phantom_store.path), "--index", str(index), "--k", "3",
+                 "--method", "pruned", "--out", str(via)]) == 0
+    a, b = pd.read_parquet(direct), pd.read_parquet(via)
+    cols = ["query_row", "rank", "match_row", "match_subject", "match_z"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    np.testing.assert_allclose(a["r"], b["r"], atol=1e-12)
+    assert "pruned" in capsys.readouterr().out
+    # what does not go with an index, and an index folder that exists already: one clear line each
+    assert main(["search", "--queries", str(phantom_store.path), "--index", str(index), "--split", "train",
+                 "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "--split: not with --index" in capsys.readouterr().err
+    assert main(["index", "--reference", str(phantom_store.path), "--out", str(index)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # neither --reference nor --index: argparse says which are needed
+        main(["search", "--queries", str(phantom_store.path), "--out", str(tmp_path / "x.parquet")])
+    assert "one of the arguments --reference --index is required" in capsys.readouterr().err

@@ -160,7 +160,9 @@ def _add_model(sub):
 def _add_search(sub):
     se = _parser(sub, "search", "top-k Pearson correlation of every query image with a reference store")
     se.add_argument("--queries", required=True, help="SliceStore of query images (e.g. synthetic)")
-    se.add_argument("--reference", required=True, help="SliceStore to search (e.g. the training store)")
+    ref = se.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--reference", help="SliceStore to search (e.g. the training store)")
+    ref.add_argument("--index", help="a reference prepared by `workbench index` (its store, split and channels)")
     se.add_argument("--split", default=None, help="search only this split of the reference, e.g. train (default: all)")
     se.add_argument("--k", type=int, default=1, help="matches per query")
     se.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
@@ -172,6 +174,20 @@ def _add_search(sub):
                     help="e.g. subject: the best match from each of the k best different subjects")
     se.add_argument("--out", required=True, help="matches table to write (.parquet or .csv)")
     _overwrite(se, "table")
+
+
+def _add_index(sub):
+    ix = _parser(sub, "index", "prepare a reference store once for many exact searches (`workbench search --index`)")
+    ix.add_argument("--reference", required=True, help="SliceStore to index (e.g. the training store)")
+    ix.add_argument("--split", default=None, help="index only this split of the reference, e.g. train (default: all)")
+    ix.add_argument("--channels", default=None, help="comma-separated channels to correlate (default: all)")
+    ix.add_argument("--basis-dim", type=int, default=None,
+                    help="principal directions of the reference kept for the bounds (default: by its size)")
+    ix.add_argument("--row-copy", default=None, metavar="PATH.npy",
+                    help="also write a float16 copy of the unit rows there (half the store's size on disk): searches "
+                         "then read it from disk in place of the store (the exact rescore still reads the store)")
+    ix.add_argument("--out", required=True, help="index folder to write")
+    _overwrite(ix, "index")
 
 
 def _add_analyze(sub):
@@ -328,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_model(sub)
     _add_search(sub)
+    _add_index(sub)
     _add_analyze(sub)
     _add_privacy(sub)
     _add_release(sub)
@@ -382,10 +399,21 @@ def _search(args) -> None:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     channels = _channels(args.channels, "--channels")
     queries = SliceStore.open(args.queries)
-    reference = _split_view(SliceStore.open(args.reference), args.split)
+    if args.index:
+        from .search import CorrelationIndex
+
+        given = [flag for flag, value in (("--split", args.split), ("--distinct", args.distinct),
+                                          ("--precision", args.precision != "auto")) if value]
+        if given:
+            raise WorkbenchError(f"{', '.join(given)}: not with --index (the index holds its split and precision; "
+                                 "search its store with --reference for --distinct)")
+        reference = CorrelationIndex.open(args.index, device=args.device)
+        options = {"channels": channels}
+    else:
+        reference = _split_view(SliceStore.open(args.reference), args.split)
+        options = {"precision": args.precision, "channels": channels, "distinct": args.distinct}
     t0 = time.time()
-    table = match_table(queries, reference, k=args.k, device=args.device, progress=True, method=args.method,
-                        precision=args.precision, channels=channels, distinct=args.distinct)
+    table = match_table(queries, reference, k=args.k, device=args.device, progress=True, method=args.method, **options)
     seconds = time.time() - t0
     stats = table.attrs.get("search_stats", {})
     with atomic_file(out) as tmp:
@@ -397,6 +425,24 @@ def _search(args) -> None:
           f"{stats.get('candidates_per_query', 0):.1f} candidates rescored per query{pruned}); wrote {out}")
     if "auto" in stats:  # method="auto": what it measured and chose
         print(f"method auto chose {stats['auto']}")
+
+
+def _index(args) -> None:
+    from pathlib import Path
+
+    from .data.store import SliceStore
+    from .search import CorrelationIndex
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # before the build, which may take long
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    reference = _split_view(SliceStore.open(args.reference), args.split)
+    t0 = time.time()
+    index = CorrelationIndex(reference, channels=_channels(args.channels, "--channels"), basis_dim=args.basis_dim,
+                             keep_vectors=False if args.row_copy else "auto", row_copy=args.row_copy, progress=True)
+    index.save(out, overwrite=args.overwrite)
+    print(f"indexed {len(reference)} images in {time.time() - t0:.1f} s: {index!r}; wrote {out} "
+          f"(search it with `workbench search --index {out}`)")
 
 
 def _clean(args) -> None:
@@ -497,6 +543,8 @@ def run(args) -> None:
                      batch_size=args.batch_size, bf16=args.bf16, overwrite=args.overwrite)
     elif args.command == "search":
         _search(args)
+    elif args.command == "index":
+        _index(args)
     elif args.command == "analyze":
         from .runs.analyze import analyze
 

@@ -13,13 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..data.store import SliceStore
-from ..search import topk_correlation
+from ..data.store import SliceStore, align_channels
+from ..errors import WorkbenchError
+from ..search import CorrelationIndex, topk_correlation
 
 
-def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, device: str = "auto",
+def match_table(queries: SliceStore, reference, *, k: int = 1, device: str = "auto",
                 progress: bool = True, **search_options) -> pd.DataFrame:
     """One row per (query, rank): r and where the matching reference slice comes from.
+
+    ``reference``: a SliceStore (view), or a :class:`~workbench.search.CorrelationIndex` built on
+    one (searched with its ``topk``; ``search_options`` are then its: ``method``, ``channels``).
 
     Columns: ``query`` (position in ``queries``), ``query_row`` (its store row), ``query_subject``,
     ``query_z``, ``rank`` (1 = best), ``r``, ``match`` (position in ``reference``), ``match_row``,
@@ -27,7 +31,14 @@ def match_table(queries: SliceStore, reference: SliceStore, *, k: int = 1, devic
     slice's z-1 / z+1 neighbours, <NA> if absent).  Constant queries (no defined r) are dropped
     and listed in ``table.attrs["constant_queries"]``.
     """
-    result = topk_correlation(queries, reference, k=k, device=device, progress=progress, **search_options)
+    if isinstance(reference, CorrelationIndex):
+        index, reference = reference, reference.reference
+        if not isinstance(reference, SliceStore):
+            raise WorkbenchError("match_table: the index must be built on a SliceStore (its manifest names the matches)")
+        queries = align_channels(queries, reference, what="queries")  # paired by channel name
+        result = index.topk(queries, k=k, progress=progress, **search_options)
+    else:
+        result = topk_correlation(queries, reference, k=k, device=device, progress=progress, **search_options)
     table = matches_frame(queries, reference, result.values, result.indices)
     table.attrs["constant_queries"] = np.flatnonzero(result.constant_queries).tolist()
     table.attrs["search_stats"] = dict(result.stats)
