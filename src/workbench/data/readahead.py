@@ -45,6 +45,27 @@ def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(rows)]]).tolist()))
 
 
+def pread_rows(filename, offset: int, row_bytes: int, rows: np.ndarray, flat: np.ndarray) -> None:
+    """Read the file's ``rows`` (each ``row_bytes`` long, from byte ``offset``) into ``flat`` (uint8,
+    rows in the order given) through the page cache: one ``pread`` per run of consecutive rows, and
+    again where ``pread`` returned less.  A file that ends early raises StoreError naming it."""
+    fd = os.open(filename, os.O_RDONLY)
+    try:
+        for a, b in row_runs(rows):
+            want = (b - a) * row_bytes
+            pos = offset + int(rows[a]) * row_bytes
+            view = memoryview(flat[a * row_bytes:b * row_bytes])
+            got = 0
+            while got < want:  # pread may return less than asked for
+                n = os.preadv(fd, [view[got:]], pos + got)
+                if n <= 0:
+                    raise StoreError(f"{filename}: file ends before row {int(rows[a]) + (got // row_bytes)} "
+                                     "(truncated?)")
+                got += n
+    finally:
+        os.close(fd)
+
+
 def aligned_empty(nbytes: int) -> np.ndarray:
     """An uninitialised uint8 array of ``nbytes`` whose first byte sits on a BLOCK boundary."""
     raw = np.empty(nbytes + BLOCK, dtype=np.uint8)

@@ -46,7 +46,7 @@ import pandas as pd
 
 from ..errors import StoreError
 from .atomic import atomic_dir
-from .readahead import AheadReader, row_runs
+from .readahead import AheadReader, pread_rows, row_runs
 from .temporaries import ELSEWHERE, IN_USE, find_temporaries, remove_path
 
 FORMAT_VERSION = 1
@@ -455,22 +455,7 @@ class SliceStore:
         if rows.min() < 0 or rows.max() >= len(images):
             raise StoreError(f"{self.path}: rows out of range 0..{len(images) - 1}")
         row_bytes = int(np.prod(shape)) * 4
-        flat = out.reshape(len(rows), -1).view(np.uint8).reshape(-1)
-        fd = os.open(images.filename, os.O_RDONLY)
-        try:
-            for a, b in row_runs(rows):  # one pread per run of consecutive store rows
-                want = (b - a) * row_bytes
-                pos = images.offset + int(rows[a]) * row_bytes
-                view = memoryview(flat[a * row_bytes:b * row_bytes])
-                got = 0
-                while got < want:  # pread may return less than asked for
-                    n = os.preadv(fd, [view[got:]], pos + got)
-                    if n <= 0:
-                        raise StoreError(f"{images.filename}: file ends before row {int(rows[a]) + (got // row_bytes)} "
-                                         "(truncated store?)")
-                    got += n
-        finally:
-            os.close(fd)
+        pread_rows(images.filename, images.offset, row_bytes, rows, out.reshape(len(rows), -1).view(np.uint8).reshape(-1))
         return out
 
     def blocks(self, block_size: int, *, prefetch: bool = True) -> Iterator[tuple[int, np.ndarray]]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..data.atomic import atomic_file
-from ..data.readahead import AheadReader, row_runs
+from ..data.readahead import AheadReader, pread_rows
 from ..errors import WorkbenchError
 from .bounds import NORMALISE_F32
 
@@ -70,16 +70,8 @@ class RowCopy:
         out = out[:len(positions)]
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise WorkbenchError(f"{self.path}: rows out of range 0..{len(self) - 1}")
-        row_bytes = self._images.shape[1] * 2
-        with open(self.path, "rb", buffering=0) as f:
-            for a, b in row_runs(positions):
-                view = memoryview(out[a:b]).cast("B")
-                got = 0
-                while got < len(view):
-                    n = os.preadv(f.fileno(), [view[got:]], self._images.offset + int(positions[a]) * row_bytes + got)
-                    if n <= 0:
-                        raise WorkbenchError(f"{self.path}: file ends before row {int(positions[b - 1])} (truncated?)")
-                    got += n
+        pread_rows(self.path, self._images.offset, self._images.shape[1] * 2, positions,
+                   out.reshape(-1).view(np.uint8))
         return out
 
     def read_buffer(self, n: int) -> np.ndarray:
