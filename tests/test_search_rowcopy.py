@@ -110,6 +110,38 @@ def test_a_saved_index_reopens_its_row_copy_and_refuses_an_edited_one(brainlike,
         CorrelationIndex.open(tmp_path / "i")
 
 
+def test_a_saved_index_moved_with_its_store_and_copy_still_opens(brainlike, tmp_path):  # noqa: F811
+    """A project folder moved (or mounted elsewhere) with its store, row copy and index inside: the
+    index finds them beside it; with the store gone from both places, one error names both."""
+    q, ref = brainlike
+    project = tmp_path / "project"
+    store = write_store(project / "data" / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=project / "data" / "rows.npy")
+    first = index.topk(q, k=3, method="pruned", tile=8)
+    index.save(project / "runs" / "i")
+    moved = tmp_path / "elsewhere"
+    project.rename(moved)
+    again = CorrelationIndex.open(moved / "runs" / "i")
+    assert again.reference.path.resolve() == (moved / "data" / "s").resolve()
+    assert again.row_copy.path == (moved / "data" / "rows.npy").resolve()
+    res = again.topk(q, k=3, method="pruned", tile=8)
+    np.testing.assert_array_equal(res.indices, first.indices)
+    np.testing.assert_array_equal(res.values, first.values)
+    # only the copy moved back to where it was: found there
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (moved / "data" / "rows.npy").rename(tmp_path / "project" / "data" / "rows.npy")
+    assert CorrelationIndex.open(moved / "runs" / "i").row_copy.path == tmp_path / "project" / "data" / "rows.npy"
+    # the store in neither place: both named
+    (moved / "data" / "s").rename(tmp_path / "gone")
+    with pytest.raises(WorkbenchError, match=r"project/data/s: the reference store of the index .*elsewhere/runs/i "
+                                             r"is not there nor at .*elsewhere/data/s"):
+        CorrelationIndex.open(moved / "runs" / "i")
+    # another store in its place (rebuilt): refused by its identity, not searched
+    write_store(moved / "data" / "s", ref[::-1].copy())
+    with pytest.raises(WorkbenchError, match="has changed since the index was built"):
+        CorrelationIndex.open(moved / "runs" / "i")
+
+
 def test_a_row_copy_is_never_left_half_written_nor_written_over(brainlike, tmp_path, monkeypatch):  # noqa: F811
     _, ref = brainlike
     store = write_store(tmp_path / "s", ref)

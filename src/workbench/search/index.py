@@ -19,6 +19,8 @@ recomputed on opening to catch an edited store), ``vectors.npy`` (N x D, float32
 uint16, memory-mapped when opened; absent for an index too large to keep them), ``norms.npy``
 (bf16), ``copy_norms.npy`` (with a float16 row copy, :mod:`workbench.search.rowcopy`, which lives
 where it was written and is named in ``index.json``), ``mask.npy`` (if any) and ``index.json``.
+The store and the row copy are found where they were, or else at the same place relative to the
+index folder (a project folder moved or mounted elsewhere, :func:`locate`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -465,6 +468,7 @@ class CorrelationIndex:
         if not isinstance(self.reference, SliceStore):
             raise WorkbenchError("only an index of a SliceStore can be saved: it reopens the store for the rescore")
         path = Path(path)
+        final = path.resolve()  # where the folder will be: the store and the row copy are also found from it
         with atomic_dir(path, overwrite=overwrite) as tmp:
             if self.vectors is not None:
                 v = self.vectors.cpu()
@@ -485,6 +489,7 @@ class CorrelationIndex:
                 "format_version": INDEX_VERSION,
                 "precision": "bf16" if self.dtype == torch.bfloat16 else "float32",
                 "store": str(self.reference.path.resolve()),
+                "store_from_index": os.path.relpath(self.reference.path.resolve(), final),
                 "store_id": self.reference.meta.get("id"),
                 "store_shape": list(self.reference.meta["shape"]),
                 "rows": self.reference.rows.tolist(),
@@ -495,6 +500,8 @@ class CorrelationIndex:
                 "basis": self.basis_name, "basis_dim": int(self.basis.shape[1]), "block": self.block,
                 "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None, "level1": self.level1,
                 "row_copy": str(self.row_copy.path.resolve()) if self.row_copy is not None else None,
+                "row_copy_from_index": (os.path.relpath(self.row_copy.path.resolve(), final)
+                                        if self.row_copy is not None else None),
             }
             (tmp / "index.json").write_text(json.dumps(meta))
         return path
@@ -523,9 +530,11 @@ class CorrelationIndex:
             parts["copy_norms"] = torch.from_numpy(np.load(path / "copy_norms.npy")) if meta.get("row_copy") else None
         except (OSError, ValueError, KeyError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
-        store = SliceStore.open(meta["store"])
+        store_path = locate(path, meta, "store", "reference store")
+        store = SliceStore.open(store_path)
         if list(store.meta["shape"]) != meta["store_shape"] or store.meta.get("id") != meta["store_id"]:
-            raise WorkbenchError(f"{path}: the store {meta['store']} has changed since the index was built; build it again")
+            raise WorkbenchError(f"{path}: the store {store_path} has changed since the index was built (or is "
+                                 "another store); build it again")
         reference = store.take(np.asarray(meta["rows"], dtype=np.int64))
         reference = reference.with_channels(meta.get("store_channels", store.channels))
         mask = None
@@ -552,7 +561,7 @@ class CorrelationIndex:
             if parts["copy_norms"].shape != (n, 2):
                 raise WorkbenchError(f"{path / 'copy_norms.npy'}: shape {tuple(parts['copy_norms'].shape)} does not "
                                      f"match the index ({n}, 2)")
-            parts["row_copy"] = RowCopy(meta["row_copy"], n, meta["pixels"])
+            parts["row_copy"] = RowCopy(locate(path, meta, "row_copy", "float16 row copy"), n, meta["pixels"])
         index = cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
                     basis=meta["basis"], block=meta["block"], seed=meta["seed"], _prepared=parts)
         index._verify(path)
@@ -586,6 +595,23 @@ class CorrelationIndex:
 #: 40-57 ms at 80,000 x 4x128x128, so the index pays from about 6,000-7,000 queries on.
 AUTO_MIN_QUERIES = 8192
 AUTO_MIN_REFERENCE = 2048
+
+
+def locate(index_path: Path, meta: dict, key: str, what: str) -> Path:
+    """Where a saved index's ``key`` (its store or row copy) is now: where it was when the index was
+    saved, else at the same place relative to the index folder (a project folder moved or mounted
+    elsewhere with its stores and index inside: both paths are saved).  The store's identity and
+    the index's check rows (:meth:`CorrelationIndex._verify`) refuse another store or copy found so."""
+    was = Path(meta[key])
+    if was.exists():
+        return was
+    rel = meta.get(f"{key}_from_index")
+    moved = (index_path / rel).resolve() if rel else None
+    if moved is not None and moved.exists():
+        return moved
+    where = f"nor at {moved}, where it would be had it moved with the index" if moved else "(moved or removed?)"
+    raise WorkbenchError(f"{was}: the {what} of the index {index_path} is not there {where}; put it back, or build "
+                         "the index again")
 
 
 def clean_figures(auto: dict) -> dict:
