@@ -48,7 +48,7 @@ from .layout import pad_slices, padded_width, unpad_slices
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
 from .result import SearchResult
-from .rowcopy import RowCopy, RowCopyWriter
+from .rowcopy import RowCopy, RowCopyWriter, check_place, cluster_place
 from .streaming import streamed_blocks
 from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_blocks, read_rows
 
@@ -180,10 +180,12 @@ class CorrelationIndex:
                 if first:
                     rho1.append(first[0][0])
                     slack1.append(first[0][1])
-            if writer is not None:
-                self.copy_norms = torch.from_numpy(writer.finish())
+            place = None
+            if writer is not None:  # the copy's rows grouped by cluster of their codes, about a tile each
+                place = cluster_place(codes, tiles.tile_rows(self.select.dim), self.seed)
+                self.copy_norms = torch.from_numpy(writer.finish(place))
         if writer is not None:
-            self.row_copy = RowCopy(row_copy, shape[0], self.select.dim)
+            self.row_copy = RowCopy(row_copy, shape[0], self.select.dim, place)
         self.vectors = (vectors[0] if len(vectors) == 1 and self.dtype == torch.float32 else torch.cat(vectors)) \
             if vectors else None
         self.norms = torch.cat(norms) if norms else None
@@ -244,8 +246,8 @@ class CorrelationIndex:
 
     def raw_reader(self, depth: int) -> "RawReader":
         """:meth:`raw_rows` for a stream of tiles (``RawReader.stream``), or, where the index has a
-        ``row_copy``, the float16 copy's unit rows widened to float32: from a store (or the copy) the
-        next tiles' rows are read ahead from disk
+        ``row_copy``, the float16 copy's unit rows (as stored: the products widen them): from a
+        store (or the copy) the next tiles' rows are read ahead from disk
         by :class:`~workbench.data.readahead.AheadReader` while a tile is multiplied (at (b), rows
         on disk: the tiles 16.5-17.5 s through the page cache against 5.5 s; BENCHMARKS.md, issue
         16 item 16).  A context manager: leaving it waits for reads in flight."""
@@ -483,6 +485,7 @@ class CorrelationIndex:
             np.save(tmp / "check.npy", self.check)
             if self.row_copy is not None:
                 np.save(tmp / "copy_norms.npy", self.copy_norms.numpy())
+                np.save(tmp / "copy_place.npy", self.row_copy.rows)
             if self.select.mask is not None:
                 np.save(tmp / "mask.npy", self.select.mask.reshape(-1))
             meta = {
@@ -528,6 +531,8 @@ class CorrelationIndex:
             parts["norms"] = (torch.from_numpy(np.load(path / "norms.npy"))
                               if meta["vectors"] and meta["precision"] == "bf16" else None)
             parts["copy_norms"] = torch.from_numpy(np.load(path / "copy_norms.npy")) if meta.get("row_copy") else None
+            # the copy's order (absent from an index saved before copies were ordered: index order)
+            place = np.load(path / "copy_place.npy") if (path / "copy_place.npy").is_file() else None
         except (OSError, ValueError, KeyError) as err:
             raise WorkbenchError(f"{path}: not a complete CorrelationIndex ({err})") from None
         store_path = locate(path, meta, "store", "reference store")
@@ -561,7 +566,9 @@ class CorrelationIndex:
             if parts["copy_norms"].shape != (n, 2):
                 raise WorkbenchError(f"{path / 'copy_norms.npy'}: shape {tuple(parts['copy_norms'].shape)} does not "
                                      f"match the index ({n}, 2)")
-            parts["row_copy"] = RowCopy(locate(path, meta, "row_copy", "float16 row copy"), n, meta["pixels"])
+            if place is not None:
+                check_place(place, n, path / "copy_place.npy")
+            parts["row_copy"] = RowCopy(locate(path, meta, "row_copy", "float16 row copy"), n, meta["pixels"], place)
         index = cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
                     basis=meta["basis"], block=meta["block"], seed=meta["seed"], _prepared=parts)
         index._verify(path)
@@ -638,23 +645,18 @@ class RawReader:
         self._copy = index.row_copy is not None and index.vectors is None
         self._reader = index.row_copy.reader(depth) if self._copy else ref.reader(depth) \
             if isinstance(ref, SliceStore) else None
-        self._wide = None  # the copy's rows widened to float32, one buffer reused
-
     def stream(self, batches, ahead: int):
-        """The rows of each of ``batches`` (sorted positions) in order, the next ``ahead`` (at
-        most depth + 1) read meanwhile from a store or the row copy."""
+        """The rows of each of ``batches`` (positions: sorted, or in the row copy's order) in order,
+        the next ``ahead`` (at most depth + 1) read meanwhile from a store or the row copy.  A row
+        copy's rows come as they are stored, float16 (views of the reader's buffers), and the
+        products widen them a few slices at a time (:func:`tiles.pair_product`)."""
         if self._reader is None:
             got = (read_rows(self._index.reference, b) for b in batches)
         else:
             got = self._reader.stream(batches, ahead)
         for rows in got:
             if self._copy:
-                if self._wide is None or len(self._wide) < len(rows):
-                    self._wide = None
-                    self._wide = torch.empty(rows.shape, dtype=torch.float32)
-                wide = self._wide[:len(rows)]
-                wide.copy_(torch.from_numpy(rows))  # float16 to float32, exact
-                yield wide
+                yield torch.from_numpy(rows)
             else:
                 yield torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
 

@@ -20,6 +20,13 @@ is measured, not assumed.
 The file is a ``.npy`` of (N, D) float16, written under a temporary name beside it
 (:func:`~workbench.data.atomic.atomic_file`: ``workbench clean`` finds what a killed build left,
 which holds patients' pixels) and renamed when complete.
+
+Order.  The copy's rows are grouped by cluster of their codes (:func:`cluster_place`: k-means on
+the first CLUSTER_CODES codes, clusters of about a tile), and the tiles of a search are cut from
+the copy's order: a query's surviving rows are similar images, so they fall into fewer tiles, and
+each tile reads its queries once for more of their pairs.  At (b), k = 5, the 135,989 tile pairs
+fell from 55,962 (query, tile) combinations in store order to 11,288 (BENCHMARKS.md, issue 16
+item 18).  ``RowCopy.rows`` maps each index position to its row in the copy.
 """
 from __future__ import annotations
 
@@ -32,11 +39,42 @@ import torch
 
 from ..data.atomic import atomic_file
 from ..data.readahead import AheadReader, pread_rows
+from ..data.temporaries import temporary_name
 from ..errors import WorkbenchError
 from .bounds import NORMALISE_F32
 
 #: rows whose norms are taken together (float64 copies of 64 rows)
 CHUNK = 64
+#: codes the copy's clusters are found on (the first principal directions), and rows moved at a
+#: time when the copy is put in cluster order
+CLUSTER_CODES = 64
+REORDER_ROWS = 256
+
+
+def cluster_place(codes: torch.Tensor, rows_per_cluster: int, seed: int = 0) -> np.ndarray:
+    """Each row's place in the copy (a permutation of ``range(len(codes))``): rows grouped by their
+    k-means cluster (scikit-learn, seeded) on the first CLUSTER_CODES ``codes``, clusters of about
+    ``rows_per_cluster`` rows, in store order within each cluster."""
+    from sklearn.cluster import KMeans
+
+    n = len(codes)
+    n_clusters = max(1, min(n, round(n / max(1, rows_per_cluster))))
+    if n_clusters == 1:
+        return np.arange(n)
+    x = codes[:, :CLUSTER_CODES].double().numpy()
+    labels = KMeans(n_clusters, n_init=1, max_iter=20, random_state=seed).fit_predict(x)
+    order = np.argsort(labels, kind="stable")  # the copy's rows, as index positions
+    place = np.empty(n, dtype=np.int64)
+    place[order] = np.arange(n)
+    return place
+
+
+def check_place(place: np.ndarray, n: int, where) -> np.ndarray:
+    """``place`` as int64 if it is a permutation of ``range(n)``, else a WorkbenchError naming ``where``."""
+    place = np.asarray(place)
+    if place.shape != (n,) or place.dtype.kind not in "iu" or not np.array_equal(np.sort(place), np.arange(n)):
+        raise WorkbenchError(f"{where}: not the order of a row copy of {n} rows; build the index again")
+    return place.astype(np.int64)
 
 
 class RowCopy:
@@ -44,7 +82,7 @@ class RowCopy:
     ``read``, ``read_buffer``, ``prefetch``) so that :class:`~workbench.data.readahead.AheadReader`
     reads it ahead with ``O_DIRECT`` like the store's rows; positions are the index's."""
 
-    def __init__(self, path, n: int, dim: int):
+    def __init__(self, path, n: int, dim: int, place: np.ndarray | None = None):
         self.path = Path(path)
         try:
             self._images = np.load(self.path, mmap_mode="r")
@@ -54,7 +92,7 @@ class RowCopy:
         if self._images.dtype != np.float16 or self._images.shape != (n, dim):
             raise WorkbenchError(f"{self.path}: a row copy of {self._images.dtype} {self._images.shape}, the index "
                                  f"needs float16 ({n}, {dim}); build the index again")
-        self.rows = np.arange(n)
+        self.rows = np.arange(n) if place is None else check_place(place, n, self.path)  # index position -> copy row
         self._channel_index = None
 
     def __len__(self) -> int:
@@ -70,7 +108,7 @@ class RowCopy:
         out = out[:len(positions)]
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise WorkbenchError(f"{self.path}: rows out of range 0..{len(self) - 1}")
-        pread_rows(self.path, self._images.offset, self._images.shape[1] * 2, positions,
+        pread_rows(self.path, self._images.offset, self._images.shape[1] * 2, self.rows[positions],
                    out.reshape(-1).view(np.uint8))
         return out
 
@@ -86,10 +124,11 @@ class RowCopy:
 
 class RowCopyWriter:
     """Writes a row copy block by block (:meth:`add`, in order); :meth:`finish` completes it and
-    returns the per-row ``(hi, lo)`` (module docstring).  A context manager: the copy appears at
-    ``path`` only when finished inside the block, and a block that raises leaves nothing."""
+    returns the per-row ``(hi, lo)`` (module docstring), by index position, and puts the rows in
+    the order ``place`` where given.  A context manager: the copy appears at ``path`` only when
+    finished inside the block, and a block that raises leaves nothing."""
 
-    def __init__(self, path, n: int, dim: int):
+    def __init__(self, path, n: int, dim: int, place: np.ndarray | None = None):
         self.path = Path(path)
         if self.path.suffix != ".npy":
             raise WorkbenchError(f"{self.path}: the row copy is a .npy file; give a path ending in .npy")
@@ -101,13 +140,16 @@ class RowCopyWriter:
         self._file = None
 
     def __enter__(self):
-        tmp = self._stack.enter_context(atomic_file(self.path))
+        self._tmp = self._stack.enter_context(atomic_file(self.path))
         # written through the file, not a memmap: a memmap's written pages count in the process's
         # resident memory (the build of (b)'s copy peaked at 11.5 GiB so)
-        self._file = self._stack.enter_context(open(tmp, "wb"))
-        np.lib.format.write_array_header_1_0(self._file, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
-                                                          "fortran_order": False, "shape": (self._n, self._dim)})
+        self._file = self._stack.enter_context(open(self._tmp, "wb"))
+        self._header(self._file)
         return self
+
+    def _header(self, f) -> None:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")),
+                                                 "fortran_order": False, "shape": (self._n, self._dim)})
 
     def add(self, start: int, x32: torch.Tensor) -> None:
         """The float32 unit rows ``x32`` of positions ``start`` on (blocks in order)."""
@@ -125,13 +167,39 @@ class RowCopyWriter:
             self.norms[start + a:start + a + len(wide), 0] = wide.double().norm(dim=1).numpy() * (1 + 1e-9)
             self.norms[start + a:start + a + len(wide), 1] = (NORMALISE_F32 + lo) * (1 + 1e-9)
 
-    def finish(self) -> np.ndarray:
+    def finish(self, place: np.ndarray | None = None) -> np.ndarray:
         if self._next != self._n:
             raise WorkbenchError(f"{self.path}: {self._next} of {self._n} rows written")
         self._file.flush()
-        os.fsync(self._file.fileno())  # on disk before it is renamed, not written back during the first searches
+        if place is not None:
+            self._reorder(check_place(place, self._n, self.path))
+        else:
+            os.fsync(self._file.fileno())  # on disk before it is renamed, not written back during the first searches
         self._stack.close()  # the file closed, then renamed into place
         return self.norms
+
+    def _reorder(self, place: np.ndarray) -> None:
+        """Rewrite the rows (written in index order) into the order ``place``, REORDER_ROWS at a
+        time through a second temporary file, which then takes the first one's name."""
+        order = np.argsort(place)  # the index positions of the copy's rows, in the copy's order
+        offset = self._file.tell() - self._n * self._dim * 2
+        ordered = temporary_name(self.path)
+        buf = np.empty(REORDER_ROWS * self._dim * 2, dtype=np.uint8)
+        try:
+            with open(ordered, "wb") as f:
+                self._header(f)
+                for a in range(0, self._n, REORDER_ROWS):
+                    rows = order[a:a + REORDER_ROWS]
+                    part = buf[:len(rows) * self._dim * 2]
+                    pread_rows(self._tmp, offset, self._dim * 2, rows, part)
+                    part.tofile(f)
+                f.flush()
+                os.fsync(f.fileno())
+            self._file.close()  # (closing it again on leaving is harmless)
+            os.replace(ordered, self._tmp)  # renamed into place by finish, as an unordered copy would be
+        except BaseException:
+            Path(ordered).unlink(missing_ok=True)
+            raise
 
     def __exit__(self, *exc):
         self._stack.__exit__(*exc)  # after finish: nothing left; on an error: the temporary removed

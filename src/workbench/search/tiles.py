@@ -148,6 +148,12 @@ PREFETCH_TILES = 2
 COPY_PREFETCH_TILES = 1
 #: pixels per float32 partial product of a tile (the partials are summed in float32)
 TIER_CHUNK = 1024
+#: slices of a float16 row copy's tile widened to float32 at a time for a sampled product
+#: (:func:`pair_product`): the widened rows are read back while still in cache, where a whole
+#: widened tile (128 MB at (b)) went out to memory and back.  60 tiles of (b) in cluster order,
+#: widened and multiplied: whole 0.62-0.64 s; 1 / 2 / 4 / 8 / 16 slices at a time 0.91 / 0.78-0.88 /
+#: 0.65-0.69 / 0.54-0.60 / 0.51-0.54 s (BENCHMARKS.md, issue 16 item 18)
+WIDEN_SLICES = 16
 
 
 def tier_error_bound(dim: int) -> float:
@@ -205,7 +211,8 @@ def chunked(x: torch.Tensor, dev=None) -> torch.Tensor:
 
 
 class Tile(NamedTuple):
-    """One product of a plan: the tile's number, its queries (sorted), its rows (sorted), and, for
+    """One product of a plan: the tile's number, its queries (sorted), its rows (sorted, or in a
+    row copy's order: :func:`pair_plan`), and, for
     a sampled tile, the bool (queries x rows) mask of the pairs it evaluates (None: every pair)."""
     index: int
     queries: torch.Tensor
@@ -243,15 +250,17 @@ def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, sp
     return Tile(int(t), qs, rows)
 
 
-def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool, sparse: bool = True) -> list:
+def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool, sparse: bool = True,
+               place: np.ndarray | None = None) -> list:
     """The dense tiles that evaluate every query's seeds: for each tile holding a seed, the queries
     with a seed there times the union of their seed rows there (a contiguous span where ``span``
     and at least SPAN_DENSITY of it is seeded).  Neighbouring slices of one subject are the seeds
     of many queries at once, so one product evaluates them all: pair by pair, each seed read its
     64 KB row for one multiply-add per pixel (memory-bound, BENCHMARKS.md issue 16 item 8).
-    ``seeds`` (Q' x m) are reference positions, ``queries`` (Q') the query of each line."""
+    ``seeds`` (Q' x m) are reference positions, ``queries`` (Q') the query of each line; ``place``:
+    :func:`pair_plan`'s."""
     m = seeds.shape[1]
-    return pair_plan(queries.repeat_interleave(m).numpy(), seeds.reshape(-1).numpy(), tile, span, sparse)
+    return pair_plan(queries.repeat_interleave(m).numpy(), seeds.reshape(-1).numpy(), tile, span, sparse, place)
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: list | None = None) -> torch.Tensor:
@@ -281,7 +290,8 @@ def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: 
     return out
 
 
-def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torch.Tensor) -> torch.Tensor:
+def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torch.Tensor,
+                 buffer: list | None = None) -> torch.Tensor:
     """Float32 products of the pairs (query ``qi[j]``, row ``lr[j]`` of ``r32``) alone: the same
     slices of TIER_CHUNK pixels summed in float32 as :func:`tile_product`, so the same bound
     (``tier_error_bound``, any order of summation), but as one sampled product
@@ -292,17 +302,33 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
     The pattern's rows are the queries' slices (row (slice b, query q) of the layout ``qc``) and
     its columns the rows' (row (row j, slice b) of ``r32``): neither side is copied (a batched
     pattern over the slices made the kernel copy a strided side: 1.2-2.1 against 0.85 ms a tile at
-    (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14)."""
+    (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14).
+
+    Rows of a float16 row copy (``r32`` float16) are widened to float32 (exactly) WIDEN_SLICES
+    slices at a time into ``buffer`` (a one-item list holding the tensor, reused and grown), each
+    group's partial products added to the rest: the same float32 slices, summed in another order."""
     chunks, nq, width = qc.shape
     m, dim = r32.shape
     full = dim // TIER_CHUNK
     out = torch.zeros(len(qi), dtype=torch.float32, device=qc.device)
-    if full:
+    if full and r32.dtype == torch.float32:
         out = slice_products(qc[:full].view(full * nq, TIER_CHUNK), qi, True,
                              r32[:, :full * TIER_CHUNK].reshape(m * full, TIER_CHUNK), lr, False, full)
+    elif full:
+        buffer = [None] if buffer is None else buffer
+        need = m * min(WIDEN_SLICES, full) * TIER_CHUNK
+        if buffer[0] is None or buffer[0].numel() < need:
+            buffer[0] = None
+            buffer[0] = torch.empty(need, dtype=torch.float32, device=qc.device)
+        for a in range(0, full, WIDEN_SLICES):
+            g = min(WIDEN_SLICES, full - a)
+            wide = buffer[0][:m * g * TIER_CHUNK].view(m, g * TIER_CHUNK)
+            wide.copy_(r32[:, a * TIER_CHUNK:(a + g) * TIER_CHUNK])  # float16 to float32, exact
+            out += slice_products(qc[a:a + g].reshape(g * nq, TIER_CHUNK), qi, True, wide.view(m * g, TIER_CHUNK),
+                                  lr, False, g)
     if full < chunks:  # the last, short slice: one dot product per pair
         rest = dim - full * TIER_CHUNK
-        out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:]).sum(dim=1)
+        out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:].float()).sum(dim=1)
     return out
 
 
@@ -421,16 +447,21 @@ def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: i
     return surv
 
 
-def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sparse: bool = True) -> list:
+def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sparse: bool = True,
+              place: np.ndarray | None = None) -> list:
     """The products that evaluate the survivors ``surv`` (Q x whole tiles, bool): per tile of
     ``tile`` rows, a :class:`Tile` of the queries that have a survivor there and the rows that do
     (:func:`make_tile`: the surviving pairs alone where they are few and ``sparse``).  With a
     ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, the survivors are bounded again from
     all the codes against ``tau`` first: pair by pair where ``sparse`` (:func:`cascade_pairs`),
-    else as a dense product per tile (CUDA, where sampled products are unmeasured)."""
+    else as a dense product per tile (CUDA, where sampled products are unmeasured).  ``place``
+    (sampled tiles): :func:`pair_plan`'s; the dense tiles are cut in index order."""
     span = not getattr(ref, "from_disk", False)
     if cascade is not None and sparse:
-        return pair_plan(*cascade_pairs(surv, tau, ref, cascade), tile, span, sparse)
+        return pair_plan(*cascade_pairs(surv, tau, ref, cascade), tile, span, sparse, place)
+    if place is not None and sparse:
+        qi, ri = torch.nonzero(surv, as_tuple=True)
+        return pair_plan(qi.cpu().numpy(), ri.cpu().numpy(), tile, span, sparse, place)
     nq = surv.shape[0]
     n_tiles = surv.shape[1] // tile
     dev = surv.device
@@ -496,18 +527,24 @@ def pair_bounds(cascade, ref, qi: torch.Tensor, ri: torch.Tensor) -> torch.Tenso
     return ub
 
 
-def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: bool) -> list:
+def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: bool,
+              place: np.ndarray | None = None) -> list:
     """The tiles of the pairs ``(qi, ri)``: per tile of ``tile`` rows holding a pair, its queries
-    and its rows (both ascending) and the mask of its pairs (:func:`make_tile`)."""
-    by_tile = np.argsort(ri // tile, kind="stable")
-    qi, ri = qi[by_tile], ri[by_tile]
-    names, first = np.unique(ri // tile, return_index=True)
+    (ascending), its rows and the mask of its pairs (:func:`make_tile`).  The tiles are cut in the
+    order ``place`` (each reference position's row in a float16 row copy, whose rows are grouped
+    by cluster: :mod:`.rowcopy`) and their rows come in that order, so that a tile reads runs of the
+    copy; else in index order, rows ascending."""
+    key = ri if place is None else place[ri]
+    by_tile = np.argsort(key // tile, kind="stable")
+    qi, ri, key = qi[by_tile], ri[by_tile], key[by_tile]
+    names, first = np.unique(key // tile, return_index=True)
     plan = []
     for t, a, b in zip(names, first, np.r_[first[1:], len(ri)]):
-        r, qs = np.unique(ri[a:b]), np.unique(qi[a:b])
+        keys, pick = np.unique(key[a:b], return_index=True)
+        r, qs = ri[a:b][pick], np.unique(qi[a:b])
         mask = torch.zeros((len(qs), len(r)), dtype=torch.bool)
-        mask[np.searchsorted(qs, qi[a:b]), np.searchsorted(r, ri[a:b])] = True
-        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span, sparse))
+        mask[np.searchsorted(qs, qi[a:b]), np.searchsorted(keys, key[a:b])] = True
+        plan.append(make_tile(t, torch.from_numpy(qs), r, mask, span and place is None, sparse))
     return plan
 
 
@@ -573,6 +610,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     in_memory = not getattr(ref, "from_disk", False)
     # rows from disk are read ahead (ref.raw_reader): the float16 row copy's where the index has one
     copied = not in_memory and getattr(ref, "row_copy", None) is not None
+    place = ref.row_copy.rows if copied else None  # the tiles are cut in the copy's (cluster) order
     tile = tile or tile_rows(select.dim)
     n_valid = n - int(ref.constant.sum())
     if n_valid < k:
@@ -632,6 +670,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     got_s = [torch.zeros(0, dtype=torch.float64)]
     evaluated = 0
     gathered = [None]  # the tiles' query gathers, one buffer reused (tile_product)
+    widened = [None]  # a row copy's rows widened a few slices at a time, one buffer reused (pair_product)
 
     const_dev = torch.from_numpy(ref.constant).to(dev)  # constant references: never candidates
     # in memory, float32 rows filling whole slices: the sampled tiles' pairs are taken from the index's
@@ -647,9 +686,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         """``(qi, ri, s)``: the tile's evaluated pairs (query, reference position) and their values."""
         qi, lr = tile.pair_index(dev)
         if tile.pairs is None:  # every pair, as a (queries x rows) product, then pair by pair
-            s = tile_product(qc, tile.queries.to(dev), r32, gathered).reshape(-1)
+            s = tile_product(qc, tile.queries.to(dev), r32.float(), gathered).reshape(-1)  # a row copy's widened
         else:
-            s = pair_product(qc, qi, lr, r32)
+            s = pair_product(qc, qi, lr, r32, widened)
         return qi, torch.from_numpy(tile.rows).to(dev)[lr], s
 
     def keep_pairs(qi: torch.Tensor, ri: torch.Tensor, s: torch.Tensor, floor: torch.Tensor | None):
@@ -726,7 +765,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
     # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
     q_live = torch.nonzero(live, as_tuple=True)[0]
-    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory, sparse=sparse_here)
+    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory, sparse=sparse_here, place=place)
     cascade = (cq, rho_q, slack_q) if level1 else None
 
     done_tiles = list(seed_plan)  # tiles evaluated before the survivors' (method="auto" adds its early sample)
@@ -739,7 +778,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         surv[~live] = False
         for done in done_tiles:  # a sampled tile evaluated its pairs alone
             surv[pairs_of(done)] = False
-        return tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here)
+        return tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
 
     if auto is not None:
         # before the seeds, which cost k + SEED_EXTRA pairs a query: time a sample of their tiles,
