@@ -106,8 +106,9 @@ class CorrelationIndex:
     keep_vectors : keep the copy of the unit vectors (``"auto"``: when it is under 1 GiB; else
         the tiles read their rows from the reference store, which keeps memory small).
     row_copy : a new ``.npy`` path: write a float16 copy of the unit rows there while building
-        (half the store's size on disk), and let the pruned search's seeds and tiles read it
-        instead of the store (half the bytes from disk; the float64 rescore still reads the store).
+        (half the store's size on disk; its rows grouped by cluster of their codes, one more pass
+        over the copy), and let the pruned search's seeds and tiles read it instead of the store
+        (half the bytes from disk; the float64 rescore still reads the store).
         For an index whose rows stay on disk (``keep_vectors`` False).  :mod:`.rowcopy`.
     """
 
