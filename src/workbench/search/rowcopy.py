@@ -128,7 +128,7 @@ class RowCopyWriter:
     the order ``place`` where given.  A context manager: the copy appears at ``path`` only when
     finished inside the block, and a block that raises leaves nothing."""
 
-    def __init__(self, path, n: int, dim: int, place: np.ndarray | None = None):
+    def __init__(self, path, n: int, dim: int):
         self.path = Path(path)
         if self.path.suffix != ".npy":
             raise WorkbenchError(f"{self.path}: the row copy is a .npy file; give a path ending in .npy")

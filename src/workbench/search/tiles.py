@@ -454,14 +454,16 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sp
     (:func:`make_tile`: the surviving pairs alone where they are few and ``sparse``).  With a
     ``cascade`` ``(cq, rho_q, slack_q)`` of full-basis codes, the survivors are bounded again from
     all the codes against ``tau`` first: pair by pair where ``sparse`` (:func:`cascade_pairs`),
-    else as a dense product per tile (CUDA, where sampled products are unmeasured).  ``place``
-    (sampled tiles): :func:`pair_plan`'s; the dense tiles are cut in index order."""
+    else as a dense product per tile (CUDA, where sampled products are unmeasured).  Where
+    ``sparse``, the surviving pairs are planned by :func:`pair_plan` (in the order ``place``); the
+    dense tiles are cut in index order."""
     span = not getattr(ref, "from_disk", False)
-    if cascade is not None and sparse:
-        return pair_plan(*cascade_pairs(surv, tau, ref, cascade), tile, span, sparse, place)
-    if place is not None and sparse:
-        qi, ri = torch.nonzero(surv, as_tuple=True)
-        return pair_plan(qi.cpu().numpy(), ri.cpu().numpy(), tile, span, sparse, place)
+    if sparse:
+        if cascade is not None:
+            qi, ri = cascade_pairs(surv, tau, ref, cascade)
+        else:
+            qi, ri = (x.cpu().numpy() for x in torch.nonzero(surv, as_tuple=True))
+        return pair_plan(qi, ri, tile, span, sparse, place)
     nq = surv.shape[0]
     n_tiles = surv.shape[1] // tile
     dev = surv.device
