@@ -178,6 +178,33 @@ def test_an_index_on_the_cpu_keeps_float32_vectors_by_default(brainlike):
 
 
 # -- every method equals float64 brute force ---------------------------------------------------
+def test_a_basis_refined_over_more_rows_captures_more_of_the_reference(brainlike, monkeypatch):
+    """Fitted to a sample too small for its d, the basis is refined by one step of subspace
+    iteration over more rows: it holds more of the reference (its own principal directions
+    nearly), strongest first, and the search stays exact."""
+    q, ref = brainlike
+    y = unit64(ref)  # 192 rows of 512 pixels
+    evals = torch.linalg.eigvalsh(y.T @ y).flip(0)
+    monkeypatch.setattr(projection, "BASIS_SAMPLE", 24)
+    index = CorrelationIndex(ref, basis_dim=16)
+    w = index.basis.double()
+    sampled = projection.fit_basis(y[torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(y), 24, replace=False)))], 16)
+
+    def left(basis):  # what the basis leaves of the reference: the sum of its squared residuals
+        return len(y) - float(((y @ basis.double()) ** 2).sum())
+
+    assert projection.basis_delta(index.basis) < 1e-5
+    least = len(y) - float(evals[:16].sum())  # what the reference's own 16 principal directions leave
+    assert left(sampled) > 1.5 * least  # the sample alone places the basis badly (10.7 against 5.1)
+    assert left(w) < least + 0.25 * (left(sampled) - least)  # one step takes most of the way (5.7)
+    assert left(w[:, :4]) < 1.1 * (len(y) - float(evals[:4].sum()))  # a cascade's first level: the strongest
+    for k in (1, 4):
+        ev, ei, _ = truth(q, ref, k)
+        res = index.topk(q, k=k, method="pruned", tile=8)
+        np.testing.assert_array_equal(res.indices, ei)
+        np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("basis", ["pca", "blocks"])
 @pytest.mark.parametrize("k", [1, 4, 40])

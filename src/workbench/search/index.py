@@ -201,6 +201,9 @@ class CorrelationIndex:
 
     # -- preparing -------------------------------------------------------------------------------
     def _fit(self, basis: str, basis_dim: int) -> torch.Tensor:
+        """The basis: block means, or principal directions fitted to a seeded sample of the
+        reference and then refined by one step of subspace iteration over a larger one
+        (:func:`projection.refine_basis`)."""
         if basis == "blocks":
             return projection.block_basis(self.select, self.image_shape, self.block)
         n = len(self.reference)
@@ -208,13 +211,27 @@ class CorrelationIndex:
         rows = np.sort(rng.choice(n, min(n, projection.BASIS_SAMPLE), replace=False))
         sample = torch.empty((len(rows), self.select.dim), dtype=torch.float32)
         live = np.zeros(len(rows), dtype=bool)
-        step = max(1, BLOCK_BYTES // (8 * self.select.dim))  # read and normalise a block at a time
-        for a in range(0, len(rows), step):
-            sample[a:a + step], c = normalise(self.select(read_rows(self.reference, rows[a:a + step])), torch.float32)
-            live[a:a + step] = ~c
+        for a, x, c in self._unit_rows(rows):
+            sample[a:a + len(x)] = x
+            live[a:a + len(x)] = ~c
         if not live.any():
             raise WorkbenchError("every sampled reference image is constant: no basis to fit")
-        return projection.fit_basis(sample[torch.from_numpy(live)] if not live.all() else sample, basis_dim)
+        w = projection.fit_basis(sample[torch.from_numpy(live)] if not live.all() else sample, basis_dim)
+        del sample
+        more = min(n, projection.REFINE_PER_DIM * w.shape[1])
+        if more <= len(rows):  # the sample was the whole reference, or as large as a refinement's
+            return w
+        # the basis's own sample is among the rows, so no direction it found can vanish
+        refine = np.union1d(rows, rng.choice(n, more, replace=False))
+        return projection.refine_basis(w, (x for _, x, _ in self._unit_rows(refine)))
+
+    def _unit_rows(self, rows: np.ndarray):
+        """(start, float32 unit rows, constant) of the reference's images at sorted ``rows``, a
+        block at a time."""
+        step = max(1, BLOCK_BYTES // (8 * self.select.dim))
+        for a in range(0, len(rows), step):
+            x, c = normalise(self.select(read_rows(self.reference, rows[a:a + step])), torch.float32)
+            yield a, x, c
 
     def _check_rows(self) -> np.ndarray:
         """Positions of the images whose codes are recomputed when the saved index is opened."""

@@ -51,6 +51,10 @@ CODE_CHUNK = 256
 CODE_GROUP = 16
 #: rows of the reference sampled to fit the basis (the Gram matrix is SAMPLE x SAMPLE)
 BASIS_SAMPLE = 2048
+#: rows per direction of the basis that :func:`refine_basis` reads (a seeded sample, the basis's
+#: own sample included; the whole reference where it is smaller): 20 x 1,024 rows at workload (b)
+#: came within 6 % of all 80,000 in the pairs left, for a quarter of the time (BENCHMARKS.md)
+REFINE_PER_DIM = 20
 BASES = ("pca", "blocks")
 
 
@@ -81,14 +85,54 @@ def fit_basis(sample: torch.Tensor, d: int) -> torch.Tensor:
         raise WorkbenchError("the reference sample has no variance to fit a basis to (every image constant?)")
     w = s32.T @ evecs[:, :keep].float()  # D x keep
     del s32
+    cholqr2(w)
+    return w.contiguous()
+
+
+def cholqr2(w: torch.Tensor) -> torch.Tensor:
+    """Orthonormalise the columns of ``w`` (D x d float32) in place by Cholesky QR done twice, its
+    d x d Gram matrices and triangular solves in float64 over blocks of pixels (memory stays at
+    ``w``); return R (d x d float64, upper triangular) with w_given ~ w_returned @ R."""
+    r = torch.eye(w.shape[1], dtype=torch.float64)
     for _ in range(2):  # CholQR2: the second pass makes it orthonormal to float32 rounding
         g = blocked_gram(w)
         g.diagonal().add_(g.diagonal().max() * 1e-12)  # a tiny shift keeps Cholesky defined
         chol = torch.linalg.cholesky(g)
-        for a in range(0, dim, BASIS_ROWS):
+        for a in range(0, w.shape[0], BASIS_ROWS):
             block = w[a:a + BASIS_ROWS].double()
             w[a:a + BASIS_ROWS] = torch.linalg.solve_triangular(chol, block.T, upper=False).T.float()
-    return w.contiguous()
+        r = chol.T @ r
+    return r
+
+
+def refine_basis(w: torch.Tensor, blocks) -> torch.Tensor:
+    """One step of subspace iteration (the power step of a randomised SVD) from the basis ``w``
+    over ``blocks`` of unit rows of the reference: the leading directions of span(Y^T Y w), in
+    order of strength (D x d float32, orthonormal to float32 rounding; ``w`` is not changed).
+
+    Why: :func:`fit_basis` sees BASIS_SAMPLE rows, too few to place a basis of 1,024 directions
+    well; this step lets many more rows (``blocks``) move the subspace towards the reference's own
+    principal directions at the cost of two products per row.  At workload (b) (80,000 x 65,536,
+    d = 1,024) one step over 20,000 rows halved the pairs whose bound reaches a query's true 5th
+    best (107,552 -> 52,944) and cut the rows they touch by 39 % (BENCHMARKS.md, issue 16 item 19).
+    The columns of Y^T Y w are scaled to unit norm before the QR (their norms span the square of the
+    eigenvalues' range, which would ruin the Gram matrix's condition) and ordered afterwards by the
+    singular values of the unscaled product, so the first columns (a cascade's first level) stay the
+    strongest.
+    """
+    z = torch.zeros_like(w)
+    for y in blocks:
+        y32 = y.to(torch.float32)
+        z.addmm_(y32.T, y32 @ w)
+    scale = torch.linalg.vector_norm(z, dim=0).double()
+    if not bool((scale > 0).all()):
+        raise WorkbenchError("the reference rows leave a basis direction empty: cannot refine the basis")
+    z /= scale.float()
+    r = cholqr2(z) * scale  # Y^T Y w ~ z @ r
+    u = torch.linalg.svd(r)[0]  # r = U S V^T: z @ U are the left singular vectors, strongest first
+    for a in range(0, z.shape[0], BASIS_ROWS):
+        z[a:a + BASIS_ROWS] = (z[a:a + BASIS_ROWS].double() @ u).float()
+    return z
 
 
 #: pixels per block of the float64 passes over a basis
