@@ -6,7 +6,8 @@ For z-normalised unit vectors x, y and an orthogonal projection P onto a d-dimen
 
 Block means (:func:`block_basis`) are one such P, fixed in advance.  Here P is fitted to
 the reference itself: its leading principal directions (the eigenvectors of the Gram matrix of a
-seeded sample of normalised reference rows, :func:`fit_basis`).  Brain slices live near a
+seeded sample of normalised reference rows, :func:`fit_basis`, refined by one step of subspace
+iteration over a larger sample, :func:`refine_basis`).  Brain slices live near a
 low-dimensional subspace, so ||y - Py|| is small and the bound is tight: on 4x64x64 phantom
 slices, d = 256 leaves under 1 % of pairs whose bound reaches a query's k-th best, where 4x4
 block means (d = 1024) leave 8-10 % (BENCHMARKS.md).  Each pair's bound costs a product of
