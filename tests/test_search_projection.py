@@ -205,6 +205,19 @@ def test_a_basis_refined_over_more_rows_captures_more_of_the_reference(brainlike
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
+def test_a_refinement_whose_rows_miss_a_direction_keeps_the_basis():
+    w = torch.eye(6)[:, :2].contiguous()
+    rows = torch.zeros(3, 6)
+    rows[:, 0] = 1.0  # nothing along the second direction
+    assert torch.equal(projection.refine_basis(w, iter([rows])), w)
+    rows[:, 1] = torch.tensor([0.5, -0.2, 0.1])
+    refined = projection.refine_basis(w, iter([rows]))
+    assert projection.basis_delta(refined) < 1e-6
+    # the same plane, the stronger direction first
+    assert refined[2:].abs().max() < 1e-6
+    assert abs(float(refined[0, 0])) > abs(float(refined[1, 0]))
+
+
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("basis", ["pca", "blocks"])
 @pytest.mark.parametrize("k", [1, 4, 40])

@@ -126,8 +126,8 @@ def refine_basis(w: torch.Tensor, blocks) -> torch.Tensor:
         y32 = y.to(torch.float32)
         z.addmm_(y32.T, y32 @ w)
     scale = torch.linalg.vector_norm(z, dim=0).double()
-    if not bool((scale > 0).all()):
-        raise WorkbenchError("the reference rows leave a basis direction empty: cannot refine the basis")
+    if not bool((scale > 0).all()):  # rows that miss a direction altogether: keep the basis as fitted
+        return w
     z /= scale.float()
     r = cholqr2(z) * scale  # Y^T Y w ~ z @ r
     u = torch.linalg.svd(r)[0]  # r = U S V^T: z @ U are the left singular vectors, strongest first
