@@ -203,12 +203,14 @@ def test_index_gives_the_same_answer_and_reopens(phantom_store, tmp_path, precis
     np.testing.assert_array_equal(res2.values, res.values)
 
 
-def test_rescore_gives_the_same_bits_from_an_array_and_a_store(phantom_store):
+def test_rescore_gives_the_same_bits_from_an_array_and_a_store(phantom_store, monkeypatch):
     """The float64 rescore reads an array's rows in place and a store's through a buffer, with or
-    without the index's row statistics: every pair must get the same bits either way (ties are
-    broken by these bits, and Dask workers rescore their own shares)."""
+    without the index's row statistics, in one thread or with a chunk's rows shared out between
+    threads: every pair must get the same bits either way (ties are broken by these bits, and
+    Dask workers rescore their own shares)."""
     import torch
 
+    from workbench.search import kernel
     from workbench.search.kernel import exact_pairs, row_stats
     from workbench.search.normalise import prepare_queries
     from workbench.search.sources import Selector
@@ -226,6 +228,14 @@ def test_rescore_gives_the_same_bits_from_an_array_and_a_store(phantom_store):
         got = [exact_pairs(q64, images, select, qi, ri, stats), exact_pairs(q64, images, select, qi, ri),
                exact_pairs(q64, phantom_store, select, qi, ri, stats), exact_pairs(q64, phantom_store, select, qi, ri),
                exact_pairs(q64, np.asfortranarray(images), select, qi, ri, stats)]
+        threads = torch.get_num_threads()
+        monkeypatch.setattr(kernel, "SHARE_MIN_DIM", 1)  # rows shared out at any size
+        try:
+            torch.set_num_threads(3)
+            got += [exact_pairs(q64, images, select, qi, ri, stats), exact_pairs(q64, phantom_store, select, qi, ri)]
+        finally:
+            torch.set_num_threads(threads)
+            monkeypatch.undo()
         for i, other in enumerate(got[1:]):
             np.testing.assert_array_equal(other, got[0], err_msg=f"reader {i + 1}, channels {channels}")
         # against a float64 reference computed here, pair by pair
@@ -233,6 +243,20 @@ def test_rescore_gives_the_same_bits_from_an_array_and_a_store(phantom_store):
         y = (y - y.mean(1, keepdims=True)) / np.linalg.norm(y - y.mean(1, keepdims=True), axis=1, keepdims=True)
         np.testing.assert_allclose(got[0], np.einsum("ij,ij->i", q64.numpy()[qi], y[ri]), atol=1e-12)
     assert exact_pairs(torch.zeros((1, 4), dtype=torch.float64), images, select, qi[:0], ri[:0]).shape == (0,)
+
+
+def test_a_chunk_is_shared_out_by_its_pairs():
+    """The rescore's threads take runs of a chunk's rows holding about equal numbers of pairs."""
+    from workbench.search.kernel import _shares
+
+    bounds = [0, 1, 2, 3, 4, 104, 105, 106, 107, 108]  # row 4 holds 100 of the 108 pairs
+    assert _shares(bounds, 1) == [0, 9]
+    cuts = _shares(bounds, 2)
+    assert cuts[0] == 0 and cuts[-1] == 9 and cuts == sorted(set(cuts)) and len(cuts) == 3
+    assert cuts[1] in (4, 5)  # the heavy row alone on one side, not split
+    assert _shares([0, 10, 20, 30, 40], 2) == [0, 2, 4]
+    assert _shares([5, 9], 4) == [0, 1]  # one row: one run
+    assert _shares([0, 1, 2], 8) == [0, 1, 2]  # never more runs than rows
 
 
 def test_index_refuses_wrong_queries_and_a_changed_store(phantom_store, tmp_path):

@@ -270,6 +270,30 @@ def test_adversarial_references_stay_exact(case, precision):
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_seeds_are_exact_and_never_rescored_again(brainlike, monkeypatch, k):
+    """The seeds are evaluated in float64 first, and the rescore evaluates only pairs beyond them:
+    no pair is computed exactly twice, and every float64 evaluation is counted in ``rescored``."""
+    q, ref = brainlike
+    index = CorrelationIndex(ref, basis_dim=4)  # little pruning: tiles and a rescore beyond the seeds
+    calls = []
+    exact = tiles.exact_pairs
+
+    def spy(q64, reference, select, qi, ri, stats=None):
+        calls.append(list(zip(qi.tolist(), ri.tolist())))
+        return exact(q64, reference, select, qi, ri, stats)
+    monkeypatch.setattr(tiles, "exact_pairs", spy)
+    res = index.topk(q, k=k, method="pruned", tile=8)
+    seeds = calls[0]
+    assert len(seeds) == len(q) * (k + tiles.SEED_EXTRA) == res.stats["seed_pairs"]
+    assert [len(set(r for qq, r in seeds if qq == j)) for j in range(len(q))] == [k + tiles.SEED_EXTRA] * len(q)
+    every = [p for c in calls for p in c]
+    assert len(every) == len(set(every)) == res.rescored and len(calls) == 2 and calls[1]
+    ev, ei, _ = truth(q, ref, k)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
 def test_constant_images_are_not_matched_by_the_tiles(brainlike):
     q, ref = brainlike
     q, ref = q[:12].copy(), ref.copy()
@@ -313,7 +337,7 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     assert 0 < figures["pruned_rest_s"] < figures["brute_total_s"]
     assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
     assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
-    # before the seeds it sampled seed tiles and tiles planned on the seeds' projected r
+    # before the seeds it timed the seeds of a sample of the queries, and tiles planned on the seeds' projected r
     assert figures["seed_sample_s"] > 0 and figures["early_sample_s"] > 0 and not figures.get("before_seeds")
     assert 0 < figures["early_fraction"] < 1 and figures["seeds_rest_s"] + figures["early_tiles_s"] < figures["brute_s"]
     pruned = index.topk(q, k=2, tile=4, method="pruned")
@@ -336,8 +360,8 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     unit = {"pair_s": 1e-3, "row_s": 0.0, "rescore_pair_s": 1e-9}
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: unit)
     brute_s = len(q) * len(ref) * 1e-3
-    shares = iter([0.1, 0.1, 0.7])
-    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: next(shares) * brute_s)
+    monkeypatch.setattr(tiles, "predict_seeds", lambda *a: 0.1 * brute_s)
+    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 0.7 * brute_s)
     assert 1 / tiles.AUTO_EARLY_MARGIN < 0.8 < 1  # brute for the margin alone
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "brute" and "predictions that came out low" in res.stats["auto"]
@@ -346,14 +370,15 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
     monkeypatch.setattr(tiles, "predict_tiles", predict)
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
     # the rest of the seeds predicted free: no early check; the timed sample after the seeds decides
+    monkeypatch.setattr(tiles, "predict_seeds", lambda *a: 0.0)
     calls = []
 
-    def free_early(*a):
+    def counted(*a):
         calls.append(1)
-        return 0.0 if len(calls) == 1 else predict(*a)
-    monkeypatch.setattr(tiles, "predict_tiles", free_early)
+        return predict(*a)
+    monkeypatch.setattr(tiles, "predict_tiles", counted)
     res = index.topk(q, k=2, tile=4)
-    assert len(calls) == 2 and res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
+    assert len(calls) == 1 and res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
     assert "early_tiles_s" not in res.stats["auto_figures"]
     assert res.stats["auto_figures"]["pruned_rest_s"] > res.stats["auto_figures"]["brute_total_s"] == 0
     np.testing.assert_array_equal(res.indices, ei)
@@ -388,7 +413,7 @@ def test_out_of_core_index_reads_rows_from_the_store_and_reopens(brainlike, tmp_
     q, ref = brainlike
     store = write_store(tmp_path / "s", ref)
     ev, ei, _ = truth(q, ref, 3)
-    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=8)  # a small basis: tiles beyond the seeds
     assert index.vectors is None and index.from_disk
     asked, read = [], []  # the rows asked for ahead, and those then got
     readers = []  # the tiles read every batch of rows into the reader's few buffers
@@ -600,34 +625,6 @@ def test_the_cascade_bounds_pair_by_pair_keep_every_pair_the_dense_bounds_keep(b
     assert (evaluated | ~got | ~margin).all()
 
 
-@pytest.mark.parametrize("span", [True, False])
-@pytest.mark.parametrize("sparse", [0.0, 0.1, 1.1])
-def test_seed_tiles_cover_every_seed_pair_once_per_tile(span, sparse, monkeypatch):
-    """The seeds are evaluated tile by tile: every (query, seed) pair lies in exactly one tile's
-    queries x rows (dense) or its mask of pairs (sampled: only seed pairs there), and a tile holds
-    only rows of that tile; all dense, some sampled, all sampled."""
-    monkeypatch.setattr(tiles, "SPARSE_DENSITY", sparse)
-    rng = np.random.default_rng(4)
-    seeds = torch.from_numpy(np.stack([rng.choice(200, 5, replace=False) for _ in range(30)]))
-    queries = torch.from_numpy(np.sort(rng.choice(60, 30, replace=False)))
-    plan = tiles.seed_tiles(seeds, queries, tile=16, span=span)
-    seed_pairs = {(q, r) for q, line in zip(queries.tolist(), seeds.tolist()) for r in line}
-    covered = {}
-    for tile in plan:
-        assert ((tile.rows // 16) == tile.index).all() and (np.diff(tile.rows) > 0).all()
-        mask = torch.ones((len(tile.queries), len(tile.rows)), dtype=torch.bool) if tile.pairs is None else tile.pairs
-        for a, b in torch.nonzero(mask).tolist():
-            pair = (int(tile.queries[a]), int(tile.rows[b]))
-            assert tile.pairs is None or pair in seed_pairs
-            covered[pair] = covered.get(pair, 0) + 1
-    assert all(covered.get(p) == 1 for p in seed_pairs)
-    kinds = {tile.pairs is None for tile in plan}
-    assert kinds == ({True} if sparse == 0 else {False} if sparse > 1 else kinds)
-    assert len({tile.index for tile in plan}) == len(plan)
-    # a device whose tiles may not be sampled (SPARSE_DEVICES: CUDA) gets dense tiles only
-    assert all(t.pairs is None for t in tiles.seed_tiles(seeds, queries, tile=16, span=span, sparse=False))
-
-
 @pytest.mark.parametrize("dim", [3000, 2048])
 def test_tile_products_through_a_reused_gather_buffer_equal_fresh_gathers(dim):
     """The tiles gather their queries into one buffer, grown when a tile needs more and reused by
@@ -716,7 +713,7 @@ def test_sampled_tiles_of_images_longer_than_a_slice_are_exact(tmp_path, monkeyp
                         slices(n_subjects=1, depth=8, size=size, seed=9)])
     assert ref[0].size > tiles.TIER_CHUNK
     source = ref if keep_vectors else write_store(tmp_path / "s", ref)
-    index = CorrelationIndex(source, basis_dim=16, keep_vectors=keep_vectors)
+    index = CorrelationIndex(source, basis_dim=4, keep_vectors=keep_vectors)  # little pruning: tiles to sample
     for k in (1, 5):
         ev, ei, _ = truth(q, ref, k)
         res = index.topk(q, k=k, method="pruned", tile=16)

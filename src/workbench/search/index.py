@@ -359,14 +359,14 @@ class CorrelationIndex:
         if auto is not None:
             if auto.get("seeds_only"):
                 why = (f"before the seeds: the rest of the seeds alone ({auto['fraction']:.1%} of the pairs) predicted "
-                       f"{auto['seeds_rest_s']:.3g} s from a timed sample of them, the brute screen "
-                       f"{auto['brute_s']:.3g} s by the index's probe")
+                       f"{auto['seeds_rest_s']:.3g} s from a timed sample of them, the brute screen and its "
+                       f"rescore of k pairs a query {auto['brute_min_s']:.3g} s by the index's probe")
             elif auto.get("before_seeds"):
                 why = (f"before the seeds: the seeds and the tiles, planned on the seeds' projected r "
                        f"({auto['fraction']:.1%} of the pairs), predicted "
                        f"{auto['seeds_rest_s'] + auto['early_tiles_s']:.3g} s (x {tiles.AUTO_EARLY_MARGIN} for "
-                       f"predictions that came out low) from timed samples of both, the brute screen "
-                       f"{auto['brute_s']:.3g} s by the index's probe")
+                       f"predictions that came out low) from timed samples of both, the brute screen and its "
+                       f"rescore of k pairs a query {auto['brute_min_s']:.3g} s by the index's probe")
             elif "pruned_rest_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; the rest predicted "
                        f"{auto['pruned_rest_s']:.3g} s from a timed sample of them, brute force "

@@ -20,9 +20,11 @@ k of the rescored candidates is the float64 brute-force top k (ties to the lower
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -39,6 +41,11 @@ from .sources import read_rows
 
 #: chunks of candidate rows (about 4 MB each) read ahead from a store while one is rescored
 RESCORE_AHEAD = 4
+#: the float64 rescore shares a chunk's rows out between torch's threads from this many pixels on:
+#: two threads of single-threaded ddots took 0.61-0.80x the time of one at 32,768-65,536 pixels,
+#: but 0.96-1.2x at 16,384, where each product (about 5 us) is too short for the handover of
+#: Python's lock between them (BENCHMARKS.md, issue 16 item 20)
+SHARE_MIN_DIM = 32768
 
 
 def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
@@ -188,9 +195,12 @@ def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float 
 def rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int, stats=None):
     """Exact float64 r of each candidate pair; per query the top k (ties to the lower index).
     ``stats``: the reference rows' :func:`row_stats`, where an index stored them."""
-    order = np.argsort(ri, kind="stable")
-    qi, ri = qi[order], ri[order]
-    exact = _exact_sorted(q64, reference, select, qi, ri, stats)
+    return top_of(qi, ri, exact_pairs(q64, reference, select, qi, ri, stats), k, nq)
+
+
+def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):
+    """Per query the top k ``(values, indices)`` of the pairs (qi, ri) of exact r ``exact``: r
+    descending, ties to the lower index; -inf and -1 past a query's pairs."""
     values = np.full((nq, k), -np.inf)
     indices = np.full((nq, k), -1, dtype=np.int64)
     by_query = np.lexsort((ri, -exact, qi))  # query, then r descending, then lower index
@@ -231,50 +241,81 @@ def _exact_sorted(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.n
     For a unit query x (sum s_x) and a raw row y of mean m and centred norm n (:func:`row_stats`),
     r = x.(y - m)/n = (x.y - m s_x)/n, so a row needs no normalising pass.  Rows of a store are
     read in store order, a chunk at a time, into one buffer; rows of an array in memory are
-    taken in place.  Each row is widened (exactly) into one reused float64 row: a fresh float64
-    copy per pair cost 70-100 us for 16,384 pixels, its pages faulting in, against 4 us for the
-    copy into the reused row (rescore at workload (a), k = 5 / 200: 37 / 730 ms -> 24 / 490 ms,
-    the same bits: BENCHMARKS.md, issue 16 item 15).  The dot products are numpy's BLAS ``ddot``
-    held to one thread (twice the speed of ``torch.dot`` here): a threaded BLAS sums in a
-    thread-count-dependent order, and every process, Dask workers included, must give each
-    pair the same bits.
+    taken in place, a few MB of them at a time.  Each row is widened (exactly) into one reused
+    float64 row: a fresh float64 copy per pair cost 70-100 us for 16,384 pixels, its pages
+    faulting in, against 4 us for the copy into the reused row (rescore at workload (a), k = 5 /
+    200: 37 / 730 ms -> 24 / 490 ms, the same bits: BENCHMARKS.md, issue 16 item 15).  The dot
+    products are numpy's BLAS ``ddot`` held to one thread (twice the speed of ``torch.dot``
+    here): a threaded BLAS sums in a thread-count-dependent order, and every process, Dask
+    workers included, must give each pair the same bits.  For images of SHARE_MIN_DIM pixels or
+    more the rows of a chunk are shared out between torch's threads instead (:func:`_shares`),
+    each pair still one single-threaded ddot.
     """
     exact = np.empty(len(qi))
     if not len(qi):
         return exact
     qn = q64.numpy()
     qsum = qn.sum(axis=1)
-    row64 = np.empty(select.dim)  # each candidate row widened into this one
     first = np.flatnonzero(np.r_[True, ri[1:] != ri[:-1]])  # each row's first pair
-    last = np.r_[first[1:], len(ri)].tolist()
+    last = np.r_[first[1:], len(ri)]
     rows = ri[first]
     given = None if stats is None else np.asarray(stats)[rows].tolist()
-    g = 0  # the row's place among the candidate rows
-    with single_thread(), threadpool_limits(limits=1, user_api="blas"):
+    threads = max(1, torch.get_num_threads()) if select.dim >= SHARE_MIN_DIM else 1
+    widened = [np.empty(select.dim) for _ in range(threads)]  # each thread's row widened to float64
+    first, last, qi = first.tolist(), last.tolist(), qi.tolist()
+
+    def work(share: int, g0: int, raw, st, a: int, b: int):
+        """Rows a..b-1 of the chunk ``raw`` (candidate rows g0 + a...), in this share's own row."""
+        row64 = widened[share]
+        for j in range(a, b):
+            np.copyto(row64, raw[j])
+            mean, norm = st[j]
+            for p in range(first[g0 + j], last[g0 + j]):
+                q = qi[p]
+                exact[p] = (np.dot(qn[q], row64) - mean * qsum[q]) / norm
+
+    g = 0  # the chunk's first place among the candidate rows
+    with single_thread(), threadpool_limits(limits=1, user_api="blas"), \
+            ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
         for chunk, raw in _candidate_rows(reference, select, rows):  # in order
             st = row_stats(raw).tolist() if given is None else given[g:g + len(chunk)]
-            for j in range(len(chunk)):
-                np.copyto(row64, raw[j])
-                mean, norm = st[j]
-                for p in range(first[g], last[g]):
-                    q = qi[p]
-                    exact[p] = (np.dot(qn[q], row64) - mean * qsum[q]) / norm
-                g += 1
+            cuts = _shares(first[g:g + len(chunk)] + [last[g + len(chunk) - 1]], threads)
+            if pool is None or len(cuts) == 2:
+                work(0, g, raw, st, cuts[0], cuts[-1])
+            else:  # every share done before the next chunk: a store's reader reuses the chunk's buffer
+                list(pool.map(work, range(len(cuts) - 1), [g] * (len(cuts) - 1), [raw] * (len(cuts) - 1),
+                              [st] * (len(cuts) - 1), cuts[:-1], cuts[1:]))
+            g += len(chunk)
     return exact
 
 
+def _shares(bounds: list, parts: int) -> list:
+    """Cut a chunk's rows into at most ``parts`` runs of about equal numbers of pairs.  ``bounds``:
+    each row's first pair, then the last row's end; returns the rows where runs start, and the end."""
+    n_rows = len(bounds) - 1
+    if parts <= 1 or n_rows <= 1:
+        return [0, n_rows]
+    start, total = bounds[0], bounds[-1] - bounds[0]
+    cuts = [0]
+    for s in range(1, parts):
+        at = int(np.searchsorted(bounds, start + total * s / parts))
+        if cuts[-1] < at < n_rows:
+            cuts.append(at)
+    return cuts + [n_rows]
+
+
 def _candidate_rows(reference, select, rows: np.ndarray):
-    """``(positions, pixels)`` for the sorted reference ``rows``, in order: a store's a chunk at
-    a time (~4 MB of float32 rows) read into one buffer, an array's one by one in place (a view
-    where nothing is selected out)."""
-    if isinstance(reference, np.ndarray):  # in place, row by row: no gather into fresh memory
-        plain = select.channels is None and select.mask is None and reference.flags.c_contiguous
-        flat = reference.reshape(len(reference), -1) if plain else None
-        for i, j in enumerate(rows):
-            yield rows[i:i + 1], flat[j:j + 1] if plain else np.asarray(select(reference[j:j + 1]))
-        return
+    """``(positions, pixels)`` for the sorted reference ``rows``, in order, a chunk (~4 MB of
+    float32 rows) at a time: a store's read into one buffer, an array's a list of its rows in
+    place (views where nothing is selected out)."""
     step = max(1, 2**22 // (4 * select.dim))
     chunks = [rows[s:s + step] for s in range(0, len(rows), step)]
+    if isinstance(reference, np.ndarray):  # in place (views of the rows): no gather into fresh memory
+        plain = select.channels is None and select.mask is None and reference.flags.c_contiguous
+        flat = reference.reshape(len(reference), -1) if plain else None
+        for chunk in chunks:
+            yield chunk, [flat[j] if plain else np.asarray(select(reference[j:j + 1]))[0] for j in chunk]
+        return
     if not isinstance(reference, SliceStore):
         for chunk in chunks:
             yield chunk, np.asarray(select(read_rows(reference, chunk)))

@@ -8,10 +8,10 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    (:mod:`workbench.search.projection`): one Q x N x d product, or, for a large basis, a cascade:
    the first ``level1`` codes for every pair and all d only for the pairs that survive those.
 2. **Seeds.** Each query's k + SEED_EXTRA references of highest projected r (c_x.c_y) are
-   evaluated first, as dense tiles (:func:`seed_tiles`: per tile, the queries with a seed there
-   times their seed rows there); the k-th best lower end of a query's evaluated pairs is tau, a
-   lower bound on its true k-th best (they include its k distinct seeds).  Projected r ranks
-   near-copies and neighbouring slices well, so tau lands close to the truth (BENCHMARKS.md).
+   evaluated first, exactly (the float64 kernel of the rescore, :func:`~workbench.search.kernel.exact_pairs`);
+   the k-th best of them is tau, a lower bound on the query's true k-th best.  Projected r
+   ranks near-copies and neighbouring slices well, so tau lands close to the truth, and the
+   seeds are most of the pairs the rescore needs (BENCHMARKS.md).
 3. **Tiles.** Every pair whose bound reaches tau survives.  For each tile of consecutive rows
    (:func:`tile_rows`: 64-512), the queries with a survivor there and the rows with a survivor
    there form one dense float32 product (slices of TIER_CHUNK pixels, error at most
@@ -23,7 +23,7 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
    (O_DIRECT) while one is multiplied, and the rows enter the products as stored, divided by the
    index's mean and norm of each row (:func:`raw_row_error`).
 4. **Rescore.** Pairs whose float32 interval reaches the k-th best lower end are rescored in
-   float64 (:func:`~workbench.search.kernel.rescore`); the top k is the float64 brute-force top k.
+   float64, beside the seeds; the top k is the float64 brute-force top k.
 
 Every pair of the true top k has r >= its query's true k-th best >= tau, so its bound reaches tau
 and it is evaluated in step 2 or 3: the answer is exact.  Reference order matters (survivors of a
@@ -46,7 +46,7 @@ from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
-from .kernel import rescore
+from .kernel import exact_pairs, top_of
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
@@ -98,7 +98,7 @@ SPARSE_DEVICES = ("cpu",)
 SPARSE_PAIR_COST = 3
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
-SEED_EXTRA = 2
+SEED_EXTRA = 1
 #: reference rows per bound block
 BOUND_ROWS = 16384
 #: ``method="auto"`` times every AUTO_SAMPLE_STRIDE-th tile of the plan (about 5 %), or more often
@@ -248,19 +248,6 @@ def make_tile(t: int, qs: torch.Tensor, rows: np.ndarray, mask: torch.Tensor, sp
         # the surviving rows into a copy first (the extra pairs are evaluated exactly like the rest)
         rows = np.arange(rows[0], rows[-1] + 1)
     return Tile(int(t), qs, rows)
-
-
-def seed_tiles(seeds: torch.Tensor, queries: torch.Tensor, tile: int, span: bool, sparse: bool = True,
-               place: np.ndarray | None = None) -> list:
-    """The dense tiles that evaluate every query's seeds: for each tile holding a seed, the queries
-    with a seed there times the union of their seed rows there (a contiguous span where ``span``
-    and at least SPAN_DENSITY of it is seeded).  Neighbouring slices of one subject are the seeds
-    of many queries at once, so one product evaluates them all: pair by pair, each seed read its
-    64 KB row for one multiply-add per pixel (memory-bound, BENCHMARKS.md issue 16 item 8).
-    ``seeds`` (Q' x m) are reference positions, ``queries`` (Q') the query of each line; ``place``:
-    :func:`pair_plan`'s."""
-    m = seeds.shape[1]
-    return pair_plan(queries.repeat_interleave(m).numpy(), seeds.reshape(-1).numpy(), tile, span, sparse, place)
 
 
 def tile_product(qc: torch.Tensor, qs: torch.Tensor, r32: torch.Tensor, buffer: list | None = None) -> torch.Tensor:
@@ -550,6 +537,12 @@ def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: boo
     return plan
 
 
+def predict_seeds(sample_s: float, sample_pairs: int, rest_pairs: int) -> float:
+    """Seconds the rest of the seeds should take, in proportion to their pairs: each is one exact
+    float64 product (and, from disk, most of them a row read)."""
+    return sample_s * rest_pairs / max(1, sample_pairs)
+
+
 def split_sample(plan: list) -> tuple[list, list]:
     """``method="auto"``'s timed sample of a plan (every AUTO_SAMPLE_STRIDE-th tile, or more often
     so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order."""
@@ -763,14 +756,38 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         qi, lr = tile.pair_index(dev)
         return qi, torch.from_numpy(tile.rows).to(dev)[lr]
 
-    # 2. seeds: each query's m references of highest projected r, evaluated as dense tiles (the
-    # queries with a seed in a tile times the seed rows there): every evaluated pair is a real pair,
-    # so the k-th best lower end of a query's pairs (at least its m distinct seeds) is its tau
-    q_live = torch.nonzero(live, as_tuple=True)[0]
-    seed_plan = seed_tiles(seeds[q_live].cpu(), q_live.cpu(), tile, span=in_memory, sparse=sparse_here, place=place)
-    cascade = (cq, rho_q, slack_q) if level1 else None
+    # 2. seeds: each query's m references of highest projected r, evaluated exactly, in float64 by
+    # the rescore's own kernel: every seed is a real pair, so the k-th best of a query's m distinct
+    # seeds is a lower bound on its true k-th best (tau), and the seeds are most of the final
+    # rescore's pairs, whose rows are so read once (at (b), k = 5, 5,001 of its 5,401 pairs: as
+    # float32 tiles of the row copy and then rescored from the store, seeds and rescore took
+    # 1.9 s, exactly 0.9 s; BENCHMARKS.md, issue 16 item 20)
+    q_live = torch.nonzero(live, as_tuple=True)[0].cpu()
+    seed_q = q_live.repeat_interleave(m)
+    seed_r = seeds[q_live.to(dev)].reshape(-1).cpu()
+    seed_s = torch.empty(len(seed_q), dtype=torch.float64)
 
-    done_tiles = list(seed_plan)  # tiles evaluated before the survivors' (method="auto" adds its early sample)
+    def exact_seeds(part: torch.Tensor) -> float:
+        """Evaluate the seed pairs at ``part`` exactly; returns the seconds it took."""
+        t0 = time.perf_counter()
+        seed_s[part] = torch.from_numpy(exact_pairs(q64, reference, select, seed_q[part].numpy(),
+                                                    seed_r[part].numpy(), getattr(ref, "stats", None)))
+        return time.perf_counter() - t0
+
+    def pairs_so_far():
+        """Every evaluated pair once, ``(qi, ri, si, ei, exact, at)``: value, its error bound (0 for
+        the exact seeds, whose value is kept over a tile's), and the pair's place in the seeds
+        followed by ``got_*`` (a dense tile may evaluate a seed pair again, auto's samples a
+        pair twice: a pair counted twice could lift the k-th best above the truth)."""
+        qi, ri, si = torch.cat([seed_q, *got_q]), torch.cat([seed_r, *got_r]), torch.cat([seed_s, *got_s])
+        at = unique_pairs(qi, ri, None, n)  # the first of each: a seed's exact value
+        qi, ri, si = qi[at], ri[at], si[at]
+        exact = at < len(seed_q)
+        ei = torch.zeros(len(qi), dtype=torch.float64) + pair_eps(ri)
+        ei[exact] = 0
+        return qi, ri, si, ei, exact, at
+
+    done_tiles = []  # tiles evaluated before the survivors' (method="auto"'s early sample)
 
     def survivors(tau_dev: torch.Tensor) -> list:
         """The tiles of the pairs whose bound reaches ``tau_dev``, beyond those evaluated."""
@@ -778,25 +795,29 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # survive; constant queries are cut
         surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
         surv[~live] = False
+        surv[seed_q.to(dev), seed_r.to(dev)] = False
         for done in done_tiles:  # a sampled tile evaluated its pairs alone
             surv[pairs_of(done)] = False
         return tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
 
+    cascade = (cq, rho_q, slack_q) if level1 else None
+    everything = torch.arange(len(seed_q))
     if auto is not None:
-        # before the seeds, which cost k + SEED_EXTRA pairs a query: time a sample of their tiles,
-        # and, where the rest of them would cost more than AUTO_EARLY_SHARE of the brute screen,
-        # plan the tiles with the seeds' projected r as each query's threshold (it predicted the
-        # tiles' work to within 1-20 % at (a), k = 5-200) and time a sample of those too (all
+        # before the seeds, which cost k + SEED_EXTRA exact pairs a query: time those of a sample of
+        # the queries and, where the rest of them would cost more than AUTO_EARLY_SHARE of the brute
+        # screen, plan the tiles with the seeds' projected r as each query's threshold (it predicted
+        # the tiles' work to within 1-20 % at (a), k = 5-200) and time a sample of those too (all
         # sampled pairs are real pairs, kept; the survivors' plan leaves them out).  Go brute now
-        # if the seeds and the tiles would take longer than the brute screen (the rescores apart:
-        # brute force's is the larger).  A fit on the small seed tiles alone misjudged the tiles
-        # up to 2.4x.
-        seed_sample, rest = split_sample(seed_plan)
-        times = []
-        run(seed_sample, None, "sampling seeds", times)
-        auto.update(seed_sample_s=float(sum(times)), seeds_rest_s=predict_tiles(seed_sample, times, rest))
-        if auto["seeds_rest_s"] > auto["brute_s"]:  # the seeds alone: no tile plan or sample needed
-            auto.update(fraction=plan_pairs(seed_plan) / max(nq * n, 1), before_seeds=True, seeds_only=True)
+        # if the seeds and the tiles would take longer than the brute screen and its rescore of at
+        # least k pairs a query (which the seeds are for the pruned search).
+        in_sample = (torch.arange(len(q_live)) % AUTO_SAMPLE_STRIDE == 0).repeat_interleave(m)
+        sampled = exact_seeds(everything[in_sample])
+        everything = everything[~in_sample]
+        brute_s = auto["brute_s"] + len(q_live) * k * auto["rescore_pair_s"]
+        auto.update(seed_sample_s=sampled, seeds_rest_s=predict_seeds(sampled, int(in_sample.sum()), len(everything)),
+                    brute_min_s=brute_s)
+        if auto["seeds_rest_s"] > brute_s:  # the seeds alone: no tile plan or sample needed
+            auto.update(fraction=len(seed_q) / max(nq * n, 1), before_seeds=True, seeds_only=True)
             return None
         if auto["seeds_rest_s"] > AUTO_EARLY_SHARE * auto["brute_s"]:
             t1 = time.perf_counter()
@@ -805,37 +826,31 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
             more = []
             run(sample, None, "sampling tiles", more)
             done_tiles += sample
-            both, both_s = seed_sample + sample, times + more
-            auto.update(seeds_rest_s=predict_tiles(both, both_s, rest),
-                        early_fraction=(plan_pairs(guess) + plan_pairs(sample) + plan_pairs(seed_plan)) / max(nq * n, 1),
-                        early_sample_s=float(sum(more)), early_tiles_s=predict_tiles(both, both_s, guess),
+            auto.update(early_fraction=(plan_pairs(guess) + plan_pairs(sample) + len(seed_q)) / max(nq * n, 1),
+                        early_sample_s=float(sum(more)), early_tiles_s=predict_tiles(sample, more, guess),
                         early_check_s=time.perf_counter() - t1)
-            if (auto["seeds_rest_s"] + auto["early_tiles_s"]) * AUTO_EARLY_MARGIN > auto["brute_s"]:
+            if (auto["seeds_rest_s"] + auto["early_tiles_s"]) * AUTO_EARLY_MARGIN > brute_s:
                 auto.update(fraction=auto["early_fraction"], before_seeds=True)
                 return None
-        run(rest, None, "seeding")
-    else:
-        run(seed_plan, None, "seeding")
-    seed_rows = int(sum(len(t.rows) for t in seed_plan))
-    n_seeded = sum(len(x) for x in got_q)  # the seed tiles' pairs (and auto's early sample) come first in got_*
-    # auto's early sample may have evaluated seed pairs again: a pair counted twice could lift the
-    # k-th best above the truth
-    qi, ri, si = unique_pairs(torch.cat(got_q), torch.cat(got_r), torch.cat(got_s), n)
-    tau = kth_lower(si - pair_eps(ri), qi, nq, k)  # -inf for constant queries
+    exact_seeds(everything)
+    seed_rows = len(np.unique(seed_r.numpy()))
+    n_seeded = len(seed_q) + sum(len(x) for x in got_q)  # the seeds (and auto's early sample) come first
+    qi, ri, si, ei, _, _ = pairs_so_far()
+    tau = kth_lower(si - ei, qi, nq, k)  # -inf for constant queries
     tau_dev = tau.to(dev)
     lap("seeds_s")
 
-    # 3. survivors, as dense tiles (the seed tiles are done)
+    # 3. survivors, as dense tiles (the seeds are done)
     plan = survivors(tau_dev)
     del ub
     work = plan_pairs(plan)
     lap("survivors_s")
 
-    early = done_tiles[len(seed_plan):]  # method="auto"'s sample before the seeds
+    early = done_tiles  # method="auto"'s sample before the seeds
     rows_read = int(sum(len(t.rows) for t in plan + early))
-    n_planned = len(plan) + len(early)  # the tiles beyond the seeds', the samples of method="auto" included
+    n_planned = len(plan) + len(early)  # the tiles beyond the seeds, the samples of method="auto" included
     if auto is not None:
-        auto["fraction"] = (work + evaluated) / max(nq * n, 1)
+        auto["fraction"] = (work + evaluated + len(seed_q)) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
             return None
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
@@ -857,17 +872,15 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
             rest_s = predict_tiles(sample, times, plan)
         auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent, tiles_s=spent + rest_s)
         # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
-        # the sample, scaled to the whole plan) that each path's bound could not rule out
+        # the sample, scaled to the whole plan) that each path's bound could not rule out; the
+        # pruned search has its seeds exactly already, brute force would rescore them
         t1 = time.perf_counter()
-        qi, ri, si = torch.cat(got_q), torch.cat(got_r), torch.cat(got_s)
+        qi, ri, si, ei, exact, at = pairs_so_far()
         scale = torch.ones(len(qi), dtype=torch.float64)
-        scale[n_seeded:] = work / max(done, 1)
-        once = unique_pairs(qi, ri, None, n)
-        qi, ri, si, scale = qi[once], ri[once], si[once], scale[once]
-        e_i = pair_eps(ri)
-        level = kth_lower(si - e_i, qi, nq, k)[qi]
+        scale[at >= n_seeded] = work / max(done, 1)
+        level = kth_lower(si - ei, qi, nq, k)[qi]
         e_b = auto["brute_eps"][ri] if torch.is_tensor(auto["brute_eps"]) else auto["brute_eps"]
-        auto["rescore_pairs"] = int(((si + e_i >= level) * scale).sum())
+        auto["rescore_pairs"] = int((((si + ei >= level) & ~exact) * scale).sum())
         auto["brute_rescore_pairs"] = int(((si + e_b >= level - e_b) * scale).sum())
         # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
         pruned_rest = auto["tiles_s"] - spent
@@ -878,27 +891,28 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     run(plan, tau_dev, "searching tiles")
     lap("tiles_s")
 
-    # 4. rescore the pairs whose interval reaches the k-th best lower end
-    # a dense tile may evaluate a seed pair again: count every pair once
-    qi, ri, si = unique_pairs(torch.cat(got_q), torch.cat(got_r), torch.cat(got_s), n)
-    e_i = pair_eps(ri)
-    level = kth_lower(si - e_i, qi, nq, k)
-    keep = (si + e_i) >= level[qi]
-    qi, ri = qi[keep].numpy(), ri[keep].numpy()
-    values, indices = rescore(q64, reference, select, qi, ri, k, nq, getattr(ref, "stats", None))
+    # 4. rescore the pairs whose interval reaches the k-th best lower end (the seeds are exact)
+    qi, ri, si, ei, exact, _ = pairs_so_far()
+    level = kth_lower(si - ei, qi, nq, k)
+    keep = (si + ei) >= level[qi]
+    todo = keep & ~exact
+    si[todo] = torch.from_numpy(exact_pairs(q64, reference, select, qi[todo].numpy(), ri[todo].numpy(),
+                                            getattr(ref, "stats", None)))
+    values, indices = top_of(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), k, nq)
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel)
     lap("rescore_s")
     clock.pop("start"), clock.pop("last")
     n_pairs = nq * n
+    rescored = len(seed_q) + int(todo.sum())
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
              "precision": "float32" if row_eps is None else "raw rows, float32 products" if raw
              else "float16 row copy, float32 products" if copied else "bf16 rows, float32 products", "device": str(dev),
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
-             "screened_pairs": evaluated, "full_fraction": evaluated / max(n_pairs, 1),
-             "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan + early + seed_plan),
-             "level1": level1, "candidates_per_query": len(qi) / max(nq, 1),
+             "screened_pairs": evaluated + len(seed_q), "full_fraction": (evaluated + len(seed_q)) / max(n_pairs, 1),
+             "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan + early),
+             "level1": level1, "candidates_per_query": rescored / max(nq, 1), "seed_pairs": len(seed_q),
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
-    return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=len(qi),
+    return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=rescored,
                         stats=stats)
 
