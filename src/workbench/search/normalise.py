@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from ..errors import WorkbenchError
 from .sources import iter_blocks
@@ -80,15 +81,32 @@ def normalise(flat: np.ndarray, dtype, device="cpu", out: np.ndarray | None = No
 
 
 class single_thread:
-    """Run torch single-threaded: MKL's dot product sums in a thread-count-dependent order, and
-    every process (Dask workers included) must give each pair the same float64 bits."""
+    """Run torch and numpy's BLAS single-threaded: a threaded dot product sums in a
+    thread-count-dependent order, and every process (Dask workers included) must give each pair
+    the same float64 bits."""
 
     def __enter__(self):
         self.n = torch.get_num_threads()
         torch.set_num_threads(1)
+        self.blas = _blas().limit(limits=1, user_api="blas")
+        self.blas.__enter__()
 
     def __exit__(self, *exc):
+        self.blas.__exit__(*exc)
         torch.set_num_threads(self.n)
+
+
+_BLAS = []
+
+
+def _blas() -> ThreadpoolController:
+    """One controller of the loaded BLAS libraries for the process: ``threadpool_limits`` scans
+    them afresh each time, 0.5-1.5 ms a call, a fixed cost of every exact evaluation (a sample of
+    the seeds of 78 pairs took 4.5 ms at (a), 25 us a pair in a larger batch; BENCHMARKS.md, issue
+    16 item 20).  Made on first use, when numpy's BLAS is loaded."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def prepare_queries(queries, select) -> tuple[torch.Tensor, np.ndarray]:
