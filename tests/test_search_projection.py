@@ -14,7 +14,7 @@ from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
 from workbench.search import CorrelationIndex, topk_correlation
 from workbench.search import index as index_module
-from workbench.search import projection, tiles
+from workbench.search import kernel, projection, tiles
 from workbench.search.index import RawReader
 from workbench.search.normalise import normalise
 
@@ -225,15 +225,17 @@ def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision,
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, k)
     index = CorrelationIndex(ref, basis=basis, basis_dim=32, block=4, precision=precision)
-    for method in ("pruned", "brute", "auto", "auto-pruned"):
-        if method == "auto-pruned":  # brute force made slow: auto samples tiles before and after the seeds
-            index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
-            monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # and checks before the seeds whatever they cost
+    for method in ("pruned", "brute", "auto", "auto-pruned", "auto-brute"):
+        if method == "auto-pruned":  # brute force made slow: auto samples the tiles and goes on by them
+            index._probe = {"pair_s": 1.0, "row_s": 0.0}
+        if method == "auto-brute":  # the tiles made dear: brute force goes on from the exact seeds
+            index._probe = {"pair_s": 0.0, "row_s": 0.0}
+            monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
         res = index.topk(q, k=k, method=method.split("-")[0], tile=8)  # k = 40 is larger than a tile
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
-        if method == "auto-pruned":
-            assert "early_sample_s" in res.stats["auto_figures"] and not res.stats["auto_figures"].get("before_seeds")
+        if method == "auto-brute" or (method == "auto-pruned" and res.stats["auto_figures"]["fraction"] <= tiles.AUTO_MAX_FRACTION):
+            assert res.stats["method"] == method.split("-")[1]  # (above half the pairs auto goes brute unsampled)
     pruned = index.topk(q, k=k, method="pruned", tile=8)
     if k < 40:  # the fitted basis prunes most pairs of these smooth slices
         assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
@@ -322,84 +324,51 @@ def test_constant_images_inside_a_tile_span_are_not_matched():
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
-def test_auto_says_what_it_chose(brainlike, monkeypatch, tmp_path):
+def test_auto_says_what_it_chose(brainlike, monkeypatch):
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, 2)
-    index = CorrelationIndex(ref, basis_dim=4)  # a small basis and tiles: tiles beyond the seeds' to sample
+    index = CorrelationIndex(ref, basis_dim=4)  # a small basis and tiles: tiles beyond the seeds to sample
     # the tiles' measured cost against the brute probe's figures (made slow, then free, here)
-    slow = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
-    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
-    monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # check before the seeds however cheap they are
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 1.0, "row_s": 0.0})
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "pruned" and res.stats["auto"].startswith("pruned")
     figures = res.stats["auto_figures"]
-    assert figures["brute_s"] == len(q) * len(ref) and 0 < figures["sample_pairs"]
+    assert figures["brute_s"] == len(q) * len(ref) and 0 < figures["sample_pairs"] and "known" not in figures
     assert 0 < figures["pruned_rest_s"] < figures["brute_total_s"]
     assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
     assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
-    # before the seeds it timed the seeds of a sample of the queries, and tiles planned on the seeds' projected r
-    assert figures["seed_sample_s"] > 0 and figures["early_sample_s"] > 0 and not figures.get("before_seeds")
-    assert 0 < figures["early_fraction"] < 1 and figures["seeds_rest_s"] + figures["early_tiles_s"] < figures["brute_s"]
+    assert figures["exact_pair_s"] > 0  # measured on the seeds
     pruned = index.topk(q, k=2, tile=4, method="pruned")
     assert res.stats["tiles_evaluated"] > 0 and pruned.stats["tiles_evaluated"] > 0  # the sampled ones counted
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
-    predict = tiles.predict_tiles
-    # a free brute force: the rest of the seeds alone cost more; brute before the seeds, having
-    # spent only the sample of the seeds (no tile plan, no sample of tiles)
-    free = {"pair_s": 0.0, "row_s": 0.0, "rescore_pair_s": 0.0}
-    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
-    res = index.topk(q, k=2, tile=4)
-    assert res.stats["method"] == "brute" and "before the seeds: the rest of the seeds alone" in res.stats["auto"]
-    assert res.stats["auto_figures"]["before_seeds"] is True and res.stats["auto_figures"]["seeds_only"] is True
-    assert "early_sample_s" not in res.stats["auto_figures"] and res.stats["auto_figures"]["seed_sample_s"] > 0
-    np.testing.assert_array_equal(res.indices, ei)
-    np.testing.assert_allclose(res.values, ev, atol=1e-12)
-    # seeds and tiles predicted at 0.1 and 0.7 of the brute screen: under it, but not by the margin
-    # that the early predictions are held to (AUTO_EARLY_MARGIN): brute before the seeds
-    unit = {"pair_s": 1e-3, "row_s": 0.0, "rescore_pair_s": 1e-9}
-    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: unit)
-    brute_s = len(q) * len(ref) * 1e-3
-    monkeypatch.setattr(tiles, "predict_seeds", lambda *a: 0.1 * brute_s)
-    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 0.7 * brute_s)
-    assert 1 / tiles.AUTO_EARLY_MARGIN < 0.8 < 1  # brute for the margin alone
-    res = index.topk(q, k=2, tile=4)
-    assert res.stats["method"] == "brute" and "predictions that came out low" in res.stats["auto"]
-    assert res.stats["auto_figures"]["early_sample_s"] > 0 and not res.stats["auto_figures"].get("seeds_only")
-    np.testing.assert_array_equal(res.indices, ei)
-    monkeypatch.setattr(tiles, "predict_tiles", predict)
-    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: free)
-    # the rest of the seeds predicted free: no early check; the timed sample after the seeds decides
-    monkeypatch.setattr(tiles, "predict_seeds", lambda *a: 0.0)
+    # a free brute screen and dear tiles: brute after the timed sample, taking the seeds' exact
+    # values (no pair evaluated exactly twice) and their k-th best as its floor
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 0.0, "row_s": 0.0})
+    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
     calls = []
+    exact = kernel.exact_pairs
 
-    def counted(*a):
-        calls.append(1)
-        return predict(*a)
-    monkeypatch.setattr(tiles, "predict_tiles", counted)
+    def spy(q64, reference, select, qi, ri, stats=None):
+        calls.append(list(zip(qi.tolist(), ri.tolist())))
+        return exact(q64, reference, select, qi, ri, stats)
+    monkeypatch.setattr(tiles, "exact_pairs", spy)
+    monkeypatch.setattr(kernel, "exact_pairs", spy)
     res = index.topk(q, k=2, tile=4)
-    assert len(calls) == 1 and res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
-    assert "early_tiles_s" not in res.stats["auto_figures"]
-    assert res.stats["auto_figures"]["pruned_rest_s"] > res.stats["auto_figures"]["brute_total_s"] == 0
+    assert res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
+    figures = res.stats["auto_figures"]
+    assert figures["pruned_rest_s"] > figures["brute_total_s"] >= 0 and "known" not in figures
+    every = [p for c in calls for p in c]
+    assert len(calls) == 2 and len(every) == len(set(every))  # the seeds, then brute force's other candidates
+    alone = index.topk(q, k=2, method="brute")
+    assert res.rescored < alone.rescored  # brute force alone rescores the seeds' pairs itself
     np.testing.assert_array_equal(res.indices, ei)
-    np.testing.assert_allclose(res.values, ev, atol=1e-12)
-    monkeypatch.setattr(tiles, "predict_tiles", predict)
-    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: slow)
-    rng = np.random.default_rng(0)  # noise: nothing can be pruned, so auto goes brute however slow
-    noise = CorrelationIndex(rng.random((200, 1, 8, 8)).astype(np.float32), basis_dim=8)
-    res = noise.topk(rng.random((20, 1, 8, 8)).astype(np.float32), k=2, tile=8)
-    assert res.stats["method"] == "brute" and res.stats["auto"].startswith("brute") and "more than" in res.stats["auto"]
-    monkeypatch.undo()
-    # topk_correlation builds an index only with enough queries to pay for it
-    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10)
-    monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 10)
-    res = topk_correlation(q, ref, k=2)
-    assert "auto" in res.stats  # an index was built and said what it chose
-    store = write_store(tmp_path / "s", ref)  # store folders and tensors are counted too
-    by_path = topk_correlation(torch.from_numpy(q), str(store.path), k=2)
-    np.testing.assert_array_equal(by_path.indices, res.indices)
-    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", 10_000)
-    assert "auto" not in topk_correlation(q, ref, k=2).stats  # streamed brute force, no index
+    np.testing.assert_array_equal(res.values, alone.values)
+    # tiles that would evaluate more than AUTO_MAX_FRACTION of the pairs: brute without a sample
+    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 0.0)
+    res = index.topk(q, k=2, tile=4)
+    assert res.stats["method"] == "brute" and "more than 0%" in res.stats["auto"]
+    np.testing.assert_array_equal(res.indices, ei)
 
 
 # -- the saved index: out of core, and refusing what does not match ------------------------------
@@ -678,8 +647,7 @@ def test_sampled_and_dense_tiles_give_the_same_exact_answer(brainlike, tmp_path,
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
     assert (res.stats["tiles_sampled"] > 0) == (sparse > 1)  # the path under test ran, or did not
-    index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}  # brute force made slow
-    monkeypatch.setattr(tiles, "AUTO_EARLY_SHARE", 0)  # auto samples tiles before the seeds as well
+    index._probe = {"pair_s": 1.0, "row_s": 0.0}  # brute force made slow
     res = index.topk(q, k=4, method="auto", tile=8)
     assert res.stats["method"] == "pruned"
     np.testing.assert_array_equal(res.indices, ei)
@@ -722,7 +690,7 @@ def test_sampled_tiles_of_images_longer_than_a_slice_are_exact(tmp_path, monkeyp
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
     # auto through its sample after the seeds (brute force made slow): in memory the sampled tiles'
     # rest is predicted at the rate of all their products so far
-    index._probe = {"pair_s": 1.0, "row_s": 0.0, "rescore_pair_s": 1e-6}
+    index._probe = {"pair_s": 1.0, "row_s": 0.0}
     res = index.topk(q, k=5, method="auto", tile=16)
     figures = res.stats["auto_figures"]
     assert res.stats["method"] == "pruned" and 0 <= figures["sample_s"] <= figures["tiles_s"] < 60
@@ -790,7 +758,7 @@ def test_the_brute_probe_predicts_a_positive_time_once_per_index(brainlike, tmp_
         index = CorrelationIndex(ref, basis_dim=8, precision=kind)
     one = index.brute_seconds(10)
     probe = index.probe()
-    assert probe["pair_s"] > 0 and probe["rescore_pair_s"] > 0 and (probe["row_s"] > 0) == (kind == "out-of-core")
+    assert probe["pair_s"] > 0 and (probe["row_s"] > 0) == (kind == "out-of-core")
     assert index.brute_seconds(20) == pytest.approx(one + 10 * len(ref) * probe["pair_s"])
     assert index.probe() is probe  # memoised: measured once per index
 

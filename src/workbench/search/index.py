@@ -43,7 +43,7 @@ from ..device import resolve_device
 from ..errors import WorkbenchError
 from . import projection, tiles
 from .bounds import NORMALISE_F32, screen_error_bound, split_norms
-from .kernel import exact_pairs, row_stats, screen_and_rescore
+from .kernel import row_stats, screen_and_rescore
 from .layout import pad_slices, padded_width, unpad_slices
 from .normalise import normalise, prepare_queries
 from .precision import pick_precision
@@ -320,12 +320,10 @@ class CorrelationIndex:
 
         ``method="pruned"`` bounds every pair from the codes and evaluates the survivors as dense
         tiles (:mod:`workbench.search.tiles`); ``"brute"`` screens every pair at full size;
-        ``"auto"`` computes the bounds and seed tiles, times a sample of the tiles, and goes on by
+        ``"auto"`` computes the bounds and the exact seeds, times a sample of the tiles, and goes on by
         tiles where the rest would take less time than brute force takes by the index's probe of
-        its brute screen on this machine (:meth:`brute_seconds`), else by brute force; where the
-        seeds themselves are dear (large k) it decides before them, from timed samples of the seed
-        tiles and of tiles planned on the seeds' projected r (:func:`tiles.tiled_search`).  All
-        are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
+        its brute screen on this machine (:meth:`brute_seconds`), else by brute force, which takes
+        the seeds' exact values (:func:`tiles.tiled_search`).  All are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
         ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
         tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
@@ -352,25 +350,19 @@ class CorrelationIndex:
                 if auto is not None:
                     result.stats["auto"] = (f"pruned: the tiles evaluate {auto['fraction']:.1%} of the pairs; the rest "
                                             f"predicted {auto['pruned_rest_s']:.3g} s from a timed sample of them, "
-                                            f"brute force {auto['brute_total_s']:.3g} s by the index's probe")
+                                            f"brute force {auto['brute_total_s']:.3g} s (its screen by the index's "
+                                            f"probe, its rescore at the seeds' rate)")
+                    auto.pop("known", None)
                     result.stats["auto_figures"] = clean_figures(auto)
                 return result
-        result = self._brute(q64, const_q, k, block_size, progress)
+        known = auto.pop("known", None) if auto is not None else None  # the seeds, exact: brute force takes them
+        result = self._brute(q64, const_q, k, block_size, progress, known)
         if auto is not None:
-            if auto.get("seeds_only"):
-                why = (f"before the seeds: the rest of the seeds alone ({auto['fraction']:.1%} of the pairs) predicted "
-                       f"{auto['seeds_rest_s']:.3g} s from a timed sample of them, the brute screen and its "
-                       f"rescore of k pairs a query {auto['brute_min_s']:.3g} s by the index's probe")
-            elif auto.get("before_seeds"):
-                why = (f"before the seeds: the seeds and the tiles, planned on the seeds' projected r "
-                       f"({auto['fraction']:.1%} of the pairs), predicted "
-                       f"{auto['seeds_rest_s'] + auto['early_tiles_s']:.3g} s (x {tiles.AUTO_EARLY_MARGIN} for "
-                       f"predictions that came out low) from timed samples of both, the brute screen and its "
-                       f"rescore of k pairs a query {auto['brute_min_s']:.3g} s by the index's probe")
-            elif "pruned_rest_s" in auto:
+            if "pruned_rest_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; the rest predicted "
                        f"{auto['pruned_rest_s']:.3g} s from a timed sample of them, brute force "
-                       f"{auto['brute_total_s']:.3g} s by the index's probe")
+                       f"{auto['brute_total_s']:.3g} s (its screen by the index's probe, its rescore at the "
+                       f"seeds' rate)")
             else:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs "
                        f"(more than {tiles.AUTO_MAX_FRACTION:.0%})")
@@ -388,8 +380,7 @@ class CorrelationIndex:
     def probe(self) -> dict:
         """What ``method="auto"`` measured of this index's brute search on this machine, once:
         ``pair_s`` (screen seconds per pair), ``row_s`` (per reference row read and normalised from
-        the store, where the index keeps no copy) and ``rescore_pair_s`` (float64 rescore per pair),
-        timed on BRUTE_PROBE_ROWS of its own rows as queries against as many references, read as
+        the store, where the index keeps no copy), timed on BRUTE_PROBE_ROWS of its own rows as queries against as many references, read as
         the brute search reads them."""
         if getattr(self, "_probe", None) is None:
             self._probe = self._probe_brute()
@@ -404,8 +395,7 @@ class CorrelationIndex:
             brute_eps = lo + lo.median() + lo * lo.median() + tiles.tier_error_bound(self.select.dim)
         else:
             brute_eps = screen_error_bound(self.select.dim, torch.float32)
-        return {"brute_s": self.brute_seconds(n_queries), "brute_eps": brute_eps,
-                "rescore_pair_s": self.probe()["rescore_pair_s"]}
+        return {"brute_s": self.brute_seconds(n_queries), "brute_eps": brute_eps}
 
     def _probe_brute(self) -> dict:
         # references as a brute-force block holds them, up to 128 MB of float32; the first of them
@@ -433,16 +423,7 @@ class CorrelationIndex:
                                          dtype=dtype, dev=self.device, progress=False, ref_lift=lift,
                                          stats=self.stats)
             best = min(best, res.stats["seconds"]["screen_s"]) if _ else best
-        # the float64 rescore per pair, on rows spread over the whole reference (as a search's
-        # candidates are, mostly out of cache), after a warm-up on others
-        qi = np.arange(nq)
-        spread = np.linspace(0, len(self) - 2, nq).astype(np.int64)
-        with np.errstate(divide="ignore", invalid="ignore"):  # timed only: a constant row's r is never used
-            exact_pairs(q64, self.reference, self.select, qi, spread + 1, self.stats)
-            t0 = time.perf_counter()
-            exact_pairs(q64, self.reference, self.select, qi, spread, self.stats)
-        return {"pair_s": best / (nq * b), "row_s": read / b if self.vectors is None else 0.0,
-                "rescore_pair_s": (time.perf_counter() - t0) / nq}
+        return {"pair_s": best / (nq * b), "row_s": read / b if self.vectors is None else 0.0}
 
     def _check_selection(self, channels, mask) -> None:
         if channels is not None:
@@ -457,13 +438,15 @@ class CorrelationIndex:
                 raise WorkbenchError("this index was built with another mask than the one asked for: build an index "
                                      "with that mask")
 
-    def _brute(self, q64, const_q, k, block_size, progress) -> SearchResult:
+    def _brute(self, q64, const_q, k, block_size, progress, known=None) -> SearchResult:
+        """Brute force; ``known``: exact pairs and a floor per query to start from (method="auto"'s
+        seeds, :func:`~workbench.search.kernel.screen_and_rescore`)."""
         if self.vectors is None:  # nothing kept in memory: stream the reference, as topk_streaming does
             size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
             blocks = streamed_blocks(self.reference, self.select, size, torch.float32, self.device)
             result = screen_and_rescore(q64, const_q, blocks, self.reference, self.select, k=k,
                                         n_reference=len(self), dtype=torch.float32, dev=self.device, progress=progress,
-                                        ref_lift=NORMALISE_F32, stats=self.stats)
+                                        ref_lift=NORMALISE_F32, stats=self.stats, known=known)
             result.stats.update(method="brute", full_fraction=1.0)
             return result
         block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
@@ -479,7 +462,8 @@ class CorrelationIndex:
                        None if self.norms is None else self.norms[start:stop])
 
         result = screen_and_rescore(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
-                                    dtype=self.dtype, dev=self.device, progress=progress, stats=self.stats)
+                                    dtype=self.dtype, dev=self.device, progress=progress, stats=self.stats,
+                                    known=known)
         result.stats["method"] = "brute"
         result.stats["full_fraction"] = 1.0
         return result

@@ -49,7 +49,7 @@ SHARE_MIN_DIM = 32768
 
 def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
                        n_reference: int, dtype, dev, progress: bool, ref_lift: float = 0.0,
-                       stacklevel: int = 3, stats=None) -> SearchResult:
+                       stacklevel: int = 3, stats=None, known=None) -> SearchResult:
     """Screen normalised reference blocks, then rescore exactly.
 
     ``blocks`` yields ``(cols, vectors, constant, pair_mask, norms)``: the reference positions of
@@ -60,8 +60,12 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     float32).  ``stats``: the reference rows' :func:`row_stats`, where an index stored them (the
     rescore then reads each row once, without a pass for its mean and norm).  ``stacklevel``: where
     the warnings about constant images point, counted from here
-    (3: the caller of this function's caller).  Raises :class:`~workbench.errors.TooFewReferenceImages`
-    when fewer than ``k`` reference images are non-constant.
+    (3: the caller of this function's caller).  ``known``: ``(qi, ri, values, floor)``, pairs
+    already evaluated exactly (numpy; a pruned search's seeds, where ``method="auto"`` went on by
+    brute force) and per query a lower bound on its k-th best r (float64, -inf where none): the
+    screen's running k-th best starts at the floor, and the rescore takes their values.  Raises
+    :class:`~workbench.errors.TooFewReferenceImages` when fewer than ``k`` reference images are
+    non-constant.
     """
     eps = screen_error_bound(select.dim, dtype)
     per_pair = dtype == torch.bfloat16
@@ -84,6 +88,10 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     const_r = []
     screened = 0
     dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
+    floor = None
+    if known is not None:  # float32, rounded down: still a lower bound
+        floor = known[3].float()
+        floor = torch.where(floor.double() > known[3], torch.nextafter(floor, torch.tensor(-math.inf)), floor).to(dev)
     t_screen = time.perf_counter()
     with ieee_float32():  # TF32 or bf16 inside float32 products would break the error bounds
         bar = tqdm(total=n_reference, desc="searching", unit="img", disable=not progress)
@@ -124,6 +132,8 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             run_top = torch.topk(torch.cat([run_top, torch.topk(lower, kb, dim=1).values], dim=1),
                                  min(k, run_top.shape[1] + kb), dim=1).values
             level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
+            if floor is not None:
+                level = torch.maximum(level, floor)
             qi, ri = torch.nonzero((upper >= level[:, None]) & (upper > -math.inf), as_tuple=True)
             cand_q.append(qi.cpu())
             cand_r.append(torch.from_numpy(cols)[ri.cpu()])
@@ -141,18 +151,27 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     t_screen = time.perf_counter() - t_screen
     t_rescore = time.perf_counter()
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
-    final_level = run_top[:, -1].cpu() if run_top.shape[1] else torch.full((nq,), -math.inf)
+    final_level = run_top[:, -1].cpu() if run_top.shape[1] == k else torch.full((nq,), -math.inf)
+    if floor is not None:
+        final_level = torch.maximum(final_level, floor.cpu())
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
-    values, indices = rescore(q64, reference, select, qi, ri, k, nq, stats)
+    if known is None:
+        values, indices = rescore(q64, reference, select, qi, ri, k, nq, stats)
+        rescored = len(qi)
+    else:
+        exact, have = known_values(qi, ri, known[0], known[1], known[2], n_reference)
+        exact[~have] = exact_pairs(q64, reference, select, qi[~have], ri[~have], stats)
+        values, indices = top_of(qi, ri, exact, k, nq)
+        rescored = int((~have).sum())
     t_rescore = time.perf_counter() - t_rescore
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
     info = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
             "seconds": {"screen_s": round(t_screen, 4), "rescore_s": round(t_rescore, 4)},
             "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=len(qi), stats=info)
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=rescored, stats=info)
 
 
 def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
@@ -195,6 +214,20 @@ def rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray
     """Exact float64 r of each candidate pair; per query the top k (ties to the lower index).
     ``stats``: the reference rows' :func:`row_stats`, where an index stored them."""
     return top_of(qi, ri, exact_pairs(q64, reference, select, qi, ri, stats), k, nq)
+
+
+def known_values(qi: np.ndarray, ri: np.ndarray, kq: np.ndarray, kr: np.ndarray, kv: np.ndarray, n: int):
+    """The values of the pairs (qi, ri) among the known pairs (kq, kr) of values kv: ``(values,
+    have)``, NaN where a pair is not known."""
+    keys = kq.astype(np.int64) * n + kr
+    order = np.argsort(keys)
+    keys = keys[order]
+    want = qi.astype(np.int64) * n + ri
+    at = np.clip(np.searchsorted(keys, want), 0, max(0, len(keys) - 1))
+    have = (keys[at] == want) if len(keys) else np.zeros(len(want), dtype=bool)
+    values = np.full(len(want), np.nan)
+    values[have] = kv[order][at[have]]
+    return values, have
 
 
 def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):

@@ -114,20 +114,6 @@ AUTO_SAMPLE_MIN_STRIDE = 4
 #: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
-#: ``method="auto"`` checks before the seeds whether brute force is faster where the rest of the
-#: seeds alone would cost this share of the brute screen: elsewhere at most that much is spent before
-#: the check after the seeds.  The check costs a survivor pass and a tile plan: 10-13 ms at (a),
-#: 1.2 s at (b) (1,000 x 80,000, bounds recomputed, two-level codes), where at k = 5 the seeds are
-#: 9 % and 4 % of the brute screen and the check never changed the choice; at (a), k = 50 and 200,
-#: they are 35 % and 70 % (BENCHMARKS.md)
-AUTO_EARLY_SHARE = 0.2
-#: ... and goes brute there where the seeds and the tiles, so predicted, times AUTO_EARLY_MARGIN
-#: exceed the brute screen: those predictions came out low, the rest of the seeds 1.25x and the
-#: tiles 1.3x at (a), k = 200 (float32 index: 0.30 s predicted against 0.337 s brute, about 0.42 s
-#: taken; auto 1.18-1.20 s against brute force's 0.92-0.94 s), where the prediction after the
-#: seeds, on the tiles actually planned, was within 3 %.  The check runs only where the seeds are
-#: dear (k = 200 and up at (a), float32), so k <= 50 are not affected (BENCHMARKS.md, issue 16 item 15)
-AUTO_EARLY_MARGIN = 1.3
 #: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
@@ -537,12 +523,6 @@ def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: boo
     return plan
 
 
-def predict_seeds(sample_s: float, sample_pairs: int, rest_pairs: int) -> float:
-    """Seconds the rest of the seeds should take, in proportion to their pairs: each is one exact
-    float64 product (and, from disk, most of them a row read)."""
-    return sample_s * rest_pairs / max(1, sample_pairs)
-
-
 def split_sample(plan: list) -> tuple[list, list]:
     """``method="auto"``'s timed sample of a plan (every AUTO_SAMPLE_STRIDE-th tile, or more often
     so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order."""
@@ -588,18 +568,15 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     reference positions.
 
     ``auto`` (``method="auto"``): a dict holding, from the index's probe, ``brute_s`` (the predicted
-    seconds of a brute-force screen), ``brute_eps`` (its error bound: a number, or per reference
-    row) and ``rescore_pair_s`` (the float64 rescore's cost per pair).  The tiles' own cost is
-    measured on a sample of them (every AUTO_SAMPLE_STRIDE-th tile of the plan, kept), and each
+    seconds of a brute-force screen) and ``brute_eps`` (its error bound: a number, or per reference
+    row).  The float64 evaluation's cost per pair is measured on the seeds (``exact_pair_s``), the
+    tiles' on a sample of them (every AUTO_SAMPLE_STRIDE-th tile of the plan, kept), and each
     path's rescore predicted from the pairs evaluated so far that its bound cannot rule out; where
     the rest of the pruned search would take longer than brute force, or the tiles would evaluate
     more than AUTO_MAX_FRACTION of all pairs, this returns None, having spent the bounds, the seeds
-    and the sample.  Before the seeds it times a sample of the seed tiles: where the rest of the
-    seeds alone would cost more than ``brute_s`` it returns None at once (``seeds_only``); where
-    they would cost more than AUTO_EARLY_SHARE of it, the same weighing is done there, on samples
-    of the seed tiles and of tiles planned with each query's k-th best projected r as its
-    threshold, held to AUTO_EARLY_MARGIN (``before_seeds`` in the dict where it returned None
-    before the seeds).  The dict receives what was measured and predicted.
+    and the sample, and leaves the seeds in the dict (``known``: pairs, exact values and each
+    query's k-th best of them) for brute force to take.  The dict receives what was measured and
+    predicted.
     """
     nq, n = len(q64), len(ref.codes)
     in_memory = not getattr(ref, "from_disk", False)
@@ -629,7 +606,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
     hold = len(q64) * n * 4 <= HOLD_BOUNDS_BYTES
-    ub, seeds, seed_est = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
+    ub, seeds, _ = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
     lap("bounds_s")
     eps = tier_error_bound(select.dim)
     # a bf16 index's rows are bf16 copies of the unit vectors (a row copy's on disk float16 ones):
@@ -775,82 +752,46 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         return time.perf_counter() - t0
 
     def pairs_so_far():
-        """Every evaluated pair once, ``(qi, ri, si, ei, exact, at)``: value, its error bound (0 for
-        the exact seeds, whose value is kept over a tile's), and the pair's place in the seeds
-        followed by ``got_*`` (a dense tile may evaluate a seed pair again, auto's samples a
-        pair twice: a pair counted twice could lift the k-th best above the truth)."""
+        """Every evaluated pair once, ``(qi, ri, si, ei, exact)``: value, its error bound, and
+        whether it is an exact seed (bound 0; its value kept over a tile's: a dense tile may
+        evaluate a seed pair again, and a pair counted twice could lift the k-th best above the
+        truth)."""
         qi, ri, si = torch.cat([seed_q, *got_q]), torch.cat([seed_r, *got_r]), torch.cat([seed_s, *got_s])
         at = unique_pairs(qi, ri, None, n)  # the first of each: a seed's exact value
         qi, ri, si = qi[at], ri[at], si[at]
         exact = at < len(seed_q)
         ei = torch.zeros(len(qi), dtype=torch.float64) + pair_eps(ri)
         ei[exact] = 0
-        return qi, ri, si, ei, exact, at
-
-    done_tiles = []  # tiles evaluated before the survivors' (method="auto"'s early sample)
-
-    def survivors(tau_dev: torch.Tensor) -> list:
-        """The tiles of the pairs whose bound reaches ``tau_dev``, beyond those evaluated."""
-        # constant references have bound -inf and every live query a finite tau, so they never
-        # survive; constant queries are cut
-        surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
-        surv[~live] = False
-        surv[seed_q.to(dev), seed_r.to(dev)] = False
-        for done in done_tiles:  # a sampled tile evaluated its pairs alone
-            surv[pairs_of(done)] = False
-        return tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
+        return qi, ri, si, ei, exact
 
     cascade = (cq, rho_q, slack_q) if level1 else None
-    everything = torch.arange(len(seed_q))
-    if auto is not None:
-        # before the seeds, which cost k + SEED_EXTRA exact pairs a query: time those of a sample of
-        # the queries and, where the rest of them would cost more than AUTO_EARLY_SHARE of the brute
-        # screen, plan the tiles with the seeds' projected r as each query's threshold (it predicted
-        # the tiles' work to within 1-20 % at (a), k = 5-200) and time a sample of those too (all
-        # sampled pairs are real pairs, kept; the survivors' plan leaves them out).  Go brute now
-        # if the seeds and the tiles would take longer than the brute screen and its rescore of at
-        # least k pairs a query (which the seeds are for the pruned search).
-        in_sample = (torch.arange(len(q_live)) % AUTO_SAMPLE_STRIDE == 0).repeat_interleave(m)
-        sampled = exact_seeds(everything[in_sample])
-        everything = everything[~in_sample]
-        brute_s = auto["brute_s"] + len(q_live) * k * auto["rescore_pair_s"]
-        auto.update(seed_sample_s=sampled, seeds_rest_s=predict_seeds(sampled, int(in_sample.sum()), len(everything)),
-                    brute_min_s=brute_s)
-        if auto["seeds_rest_s"] > brute_s:  # the seeds alone: no tile plan or sample needed
-            auto.update(fraction=len(seed_q) / max(nq * n, 1), before_seeds=True, seeds_only=True)
-            return None
-        if auto["seeds_rest_s"] > AUTO_EARLY_SHARE * auto["brute_s"]:
-            t1 = time.perf_counter()
-            guess = survivors(seed_est[:, k - 1].double())
-            sample, guess = split_sample(guess)
-            more = []
-            run(sample, None, "sampling tiles", more)
-            done_tiles += sample
-            auto.update(early_fraction=(plan_pairs(guess) + plan_pairs(sample) + len(seed_q)) / max(nq * n, 1),
-                        early_sample_s=float(sum(more)), early_tiles_s=predict_tiles(sample, more, guess),
-                        early_check_s=time.perf_counter() - t1)
-            if (auto["seeds_rest_s"] + auto["early_tiles_s"]) * AUTO_EARLY_MARGIN > brute_s:
-                auto.update(fraction=auto["early_fraction"], before_seeds=True)
-                return None
-    exact_seeds(everything)
+    seeds_s = exact_seeds(torch.arange(len(seed_q)))
     seed_rows = len(np.unique(seed_r.numpy()))
-    n_seeded = len(seed_q) + sum(len(x) for x in got_q)  # the seeds (and auto's early sample) come first
-    qi, ri, si, ei, _, _ = pairs_so_far()
+    qi, ri, si, ei, _ = pairs_so_far()
     tau = kth_lower(si - ei, qi, nq, k)  # -inf for constant queries
     tau_dev = tau.to(dev)
     lap("seeds_s")
 
-    # 3. survivors, as dense tiles (the seeds are done)
-    plan = survivors(tau_dev)
+    # 3. the pairs whose bound reaches tau, as dense tiles, the seeds left out (constant references
+    # have bound -inf and every live query a finite tau, so they never survive; constant queries are cut)
+    surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
     del ub
+    surv[~live] = False
+    surv[seed_q.to(dev), seed_r.to(dev)] = False
+    plan = tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
+    del surv
     work = plan_pairs(plan)
     lap("survivors_s")
 
-    early = done_tiles  # method="auto"'s sample before the seeds
-    rows_read = int(sum(len(t.rows) for t in plan + early))
-    n_planned = len(plan) + len(early)  # the tiles beyond the seeds, the samples of method="auto" included
+    rows_read = int(sum(len(t.rows) for t in plan))
+    n_planned = len(plan)  # the tiles beyond the seeds, the sample of method="auto" included
     if auto is not None:
-        auto["fraction"] = (work + evaluated + len(seed_q)) / max(nq * n, 1)
+        # where brute force goes on, it takes the seeds' exact values and their k-th best as each
+        # query's floor (kernel.screen_and_rescore): the seeds are its rescore's pairs too, so
+        # they are decided after, not before (a check before them, on samples of the seeds and of
+        # tiles planned on projected r, went brute at (a), k = 1-5, bf16, 40-70 % slower than either)
+        auto["known"] = (seed_q.numpy(), seed_r.numpy(), seed_s.numpy(), tau)
+        auto["fraction"] = (work + len(seed_q)) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
             return None
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
@@ -871,20 +812,21 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         else:
             rest_s = predict_tiles(sample, times, plan)
         auto.update(sample_pairs=done, sample_tiles=len(sample), sample_s=spent, tiles_s=spent + rest_s)
-        # each path's rescore: the pairs evaluated so far (the seeds, the best by projection, and
-        # the sample, scaled to the whole plan) that each path's bound could not rule out; the
-        # pruned search has its seeds exactly already, brute force would rescore them
+        # each path's rescore beyond the seeds (both have them): the pairs evaluated so far (the
+        # seeds, and the sample scaled to the whole plan) that each path's bound could not rule
+        # out, at the seeds' measured seconds a pair (the index's probe, one pair per row spread
+        # over the reference, took 40-45 us a pair at (a), seeds sharing rows and queries 10-25 us)
         t1 = time.perf_counter()
-        qi, ri, si, ei, exact, at = pairs_so_far()
-        scale = torch.ones(len(qi), dtype=torch.float64)
-        scale[at >= n_seeded] = work / max(done, 1)
+        qi, ri, si, ei, exact = pairs_so_far()
+        scale = torch.where(exact, 1.0, work / max(done, 1)).double()
         level = kth_lower(si - ei, qi, nq, k)[qi]
         e_b = auto["brute_eps"][ri] if torch.is_tensor(auto["brute_eps"]) else auto["brute_eps"]
         auto["rescore_pairs"] = int((((si + ei >= level) & ~exact) * scale).sum())
-        auto["brute_rescore_pairs"] = int(((si + e_b >= level - e_b) * scale).sum())
+        auto["brute_rescore_pairs"] = int((((si + e_b >= level - e_b) & ~exact) * scale).sum())
         # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
         pruned_rest = auto["tiles_s"] - spent
-        brute = auto["brute_s"] + max(0, auto["brute_rescore_pairs"] - auto["rescore_pairs"]) * auto["rescore_pair_s"]
+        auto["exact_pair_s"] = seeds_s / max(1, len(seed_q))
+        brute = auto["brute_s"] + max(0, auto["brute_rescore_pairs"] - auto["rescore_pairs"]) * auto["exact_pair_s"]
         auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute, weigh_s=time.perf_counter() - t1)
         if pruned_rest > brute:  # the seeds and the sample are spent either way
             return None
@@ -892,7 +834,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("tiles_s")
 
     # 4. rescore the pairs whose interval reaches the k-th best lower end (the seeds are exact)
-    qi, ri, si, ei, exact, _ = pairs_so_far()
+    qi, ri, si, ei, exact = pairs_so_far()
     level = kth_lower(si - ei, qi, nq, k)
     keep = (si + ei) >= level[qi]
     todo = keep & ~exact
@@ -910,7 +852,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated + len(seed_q), "full_fraction": (evaluated + len(seed_q)) / max(n_pairs, 1),
-             "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan + early),
+             "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan),
              "level1": level1, "candidates_per_query": rescored / max(nq, 1), "seed_pairs": len(seed_q),
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=rescored,
