@@ -12,7 +12,7 @@ Compute layer: imports only ``workbench.data``.  One idea per module:
 - ``kernel``: the low-precision screen and the exact float64 rescore
 - ``streaming``: brute force over a reference streamed block by block
 - ``projection``: proven upper bounds on r from a basis fitted to the reference (or block means)
-- ``tiles``: the pruned search: bounds, seed tiles, surviving tiles in float32, exact rescore
+- ``tiles``: the pruned search: bounds, exact seeds, surviving tiles in float32, exact rescore
 - ``index``: :class:`CorrelationIndex`, a reference prepared once for many searches
 - ``subjects``: the best match from each of the k best different subjects
 - ``distributed``: :func:`topk_correlation_dask`, the reference sharded over a Dask cluster

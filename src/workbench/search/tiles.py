@@ -208,7 +208,7 @@ class Tile(NamedTuple):
     def pair_index(self, dev) -> tuple[torch.Tensor, torch.Tensor]:
         """``(qi, lr)`` on ``dev``: the query and the position among :attr:`rows` of each pair the
         tile evaluates (every query x row where dense), queries ascending."""
-        qs = self.queries.to(dev)  # seed tiles' queries come from the CPU
+        qs = self.queries.to(dev)  # a plan's queries may come from the CPU
         if self.pairs is None:
             m = len(self.rows)
             return qs.repeat_interleave(m), torch.arange(m, device=qs.device).repeat(len(qs))
