@@ -272,19 +272,27 @@ def test_adversarial_references_stay_exact(case, precision):
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
+def spy_exact(monkeypatch) -> list:
+    """Record the pairs of every exact float64 evaluation (the pruned search's and brute force's),
+    one list of (query, reference) per call."""
+    calls = []
+    exact = kernel.exact_pairs
+
+    def spy(q64, reference, select, qi, ri, stats=None):
+        calls.append(list(zip(qi.tolist(), ri.tolist())))
+        return exact(q64, reference, select, qi, ri, stats)
+    monkeypatch.setattr(tiles, "exact_pairs", spy)
+    monkeypatch.setattr(kernel, "exact_pairs", spy)
+    return calls
+
+
 @pytest.mark.parametrize("k", [1, 4])
 def test_the_seeds_are_exact_and_never_rescored_again(brainlike, monkeypatch, k):
     """The seeds are evaluated in float64 first, and the rescore evaluates only pairs beyond them:
     no pair is computed exactly twice, and every float64 evaluation is counted in ``rescored``."""
     q, ref = brainlike
     index = CorrelationIndex(ref, basis_dim=4)  # little pruning: tiles and a rescore beyond the seeds
-    calls = []
-    exact = tiles.exact_pairs
-
-    def spy(q64, reference, select, qi, ri, stats=None):
-        calls.append(list(zip(qi.tolist(), ri.tolist())))
-        return exact(q64, reference, select, qi, ri, stats)
-    monkeypatch.setattr(tiles, "exact_pairs", spy)
+    calls = spy_exact(monkeypatch)
     res = index.topk(q, k=k, method="pruned", tile=8)
     seeds = calls[0]
     assert len(seeds) == len(q) * (k + tiles.SEED_EXTRA) == res.stats["seed_pairs"]
@@ -346,14 +354,7 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     # values (no pair evaluated exactly twice) and their k-th best as its floor
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 0.0, "row_s": 0.0})
     monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
-    calls = []
-    exact = kernel.exact_pairs
-
-    def spy(q64, reference, select, qi, ri, stats=None):
-        calls.append(list(zip(qi.tolist(), ri.tolist())))
-        return exact(q64, reference, select, qi, ri, stats)
-    monkeypatch.setattr(tiles, "exact_pairs", spy)
-    monkeypatch.setattr(kernel, "exact_pairs", spy)
+    calls = spy_exact(monkeypatch)
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
     figures = res.stats["auto_figures"]
