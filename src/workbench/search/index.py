@@ -323,8 +323,9 @@ class CorrelationIndex:
         ``"auto"`` computes the bounds and the exact seeds, times a sample of the tiles, and goes on by
         tiles where the rest would take less time than brute force takes by the index's probe of
         its brute screen on this machine (:meth:`brute_seconds`), else by brute force, which takes
-        the seeds' exact values (:func:`tiles.tiled_search`).  All are exact.  ``stats["method"]`` says which ran (``stats["auto"]`` why, with the figures) and
-        ``stats["full_fraction"]`` the fraction of pairs evaluated at full size.  ``channels`` /
+        the seeds' exact values (:func:`tiles.tiled_search`).  All are exact.  ``stats["method"]``
+        says which ran (``stats["auto"]`` why, with the figures) and ``stats["full_fraction"]`` the
+        fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
         tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
         """
@@ -380,8 +381,8 @@ class CorrelationIndex:
     def probe(self) -> dict:
         """What ``method="auto"`` measured of this index's brute search on this machine, once:
         ``pair_s`` (screen seconds per pair), ``row_s`` (per reference row read and normalised from
-        the store, where the index keeps no copy), timed on BRUTE_PROBE_ROWS of its own rows as queries against as many references, read as
-        the brute search reads them."""
+        the store, where the index keeps no copy), timed on BRUTE_PROBE_ROWS of its own rows as
+        queries against as many references, read as the brute search reads them."""
         if getattr(self, "_probe", None) is None:
             self._probe = self._probe_brute()
         return self._probe

@@ -157,14 +157,11 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
-    if known is None:
-        values, indices = rescore(q64, reference, select, qi, ri, k, nq, stats)
-        rescored = len(qi)
-    else:
-        exact, have = known_values(qi, ri, known[0], known[1], known[2], n_reference)
-        exact[~have] = exact_pairs(q64, reference, select, qi[~have], ri[~have], stats)
-        values, indices = top_of(qi, ri, exact, k, nq)
-        rescored = int((~have).sum())
+    exact, have = known_values(qi, ri, *(known[:3] if known is not None else (qi[:0], ri[:0], np.zeros(0))),
+                               n_reference)
+    exact[~have] = exact_pairs(q64, reference, select, qi[~have], ri[~have], stats)
+    values, indices = top_of(qi, ri, exact, k, nq)
+    rescored = int((~have).sum())
     t_rescore = time.perf_counter() - t_rescore
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
     info = {"precision": "bf16" if per_pair else "float32", "device": str(dev),
@@ -208,12 +205,6 @@ def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float 
             out_abs += part.abs()
     s += t_sum[:, None]
     return s.float(), pair_error(qn, rn, out_abs, t_abs)
-
-
-def rescore(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, k: int, nq: int, stats=None):
-    """Exact float64 r of each candidate pair; per query the top k (ties to the lower index).
-    ``stats``: the reference rows' :func:`row_stats`, where an index stored them."""
-    return top_of(qi, ri, exact_pairs(q64, reference, select, qi, ri, stats), k, nq)
 
 
 def known_values(qi: np.ndarray, ri: np.ndarray, kq: np.ndarray, kr: np.ndarray, kv: np.ndarray, n: int):
