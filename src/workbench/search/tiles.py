@@ -293,12 +293,14 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
         if buffer[0] is None or buffer[0].numel() < need:
             buffer[0] = None
             buffer[0] = torch.empty(need, dtype=torch.float32, device=qc.device)
+        patterns = {}  # one per group size: every group but a last, short one has WIDEN_SLICES slices
         for a in range(0, full, WIDEN_SLICES):
             g = min(WIDEN_SLICES, full - a)
             wide = buffer[0][:m * g * TIER_CHUNK].view(m, g * TIER_CHUNK)
             wide.copy_(r32[:, a * TIER_CHUNK:(a + g) * TIER_CHUNK])  # float16 to float32, exact
-            out += slice_products(qc[a:a + g].reshape(g * nq, TIER_CHUNK), qi, True, wide.view(m * g, TIER_CHUNK),
-                                  lr, False, g)
+            if g not in patterns:
+                patterns[g] = SlicePattern(qi, True, nq, lr, False, m, g)
+            out += patterns[g](qc[a:a + g].reshape(g * nq, TIER_CHUNK), wide.view(m * g, TIER_CHUNK))
     if full < chunks:  # the last, short slice: one dot product per pair
         rest = dim - full * TIER_CHUNK
         out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:].float()).sum(dim=1)
@@ -326,33 +328,48 @@ def slice_products(a: torch.Tensor, ai: torch.Tensor, a_slice_major: bool, b: to
     (items x slices) rows of TIER_CHUNK values, slice-major (row s * items + i) or item-major
     (row i * full + s).  a's slices are the pattern's rows, each holding the pairs of its item in
     pair order (sorted by item first, unless they come so); the pairs come in any order."""
-    dev = a.device
-    n_a, n_b = a.shape[0] // full, b.shape[0] // full
-    order = None if bool((ai[1:] >= ai[:-1]).all()) else torch.argsort(ai, stable=True)
-    ao, bo = (ai, bi) if order is None else (ai[order], bi[order])
-    n = len(ao)
-    count = torch.bincount(ao, minlength=n_a)
-    crow = torch.zeros(n_a * full + 1, dtype=torch.long, device=dev)
-    torch.cumsum(count.repeat(full) if a_slice_major else count.repeat_interleave(full), 0, out=crow[1:])
-    slices = torch.arange(full, device=dev)
-    b_row = slices[None, :] * n_b + bo[:, None] if b_slice_major else bo[:, None] * full + slices[None, :]
-    if a_slice_major:  # pattern rows (slice, item): the entries come in (slice, pair) order
-        pos = None
-        cols = b_row.T.reshape(-1)
-    else:  # rows (item, slice): a pair's entry in each of its item's rows
-        within = torch.arange(n, device=dev) - (torch.cumsum(count, 0) - count)[ao]
-        pos = (crow[ao[:, None] * full + slices[None, :]] + within[:, None]).reshape(-1)
-        cols = torch.empty(len(pos), dtype=torch.long, device=dev)
-        cols[pos] = b_row.reshape(-1)
-    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=dev),
-                                      size=(n_a * full, n_b * full), check_invariants=False)
-    got = torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
-    sums = got.view(full, n).sum(dim=0) if pos is None else got[pos].view(n, full).sum(dim=1)
-    if order is None:
-        return sums
-    out = torch.empty(n, dtype=torch.float32, device=dev)
-    out[order] = sums
-    return out
+    return SlicePattern(ai, a_slice_major, a.shape[0] // full, bi, b_slice_major, b.shape[0] // full, full)(a, b)
+
+
+class SlicePattern:
+    """The sparse pattern of :func:`slice_products` for given pairs, built once and applied to
+    any operands of its shape: a row copy's tile is widened a few slices at a time
+    (:func:`pair_product`), and each group's product has the same pairs and the same number of
+    slices.  Building the pattern afresh for each group (its counts, offsets and column indices)
+    took a third of the tiles' sampled products at (b), k = 5 (BENCHMARKS.md, issue 16 item 21)."""
+
+    def __init__(self, ai: torch.Tensor, a_slice_major: bool, n_a: int, bi: torch.Tensor, b_slice_major: bool,
+                 n_b: int, full: int):
+        dev = ai.device
+        self.order = None if bool((ai[1:] >= ai[:-1]).all()) else torch.argsort(ai, stable=True)
+        ao, bo = (ai, bi) if self.order is None else (ai[self.order], bi[self.order])
+        self.n, self.full = len(ao), full
+        count = torch.bincount(ao, minlength=n_a)
+        crow = torch.zeros(n_a * full + 1, dtype=torch.long, device=dev)
+        torch.cumsum(count.repeat(full) if a_slice_major else count.repeat_interleave(full), 0, out=crow[1:])
+        slices = torch.arange(full, device=dev)
+        b_row = slices[None, :] * n_b + bo[:, None] if b_slice_major else bo[:, None] * full + slices[None, :]
+        if a_slice_major:  # pattern rows (slice, item): the entries come in (slice, pair) order
+            self.pos = None
+            cols = b_row.T.reshape(-1)
+        else:  # rows (item, slice): a pair's entry in each of its item's rows
+            within = torch.arange(self.n, device=dev) - (torch.cumsum(count, 0) - count)[ao]
+            self.pos = (crow[ao[:, None] * full + slices[None, :]] + within[:, None]).reshape(-1)
+            cols = torch.empty(len(self.pos), dtype=torch.long, device=dev)
+            cols[self.pos] = b_row.reshape(-1)
+        self.pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), dtype=torch.float32, device=dev),
+                                               size=(n_a * full, n_b * full), check_invariants=False)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The pairs' sums over the slices of ``a`` and ``b`` (the shapes the pattern was built for)."""
+        got = torch.sparse.sampled_addmm(self.pattern, a, b.T, beta=0.0).values()
+        n, full = self.n, self.full
+        sums = got.view(full, n).sum(dim=0) if self.pos is None else got[self.pos].view(n, full).sum(dim=1)
+        if self.order is None:
+            return sums
+        out = torch.empty(n, dtype=torch.float32, device=a.device)
+        out[self.order] = sums
+        return out
 
 
 def predict_tiles(sample: list, times: list, rest: list) -> float:
