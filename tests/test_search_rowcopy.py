@@ -300,3 +300,8 @@ def test_float16_rows_are_widened_a_few_slices_at_a_time_within_the_bound(group,
     pick = [0, 2]  # rows 2 and 0
     again = tiles.pair_product(qc, qi[pick], lr[pick], r16[:3], buffer)  # the buffer reused for a smaller tile
     np.testing.assert_allclose(again.numpy(), got[pick].numpy(), atol=1e-6)  # (float32 sums: order may differ)
+    # each group's product takes the tile's one pattern (tiles.SlicePattern): pairs in any order
+    # come back in their own places, in every group alike
+    shuffle = torch.tensor([6, 2, 0, 5, 1, 4, 3])
+    np.testing.assert_allclose(tiles.pair_product(qc, qi[shuffle], lr[shuffle], r16, buffer).numpy(),
+                               got[shuffle].numpy(), atol=1e-6)
