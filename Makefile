@@ -45,10 +45,12 @@ dimensions: $(STAMP)
 
 # issue 16's search benchmark in one command: workload (a) at k = 5 and k = 1, then workload (b),
 # 1,000 queries against an 80,000-image store of 21 GB built on first use (about 25 min the
-# first time on a 2-core CPU, 12 min after; figures in BENCHMARKS.md)
+# first time on a 2-core CPU, 12 min after), then the floors of both (what no exact search of
+# this design can skip, benchmarks/search_floors.py, 3 min; figures in BENCHMARKS.md)
 bench-search: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) benchmarks/search.py --size 64 --k 5 --precisions auto --methods torch,faiss,index,pruned,auto --peak-n 1024 --json runs/bench-search-k5.json
 	$(PY) benchmarks/search.py --size 64 --k 1 --precisions auto --methods torch,faiss,index,pruned,auto --peak-n 1024 --json runs/bench-search-k1.json
 	$(PY) benchmarks/search_scale.py --json runs/bench-scale.json
 	$(PY) benchmarks/search_scale.py --row-copy --json runs/bench-scale-rowcopy.json
+	$(PY) benchmarks/search_floors.py --scale --json runs/bench-floors.json
