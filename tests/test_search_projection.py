@@ -332,6 +332,20 @@ def test_constant_images_inside_a_tile_span_are_not_matched():
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
+def test_auto_counts_its_one_off_probe_among_the_stages(brainlike):
+    """The first ``method="auto"`` search of an index times the brute probe (once per index, not
+    in any stage of the search): its seconds are among the result's stages, and only there."""
+    q, ref = brainlike
+    index = CorrelationIndex(ref, basis_dim=4)
+    first = index.topk(q, k=2, method="auto")
+    assert first.stats["seconds"]["probe_s"] > 0
+    assert first.stats["auto_figures"]["probe_s"] == pytest.approx(first.stats["seconds"]["probe_s"], abs=1e-4)
+    again = index.topk(q, k=2, method="auto")
+    assert "probe_s" not in again.stats["seconds"] and "probe_s" not in again.stats["auto_figures"]
+    assert "probe_s" not in index.topk(q, k=2, method="pruned").stats["seconds"]
+    np.testing.assert_array_equal(first.indices, again.indices)
+
+
 def test_auto_says_what_it_chose(brainlike, monkeypatch):
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, 2)

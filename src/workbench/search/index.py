@@ -349,6 +349,7 @@ class CorrelationIndex:
                                         tile=tile, progress=progress, auto=auto)
             if result is not None:
                 if auto is not None:
+                    note_probe(result, auto)
                     result.stats["auto"] = (f"pruned: the tiles evaluate {auto['fraction']:.1%} of the pairs; the rest "
                                             f"predicted {auto['pruned_rest_s']:.3g} s from a timed sample of them, "
                                             f"brute force {auto['brute_total_s']:.3g} s (its screen by the index's "
@@ -369,6 +370,7 @@ class CorrelationIndex:
                        f"(more than {tiles.AUTO_MAX_FRACTION:.0%})")
             result.stats["auto"] = f"brute: {why}"
             result.stats["auto_figures"] = clean_figures(auto)
+            note_probe(result, auto)
         return result
 
     def brute_seconds(self, n_queries: int) -> float:
@@ -388,7 +390,12 @@ class CorrelationIndex:
         return self._probe
 
     def _auto_figures(self, n_queries: int) -> dict:
-        """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`)."""
+        """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`), with
+        ``probe_s`` where this call ran the index's one-off probe (at (b) 0.6-0.9 s, read from disk:
+        a search's stages did not show it; BENCHMARKS.md, issue 16 item 21)."""
+        fresh, t0 = getattr(self, "_probe", None) is None, time.perf_counter()
+        brute_s = self.brute_seconds(n_queries)
+        probe = {"probe_s": time.perf_counter() - t0} if fresh else {}
         if self.vectors is not None and self.dtype == torch.bfloat16:
             # near a query's k-th best the bf16 screen's per-pair bound is about ||x_l|| + ||y_l||
             # (bounds.py): the query's taken as a typical row's.  A prediction, not a bound.
@@ -396,7 +403,7 @@ class CorrelationIndex:
             brute_eps = lo + lo.median() + lo * lo.median() + tiles.tier_error_bound(self.select.dim)
         else:
             brute_eps = screen_error_bound(self.select.dim, torch.float32)
-        return {"brute_s": self.brute_seconds(n_queries), "brute_eps": brute_eps}
+        return {"brute_s": brute_s, "brute_eps": brute_eps, **probe}
 
     def _probe_brute(self) -> dict:
         # references as a brute-force block holds them, up to 128 MB of float32; the first of them
@@ -624,6 +631,12 @@ def locate(index_path: Path, meta: dict, key: str, what: str) -> Path:
     where = f"nor at {moved}, where it would be had it moved with the index" if moved else "(moved or removed?)"
     raise WorkbenchError(f"{was}: the {what} of the index {index_path} is not there {where}; put it back, or build "
                          "the index again")
+
+
+def note_probe(result, auto: dict) -> None:
+    """The one-off probe's seconds among the result's stages, where this search ran it."""
+    if "probe_s" in auto:
+        result.stats.setdefault("seconds", {})["probe_s"] = round(auto["probe_s"], 4)
 
 
 def clean_figures(auto: dict) -> dict:
