@@ -364,10 +364,12 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     assert res.stats["tiles_evaluated"] > 0 and pruned.stats["tiles_evaluated"] > 0  # the sampled ones counted
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
+    assert index._tile_rates == {(len(q), 2): figures["tile_rate"]} and figures["tile_rate"] > 0  # remembered
     # a free brute screen and dear tiles: brute after the timed sample, taking the seeds' exact
     # values (no pair evaluated exactly twice) and their k-th best as its floor
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 0.0, "row_s": 0.0})
     monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
+    index._tile_rates.clear()  # no earlier search to go by: a sample
     calls = spy_exact(monkeypatch)
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "brute" and "timed sample of them" in res.stats["auto"]
@@ -379,6 +381,20 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     assert res.rescored < alone.rescored  # brute force alone rescores the seeds' pairs itself
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_array_equal(res.values, alone.values)
+    # the rate that sample measured is remembered: the next auto search of the same shape goes brute
+    # at once (the screen is free), with no tile evaluated, taking the seeds all the same
+    calls.clear()
+    res = index.topk(q, k=2, tile=4)
+    assert res.stats["method"] == "brute" and "no sample taken" in res.stats["auto"]
+    assert "sample_pairs" not in res.stats["auto_figures"] and res.stats["auto_figures"]["tiles_at_rate_s"] > 0
+    every = [p for c in calls for p in c]
+    assert len(calls) == 2 and len(every) == len(set(every))
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_array_equal(res.values, alone.values)
+    # another number of queries or another k: no rate to go by, a sample again
+    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 1.0)
+    assert "timed sample of them" in index.topk(q[:-1], k=2, tile=4).stats["auto"]
+    assert "timed sample of them" in index.topk(q, k=3, tile=4).stats["auto"]
     # tiles that would evaluate more than AUTO_MAX_FRACTION of the pairs: brute without a sample
     monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 0.0)
     res = index.topk(q, k=2, tile=4)

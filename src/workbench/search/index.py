@@ -343,10 +343,12 @@ class CorrelationIndex:
         if tile is not None and tile < 1:
             raise WorkbenchError(f"tile must be >= 1 image, got {tile}")
         q64, const_q = prepare_queries(queries, self.select)
-        auto = self._auto_figures(len(q64)) if method == "auto" else None
+        auto = self._auto_figures(len(q64), k) if method == "auto" else None
         if method != "brute":
             result = tiles.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
                                         tile=tile, progress=progress, auto=auto)
+            if auto is not None and "tile_rate" in auto:  # remembered for this index's next auto search of this shape
+                self._tile_rates[(len(q64), k)] = auto["tile_rate"]
             if result is not None:
                 if auto is not None:
                     note_probe(result, auto)
@@ -360,7 +362,11 @@ class CorrelationIndex:
         known = auto.pop("known", None) if auto is not None else None  # the seeds, exact: brute force takes them
         result = self._brute(q64, const_q, k, block_size, progress, known)
         if auto is not None:
-            if "pruned_rest_s" in auto:
+            if "tiles_at_rate_s" in auto:
+                why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; at the rate an earlier "
+                       f"search of this index measured they would take {auto['tiles_at_rate_s']:.3g} s, more "
+                       f"than {tiles.AUTO_SKIP_MARGIN:g}x brute force's screen {auto['brute_s']:.3g} s (no sample taken)")
+            elif "pruned_rest_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; the rest predicted "
                        f"{auto['pruned_rest_s']:.3g} s from a timed sample of them, brute force "
                        f"{auto['brute_total_s']:.3g} s (its screen by the index's probe, its rescore at the "
@@ -389,7 +395,7 @@ class CorrelationIndex:
             self._probe = self._probe_brute()
         return self._probe
 
-    def _auto_figures(self, n_queries: int) -> dict:
+    def _auto_figures(self, n_queries: int, k: int) -> dict:
         """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`), with
         ``probe_s`` where this call ran the index's one-off probe (at (b) 0.6-0.9 s, read from disk:
         a search's stages did not show it; BENCHMARKS.md, issue 16 item 21)."""
@@ -403,7 +409,13 @@ class CorrelationIndex:
             brute_eps = lo + lo.median() + lo * lo.median() + tiles.tier_error_bound(self.select.dim)
         else:
             brute_eps = screen_error_bound(self.select.dim, torch.float32)
-        return {"brute_s": brute_s, "brute_eps": brute_eps, **probe}
+        # an earlier auto search's measure of the tiles, with as many queries and the same k: a tile's
+        # fixed cost weighs on few queries (a warm-up on 8 queries then sent k = 5 of 256 to brute
+        # force at 0.19 s against 0.15 s pruned), and k sets how dense the tiles are
+        if not hasattr(self, "_tile_rates"):
+            self._tile_rates = {}
+        rate = self._tile_rates.get((n_queries, k))
+        return {"brute_s": brute_s, "brute_eps": brute_eps, **probe, **({} if rate is None else {"tile_rate": rate})}
 
     def _probe_brute(self) -> dict:
         # references as a brute-force block holds them, up to 128 MB of float32; the first of them

@@ -114,6 +114,12 @@ AUTO_SAMPLE_MIN_STRIDE = 4
 #: ``method="auto"`` goes brute without sampling where the tiles would evaluate more than this
 #: fraction of the pairs (a tile's pair costs 2-9x a brute-force pair, BENCHMARKS.md)
 AUTO_MAX_FRACTION = 0.5
+#: ``method="auto"`` also goes brute without sampling where the tiles, at the seconds per pair that
+#: an earlier search of the same index measured on its sample (``auto["tile_rate"]``), would take
+#: this many times brute force's screen: a sample is lost where it goes brute
+#: (at (a), k = 50, bf16 rows: 51-53 ms of a 0.39 s search that brute force alone did in 0.30-0.32 s;
+#: BENCHMARKS.md, issue 16 item 21)
+AUTO_SKIP_MARGIN = 1.5
 #: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
 #: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
 #: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
@@ -552,6 +558,12 @@ def plan_pairs(plan: list) -> int:
     return sum(t.work() for t in plan)
 
 
+def plan_work(plan: list) -> float:
+    """Pairs a plan of tiles evaluates, a sampled tile's counted SPARSE_PAIR_COST times (the unit
+    of ``method="auto"``'s remembered rate)."""
+    return float(sum(t.work(SPARSE_PAIR_COST) for t in plan))
+
+
 def unique_pairs(qi: torch.Tensor, ri: torch.Tensor, si: torch.Tensor | None, n: int):
     """Each evaluated (query, reference) pair once: ``(qi, ri, si)`` without repeats, or, with
     ``si`` None, the positions that keep the first of each."""
@@ -592,8 +604,11 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     the rest of the pruned search would take longer than brute force, or the tiles would evaluate
     more than AUTO_MAX_FRACTION of all pairs, this returns None, having spent the bounds, the seeds
     and the sample, and leaves the seeds in the dict (``known``: pairs, exact values and each
-    query's k-th best of them) for brute force to take.  The dict receives what was measured and
-    predicted.
+    query's k-th best of them) for brute force to take.  ``tile_rate`` (seconds per pair of
+    :func:`plan_work`), where given, is an earlier search's measure of the tiles on the same
+    index: where the tiles at that rate would take AUTO_SKIP_MARGIN times the brute screen, this
+    returns None without a sample.  The dict receives what was measured and predicted (a sample's
+    ``tile_rate`` included).
     """
     nq, n = len(q64), len(ref.codes)
     in_memory = not getattr(ref, "from_disk", False)
@@ -811,6 +826,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         auto["fraction"] = (work + len(seed_q)) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
             return None
+        rate = auto.get("tile_rate")
+        if rate is not None and rate * plan_work(plan) > AUTO_SKIP_MARGIN * auto["brute_s"]:
+            auto["tiles_at_rate_s"] = rate * plan_work(plan)
+            return None
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
         # each tile's seconds fitted as a fixed cost plus a cost per pair, which predicts the rest
         # (a cost per pair alone misjudged the rest by a third where the sample's tiles were larger)
@@ -819,6 +838,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         run(sample, tau_dev, "sampling tiles", times)
         spent = float(sum(times))
         done = plan_pairs(sample)
+        auto["tile_rate"] = spent / max(plan_work(sample), 1)  # seconds per pair (sampled ones weighted): kept by the index
         sampled = [t for t in plan if t.pairs is not None]
         if whole is not None and sampled and merged_tally[1]:  # evaluated together: at the rate of all so far
             dense = [(t, sec) for t, sec in zip(sample, times) if t.pairs is None]
