@@ -826,9 +826,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         auto["fraction"] = (work + len(seed_q)) / max(nq * n, 1)
         if auto["fraction"] > AUTO_MAX_FRACTION:
             return None
-        rate = auto.get("tile_rate")
-        if rate is not None and rate * plan_work(plan) > AUTO_SKIP_MARGIN * auto["brute_s"]:
-            auto["tiles_at_rate_s"] = rate * plan_work(plan)
+        at_rate = None if auto.get("tile_rate") is None else auto["tile_rate"] * plan_work(plan)
+        if at_rate is not None and at_rate > AUTO_SKIP_MARGIN * auto["brute_s"]:
+            auto["tiles_at_rate_s"] = at_rate
             return None
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
         # each tile's seconds fitted as a fixed cost plus a cost per pair, which predicts the rest
