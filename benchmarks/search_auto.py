@@ -8,11 +8,20 @@ store is cached under ``runs/bench-cache/``).  Per index copy: the time of the i
 brute probe, then per k the best of two searches by ``pruned``, ``brute`` and ``auto`` (after a
 warm-up on 8 queries), the fraction of the pairs the tiles evaluate, and what ``auto`` chose and why.
 Every search is checked against the float64 truth.  Run it on an otherwise idle machine.
+
+Then the first search of a new process (``--new-process N``, default 3 rounds; 0 skips it): the float32
+index saved, and ``workbench search --index`` run as a papermill rerun or a shell loop would run it,
+alternately with an empty per-machine cache (the brute probe timed in that process) and with the
+cache the first run left (the probe's figures read), each process's wall time and its search's.
+The in-process part above always probes afresh (a cache of its own in a temporary folder).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +35,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precisions", nargs="+", default=["float32", "bf16"])
     ap.add_argument("--k", type=int, nargs="+", default=[1, 5, 50, 200, 800])
+    ap.add_argument("--new-process", type=int, default=3, metavar="N",
+                    help="rounds of the first auto search in a new process, without and with the probe's cache")
     args = ap.parse_args(argv)
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-auto-cache-")  # probes timed here, not read
     from workbench.search import CorrelationIndex
 
     work = bench.build_workload(64, 256, 8192, 84, 4, 0)
@@ -59,6 +71,46 @@ def main(argv=None) -> None:
                     why = res.stats["auto"]
             print(f"| {k} | {fraction:.3f} | {seconds['pruned']:.3f} | {seconds['brute']:.3f} | "
                   f"{seconds['auto']:.3f} | {why} |", flush=True)
+    if args.new_process:
+        new_process(work, args.new_process)
+
+
+def new_process(work, rounds: int) -> None:
+    """``workbench search --index`` in fresh processes, k = 5, without and with the probe's cache."""
+    import pandas as pd
+
+    from workbench.data.store import SliceStore, StoreWriter
+    from workbench.search import CorrelationIndex
+
+    q, r = work["queries"], work["reference"]
+    root = Path(tempfile.mkdtemp(prefix="bench-auto-", dir=bench.CACHE))
+    for name, images in (("queries", q), ("reference", r)):
+        with StoreWriter(root / name, channels=[f"c{i}" for i in range(r.shape[1])], height=r.shape[2],
+                         width=r.shape[3]) as w:
+            w.append(images, [{"split": "train"}] * len(images))
+    CorrelationIndex(SliceStore.open(root / "reference"), precision="float32").save(root / "index")
+    warm = Path(tempfile.mkdtemp(prefix="bench-auto-cache-"))
+    print("\nfirst auto search of a new process (`workbench search --index`, k = 5), seconds:")
+    print("| round | probe cache | process wall s | search s (as the command reports it) | probe s |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for i in range(-1, rounds):  # round 0 fills the kept cache
+        for cache in ("empty", "kept")[i < 0:]:
+            folder = warm if cache == "kept" else Path(tempfile.mkdtemp(prefix="bench-auto-cache-"))
+            out = root / f"m{i}-{cache}.csv"
+            t0 = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", "workbench", "search", "--queries", str(root / "queries"),
+                                  "--index", str(root / "index"), "--k", "5", "--out", str(out), "--overwrite"],
+                                 env={**os.environ, "XDG_CACHE_HOME": str(folder)}, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if run.returncode:
+                raise SystemExit(run.stderr)
+            said = next(ln for ln in run.stdout.splitlines() if ln.startswith("searched"))
+            search_s = float(said.split(" pairs in ")[1].split(" s ")[0])
+            probe = run.stdout.split("probe timed now, ")[1].split(" s")[0] if "probe timed now" in run.stdout else "-"
+            table = pd.read_csv(out)
+            if not (table.groupby("query").size() == 5).all():
+                raise SystemExit(f"{out}: not 5 matches a query")
+            print(f"| {i + 1} | {cache} | {wall:.2f} | {search_s:.2f} | {probe} |", flush=True)
 
 
 if __name__ == "__main__":

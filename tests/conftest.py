@@ -9,6 +9,29 @@ from workbench.data.phantom import write_brain_phantom
 from workbench.data.prepare import prepare_brats_store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def machine_cache(tmp_path_factory):
+    """The per-machine probes' cache (bf16 speed, the search's brute probe) in a folder of this test
+    session, never the user's ``~/.cache``: what one test measured another (and the notebooks the
+    tests run, which inherit the environment) may read, as on a user's machine."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield os.environ["XDG_CACHE_HOME"]
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture
+def fresh_machine_cache(tmp_path, monkeypatch):
+    """An empty per-machine cache for one test: every probe is measured again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "workbench"
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantom") / "brain"

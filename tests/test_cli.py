@@ -79,6 +79,7 @@ def test_search_command_says_what_auto_chose(phantom_store, tmp_path, capsys, mo
                  "--split", "train", "--k", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "method auto chose " in printed and ("predicted" in printed or "more than" in printed)
+    assert "probe timed now" in printed or "probe as measured 20" in printed  # where brute force's figures came from
 
 
 def test_index_command_and_search_with_it_give_the_searchs_table(phantom_store, tmp_path, capsys):

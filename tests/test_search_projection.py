@@ -3,6 +3,7 @@
 Every method, basis and tier must equal float64 brute force, on adversarial data too; every bound
 must hold on every pair.
 """
+import json
 import math
 
 import numpy as np
@@ -332,7 +333,7 @@ def test_constant_images_inside_a_tile_span_are_not_matched():
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
 
 
-def test_auto_counts_its_one_off_probe_among_the_stages(brainlike):
+def test_auto_counts_its_one_off_probe_among_the_stages(brainlike, fresh_machine_cache):
     """The first ``method="auto"`` search of an index times the brute probe (once per index, not
     in any stage of the search): its seconds are among the result's stages, and only there."""
     q, ref = brainlike
@@ -344,6 +345,37 @@ def test_auto_counts_its_one_off_probe_among_the_stages(brainlike):
     assert "probe_s" not in again.stats["seconds"] and "probe_s" not in again.stats["auto_figures"]
     assert "probe_s" not in index.topk(q, k=2, method="pruned").stats["seconds"]
     np.testing.assert_array_equal(first.indices, again.indices)
+
+
+def test_the_brute_probe_is_kept_per_machine_and_shape_of_the_work(brainlike, tmp_path, fresh_machine_cache,
+                                                                   monkeypatch):
+    """A new process (here: a new index) on the same machine reads the brute probe's figures from
+    the cache instead of timing them again (a papermill rerun, ``workbench search --index``); rows
+    from elsewhere (another precision, a store) or another size are probed afresh, and an unreadable
+    cache only means probing again."""
+    q, ref = brainlike
+    timed = []
+    real = CorrelationIndex._probe_brute
+    monkeypatch.setattr(CorrelationIndex, "_probe_brute", lambda self: timed.append(self) or real(self))
+    first = CorrelationIndex(ref, basis_dim=4)
+    figures = first.probe()
+    assert len(timed) == 1 and figures["pair_s"] > 0
+    saved = json.loads((fresh_machine_cache / "search-probe.json").read_text())
+    assert saved[first.probe_key()]["pair_s"] == figures["pair_s"]
+    other = CorrelationIndex(ref[::-1].copy(), basis_dim=4)  # other values, the same work
+    res = other.topk(q, k=2, method="auto")
+    assert len(timed) == 1 and other.probe()["pair_s"] == figures["pair_s"]
+    assert "probe_s" not in res.stats["seconds"] and res.stats["auto_figures"]["probe_measured"] == figures["measured"]
+    ev, ei, _ = truth(q, ref[::-1], 2)
+    np.testing.assert_array_equal(res.indices, ei)
+    for elsewhere in (CorrelationIndex(ref, basis_dim=4, precision="bf16"), CorrelationIndex(ref[:40], basis_dim=4),
+                      CorrelationIndex(write_store(tmp_path / "s", ref), basis_dim=4, keep_vectors=False)):
+        assert elsewhere.probe_key() != first.probe_key()
+        elsewhere.probe()
+    assert len(timed) == 4
+    (fresh_machine_cache / "search-probe.json").write_text("{not json")
+    CorrelationIndex(ref, basis_dim=4).probe()
+    assert len(timed) == 5 and json.loads((fresh_machine_cache / "search-probe.json").read_text())
 
 
 def test_auto_says_what_it_chose(brainlike, monkeypatch):
@@ -779,7 +811,7 @@ def test_a_caller_allowing_lower_precision_float32_products_still_gets_the_exact
 
 
 @pytest.mark.parametrize("kind", ["float32", "bf16", "out-of-core"])
-def test_the_brute_probe_predicts_a_positive_time_once_per_index(brainlike, tmp_path, kind):
+def test_the_brute_probe_predicts_a_positive_time_once_per_index(brainlike, tmp_path, kind, fresh_machine_cache):
     """method="auto" compares the tiles' measured cost with the brute screen's, timed once per
     index on its own rows as the brute search reads them (memory, or the store)."""
     _, ref = brainlike

@@ -420,11 +420,16 @@ def _search(args) -> None:
         table.to_csv(tmp, index=False) if out.suffix == ".csv" else table.to_parquet(tmp, index=False)
     pairs = len(queries) * len(reference)
     pruned = f", {1 - stats['full_fraction']:.1%} of pairs pruned" if "full_fraction" in stats else ""
-    print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.1f} s "
+    print(f"searched {len(queries)} queries x {len(reference)} reference images = {pairs:,} pairs in {seconds:.2f} s "
           f"({pairs / max(seconds, 1e-9):,.0f} pairs/s; {stats.get('method', 'brute')}, {stats.get('precision')} screen, "
           f"{stats.get('candidates_per_query', 0):.1f} candidates rescored per query{pruned}); wrote {out}")
     if "auto" in stats:  # method="auto": what it measured and chose
-        print(f"method auto chose {stats['auto']}")
+        figures = stats.get("auto_figures", {})
+        if "probe_s" in figures:
+            probe = f"brute force's probe timed now, {figures['probe_s']:.2f} s, kept for this machine's next searches"
+        else:
+            probe = f"brute force's probe as measured {figures.get('probe_measured', 'before')}"
+        print(f"method auto chose {stats['auto']} ({probe})")
 
 
 def _index(args) -> None:

@@ -57,9 +57,34 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
-def _cache_file() -> Path:
+def _cache_file(name: str = "precision.json") -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "workbench" / "precision.json"
+    return Path(base) / "workbench" / name
+
+
+def cached_figures(name: str, key: str, measure, required) -> tuple[dict, bool]:
+    """Figures measured once per machine: ``(figures, measured_now)``, from the cache file ``name``
+    (``$XDG_CACHE_HOME/workbench/``) under ``key`` where it holds every one of ``required``, else
+    ``measure()`` (stamped with when) written there for the next process.  ``key`` should start
+    with :func:`_machine_key`.  A cache that cannot be read or written only means measuring again."""
+    path = _cache_file(name)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if isinstance(cached.get(key), dict) and set(required) <= set(cached[key]):
+        return cached[key], False
+    measured = {**measure(), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**cached, key: measured}, indent=1))
+        os.replace(tmp, path)  # whole or not at all: another process may read it meanwhile
+    except OSError:
+        pass
+    return measured, True
 
 
 def _machine_key(device: torch.device) -> str:
@@ -117,29 +142,9 @@ def bf16_speedups(device) -> dict:
     """Measured speed of bf16 relative to float32 on ``device``: ``{"conv": .., "matmul": ..}`` (cached)."""
     device = torch.device(device)
     key = _machine_key(device)
-    if key in _memo:
-        return _memo[key]
-    path = _cache_file()
-    cached = {}
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    if not isinstance(cached, dict):
-        cached = {}
-    if isinstance(cached.get(key), dict) and {"conv", "matmul"} <= set(cached[key]):
-        _memo[key] = cached[key]
-        return cached[key]
-    measured = {**_probe(device), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _memo[key] = measured
-    try:  # a cache that cannot be written only means probing again next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**cached, key: measured}, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return measured
+    if key not in _memo:
+        _memo[key] = cached_figures("precision.json", key, lambda: _probe(device), ("conv", "matmul"))[0]
+    return _memo[key]
 
 
 def use_bf16(bf16, device, *, kind: str = "conv") -> bool:
