@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new-process", type=int, default=3, metavar="N",
                     help="rounds of the first auto search in a new process, without and with the probe's cache")
     args = ap.parse_args(argv)
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bench-auto-cache-")  # probes timed here, not read
+    bench.probe_afresh()  # the probe timed here, not read from this machine's cache
     from workbench.search import CorrelationIndex
 
     work = bench.build_workload(64, 256, 8192, 84, 4, 0)
@@ -76,26 +76,32 @@ def main(argv=None) -> None:
 
 
 def new_process(work, rounds: int) -> None:
-    """``workbench search --index`` in fresh processes, k = 5, without and with the probe's cache."""
+    """``workbench search --index`` in fresh processes, k = 5, without and with the probe's cache
+    (the stores, the index and the caches in temporary folders, removed after)."""
+    with tempfile.TemporaryDirectory(prefix="bench-auto-", dir=bench.CACHE) as root, \
+            tempfile.TemporaryDirectory(prefix="bench-auto-cache-") as caches:
+        new_process_runs(work, rounds, Path(root), Path(caches))
+
+
+def new_process_runs(work, rounds: int, root: Path, caches: Path) -> None:
     import pandas as pd
 
     from workbench.data.store import SliceStore, StoreWriter
     from workbench.search import CorrelationIndex
 
     q, r = work["queries"], work["reference"]
-    root = Path(tempfile.mkdtemp(prefix="bench-auto-", dir=bench.CACHE))
     for name, images in (("queries", q), ("reference", r)):
         with StoreWriter(root / name, channels=[f"c{i}" for i in range(r.shape[1])], height=r.shape[2],
                          width=r.shape[3]) as w:
             w.append(images, [{"split": "train"}] * len(images))
     CorrelationIndex(SliceStore.open(root / "reference"), precision="float32").save(root / "index")
-    warm = Path(tempfile.mkdtemp(prefix="bench-auto-cache-"))
+    warm = caches / "kept"
     print("\nfirst auto search of a new process (`workbench search --index`, k = 5), seconds:")
     print("| round | probe cache | process wall s | search s (as the command reports it) | probe s |")
     print("| ---: | --- | ---: | ---: | ---: |")
     for i in range(-1, rounds):  # round 0 fills the kept cache
         for cache in ("empty", "kept")[i < 0:]:
-            folder = warm if cache == "kept" else Path(tempfile.mkdtemp(prefix="bench-auto-cache-"))
+            folder = warm if cache == "kept" else caches / f"empty-{i}"
             out = root / f"m{i}-{cache}.csv"
             t0 = time.perf_counter()
             run = subprocess.run([sys.executable, "-m", "workbench", "search", "--queries", str(root / "queries"),
