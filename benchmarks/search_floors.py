@@ -153,7 +153,8 @@ def workload_b(images: int, n_queries: int, repeats: int = 3) -> dict:
         if truth["values"].shape[1] < k:
             continue
         tau = torch.from_numpy(truth["values"][:, k - 1] - 1e-9)  # the true k-th best, a hair below
-        surv = tiles.survivor_mask(None, first, index.constant, const_q, tau, "cpu", n)
+        surv = torch.cat([bounds() >= tau.float()[:, None]
+                          for _, _, _, bounds in tiles.bound_blocks(*first, index.constant, const_q, "cpu")], dim=1)
         if level:
             qi, ri = tiles.cascade_pairs(surv, tau, index, (cq, rho_q, slack_q))
         else:

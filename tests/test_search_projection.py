@@ -760,10 +760,32 @@ def test_sampled_tiles_of_images_longer_than_a_slice_are_exact(tmp_path, monkeyp
     np.testing.assert_array_equal(res.indices, truth(q, ref, 5)[1])
 
 
+@pytest.mark.parametrize("n", [64 * 24, 64 * 24 + 37, 100])
+def test_the_seeds_two_stage_top_m_is_torch_topk(n):
+    """tiles.top_m (the maxima of runs of columns, then the best runs' columns) gives torch.topk's
+    values, and columns holding them, past the last whole run too, with -inf (constant) rows and
+    columns and ties."""
+    gen = torch.Generator().manual_seed(n)
+    est = torch.randn(7, n, generator=gen)
+    est[2] = -math.inf  # a constant query
+    est[:, 5] = -math.inf  # a constant reference
+    est[4, :] = 0.5  # all tied
+    est[5, -3:] = 9.0  # the best past the last whole run
+    est[6, ::2] = est[6, 0]  # every other column tied with the first
+    for m in (1, 3, 6):
+        v, i = tiles.top_m(est, m)
+        want, _ = torch.topk(est, m, dim=1)
+        torch.testing.assert_close(v, want, rtol=0, atol=0)
+        torch.testing.assert_close(torch.gather(est, 1, i), want, rtol=0, atol=0)
+        assert all(len(set(row.tolist())) == m for row in i)  # distinct references
+
+
 @pytest.mark.parametrize("level1", [None, 8])
-def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, monkeypatch, level1):
-    """Above HOLD_BOUNDS_BYTES the Q x N bounds are not held from the seeds to the survivors but
-    computed again block by block: the same pairs survive, the same answer comes back."""
+@pytest.mark.parametrize("per_group", [1, 3])
+def test_queries_in_groups_give_the_same_search(brainlike, monkeypatch, level1, per_group):
+    """Above HOLD_BOUNDS_BYTES the bounds, seeds and survivors go a group of queries at a time (the
+    group's bounds held from its seeds to its survivors): the same pairs survive, the same answer
+    comes back, the constant query in a group of its own or beside others."""
     if level1:
         monkeypatch.setattr(index_module, "LEVEL1", level1)
     monkeypatch.setattr(tiles, "BOUND_ROWS", 50)  # several blocks
@@ -773,7 +795,7 @@ def test_bounds_recomputed_for_the_survivors_give_the_same_search(brainlike, mon
     index = CorrelationIndex(ref, basis_dim=32)
     with pytest.warns(UserWarning, match="constant"):
         held = index.topk(q, k=3, method="pruned", tile=8)
-    monkeypatch.setattr(tiles, "HOLD_BOUNDS_BYTES", 0)
+    monkeypatch.setattr(tiles, "HOLD_BOUNDS_BYTES", 4 * len(ref) * per_group)
     with pytest.warns(UserWarning, match="constant"):
         again = index.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(again.indices, held.indices)

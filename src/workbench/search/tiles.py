@@ -120,9 +120,10 @@ AUTO_MAX_FRACTION = 0.5
 #: (at (a), k = 50, bf16 rows: 51-53 ms of a 0.39 s search that brute force alone did in 0.30-0.32 s;
 #: BENCHMARKS.md, issue 16 item 21)
 AUTO_SKIP_MARGIN = 1.5
-#: the Q x N float32 bounds are held from the seeds to the survivors up to this size; above it they
-#: are computed a second time, block by block, into the survivor mask: at workload (b) (1,000 x
-#: 80,000) holding them took 320 MB of a peak near the 3 GB target, recomputing them 0.4-0.5 s
+#: the float32 bounds of a group of queries x N references are held from the seeds to the survivors
+#: up to this size; larger searches go a group of queries at a time (at workload (b), 1,000 x 80,000,
+#: holding all of them took 320 MB of a peak near the 3 GB target; computing them a second time for
+#: the survivors instead, as until issue 16 item 22, cost 0.3-0.5 s)
 HOLD_BOUNDS_BYTES = 128 * 2**20
 #: rows read from disk: while a tile is multiplied, the rows of the next PREFETCH_TILES + 1 tiles are
 #: read (``CorrelationIndex.raw_reader``: O_DIRECT, by a few threads, into buffers of the reader's own,
@@ -395,52 +396,64 @@ def predict_tiles(sample: list, times: list, rest: list) -> float:
     return float(todo.sum() * t.sum() / max(pairs.sum(), 1.0))
 
 
-def bound_blocks(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev):
+def bound_blocks(cq, rho_q, slack_q, codes, rho, slack, constant, const_q, dev, out: torch.Tensor | None = None):
     """``(a, b, est, ub)`` for blocks of BOUND_ROWS references: the projected r (c_x.c_y, an
     estimate of r) and the upper bounds, Q x (b - a) float32 (constant queries and references
-    -inf in both).  ``ub`` is computed from ``est``: read ``est`` first."""
+    -inf in both).  ``ub`` is computed from ``est``, in place: read ``est`` first.  With ``out``
+    (Q x N float32) each block's ``est``, and so its bounds, are the columns a:b of ``out``."""
     n = len(codes)
-    dead = torch.from_numpy(constant).to(dev)
-    dead_q = torch.from_numpy(const_q).to(dev) if const_q.any() else None
+    dead = np.flatnonzero(constant)
+    dead_q = torch.from_numpy(np.flatnonzero(const_q)).to(dev)
     for a in range(0, n, BOUND_ROWS):
         b = min(a + BOUND_ROWS, n)
-        est = cq @ codes[a:b].to(dev).T
-        est[:, dead[a:b]] = -math.inf
-        if dead_q is not None:
+        if out is None:
+            est = cq @ codes[a:b].to(dev).T
+        else:
+            est = torch.mm(cq, codes[a:b].to(dev).T, out=out[:, a:b])
+        cols = dead[(dead >= a) & (dead < b)] - a
+        if len(cols):
+            est[:, torch.from_numpy(cols).to(dev)] = -math.inf
+        if len(dead_q):
             est[dead_q] = -math.inf
         yield a, b, est, lambda est=est, a=a, b=b: projection.finish_bounds(est, rho_q, slack_q, rho[a:b].to(dev),
                                                                              slack[a:b].to(dev))
 
 
-def seeds_and_bounds(first, constant, const_q, dev, m: int, hold: bool):
-    """Per query the ``m`` references of highest projected r (the seeds) and their projected r
-    (Q x m, descending), and the Q x N bounds when ``hold`` (else None: :func:`survivor_mask`
-    computes them again, block by block)."""
+def top_m(est: torch.Tensor, m: int, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(est, m, dim=1)`` in two stages: the maxima of runs of ``width`` columns, the m
+    runs of highest maximum (which hold every one of a row's m largest values: a run holding one
+    has its maximum at least the m-th largest, and at most m runs' maxima are), then the m largest
+    of those runs' columns.  torch.topk over a query's 16,384 bounds took 3.5x as long (9.4 against
+    2.6 ms for 400 queries, m = 6; BENCHMARKS.md, issue 16 item 22).  Among tied values it may
+    pick other columns than torch.topk: any m references of highest projected r serve as seeds."""
+    nq, n = est.shape
+    cut = n - n % width
+    if m * width * 4 > cut:  # few columns: one pass
+        return torch.topk(est, m, dim=1)
+    runs = est[:, :cut].unflatten(1, (cut // width, width))
+    _, at = torch.topk(runs.amax(dim=2), m, dim=1)
+    cand = torch.gather(runs, 1, at[:, :, None].expand(-1, -1, width)).reshape(nq, m * width)
+    cols = (at[:, :, None] * width + torch.arange(width, device=est.device)).reshape(nq, m * width)
+    if cut < n:  # the columns past the last whole run
+        cand = torch.cat([cand, est[:, cut:]], dim=1)
+        cols = torch.cat([cols, torch.arange(cut, n, device=est.device).expand(nq, -1)], dim=1)
+    v, j = torch.topk(cand, m, dim=1)
+    return v, cols.gather(1, j)
+
+
+def seeds_and_bounds(first, constant, const_q, dev, m: int):
+    """The Q x N bounds, per query the ``m`` references of highest projected r (the seeds) and
+    their projected r (Q x m, descending)."""
     nq, n = len(first[0]), len(first[3])
-    ub = torch.empty((nq, n), dtype=torch.float32, device=dev) if hold else None
+    ub = torch.empty((nq, n), dtype=torch.float32, device=dev)
     best_v = torch.full((nq, 0), -math.inf, device=dev)
     best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
-    for a, b, est, bounds in bound_blocks(*first, constant, const_q, dev):
-        v, i = torch.topk(est, min(m, b - a), dim=1)
+    for a, b, est, bounds in bound_blocks(*first, constant, const_q, dev, out=ub):
+        v, i = top_m(est, min(m, b - a))
         best_v, order = torch.topk(torch.cat([best_v, v], dim=1), min(m, best_v.shape[1] + v.shape[1]), dim=1)
         best_i = torch.gather(torch.cat([best_i, i + a], dim=1), 1, order)
-        if hold:
-            ub[:, a:b] = bounds()
+        bounds()  # in ub's columns a:b
     return ub, best_i, best_v
-
-
-def survivor_mask(ub, first, constant, const_q, tau: torch.Tensor, dev, width: int) -> torch.Tensor:
-    """Q x ``width`` bool (padded with False past N): the pairs whose bound reaches the query's tau,
-    from the held bounds ``ub`` or computed again block by block (``ub`` None)."""
-    nq, n = len(first[0]), len(first[3])
-    surv = torch.zeros((nq, width), dtype=torch.bool, device=dev)
-    t = tau.float()[:, None]
-    if ub is not None:
-        torch.ge(ub, t, out=surv[:, :n])
-        return surv
-    for a, b, _, bounds in bound_blocks(*first, constant, const_q, dev):
-        torch.ge(bounds(), t, out=surv[:, a:b])
-    return surv
 
 
 def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sparse: bool = True,
@@ -621,9 +634,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         raise TooFewReferenceImages(f"k={k} but only {n_valid} reference images are non-constant", k=k, available=n_valid)
     clock = {"start": time.perf_counter()}
 
-    def lap(name):
+    def lap(name):  # the seconds since the last lap, added to stage ``name``'s
         now = time.perf_counter()
-        clock[name] = now - clock.pop("last", clock["start"])
+        clock[name] = clock.get(name, 0.0) + now - clock.pop("last", clock["start"])
         clock["last"] = now
 
     level1 = getattr(ref, "level1", None)
@@ -637,9 +650,6 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         first = (cq, rho_q, slack_q, ref.codes, ref.rho, ref.slack)
     lap("codes_s")
     m = min(k + SEED_EXTRA, n_valid)
-    hold = len(q64) * n * 4 <= HOLD_BOUNDS_BYTES
-    ub, seeds, _ = seeds_and_bounds(first, ref.constant, const_q, dev, m, hold)
-    lap("bounds_s")
     eps = tier_error_bound(select.dim)
     # a bf16 index's rows are bf16 copies of the unit vectors (a row copy's on disk float16 ones):
     # each row's tiles are off by at most its own bound (ref.row_error, per row), else one bound for all pairs
@@ -771,17 +781,35 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # rescore's pairs, whose rows are so read once (at (b), k = 5, 5,001 of its 5,401 pairs: as
     # float32 tiles of the row copy and then rescored from the store, seeds and rescore took
     # 1.9 s, exactly 0.9 s; BENCHMARKS.md, issue 16 item 20)
-    q_live = torch.nonzero(live, as_tuple=True)[0].cpu()
-    seed_q = q_live.repeat_interleave(m)
-    seed_r = seeds[q_live.to(dev)].reshape(-1).cpu()
-    seed_s = torch.empty(len(seed_q), dtype=torch.float64)
-
-    def exact_seeds(part: torch.Tensor) -> float:
-        """Evaluate the seed pairs at ``part`` exactly; returns the seconds it took."""
+    # 3. the pairs whose bound reaches tau, planned as tiles, the seeds left out (constant references
+    # have bound -inf and every live query a finite tau, so they never survive; constant queries are cut).
+    # Bounds, seeds and survivors go a group of queries at a time, whose Q_g x N bounds are held from
+    # the seeds to the survivors (at most HOLD_BOUNDS_BYTES): at (b) all 1,000 queries' bounds are 320 MB
+    # of a peak near the 3 GB target, and computing them a second time for the survivors cost 0.3 s
+    per_group = max(1, HOLD_BOUNDS_BYTES // (4 * n))
+    surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
+    seed_q, seed_r, seed_s, taus, seeds_s = [], [], [], [], 0.0
+    for a in range(0, nq, per_group):
+        g = slice(a, min(a + per_group, nq))
         t0 = time.perf_counter()
-        seed_s[part] = torch.from_numpy(exact_pairs(q64, reference, select, seed_q[part].numpy(),
-                                                    seed_r[part].numpy(), getattr(ref, "stats", None)))
-        return time.perf_counter() - t0
+        ub, seeds, _ = seeds_and_bounds((*(x[g] for x in first[:3]), *first[3:]), ref.constant, const_q[g], dev, m)
+        t1 = time.perf_counter()
+        q_live = torch.nonzero(live[g], as_tuple=True)[0].cpu()
+        seed_q.append(q_live.repeat_interleave(m) + a)
+        seed_r.append(seeds[q_live.to(dev)].reshape(-1).cpu())
+        seed_s.append(torch.from_numpy(exact_pairs(q64, reference, select, seed_q[-1].numpy(), seed_r[-1].numpy(),
+                                                   getattr(ref, "stats", None))))
+        taus.append(kth_lower(seed_s[-1], seed_q[-1] - a, g.stop - a, k))  # -inf for constant queries
+        t2 = time.perf_counter()
+        torch.ge(ub, taus[-1].float().to(dev)[:, None], out=surv[g, :n])
+        del ub
+        seeds_s += t2 - t1
+        for name, sec in (("bounds_s", t1 - t0), ("seeds_s", t2 - t1), ("survivors_s", time.perf_counter() - t2)):
+            clock[name] = clock.get(name, 0.0) + sec
+    seed_q, seed_r, seed_s, tau = torch.cat(seed_q), torch.cat(seed_r), torch.cat(seed_s), torch.cat(taus)
+    tau_dev = tau.to(dev)
+    seed_rows = len(np.unique(seed_r.numpy()))
+    cascade = (cq, rho_q, slack_q) if level1 else None
 
     def pairs_so_far():
         """Every evaluated pair once, ``(qi, ri, si, ei, exact)``: value, its error bound, and
@@ -796,18 +824,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         ei[exact] = 0
         return qi, ri, si, ei, exact
 
-    cascade = (cq, rho_q, slack_q) if level1 else None
-    seeds_s = exact_seeds(torch.arange(len(seed_q)))
-    seed_rows = len(np.unique(seed_r.numpy()))
-    qi, ri, si, ei, _ = pairs_so_far()
-    tau = kth_lower(si - ei, qi, nq, k)  # -inf for constant queries
-    tau_dev = tau.to(dev)
-    lap("seeds_s")
-
-    # 3. the pairs whose bound reaches tau, as dense tiles, the seeds left out (constant references
-    # have bound -inf and every live query a finite tau, so they never survive; constant queries are cut)
-    surv = survivor_mask(ub, first, ref.constant, const_q, tau_dev, dev, n_tiles * tile)  # padded to whole tiles
-    del ub
+    clock["last"] = time.perf_counter()  # the groups' seconds are in their stages
     surv[~live] = False
     surv[seed_q.to(dev), seed_r.to(dev)] = False
     plan = tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
