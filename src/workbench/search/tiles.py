@@ -7,6 +7,8 @@ gather speed (BENCHMARKS.md, issue 3).  Here survivors are evaluated as dense ti
 1. **Bounds.** Every pair gets an upper bound on r from the index's codes
    (:mod:`workbench.search.projection`): one Q x N x d product, or, for a large basis, a cascade:
    the first ``level1`` codes for every pair and all d only for the pairs that survive those.
+   Steps 1-2 and the survivors of step 3 go a group of queries at a time where all the bounds
+   would take more than HOLD_BOUNDS_BYTES: each group's are computed once, held to its survivors.
 2. **Seeds.** Each query's k + SEED_EXTRA references of highest projected r (c_x.c_y) are
    evaluated first, exactly (the float64 kernel of the rescore, :func:`~workbench.search.kernel.exact_pairs`);
    the k-th best of them is tau, a lower bound on the query's true k-th best.  Projected r
@@ -780,9 +782,10 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # seeds is a lower bound on its true k-th best (tau), and the seeds are most of the final
     # rescore's pairs, whose rows are so read once (at (b), k = 5, 5,001 of its 5,401 pairs: as
     # float32 tiles of the row copy and then rescored from the store, seeds and rescore took
-    # 1.9 s, exactly 0.9 s; BENCHMARKS.md, issue 16 item 20)
-    # 3. the pairs whose bound reaches tau, planned as tiles, the seeds left out (constant references
-    # have bound -inf and every live query a finite tau, so they never survive; constant queries are cut).
+    # 1.9 s, exactly 0.9 s; BENCHMARKS.md, issue 16 item 20).
+    # Then the survivors: the pairs whose bound reaches tau (constant references have bound -inf and
+    # every live query a finite tau, so they never survive; constant queries are cut; the seeds are
+    # left out), planned as tiles (3.).
     # Bounds, seeds and survivors go a group of queries at a time, whose Q_g x N bounds are held from
     # the seeds to the survivors (at most HOLD_BOUNDS_BYTES): at (b) all 1,000 queries' bounds are 320 MB
     # of a peak near the 3 GB target, and computing them a second time for the survivors cost 0.3 s
@@ -824,6 +827,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         ei[exact] = 0
         return qi, ri, si, ei, exact
 
+    # 3. the survivors planned as tiles
     clock["last"] = time.perf_counter()  # the groups' seconds are in their stages
     surv[~live] = False
     surv[seed_q.to(dev), seed_r.to(dev)] = False
