@@ -41,7 +41,7 @@ def test_auto_follows_the_measured_speed_and_is_cached_per_machine(cache, monkey
     assert precision.use_bf16("auto", "cpu") is False  # convolutions: slower in bf16 here
     assert precision.use_bf16("auto", "cpu", kind="matmul") is True
     assert len(calls) == 1
-    key = precision._machine_key(torch.device("cpu"))
+    key = precision.machine_key(torch.device("cpu"))
     saved = json.loads(cache.read_text())
     assert saved[key]["conv"] == 0.03 and "measured" in saved[key]
     monkeypatch.setattr(precision, "_memo", {})  # a new process reads the cache instead of probing again

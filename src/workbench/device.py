@@ -66,7 +66,7 @@ def cached_figures(name: str, key: str, measure, required) -> tuple[dict, bool]:
     """Figures measured once per machine: ``(figures, measured_now)``, from the cache file ``name``
     (``$XDG_CACHE_HOME/workbench/``) under ``key`` where it holds every one of ``required``, else
     ``measure()`` (stamped with when) written there for the next process.  ``key`` should start
-    with :func:`_machine_key`.  A cache that cannot be read or written only means measuring again."""
+    with :func:`machine_key`.  A cache that cannot be read or written only means measuring again."""
     path = _cache_file(name)
     try:
         cached = json.loads(path.read_text())
@@ -87,7 +87,9 @@ def cached_figures(name: str, key: str, measure, required) -> tuple[dict, bool]:
     return measured, True
 
 
-def _machine_key(device: torch.device) -> str:
+def machine_key(device: torch.device) -> str:
+    """What a per-machine measurement depends on: the CPU (model and flags) or GPU, torch's threads
+    and version.  The key of the caches of :func:`cached_figures`."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -141,7 +143,7 @@ def _probe(device: torch.device) -> dict:
 def bf16_speedups(device) -> dict:
     """Measured speed of bf16 relative to float32 on ``device``: ``{"conv": .., "matmul": ..}`` (cached)."""
     device = torch.device(device)
-    key = _machine_key(device)
+    key = machine_key(device)
     if key not in _memo:
         _memo[key] = cached_figures("precision.json", key, lambda: _probe(device), ("conv", "matmul"))[0]
     return _memo[key]

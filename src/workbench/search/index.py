@@ -39,7 +39,7 @@ from ..progress import tqdm
 
 from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
-from ..device import _machine_key, cached_figures, resolve_device
+from ..device import cached_figures, machine_key, resolve_device
 from ..errors import WorkbenchError
 from . import projection, tiles
 from .bounds import NORMALISE_F32, screen_error_bound, split_norms
@@ -414,7 +414,7 @@ class CorrelationIndex:
         else:
             source = "array"
         b, nq = self._probe_size()
-        return f"{_machine_key(self.device)}|{source}|D={self.select.dim}|{nq}x{b}"
+        return f"{machine_key(self.device)}|{source}|D={self.select.dim}|{nq}x{b}"
 
     def _auto_figures(self, n_queries: int, k: int) -> dict:
         """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`), with
