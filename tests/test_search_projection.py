@@ -780,6 +780,17 @@ def test_the_seeds_two_stage_top_m_is_torch_topk(n):
         assert all(len(set(row.tolist())) == m for row in i)  # distinct references
 
 
+def test_mask_pairs_are_torch_nonzero_in_the_same_order():
+    """kernel.mask_pairs (numpy's flatnonzero on the CPU) gives torch.nonzero's pairs, row-major,
+    for a whole mask, a block of columns cut out of a wider one, and empty and full masks."""
+    gen = torch.Generator().manual_seed(0)
+    wide = torch.rand(37, 300, generator=gen) < 0.1
+    for mask in (wide, wide[:, 64:191], torch.zeros(5, 7, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool)):
+        got, want = kernel.mask_pairs(mask), torch.nonzero(mask, as_tuple=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("level1", [None, 8])
 @pytest.mark.parametrize("per_group", [1, 3])
 def test_queries_in_groups_give_the_same_search(brainlike, monkeypatch, level1, per_group):

@@ -134,7 +134,7 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
             if floor is not None:
                 level = torch.maximum(level, floor)
-            qi, ri = torch.nonzero((upper >= level[:, None]) & (upper > -math.inf), as_tuple=True)
+            qi, ri = mask_pairs((upper >= level[:, None]) & (upper > -math.inf))
             cand_q.append(qi.cpu())
             cand_r.append(torch.from_numpy(cols)[ri.cpu()])
             cand_s.append(upper[qi, ri].cpu())
@@ -234,6 +234,17 @@ def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):
         values[q, :len(pick)] = exact[pick]
         indices[q, :len(pick)] = ri[pick]
     return values, indices
+
+
+def mask_pairs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.nonzero(mask, as_tuple=True)`` of a 2D bool mask (row-major order); on the CPU by
+    numpy's ``flatnonzero``, which took 7-9 ms where torch.nonzero took 24-45 ms for 1,000 x 16,384
+    at 0.5 % density, a block of the pruned search's survivors at (b) (BENCHMARKS.md, issue 16
+    item 22)."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask, as_tuple=True)
+    flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return flat // mask.shape[1], flat % mask.shape[1]
 
 
 def exact_pairs(q64: torch.Tensor, reference, select, qi: np.ndarray, ri: np.ndarray, stats=None) -> np.ndarray:

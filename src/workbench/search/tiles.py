@@ -48,7 +48,7 @@ from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
-from .kernel import exact_pairs, top_of
+from .kernel import exact_pairs, mask_pairs, top_of
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
@@ -473,7 +473,7 @@ def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sp
         if cascade is not None:
             qi, ri = cascade_pairs(surv, tau, ref, cascade)
         else:
-            qi, ri = (x.cpu().numpy() for x in torch.nonzero(surv, as_tuple=True))
+            qi, ri = (x.cpu().numpy() for x in mask_pairs(surv))
         return pair_plan(qi, ri, tile, span, sparse, place)
     nq = surv.shape[0]
     n_tiles = surv.shape[1] // tile
@@ -516,7 +516,7 @@ def cascade_pairs(surv: torch.Tensor, tau: torch.Tensor, ref, cascade) -> tuple[
     t = tau.float()
     got_q, got_r = [], []
     for a in range(0, surv.shape[1], BOUND_ROWS):
-        qi, ri = torch.nonzero(surv[:, a:a + BOUND_ROWS], as_tuple=True)
+        qi, ri = mask_pairs(surv[:, a:a + BOUND_ROWS])
         if not len(qi):
             continue
         ri = ri + a
