@@ -54,3 +54,4 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search_scale.py --json runs/bench-scale.json
 	$(PY) benchmarks/search_scale.py --row-copy --json runs/bench-scale-rowcopy.json
 	$(PY) benchmarks/search_floors.py --scale --json runs/bench-floors.json
+	$(PY) benchmarks/search_auto.py
