@@ -791,24 +791,22 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # of a peak near the 3 GB target, and computing them a second time for the survivors cost 0.3 s
     per_group = max(1, HOLD_BOUNDS_BYTES // (4 * n))
     surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
-    seed_q, seed_r, seed_s, taus, seeds_s = [], [], [], [], 0.0
+    seed_q, seed_r, seed_s, taus = [], [], [], []
+    lap("codes_s")  # with the codes, the queries' layout for the tiles (qc) and their sums
     for a in range(0, nq, per_group):
         g = slice(a, min(a + per_group, nq))
-        t0 = time.perf_counter()
         ub, seeds, _ = seeds_and_bounds((*(x[g] for x in first[:3]), *first[3:]), ref.constant, const_q[g], dev, m)
-        t1 = time.perf_counter()
+        lap("bounds_s")
         q_live = torch.nonzero(live[g], as_tuple=True)[0].cpu()
         seed_q.append(q_live.repeat_interleave(m) + a)
         seed_r.append(seeds[q_live.to(dev)].reshape(-1).cpu())
         seed_s.append(torch.from_numpy(exact_pairs(q64, reference, select, seed_q[-1].numpy(), seed_r[-1].numpy(),
                                                    getattr(ref, "stats", None))))
         taus.append(kth_lower(seed_s[-1], seed_q[-1] - a, g.stop - a, k))  # -inf for constant queries
-        t2 = time.perf_counter()
+        lap("seeds_s")
         torch.ge(ub, taus[-1].float().to(dev)[:, None], out=surv[g, :n])
         del ub
-        seeds_s += t2 - t1
-        for name, sec in (("bounds_s", t1 - t0), ("seeds_s", t2 - t1), ("survivors_s", time.perf_counter() - t2)):
-            clock[name] = clock.get(name, 0.0) + sec
+        lap("survivors_s")
     seed_q, seed_r, seed_s, tau = torch.cat(seed_q), torch.cat(seed_r), torch.cat(seed_s), torch.cat(taus)
     tau_dev = tau.to(dev)
     seed_rows = len(np.unique(seed_r.numpy()))
@@ -828,7 +826,6 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         return qi, ri, si, ei, exact
 
     # 3. the survivors planned as tiles
-    clock["last"] = time.perf_counter()  # the groups' seconds are in their stages
     surv[~live] = False
     surv[seed_q.to(dev), seed_r.to(dev)] = False
     plan = tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
@@ -883,7 +880,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         auto["brute_rescore_pairs"] = int((((si + e_b >= level - e_b) & ~exact) * scale).sum())
         # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
         pruned_rest = auto["tiles_s"] - spent
-        auto["exact_pair_s"] = seeds_s / max(1, len(seed_q))
+        auto["exact_pair_s"] = clock["seeds_s"] / max(1, len(seed_q))
         brute = auto["brute_s"] + max(0, auto["brute_rescore_pairs"] - auto["rescore_pairs"]) * auto["exact_pair_s"]
         auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute, weigh_s=time.perf_counter() - t1)
         if pruned_rest > brute:  # the seeds and the sample are spent either way
