@@ -344,6 +344,32 @@ def test_distinct_subjects_are_the_best_match_of_each_of_the_k_best_subjects(pha
         topk_correlation(images, images[train.rows], k=1, distinct="subject")
 
 
+@pytest.mark.parametrize("method", ["brute", "pruned", "auto"])
+def test_distinct_labels_with_constant_reference_images(method):
+    """Constant images (no r) among a small reference: the widened top-k' search asked for more
+    images than are non-constant searches those it has, not fail (a fuzzing case: 20 images, one
+    blank, k' = 20); labels carried only by constant images are never matched, and asking for more
+    labels than the non-constant images carry says so."""
+    rng = np.random.default_rng(7)
+    ref = rng.random((20, 1, 6, 6)).astype(np.float32)
+    ref[[3, 11]] = 5.0  # blank slices
+    labels = np.arange(20) % 6
+    labels[3] = labels[11] = 9  # a label only blank slices carry
+    q = np.concatenate([ref[[0, 7]] + 0.01 * rng.random((2, 1, 6, 6)).astype(np.float32), rng.random((3, 1, 6, 6))])
+    res = topk_correlation(q, ref, k=3, distinct=labels, method=method)
+    ev, ei = reference_topk(q, ref, 20)  # the full float64 ranking (constant images last, -inf)
+    for i in range(len(q)):
+        want, seen = [], set()
+        for v, j in zip(ev[i], ei[i]):
+            if np.isfinite(v) and labels[j] not in seen:
+                seen.add(labels[j])
+                want.append(j)
+        np.testing.assert_array_equal(res.indices[i], want[:3])
+    assert res.stats["searched_k"] == 18  # the non-constant images, all of them
+    with pytest.raises(WorkbenchError, match="non-constant images have only 6 different labels"):
+        topk_correlation(q, ref, k=7, distinct=labels, method=method)
+
+
 @pytest.mark.parametrize("dim", [300, 4096 + 777])
 def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
     """The screened value lies within its stated bound of the float64 product, for all pairs."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.store import SliceStore
-from ..errors import WorkbenchError
+from ..errors import TooFewReferenceImages, WorkbenchError
 from .result import SearchResult
 
 
@@ -30,7 +30,10 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     ``search(queries, reference, k', **options)`` is the exact top-k' search (the caller's,
     :func:`~workbench.search.topk_correlation`).  The exact top-k' list is ordered by r (ties to
     the lower index), so the first image of each label in it is that label's best match; k' grows
-    until every query sees k labels.
+    until every query sees k labels, or every non-constant image is in it (constant images have no
+    r and are never matched: a search for more than the non-constant images is asked again for
+    as many as there are; fewer than k labels among them is an error, as fewer than k images is
+    for the plain search).
     """
     labels = reference_labels(reference, distinct)
     n = len(reference)
@@ -39,12 +42,19 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     n_labels = len(set(labels.tolist()))
     if not 1 <= k <= n_labels:
         raise WorkbenchError(f"k={k} distinct matches asked for, but the reference has {n_labels} different labels")
+    limit = n  # until a search says how many images are non-constant
     kk = min(n, max(2 * k, k + 16))
     while True:
-        res = search(queries, reference, kk, **options)
+        try:
+            res = search(queries, reference, kk, **options)
+        except TooFewReferenceImages as err:  # constant images among the reference
+            if err.available is None or not k <= err.available < kk:
+                raise
+            limit = kk = err.available
+            continue
         values = np.full((len(res.values), k), -np.inf)
         indices = np.full((len(res.values), k), -1, dtype=np.int64)
-        short = False
+        short, fewest = False, k
         for q in range(len(res.values)):
             if res.constant_queries[q]:
                 continue
@@ -58,9 +68,13 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
                 if j == k:
                     break
             short |= j < k
-        if not short or kk == n:
+            fewest = min(fewest, j)
+        if not short:
             break
-        kk = min(n, kk * 4)
+        if kk == limit:  # every non-constant image searched: the labels they carry are too few
+            raise TooFewReferenceImages(f"k={k} distinct matches asked for, but the reference's non-constant images "
+                                        f"have only {fewest} different labels", k=k, available=fewest)
+        kk = min(limit, kk * 4)
     res.values, res.indices = values, indices
     res.stats.update(distinct=distinct if isinstance(distinct, str) else "labels", searched_k=kk)
     return res
