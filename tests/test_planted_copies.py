@@ -213,3 +213,55 @@ def test_saved_analysis_reads_back_the_same_and_overlays_across_runs(analysis, t
     assert saved["pixel r"]["flag_rule"] == "test_quantile"
     with pytest.raises(WorkbenchError, match="no complete analysis here.*workbench analyze"):
         load_analysis(tmp_path / "nowhere")
+
+
+def test_the_analysis_builds_one_index_per_reference_where_its_searches_together_pay(planted, monkeypatch):
+    """Issue 16 ("the 04 analysis uses the fastest exact method"): each reference is searched through
+    one ReferenceSearch, so where the analysis's queries against it add up to enough for an index,
+    one index serves them all (each search alone would have gone brute); the synthetic images' top
+    k and their subjects' best matches come from one search.  The figures equal brute force's."""
+    from workbench.search import dispatch, index as index_module
+
+    synthetic, train, calib, _ = planted
+    options = dict(k=3, bootstrap=50, progress=False, data_copying_cells=None, rule="dar95")
+    searched = []
+    search = dispatch.topk_correlation
+
+    def spy(queries, reference, k=1, **kw):
+        searched.append(("brute", len(queries), len(reference), k))
+        return search(queries, reference, k=k, **kw)
+
+    monkeypatch.setattr(dispatch, "topk_correlation", spy)
+    brute = run_analysis(synthetic, train, calib, **options)
+    # synthetic -> train: the top k and the subjects' best matches from one search (k' = max(2k, k + 16)), then
+    # the queries whose list held fewer than 3 subjects alone, with k' four times larger; per channel k = 1
+    k_subjects = min(3, train.manifest["subject"].nunique())
+    first = max(2 * k_subjects, k_subjects + 16, 3)
+    assert [s for s in searched if s[2] == len(train) and s[3] > 1][0] == ("brute", len(synthetic), len(train), first)
+    assert not [s for s in searched if s[2] == len(train) and 1 < s[3] < first]  # no search for the top k alone
+    again = [s for s in searched if s[2] == len(train) and s[3] > first]
+    assert again and all(s[1] < len(synthetic) for s in again)  # only the queries short of subjects
+    searched.clear()
+
+    built = []
+    init = index_module.CorrelationIndex.__init__
+
+    def counting(self, reference, **kw):
+        built.append((len(reference), tuple(kw.get("channels") or ())))
+        init(self, reference, **kw)
+
+    monkeypatch.setattr(index_module.CorrelationIndex, "__init__", counting)
+    # queries together pay for an index; no search alone does (the smallest reference: the test images)
+    monkeypatch.setattr(index_module, "AUTO_MIN_QUERIES", len(synthetic) + len(calib))
+    monkeypatch.setattr(index_module, "AUTO_MIN_REFERENCE", 1)
+    indexed = run_analysis(synthetic, train, calib, **options)
+    assert not searched  # every search went through an index
+    assert sorted(built) == sorted([(len(train), ()), (len(calib), ()), (len(synthetic), ())]
+                                   + [(len(train), (c,)) for c in train.channels])
+    for name in ("synthetic_values", "synthetic_indices", "test_to_train", "train_to_test", "synthetic_to_test",
+                 "train_to_synthetic"):
+        np.testing.assert_allclose(getattr(indexed.similarities[PIXEL], name), getattr(brute.similarities[PIXEL], name),
+                                   atol=1e-12, err_msg=name)
+    assert indexed.subject_matches.equals(brute.subject_matches)
+    np.testing.assert_allclose(indexed.per_channel["max"].to_numpy(), brute.per_channel["max"].to_numpy(), atol=1e-12)
+    assert indexed.flags["copy"].equals(brute.flags["copy"])

@@ -370,6 +370,40 @@ def test_distinct_labels_with_constant_reference_images(method):
         topk_correlation(q, ref, k=7, distinct=labels, method=method)
 
 
+def test_distinct_labels_search_again_only_the_queries_short_of_labels():
+    """Labels whose images are near-copies of each other (slices of one volume): a query near one
+    label sees only that label in its first top-k' list and is searched again, alone, with a wider
+    k'; the others are not.  The answer is the full float64 ranking's, and the plain top-k comes
+    from the same first search."""
+    from workbench.search.subjects import topk_with_distinct
+
+    rng = np.random.default_rng(3)
+    base = rng.random((2, 1, 8, 8))  # two labels of 30 near-copies each, 60 labels of one image each
+    ref = np.concatenate([b + 0.02 * rng.random((30, 1, 8, 8)) for b in base] + [rng.random((60, 1, 8, 8))])
+    ref = ref.astype(np.float32)
+    labels = np.concatenate([np.repeat([0, 1], 30), np.arange(2, 62)])
+    q = np.concatenate([base + 0.01 * rng.random((2, 1, 8, 8)), rng.random((4, 1, 8, 8))]).astype(np.float32)
+    calls = []
+
+    def search(queries, reference, k):
+        calls.append((len(queries), k))
+        return topk_correlation(queries, reference, k=k, method="brute")
+
+    plain, res = topk_with_distinct(search, q, ref, 4, 3, labels)
+    ev, ei = reference_topk(q, ref, len(ref))
+    for i in range(len(q)):
+        want, seen = [], set()
+        for j in ei[i]:
+            if labels[j] not in seen:
+                seen.add(labels[j])
+                want.append(j)
+        np.testing.assert_array_equal(res.indices[i], want[:3])
+        np.testing.assert_allclose(res.values[i], [ev[i, list(ei[i]).index(j)] for j in want[:3]], atol=1e-12)
+    np.testing.assert_array_equal(plain.indices, ei[:, :4])
+    assert calls[0] == (len(q), 19) and all(n < len(q) and k > 19 for n, k in calls[1:]) and len(calls) > 1
+    assert res.stats["widened_queries"] == sum(n for n, _ in calls[1:])
+
+
 @pytest.mark.parametrize("dim", [300, 4096 + 777])
 def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
     """The screened value lies within its stated bound of the float64 product, for all pairs."""

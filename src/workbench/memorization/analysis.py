@@ -39,7 +39,7 @@ from ..data import layout
 from ..data.atomic import atomic_file
 from ..data.store import SliceStore, align_channels
 from ..errors import WorkbenchError
-from ..search import topk_correlation
+from ..search import ReferenceSearch, SearchResult
 from .calibration import (MIN_CALIBRATION_IMAGES, CopyRates, Threshold, baseline_threshold, check_threshold, copy_rates,
                           dar_threshold)
 from .nearest import matches_frame, summarize
@@ -254,14 +254,28 @@ def check_compatible(synthetic: SliceStore, train: SliceStore, what: str = "synt
     return synthetic
 
 
-def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> Similarity:
-    s = topk_correlation(synthetic, train, k=k, device=device, progress=progress)
-    t = topk_correlation(test, train, k=1, device=device, progress=progress)
-    tr = topk_correlation(train, test, k=1, device=device, progress=progress)
-    st = topk_correlation(synthetic, test, k=1, device=device, progress=progress)
-    ts = topk_correlation(train, synthetic, k=1, device=device, progress=progress)
-    return Similarity(PIXEL, np.asarray(s.values), np.asarray(s.indices), np.asarray(t.values)[:, 0],
-                      np.asarray(tr.values)[:, 0], np.asarray(st.values)[:, 0], np.asarray(ts.values)[:, 0])
+def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> tuple[Similarity, SearchResult | None]:
+    """The pixel-r searches, and the best match of each of the k most similar training subjects
+    (None where the training images have no subjects or k < 2: the match browser's candidates).
+
+    Each reference is searched through one :class:`~workbench.search.ReferenceSearch`:
+    one index for all its searches where their queries together pay for it, and the synthetic
+    images' top k and their subjects' best matches from one search of the training images."""
+    subjects = train.manifest["subject"] if "subject" in train.manifest.columns else None
+    k_subjects = None if subjects is None or subjects.isna().any() or k < 2 else int(min(k, subjects.nunique()))
+    by_train = ReferenceSearch(train, len(synthetic) + len(test), device=device, progress=progress)
+    if k_subjects is None:
+        s, by_subject = by_train.topk(synthetic, k), None
+    else:
+        s, by_subject = by_train.topk(synthetic, k, distinct="subject", k_distinct=k_subjects)
+    t = by_train.topk(test, 1)
+    by_test = ReferenceSearch(test, len(train) + len(synthetic), device=device, progress=progress)
+    tr = by_test.topk(train, 1)
+    st = by_test.topk(synthetic, 1)
+    ts = ReferenceSearch(synthetic, len(train), device=device, progress=progress).topk(train, 1)
+    pixel = Similarity(PIXEL, np.asarray(s.values), np.asarray(s.indices), np.asarray(t.values)[:, 0],
+                       np.asarray(tr.values)[:, 0], np.asarray(st.values)[:, 0], np.asarray(ts.values)[:, 0])
+    return pixel, by_subject
 
 
 def _embedding_similarity(encoder, synthetic, train, test, *, k, metric, progress) -> Similarity:
@@ -280,12 +294,13 @@ def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
     rows = []
     channels = list(train.channels)
     for c in channels if len(channels) > 1 else []:
+        by_train = ReferenceSearch(train, len(synthetic) + len(test), channels=[c], device=device, progress=progress)
         for comparison, queries in (("synthetic → train", synthetic), ("test → train", test)):
             with warnings.catch_warnings():
                 # one channel alone is often constant (a segmentation without tumour): r is undefined
                 # there, and the table's n counts the images where it is defined
                 warnings.simplefilter("ignore", UserWarning)
-                res = topk_correlation(queries, train, k=1, channels=[c], device=device, progress=progress)
+                res = by_train.topk(queries, 1)
             v = np.asarray(res.values)[:, 0]
             v = v[np.isfinite(v)]
             rows.append({"channel": c, "comparison": comparison, "n": int(v.size),
@@ -293,16 +308,6 @@ def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
                          "p90": float(np.percentile(v, 90)) if v.size else np.nan,
                          "max": float(v.max()) if v.size else np.nan, "values": v})
     return pd.DataFrame(rows, columns=["channel", "comparison", "n", "median", "p90", "max", "values"])
-
-
-def _subject_matches(synthetic, train, *, k, device, progress) -> pd.DataFrame | None:
-    """The best match from each of the k most similar training subjects (the match browser's candidates)."""
-    subjects = train.manifest["subject"] if "subject" in train.manifest.columns else None
-    if subjects is None or subjects.isna().any() or k < 2:
-        return None
-    res = topk_correlation(synthetic, train, k=int(min(k, subjects.nunique())), device=device, progress=progress,
-                           distinct="subject")
-    return matches_frame(synthetic, train, np.asarray(res.values), np.asarray(res.indices))
 
 
 def calibrate(similarities: dict[str, Similarity], *, rule: str, quantile: float, fixed: dict, train_subjects,
@@ -389,13 +394,14 @@ def run_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *, 
         raise WorkbenchError(f"{test.path}: only {len(test)} held-out images; at least {MIN_CALIBRATION_IMAGES} are "
                              f"needed to calibrate a copy threshold (hold out more subjects)")
     k = int(min(k, len(train)))
-    pixel = _pixel_similarity(synthetic, train, test, k=k, device=device, progress=progress)
+    pixel, by_subject = _pixel_similarity(synthetic, train, test, k=k, device=device, progress=progress)
     sims = {PIXEL: pixel}
     if detector is not None:
         sims[EMBEDDING] = _embedding_similarity(detector, synthetic, train, test, k=k, metric=embedding_metric,
                                                 progress=progress)
     matches = matches_frame(synthetic, train, pixel.synthetic_values, pixel.synthetic_indices)
-    subject_matches = _subject_matches(synthetic, train, k=k, device=device, progress=progress)
+    subject_matches = None if by_subject is None else \
+        matches_frame(synthetic, train, np.asarray(by_subject.values), np.asarray(by_subject.indices))
     chans = _per_channel(synthetic, train, test, device=device, progress=progress) if per_channel else \
         pd.DataFrame(columns=["channel", "comparison", "n", "median", "p90", "max", "values"])
     data_copying = None

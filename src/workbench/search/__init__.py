@@ -2,7 +2,8 @@
 
 Compute layer: imports only ``workbench.data``.  One idea per module:
 
-- ``dispatch``: :func:`topk_correlation`, the one entry point, which picks the method below
+- ``dispatch``: :func:`topk_correlation`, the one entry point, which picks the method below, and
+  :class:`ReferenceSearch`, several searches of one reference sharing an index where it pays
 - ``result``: :class:`SearchResult`, what every search returns
 - ``sources``: numpy arrays, torch tensors and SliceStores as one source of image rows
 - ``normalise``: image rows to z-normalised unit vectors (Pearson r is their dot product)
@@ -18,9 +19,9 @@ Compute layer: imports only ``workbench.data``.  One idea per module:
 - ``distributed``: :func:`topk_correlation_dask`, the reference sharded over a Dask cluster
 """
 from .bounds import float32_error_bound, screen_error_bound
-from .dispatch import topk_correlation
+from .dispatch import ReferenceSearch, topk_correlation
 from .distributed import topk_correlation_dask
 from .index import CorrelationIndex
 from .result import SearchResult
 
-__all__ = ["CorrelationIndex", "SearchResult", "float32_error_bound", "screen_error_bound", "topk_correlation", "topk_correlation_dask"]
+__all__ = ["CorrelationIndex", "ReferenceSearch", "SearchResult", "float32_error_bound", "screen_error_bound", "topk_correlation", "topk_correlation_dask"]

@@ -3,19 +3,20 @@
 ``distinct=`` → :mod:`~workbench.search.subjects` (which searches through this function again),
 ``client=`` → :mod:`~workbench.search.distributed` (Dask), ``method="pruned"`` →
 :mod:`~workbench.search.index` (a pruned search of a fresh index), otherwise
-:mod:`~workbench.search.streaming` (brute force over the streamed reference).  No module of the
-search imports this one.
+:mod:`~workbench.search.streaming` (brute force over the streamed reference).
+:class:`ReferenceSearch`: several searches of one reference deciding together whether an index
+pays (an analysis's).  No module of the search imports this one.
 """
 from __future__ import annotations
 
 from ..data.store import align_channels
 from ..errors import WorkbenchError
 from .distributed import topk_correlation_dask
-from .index import METHODS, index_pays, topk_pruned
+from .index import METHODS, CorrelationIndex, index_pays, topk_pruned
 from .result import SearchResult
 from .sources import as_source
 from .streaming import topk_streaming
-from .subjects import topk_distinct
+from .subjects import topk_distinct, topk_with_distinct
 
 
 def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
@@ -83,3 +84,39 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
                            block_size=block_size, progress=progress)
     return topk_streaming(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
                           block_size=block_size, progress=progress)
+
+
+class ReferenceSearch:
+    """Several exact searches of one reference, as an analysis runs them: synthetic images and
+    held-out images against the training images, say.
+
+    ``n_queries``: how many queries all the searches will bring together.  Where they pay for an
+    index (:func:`~workbench.search.index.index_pays`), one :class:`CorrelationIndex` is built and
+    serves every search (``method="auto"`` of its ``topk``: pruned or brute force, as it
+    measures); else each search runs as :func:`topk_correlation` runs it.  One-off searches each
+    decide alone, and a search of fewer queries than the threshold never builds an index, so an
+    analysis whose searches of the same reference add up to many queries searched them all by
+    brute force, and at BraTS scale a brute-force pass is hours.  ``channels``: searches of these
+    channels only (the per-channel figures: an index per selection).
+    """
+
+    def __init__(self, reference, n_queries: int, *, channels=None, device: str = "auto", progress: bool = False):
+        self.reference = as_source(reference, "reference")
+        self.channels, self.device, self.progress = channels, device, progress
+        self.index = None
+        if index_pays(int(n_queries), len(self.reference)):
+            self.index = CorrelationIndex(self.reference, channels=channels, device=device, progress=progress)
+
+    def topk(self, queries, k: int, *, distinct=None, k_distinct: int | None = None):
+        """The exact top-``k`` of each query; with ``distinct`` (a manifest column or labels, as
+        :func:`topk_correlation` takes it) also the best match of each of the ``k_distinct`` best
+        labels, from the same search: ``(plain, by_label)``."""
+        if distinct is None:
+            return self._search(queries, self.reference, k)
+        return topk_with_distinct(self._search, queries, self.reference, k, k_distinct or k, distinct)
+
+    def _search(self, queries, reference, k: int) -> SearchResult:
+        if self.index is not None:
+            return self.index.topk(queries, k, progress=self.progress)
+        return topk_correlation(queries, reference, k=k, channels=self.channels, device=self.device,
+                                progress=self.progress)

@@ -5,11 +5,14 @@ column of a SliceStore reference (``"subject"``) or one label per reference imag
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..data.store import SliceStore
 from ..errors import TooFewReferenceImages, WorkbenchError
 from .result import SearchResult
+from .sources import as_source
 
 
 def reference_labels(reference, distinct) -> np.ndarray:
@@ -29,12 +32,25 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
 
     ``search(queries, reference, k', **options)`` is the exact top-k' search (the caller's,
     :func:`~workbench.search.topk_correlation`).  The exact top-k' list is ordered by r (ties to
-    the lower index), so the first image of each label in it is that label's best match; k' grows
-    until every query sees k labels, or every non-constant image is in it (constant images have no
-    r and are never matched: a search for more than the non-constant images is asked again for
-    as many as there are; fewer than k labels among them is an error, as fewer than k images is
-    for the plain search).
+    the lower index), so the first image of each label in it is that label's best match.  The
+    queries that do not see k labels in it are searched again, alone, with k' four times larger,
+    until every query sees k labels or every non-constant image is in its list (neighbouring
+    slices of one volume are alike, so a query's top k' often holds one or two subjects: searching
+    all queries again for a few of them repeated the whole search).  Constant images have no r and
+    are never matched: a search for more than the non-constant images is asked again for as many
+    as there are; fewer than k labels among them is an error, as fewer than k images is for the
+    plain search.
     """
+    return topk_with_distinct(search, queries, reference, None, k, distinct, **options)[1]
+
+
+def topk_with_distinct(search, queries, reference, k_plain: int | None, k, distinct,
+                       **options) -> tuple[SearchResult | None, SearchResult]:
+    """``(plain, by_label)``: the exact top-``k_plain`` (None: not wanted) and :func:`topk_distinct`'s
+    answer, from one search.  The first top-k' list of the distinct search is the exact top-k'
+    for every query, so its first ``k_plain`` columns are the plain answer (k' >= k_plain): an
+    analysis that wants both (the match table and the best match of each subject) searches the
+    reference once, not twice (at BraTS scale each brute-force pass is hours)."""
     labels = reference_labels(reference, distinct)
     n = len(reference)
     if len(labels) != n:
@@ -42,24 +58,32 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     n_labels = len(set(labels.tolist()))
     if not 1 <= k <= n_labels:
         raise WorkbenchError(f"k={k} distinct matches asked for, but the reference has {n_labels} different labels")
-    limit = n  # until a search says how many images are non-constant
-    kk = min(n, max(2 * k, k + 16))
+    queries = as_source(queries, "queries")
+    least = max(k, k_plain or 0)  # the plain answer's columns are the first search's
+    limit = [n]  # until a search says how many images are non-constant
+
+    def searched(rows, kk: int):
+        """The exact top-kk of the queries at ``rows`` (None: all), and the kk it ran with."""
+        part = queries if rows is None else queries.take(rows) if isinstance(queries, SliceStore) else queries[rows]
+        while True:
+            try:
+                return search(part, reference, kk, **options), kk
+            except TooFewReferenceImages as err:  # constant images among the reference
+                if err.available is None or not least <= err.available < kk:
+                    raise
+                limit[0] = kk = err.available
+
+    first, kk = searched(None, min(n, max(2 * k, k + 16, least)))
+    values = np.full((len(first.values), k), -np.inf)
+    indices = np.full((len(first.values), k), -1, dtype=np.int64)
+    todo, res, widened = np.arange(len(first.values)), first, 0
     while True:
-        try:
-            res = search(queries, reference, kk, **options)
-        except TooFewReferenceImages as err:  # constant images among the reference
-            if err.available is None or not k <= err.available < kk:
-                raise
-            limit = kk = err.available
-            continue
-        values = np.full((len(res.values), k), -np.inf)
-        indices = np.full((len(res.values), k), -1, dtype=np.int64)
-        short, fewest = False, k
-        for q in range(len(res.values)):
-            if res.constant_queries[q]:
+        short = []
+        for row, q in enumerate(todo):
+            if res.constant_queries[row]:
                 continue
             seen, j = set(), 0
-            for v, i in zip(res.values[q], res.indices[q]):
+            for v, i in zip(res.values[row], res.indices[row]):
                 if i < 0 or labels[i] in seen:
                     continue
                 seen.add(labels[i])
@@ -67,14 +91,23 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
                 j += 1
                 if j == k:
                     break
-            short |= j < k
-            fewest = min(fewest, j)
+            if j < k:
+                short.append((q, j))
         if not short:
             break
-        if kk == limit:  # every non-constant image searched: the labels they carry are too few
+        if kk == limit[0]:  # every non-constant image searched: the labels they carry are too few
             raise TooFewReferenceImages(f"k={k} distinct matches asked for, but the reference's non-constant images "
-                                        f"have only {fewest} different labels", k=k, available=fewest)
-        kk = min(limit, kk * 4)
-    res.values, res.indices = values, indices
-    res.stats.update(distinct=distinct if isinstance(distinct, str) else "labels", searched_k=kk)
-    return res
+                                        f"have only {min(j for _, j in short)} different labels", k=k,
+                                        available=min(j for _, j in short))
+        todo = np.array([q for q, _ in short])
+        res, kk = searched(todo, min(limit[0], kk * 4))
+        widened += len(todo)
+    plain = None
+    # searched_k: the widest search; widened_queries: the queries searched again, counted at each widening
+    stats = {**first.stats, "searched_k": kk, "widened_queries": widened}
+    if k_plain is not None:
+        plain = replace(first, values=first.values[:, :k_plain].copy(), indices=first.indices[:, :k_plain].copy(),
+                        stats=dict(stats))
+    by_label = replace(first, values=values, indices=indices,
+                       stats={**stats, "distinct": distinct if isinstance(distinct, str) else "labels"})
+    return plain, by_label
