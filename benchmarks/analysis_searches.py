@@ -99,10 +99,15 @@ def main(argv=None) -> None:
     ap.add_argument("--train-subjects", type=int, default=60)
     ap.add_argument("--json", default=None)
     ap.add_argument("--save", default=None, help="write the pixel similarities here (.npz)")
+    ap.add_argument("--min-queries", type=int, default=None,
+                    help="index.AUTO_MIN_QUERIES for this run (a large number: never an index)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     from workbench.memorization.analysis import PIXEL, run_analysis
 
+    if args.min_queries is not None:
+        from workbench.search import index as index_module
+        index_module.AUTO_MIN_QUERIES = args.min_queries
     store, train, test = views(args.train_subjects)
     synthetic = synthetic_store(store, train, test, args.synthetic)
     log: list = []

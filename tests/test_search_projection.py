@@ -378,6 +378,33 @@ def test_the_brute_probe_is_kept_per_machine_and_shape_of_the_work(brainlike, tm
     assert len(timed) == 5 and json.loads((fresh_machine_cache / "search-probe.json").read_text())
 
 
+def test_auto_samples_within_the_tiles_of_a_plan_of_few_tiles(brainlike, monkeypatch):
+    """A small reference in memory has few, large tiles: auto's sample is every AUTO_SAMPLE_STRIDE-th
+    query of each tile, not whole tiles (two of five were 40 % of the work, lost where auto then
+    went brute); the rest of each tile is evaluated after, and the answer is exact either way."""
+    q, ref = brainlike
+    q = np.concatenate([q] * 4)  # many queries a tile
+    ev, ei, _ = truth(q, ref, 2)
+    index = CorrelationIndex(ref, basis_dim=4)
+    plan = [tiles.Tile(j, torch.arange(j, 50 + j), np.arange(8 * j, 8 * j + 8),
+                       None if j % 2 else torch.rand(50, 8) < 0.5) for j in range(3)]
+    sample, rest = tiles.split_sample(plan, by_queries=True)
+    assert len(sample) == len(rest) == 3
+    for whole, part, other in zip(plan, sample, rest):
+        assert part.queries.tolist() == whole.queries[::tiles.AUTO_SAMPLE_STRIDE].tolist()
+        assert sorted(part.queries.tolist() + other.queries.tolist()) == whole.queries.tolist()
+        assert part.work() + other.work() == whole.work() and np.array_equal(part.rows, whole.rows)
+    assert tiles.split_sample(plan)[0] == plan[:1]  # whole tiles where the rows are read from disk
+    monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 1.0, "row_s": 0.0})  # brute: dear
+    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 1.0)  # sampled, however loose a basis of 4
+    res = index.topk(q, k=2, tile=64)  # 192 references: three tiles
+    figures = res.stats["auto_figures"]
+    assert res.stats["method"] == "pruned" and figures["sample_tiles"] >= 3
+    assert figures["sample_pairs"] < 0.15 * figures["fraction"] * len(q) * len(ref)
+    np.testing.assert_array_equal(res.indices, ei)
+    np.testing.assert_allclose(res.values, ev, atol=1e-12)
+
+
 def test_auto_says_what_it_chose(brainlike, monkeypatch):
     q, ref = brainlike
     ev, ei, _ = truth(q, ref, 2)

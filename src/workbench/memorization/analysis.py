@@ -258,21 +258,21 @@ def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> tuple[S
     """The pixel-r searches, and the best match of each of the k most similar training subjects
     (None where the training images have no subjects or k < 2: the match browser's candidates).
 
-    Each reference is searched through one :class:`~workbench.search.ReferenceSearch`:
-    one index for all its searches where their queries together pay for it, and the synthetic
-    images' top k and their subjects' best matches from one search of the training images."""
+    Each reference is searched through one :class:`~workbench.search.ReferenceSearch`: one index
+    for all its searches where one of them would build it, and the synthetic images' top k and
+    their subjects' best matches from one search of the training images."""
     subjects = train.manifest["subject"] if "subject" in train.manifest.columns else None
     k_subjects = None if subjects is None or subjects.isna().any() or k < 2 else int(min(k, subjects.nunique()))
-    by_train = ReferenceSearch(train, len(synthetic) + len(test), device=device, progress=progress)
+    by_train = ReferenceSearch(train, (len(synthetic), len(test)), device=device, progress=progress)
     if k_subjects is None:
         s, by_subject = by_train.topk(synthetic, k), None
     else:
         s, by_subject = by_train.topk(synthetic, k, distinct="subject", k_distinct=k_subjects)
     t = by_train.topk(test, 1)
-    by_test = ReferenceSearch(test, len(train) + len(synthetic), device=device, progress=progress)
+    by_test = ReferenceSearch(test, (len(train), len(synthetic)), device=device, progress=progress)
     tr = by_test.topk(train, 1)
     st = by_test.topk(synthetic, 1)
-    ts = ReferenceSearch(synthetic, len(train), device=device, progress=progress).topk(train, 1)
+    ts = ReferenceSearch(synthetic, (len(train),), device=device, progress=progress).topk(train, 1)
     pixel = Similarity(PIXEL, np.asarray(s.values), np.asarray(s.indices), np.asarray(t.values)[:, 0],
                        np.asarray(tr.values)[:, 0], np.asarray(st.values)[:, 0], np.asarray(ts.values)[:, 0])
     return pixel, by_subject
@@ -294,7 +294,8 @@ def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
     rows = []
     channels = list(train.channels)
     for c in channels if len(channels) > 1 else []:
-        by_train = ReferenceSearch(train, len(synthetic) + len(test), channels=[c], device=device, progress=progress)
+        by_train = ReferenceSearch(train, (len(synthetic), len(test)), channels=[c], device=device,
+                                   progress=progress)
         for comparison, queries in (("synthetic → train", synthetic), ("test → train", test)):
             with warnings.catch_warnings():
                 # one channel alone is often constant (a segmentation without tumour): r is undefined

@@ -90,21 +90,23 @@ class ReferenceSearch:
     """Several exact searches of one reference, as an analysis runs them: synthetic images and
     held-out images against the training images, say.
 
-    ``n_queries``: how many queries all the searches will bring together.  Where they pay for an
-    index (:func:`~workbench.search.index.index_pays`), one :class:`CorrelationIndex` is built and
-    serves every search (``method="auto"`` of its ``topk``: pruned or brute force, as it
-    measures); else each search runs as :func:`topk_correlation` runs it.  One-off searches each
-    decide alone, and a search of fewer queries than the threshold never builds an index, so an
-    analysis whose searches of the same reference add up to many queries searched them all by
-    brute force, and at BraTS scale a brute-force pass is hours.  ``channels``: searches of these
-    channels only (the per-channel figures: an index per selection).
+    ``sizes``: the number of queries of each search it will run.  Where one of them alone would
+    build an index (:func:`~workbench.search.index.index_pays`, as :func:`topk_correlation` decides
+    for a one-off search), one :class:`CorrelationIndex` is built and serves every search
+    (``method="auto"`` of its ``topk``: pruned or brute force, as it measures); else each search
+    runs as :func:`topk_correlation` runs it.  One-off searches each built their own index of the
+    same reference, and the others went brute even where that index was at hand.  Not the sum of
+    the sizes: at 6,216 x 4x64x64 training images an analysis's 8,459 queries (k = 1 and the
+    subjects' widened k' = 21-336) took 61.5 s with a shared index and 57.3 s without
+    (BENCHMARKS.md, issue 16 item 23).  ``channels``: searches of these channels only (the
+    per-channel figures: an index per selection).
     """
 
-    def __init__(self, reference, n_queries: int, *, channels=None, device: str = "auto", progress: bool = False):
+    def __init__(self, reference, sizes, *, channels=None, device: str = "auto", progress: bool = False):
         self.reference = as_source(reference, "reference")
         self.channels, self.device, self.progress = channels, device, progress
         self.index = None
-        if index_pays(int(n_queries), len(self.reference)):
+        if index_pays(max(int(n) for n in sizes), len(self.reference)):
             self.index = CorrelationIndex(self.reference, channels=channels, device=device, progress=progress)
 
     def topk(self, queries, k: int, *, distinct=None, k_distinct: int | None = None):

@@ -561,11 +561,33 @@ def pair_plan(qi: np.ndarray, ri: np.ndarray, tile: int, span: bool, sparse: boo
     return plan
 
 
-def split_sample(plan: list) -> tuple[list, list]:
+def split_sample(plan: list, by_queries: bool = False) -> tuple[list, list]:
     """``method="auto"``'s timed sample of a plan (every AUTO_SAMPLE_STRIDE-th tile, or more often
-    so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order."""
+    so that at least AUTO_SAMPLE_TILES are sampled) and the rest, both in plan order.
+
+    ``by_queries`` (rows in memory, where a tile's rows cost nothing to take twice): a plan of
+    fewer than AUTO_SAMPLE_TILES tiles is sampled within its tiles instead, every
+    AUTO_SAMPLE_STRIDE-th query of each tile, the rest of each tile left in the plan.  A small
+    reference has few, large tiles (2,459 rows: five tiles of 512), and two whole tiles sampled
+    were 40 % of the tiles' work, thrown away where auto then went brute (6.3 s against brute
+    force's 3.6 s; BENCHMARKS.md, issue 16 item 23)."""
+    if by_queries and len(plan) < AUTO_SAMPLE_TILES:
+        sample, rest = [], []
+        for t in plan:
+            pick = torch.zeros(len(t.queries), dtype=torch.bool)
+            pick[::AUTO_SAMPLE_STRIDE] = True
+            sample.append(query_part(t, pick))
+            if not pick.all():
+                rest.append(query_part(t, ~pick))
+        return sample, rest
     stride = max(AUTO_SAMPLE_MIN_STRIDE, min(AUTO_SAMPLE_STRIDE, len(plan) // AUTO_SAMPLE_TILES))
     return plan[::stride], [p for j, p in enumerate(plan) if j % stride]
+
+
+def query_part(tile: Tile, pick: torch.Tensor) -> Tile:
+    """The part of ``tile`` that holds its queries ``pick`` (bool, one per query): same rows."""
+    pairs = None if tile.pairs is None else tile.pairs[pick.to(tile.pairs.device)]
+    return Tile(tile.index, tile.queries[pick.to(tile.queries.device)], tile.rows, pairs)
 
 
 def plan_pairs(plan: list) -> int:
@@ -851,7 +873,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         # the tiles' cost on this machine, measured on a strided sample of them (their pairs kept):
         # each tile's seconds fitted as a fixed cost plus a cost per pair, which predicts the rest
         # (a cost per pair alone misjudged the rest by a third where the sample's tiles were larger)
-        sample, plan = split_sample(plan)
+        sample, plan = split_sample(plan, by_queries=not streamed)
         times = []
         run(sample, tau_dev, "sampling tiles", times)
         spent = float(sum(times))
