@@ -239,7 +239,8 @@ def test_the_analysis_builds_one_index_per_reference_and_searches_the_top_k_once
     k_subjects = min(3, train.manifest["subject"].nunique())
     first = max(2 * k_subjects, k_subjects + 16, 3)
     assert [s for s in searched if s[2] == len(train) and s[3] > 1][0] == ("brute", len(synthetic), len(train), first)
-    assert not [s for s in searched if s[2] == len(train) and 1 < s[3] < first]  # no search for the top k alone
+    mine = [s for s in searched if s[1:3] == (len(synthetic), len(train))]
+    assert not [s for s in mine if 1 < s[3] < first]  # no search for the top k alone
     again = [s for s in searched if s[2] == len(train) and s[3] > first]
     assert again and all(s[1] < len(synthetic) for s in again)  # only the queries short of subjects
     searched.clear()
@@ -266,3 +267,43 @@ def test_the_analysis_builds_one_index_per_reference_and_searches_the_top_k_once
     assert indexed.subject_matches.equals(brute.subject_matches)
     np.testing.assert_allclose(indexed.per_channel["max"].to_numpy(), brute.per_channel["max"].to_numpy(), atol=1e-12)
     assert indexed.flags["copy"].equals(brute.flags["copy"])
+
+
+def test_dcr_nndr_take_the_analysis_own_second_best_matches(planted, analysis, phantom_detector, monkeypatch, tmp_path):
+    """DCR / NNDR need each held-out image's best and second-best training match: the analysis keeps
+    the second from its own search (k = 2), saved and loaded with it, so ``distances`` does not
+    search the training images again; for another held-out set, or an analysis saved before it
+    kept them, it searches as before, and the figures agree."""
+    import workbench.search
+    from workbench.evaluate.distances import distances
+    from workbench.memorization.analysis import load_analysis
+
+    synthetic, train, calib, _ = planted
+    fresh = workbench.search.topk_correlation(calib, train, k=2, method="brute")
+    pixel = analysis.similarities[PIXEL]
+    np.testing.assert_allclose(pixel.test_to_train, fresh.values[:, 0], atol=1e-12)
+    np.testing.assert_allclose(pixel.test_to_train_second, fresh.values[:, 1], atol=1e-12)
+    assert (analysis.similarities[EMBEDDING].test_to_train_second <= analysis.similarities[EMBEDDING].test_to_train).all()
+    searched = []
+    search = workbench.search.topk_correlation
+    monkeypatch.setattr(workbench.search, "topk_correlation", lambda *a, **kw: searched.append(a) or search(*a, **kw))
+    # (the embeddings' searches pass arrays; the pixel searches the stores)
+    analysis.save(tmp_path / "a")
+    loaded = load_analysis(tmp_path / "a")
+    np.testing.assert_array_equal(loaded.similarities[PIXEL].test_to_train_second, pixel.test_to_train_second)
+    kept = distances(loaded, train, calib).per_image
+    assert not searched  # no second pass over the training images, pixels or embeddings
+    # an analysis saved before the second best was kept: searched again, the same figures
+    with np.load(tmp_path / "a" / "similarities.npz") as arrays:
+        old = {k: arrays[k] for k in arrays.files if not k.endswith("test_to_train_second")}
+    np.savez(tmp_path / "a" / "similarities.npz", **old)
+    before = load_analysis(tmp_path / "a")
+    assert before.similarities[PIXEL].test_to_train_second is None
+    again = distances(before, train, calib, detector=phantom_detector).per_image
+    assert [len(a[0]) for a in searched if isinstance(a[0], SliceStore)] == [len(calib)]
+    pd.testing.assert_frame_equal(kept[kept["similarity"] == "pixel r"].reset_index(drop=True),
+                                  again[again["similarity"] == "pixel r"].reset_index(drop=True), atol=1e-12)
+    # another held-out set than the analysis's: searched, never the analysis's values
+    other = calib.take(np.arange(0, len(calib), 2))
+    distances(loaded, train, other, detector=phantom_detector)
+    assert [len(a[0]) for a in searched if isinstance(a[0], SliceStore)] == [len(calib), len(other)]

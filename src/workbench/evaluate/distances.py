@@ -85,7 +85,9 @@ class Distances:
 
 
 def distances(analysis, train, test, *, detector=None, device="auto", progress: bool = False) -> Distances:
-    """DCR / NNDR of an analysis's synthetic images (its saved top-k) and of ``test`` (searched here).
+    """DCR / NNDR of an analysis's synthetic images (its saved top-k) and of ``test``: the analysis's
+    own best and second-best matches of the held-out images where it kept them for these same
+    images (the same store and rows), else searched here (a whole pass over the training images).
 
     Parameters
     ----------
@@ -101,12 +103,17 @@ def distances(analysis, train, test, *, detector=None, device="auto", progress: 
         raise WorkbenchError(f"{train.path}: DCR / NNDR need at least 2 training images, got {len(train)}")
     if len(test) < 1:
         raise WorkbenchError(f"{test.path}: no held-out images to compare with")
+    settings = analysis.settings
+    same_test = (settings.get("test_store") == str(test.path) and "test_rows" in settings
+                 and np.array_equal(np.asarray(settings["test_rows"], dtype=np.int64), np.asarray(test.rows)))
     frames = []
     for name, sim in analysis.similarities.items():
         if sim.synthetic_values.shape[1] < 2:
             raise WorkbenchError(f"the analysis kept only k={sim.synthetic_values.shape[1]} match per synthetic image; "
                                  f"NNDR needs 2: analyse again with k >= 2 (the default is 5)")
-        if name == PIXEL:
+        if sim.test_to_train_second is not None and same_test:  # kept by the analysis's own search
+            held = np.stack([sim.test_to_train, sim.test_to_train_second], axis=1)
+        elif name == PIXEL:  # an analysis saved before it kept the second best
             held = np.asarray(topk_correlation(test, train, k=2, device=device, progress=progress).values)
         elif name == EMBEDDING:
             from ..memorization.detector import embed, embedding_topk, load_detector

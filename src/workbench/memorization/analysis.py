@@ -54,6 +54,8 @@ KEYS = {PIXEL: "pixel", EMBEDDING: "embedding"}
 #: the arrays of a Similarity, saved in the run's similarities file
 ARRAYS = ("synthetic_values", "synthetic_indices", "test_to_train", "train_to_test", "synthetic_to_test",
           "train_to_synthetic")
+#: ... and, where the analysis kept it (analyses saved before it are read without)
+OPTIONAL_ARRAYS = ("test_to_train_second",)
 
 
 @dataclass
@@ -67,6 +69,11 @@ class Similarity:
     train_to_test: np.ndarray  # (n_train,)
     synthetic_to_test: np.ndarray  # (n_synthetic,)
     train_to_synthetic: np.ndarray  # (n_train,): each training image's nearest synthetic image
+    #: (n_test,): each held-out image's second-best training image, from the same search as
+    #: test_to_train (DCR / NNDR need both: :mod:`workbench.evaluate.distances` searched again for
+    #: it, a whole pass over the training images); None with one training image, or as loaded
+    #: from an analysis saved before it
+    test_to_train_second: np.ndarray | None = None
 
     @property
     def synthetic_max(self) -> np.ndarray:
@@ -183,7 +190,7 @@ class Analysis:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {f"{KEYS[name]}__{a}": np.asarray(getattr(sim, a)) for name, sim in self.similarities.items()
-                  for a in ARRAYS}
+                  for a in ARRAYS + OPTIONAL_ARRAYS if getattr(sim, a) is not None}
         arrays.update({f"per_channel__{i}": np.asarray(v, dtype=np.float64)
                        for i, v in enumerate(self.per_channel.get("values", []))})
         summary = self.summary()
@@ -268,13 +275,14 @@ def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> tuple[S
         s, by_subject = by_train.topk(synthetic, k), None
     else:
         s, by_subject = by_train.topk(synthetic, k, distinct="subject", k_distinct=k_subjects)
-    t = by_train.topk(test, 1)
+    t = by_train.topk(test, min(2, len(train)))  # the second best too: DCR / NNDR's
     by_test = ReferenceSearch(test, (len(train), len(synthetic)), device=device, progress=progress)
     tr = by_test.topk(train, 1)
     st = by_test.topk(synthetic, 1)
     ts = ReferenceSearch(synthetic, (len(train),), device=device, progress=progress).topk(train, 1)
-    pixel = Similarity(PIXEL, np.asarray(s.values), np.asarray(s.indices), np.asarray(t.values)[:, 0],
-                       np.asarray(tr.values)[:, 0], np.asarray(st.values)[:, 0], np.asarray(ts.values)[:, 0])
+    tv = np.asarray(t.values)
+    pixel = Similarity(PIXEL, np.asarray(s.values), np.asarray(s.indices), tv[:, 0], np.asarray(tr.values)[:, 0],
+                       np.asarray(st.values)[:, 0], np.asarray(ts.values)[:, 0], tv[:, 1] if tv.shape[1] > 1 else None)
     return pixel, by_subject
 
 
@@ -283,11 +291,11 @@ def _embedding_similarity(encoder, synthetic, train, test, *, k, metric, progres
 
     zs, ztr, zte = (embed(encoder, x, progress=progress) for x in (synthetic, train, test))
     sv, si = embedding_topk(zs, ztr, k=k, metric=metric)
-    tv, _ = embedding_topk(zte, ztr, k=1, metric=metric)
+    tv, _ = embedding_topk(zte, ztr, k=min(2, len(ztr)), metric=metric)  # the second best too: DCR / NNDR's
     rv, _ = embedding_topk(ztr, zte, k=1, metric=metric)
     stv, _ = embedding_topk(zs, zte, k=1, metric=metric)
     tsv, _ = embedding_topk(ztr, zs, k=1, metric=metric)
-    return Similarity(EMBEDDING, sv, si, tv[:, 0], rv[:, 0], stv[:, 0], tsv[:, 0])
+    return Similarity(EMBEDDING, sv, si, tv[:, 0], rv[:, 0], stv[:, 0], tsv[:, 0], tv[:, 1] if tv.shape[1] > 1 else None)
 
 
 def _per_channel(synthetic, train, test, *, device, progress) -> pd.DataFrame:
@@ -419,6 +427,7 @@ def run_analysis(synthetic: SliceStore, train: SliceStore, test: SliceStore, *, 
                 "n_synthetic": len(synthetic), "n_train": len(train), "n_test": len(test),
                 "synthetic_store": str(synthetic.path), "train_store": str(train.path), "test_store": str(test.path),
                 "train_rows": [int(r) for r in train.rows], "synthetic_rows": [int(r) for r in synthetic.rows],
+                "test_rows": [int(r) for r in test.rows],
                 "similarities": list(sims), "embedding_metric": embedding_metric if detector is not None else None,
                 "fixed_thresholds": {name: value for name, value in fixed.items()}}
     return _assemble(sims, settings, train_manifest=train.manifest, train_rows=train.rows, synthetic=synthetic,
@@ -456,7 +465,9 @@ def load_analysis(folder) -> Analysis:
         with np.load(folder / layout.SIMILARITIES, allow_pickle=False) as arrays:
             sims = {}
             for name in settings["similarities"]:
-                sims[name] = Similarity(name, *(arrays[f"{KEYS[name]}__{a}"] for a in ARRAYS))
+                sims[name] = Similarity(name, *(arrays[f"{KEYS[name]}__{a}"] for a in ARRAYS),
+                                        *(arrays[key] if (key := f"{KEYS[name]}__{a}") in arrays.files else None
+                                          for a in OPTIONAL_ARRAYS))
             per_channel_values = [arrays[k] for k in sorted((k for k in arrays.files if k.startswith("per_channel__")),
                                                             key=lambda k: int(k.split("__")[1]))]
         matches = pd.read_parquet(folder / layout.MATCHES)
