@@ -46,7 +46,8 @@ dimensions: $(STAMP)
 # issue 16's search benchmark in one command: workload (a) at k = 5 and k = 1, then workload (b),
 # 1,000 queries against an 80,000-image store of 21 GB built on first use (about 25 min the
 # first time on a 2-core CPU, 12 min after), then the floors of both (what no exact search of
-# this design can skip, benchmarks/search_floors.py, 3 min; figures in BENCHMARKS.md)
+# this design can skip, benchmarks/search_floors.py, 3 min), auto's choices, and the copy
+# analysis's searches (benchmarks/analysis_searches.py, 3 min; figures in BENCHMARKS.md)
 bench-search: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) benchmarks/search.py --size 64 --k 5 --precisions auto --methods torch,faiss,index,pruned,auto --peak-n 1024 --json runs/bench-search-k5.json
@@ -55,3 +56,5 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search_scale.py --row-copy --json runs/bench-scale-rowcopy.json
 	$(PY) benchmarks/search_floors.py --scale --json runs/bench-floors.json
 	$(PY) benchmarks/search_auto.py
+	$(PY) benchmarks/analysis_searches.py --synthetic 1000 --json runs/bench-analysis-1000.json
+	$(PY) benchmarks/analysis_searches.py --synthetic 6000 --json runs/bench-analysis-6000.json
