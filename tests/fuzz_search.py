@@ -37,6 +37,20 @@ def write_store(path, images):
         w.append(images, [{"subject": f"s{i // 16}", "split": "train"} for i in range(len(images))])
     return SliceStore.open(path)
 
+def draw_selection(rng, C, H, W, p):
+    """``(options, sel)``: channels and / or a mask drawn with probability p each, as search options,
+    and the flat pixels they select (None: all)."""
+    options, sel = {}, None
+    if rng.random() < p and C > 1:
+        ch = sorted(rng.choice(C, int(rng.integers(1, C)), replace=False).tolist()); options["channels"] = ch
+        m = np.zeros((C, H * W), bool); m[ch] = True; sel = m.reshape(-1)
+    if rng.random() < p:
+        mask = rng.random((H, W)) < 0.7; mask[0, 0] = mask[0, 1] = True; options["mask"] = mask
+        base = np.ones((C, H * W), bool) if sel is None else sel.reshape(C, H * W)
+        sel = (base & mask.reshape(1, -1)).reshape(-1)
+    return options, sel
+
+
 def unit(x, sel=None):
     x = x.reshape(len(x), -1).astype(np.float64)
     if sel is not None: x = x[:, sel]
@@ -100,14 +114,8 @@ def one_index(seed, tmp):
     N = len(ref); C, H, W = ref.shape[1:]
     variant = rng.choice(["f32", "bf16", "disk", "rowcopy", "blocks"])
     kw = dict(basis_dim=int(rng.choice([2, 4, 8, 16, 32, 64] + ([256, 300, 512] if WIDE else []))))
-    sel = None
-    if rng.random() < 0.2 and C > 1:
-        ch = sorted(rng.choice(C, int(rng.integers(1, C)), replace=False).tolist()); kw["channels"] = ch
-        m = np.zeros((C, H * W), bool); m[ch] = True; sel = m.reshape(-1)
-    if rng.random() < 0.2:
-        mask = rng.random((H, W)) < 0.7; mask[0, 0] = mask[0, 1] = True; kw["mask"] = mask
-        base = np.ones((C, H * W), bool) if sel is None else sel.reshape(C, H * W)
-        sel = (base & mask.reshape(1, -1)).reshape(-1)
+    chosen, sel = draw_selection(rng, C, H, W, 0.2)
+    kw.update(chosen)
     if variant == "bf16": kw["precision"] = "bf16"
     if variant == "blocks": kw["basis"] = "blocks"; kw.pop("basis_dim"); kw["block"] = int(rng.choice([1, 2, 4]))
     src = ref
@@ -120,10 +128,9 @@ def one_index(seed, tmp):
     n_live = int((~unit(ref, sel)[1]).sum())
     k = int(rng.integers(1, max(2, min(n_live, 12)) + 1)); k = min(k, n_live)
     tile = int(rng.choice([1, 3, 8, 64])) if rng.random() < 0.5 else None
-    qq = q if sel is None else q
     for method in ("pruned", "auto", "brute"):
         label = f"seed {seed} {kind} {variant} N={N} Q={len(q)} {C}x{H}x{W} k={k} tile={tile} {method} kw={ {a: b for a, b in kw.items() if a != 'mask'} } mask={'mask' in kw}"
-        res = index.topk(qq, k=k, method=method, tile=tile) if method != "brute" else index.topk(qq, k=k, method="brute")
+        res = index.topk(q, k=k, method=method, tile=tile if method != "brute" else None)
         check(res, q, ref, k, sel, label)
     return kind, variant
 
@@ -134,14 +141,7 @@ def one_api(seed, tmp, client=None):
     kind, q, ref = make(rng)
     N = len(ref)
     C, H, W = ref.shape[1:]
-    sel, extra = None, {}
-    if rng.random() < 0.3 and C > 1:
-        ch = sorted(rng.choice(C, int(rng.integers(1, C)), replace=False).tolist()); extra["channels"] = ch
-        m = np.zeros((C, H * W), bool); m[ch] = True; sel = m.reshape(-1)
-    if rng.random() < 0.3:
-        mask = rng.random((H, W)) < 0.7; mask[0, 0] = mask[0, 1] = True; extra["mask"] = mask
-        base = np.ones((C, H * W), bool) if sel is None else sel.reshape(C, H * W)
-        sel = (base & mask.reshape(1, -1)).reshape(-1)
+    extra, sel = draw_selection(rng, C, H, W, 0.3)
     x, cq = unit(q, sel); y, cr = unit(ref, sel)
     s = x @ y.T; s[:, cr] = -np.inf
     n_live = int((~cr).sum())

@@ -23,6 +23,22 @@ def reference_topk(q, r, k):
     return np.take_along_axis(s, idx, 1), idx
 
 
+def best_of_each_label(values, indices, labels, k):
+    """From a full float64 ranking (``reference_topk`` over every image): each query's first image of
+    each label, the k best labels, as (values, indices); constant images (-inf) never count."""
+    vals, idx = [], []
+    for v_row, i_row in zip(values, indices):
+        seen, v_out, i_out = set(), [], []
+        for v, i in zip(v_row, i_row):
+            if np.isfinite(v) and labels[i] not in seen:
+                seen.add(labels[i])
+                v_out.append(v)
+                i_out.append(i)
+        vals.append(v_out[:k])
+        idx.append(i_out[:k])
+    return vals, idx
+
+
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
@@ -325,15 +341,9 @@ def test_distinct_subjects_are_the_best_match_of_each_of_the_k_best_subjects(pha
     subjects = train.manifest["subject"].to_numpy()
     res = topk_correlation(phantom_store, train, k=2, distinct="subject")
     ev, ei = reference_topk(images, images[train.rows], len(train))  # the full float64 ranking
+    _, want = best_of_each_label(ev, ei, subjects, 2)
     for q in range(len(images)):
-        want, seen = [], set()
-        for i in ei[q]:
-            if subjects[i] not in seen:
-                seen.add(subjects[i])
-                want.append(i)
-            if len(want) == 2:
-                break
-        np.testing.assert_array_equal(res.indices[q], want)
+        np.testing.assert_array_equal(res.indices[q], want[q])
         assert subjects[res.indices[q, 0]] != subjects[res.indices[q, 1]]
     # labels as an array on plain arrays give the same answer
     res2 = topk_correlation(images, images[train.rows], k=2, distinct=subjects)
@@ -358,13 +368,7 @@ def test_distinct_labels_with_constant_reference_images(method):
     q = np.concatenate([ref[[0, 7]] + 0.01 * rng.random((2, 1, 6, 6)).astype(np.float32), rng.random((3, 1, 6, 6))])
     res = topk_correlation(q, ref, k=3, distinct=labels, method=method)
     ev, ei = reference_topk(q, ref, 20)  # the full float64 ranking (constant images last, -inf)
-    for i in range(len(q)):
-        want, seen = [], set()
-        for v, j in zip(ev[i], ei[i]):
-            if np.isfinite(v) and labels[j] not in seen:
-                seen.add(labels[j])
-                want.append(j)
-        np.testing.assert_array_equal(res.indices[i], want[:3])
+    np.testing.assert_array_equal(res.indices, best_of_each_label(ev, ei, labels, 3)[1])
     assert res.stats["searched_k"] == 18  # the non-constant images, all of them
     with pytest.raises(WorkbenchError, match="non-constant images have only 6 different labels"):
         topk_correlation(q, ref, k=7, distinct=labels, method=method)
@@ -391,14 +395,9 @@ def test_distinct_labels_search_again_only_the_queries_short_of_labels():
 
     plain, res = topk_with_distinct(search, q, ref, 4, 3, labels)
     ev, ei = reference_topk(q, ref, len(ref))
-    for i in range(len(q)):
-        want, seen = [], set()
-        for j in ei[i]:
-            if labels[j] not in seen:
-                seen.add(labels[j])
-                want.append(j)
-        np.testing.assert_array_equal(res.indices[i], want[:3])
-        np.testing.assert_allclose(res.values[i], [ev[i, list(ei[i]).index(j)] for j in want[:3]], atol=1e-12)
+    want_v, want_i = best_of_each_label(ev, ei, labels, 3)
+    np.testing.assert_array_equal(res.indices, want_i)
+    np.testing.assert_allclose(res.values, want_v, atol=1e-12)
     np.testing.assert_array_equal(plain.indices, ei[:, :4])
     assert calls[0] == (len(q), 19) and all(n < len(q) and k > 19 for n, k in calls[1:]) and len(calls) > 1
     assert res.stats["widened_queries"] == sum(n for n, _ in calls[1:])
