@@ -307,3 +307,22 @@ def test_dcr_nndr_take_the_analysis_own_second_best_matches(planted, analysis, p
     other = calib.take(np.arange(0, len(calib), 2))
     distances(loaded, train, other, detector=phantom_detector)
     assert [len(a[0]) for a in searched if isinstance(a[0], SliceStore)] == [len(calib), len(other)]
+
+
+def test_one_non_constant_training_image_is_refused_by_the_calibration_not_the_second_best(tmp_path):
+    """The held-out images' search keeps the second best for DCR / NNDR; a training set with a single
+    non-constant image has none, and the user is told what is wrong with the data (too few training
+    images to calibrate on), not that a search asked for k = 2."""
+    rng = np.random.default_rng(0)
+
+    def store(name, images, split):
+        with StoreWriter(tmp_path / name, channels=["t1"], height=8, width=8) as w:
+            w.append(images.astype(np.float32), [{"subject": f"{name}{i}", "split": split} for i in range(len(images))])
+        return SliceStore.open(tmp_path / name)
+
+    train = store("train", np.concatenate([rng.random((1, 1, 8, 8)), np.full((2, 1, 8, 8), 3.0)]), "train")
+    test = store("test", rng.random((20, 1, 8, 8)), "test")
+    synthetic = store("synthetic", rng.random((4, 1, 8, 8)), "synthetic")
+    with pytest.warns(UserWarning, match="constant"), pytest.raises(WorkbenchError, match="only 1 training images"):
+        run_analysis(synthetic, train, test, k=1, bootstrap=0, per_channel=False, data_copying_cells=None,
+                     progress=False)

@@ -38,7 +38,7 @@ import pandas as pd
 from ..data import layout
 from ..data.atomic import atomic_file
 from ..data.store import SliceStore, align_channels
-from ..errors import WorkbenchError
+from ..errors import TooFewReferenceImages, WorkbenchError
 from ..search import ReferenceSearch, SearchResult
 from .calibration import (MIN_CALIBRATION_IMAGES, CopyRates, Threshold, baseline_threshold, check_threshold, copy_rates,
                           dar_threshold)
@@ -275,7 +275,10 @@ def _pixel_similarity(synthetic, train, test, *, k, device, progress) -> tuple[S
         s, by_subject = by_train.topk(synthetic, k), None
     else:
         s, by_subject = by_train.topk(synthetic, k, distinct="subject", k_distinct=k_subjects)
-    t = by_train.topk(test, min(2, len(train)))  # the second best too: DCR / NNDR's
+    try:
+        t = by_train.topk(test, min(2, len(train)))  # the second best too: DCR / NNDR's
+    except TooFewReferenceImages:  # one non-constant training image: it has no second best
+        t = by_train.topk(test, 1)
     by_test = ReferenceSearch(test, (len(train), len(synthetic)), device=device, progress=progress)
     tr = by_test.topk(train, 1)
     st = by_test.topk(synthetic, 1)
