@@ -4,8 +4,8 @@
 ``client=`` → :mod:`~workbench.search.distributed` (Dask), ``method="pruned"`` →
 :mod:`~workbench.search.index` (a pruned search of a fresh index), otherwise
 :mod:`~workbench.search.streaming` (brute force over the streamed reference).
-:class:`ReferenceSearch`: several searches of one reference deciding together whether an index
-pays (an analysis's).  No module of the search imports this one.
+:class:`ReferenceSearch`: several searches of one reference (an analysis's) sharing one index
+where one of them would build it.  No module of the search imports this one.
 """
 from __future__ import annotations
 
