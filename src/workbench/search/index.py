@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import time
 import warnings
@@ -84,10 +85,25 @@ def release_free_memory() -> None:
         pass
 
 
+#: principal directions kept by default: BASIS_PER_ROOT x sqrt(N), from BASIS_MIN to BASIS_MAX
+#: (:func:`default_basis_dim`)
+BASIS_PER_ROOT = 6.5
+BASIS_MIN, BASIS_MAX = 64, 1024
+
+
 def default_basis_dim(n_reference: int) -> int:
-    """Principal directions kept by default: more for a larger reference, where the codes cost
-    less next to the work they save (BENCHMARKS.md)."""
-    return int(min(1024, max(64, 2 ** round(np.log2(max(n_reference, 1) / 32)))))
+    """Principal directions kept by default: 6.5 sqrt(N) for N reference images, in multiples of
+    64, from 64 to 1,024.
+
+    The query codes cost d / N of brute force (about 2 d / N in time: their products carry float64
+    partial sums), and the pairs the bound leaves, evaluated as sampled products at a tenth of a
+    dense product's speed, fall by a little more than half each time d doubles: the sum is least
+    near d ~ N^0.45, so the basis grows as sqrt(N), not as N.  Measured on brain phantoms
+    (``benchmarks/search_basis_dim.py``, BENCHMARKS.md issue 16 item 24), the best d was
+    256-512 at 1,000 references, 320 at 2,459 and 320-512 at 6,216; N / 32, kept until then, gave
+    64 at 2,459 references, where 6,216 queries took 6.9 s against 2.6 s at 320 (brute force 4.1-4.7 s)."""
+    d = 64 * round(BASIS_PER_ROOT * math.sqrt(max(n_reference, 1)) / 64)
+    return int(min(BASIS_MAX, max(BASIS_MIN, d)))
 
 
 class CorrelationIndex:
