@@ -58,3 +58,5 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search_auto.py
 	$(PY) benchmarks/analysis_searches.py --synthetic 1000 --json runs/bench-analysis-1000.json
 	$(PY) benchmarks/analysis_searches.py --synthetic 6000 --json runs/bench-analysis-6000.json
+	$(PY) benchmarks/search_auto_small.py --json runs/bench-auto-small.json
+	$(PY) benchmarks/search_basis_dim.py --json runs/bench-basis-dim.json

@@ -178,6 +178,23 @@ def test_an_index_on_the_cpu_keeps_float32_vectors_by_default(brainlike):
     assert CorrelationIndex(ref, basis_dim=8).row_error is None
 
 
+def test_the_default_basis_grows_as_the_root_of_the_reference_size():
+    """d ~ 6.5 sqrt(N) in multiples of 64, 64 to 1,024 (index.default_basis_dim): a reference
+    four times larger gets about twice the directions, not four times (the N / 32 kept before gave
+    64 at 2,459 references, where the survivors cost more than brute force)."""
+    sizes = [1, 50, 300, 1000, 2459, 6216, 8192, 24000, 80000, 10**6]
+    dims = [index_module.default_basis_dim(n) for n in sizes]
+    assert all(d % 64 == 0 and 64 <= d <= 1024 for d in dims)
+    assert dims == sorted(dims)
+    assert dims[0] == 64 and dims[-1] == 1024
+    for n in (1000, 2459, 6000):  # below the cap: four times the references, about twice the basis
+        assert 1.7 <= index_module.default_basis_dim(4 * n) / index_module.default_basis_dim(n) <= 2.4
+    assert index_module.default_basis_dim(2459) >= 256  # the size measured in BENCHMARKS.md, item 24
+    ref = slices(n_subjects=20, depth=16, size=16)  # 320 images: more than 64 directions by default
+    index = CorrelationIndex(ref)
+    assert index.basis.shape[1] == index_module.default_basis_dim(len(ref)) > 64
+
+
 # -- every method equals float64 brute force ---------------------------------------------------
 def test_a_basis_refined_over_more_rows_captures_more_of_the_reference(brainlike, monkeypatch):
     """Fitted to a sample too small for its d, the basis is refined by one step of subspace
