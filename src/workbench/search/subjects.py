@@ -5,6 +5,7 @@ column of a SliceStore reference (``"subject"``) or one label per reference imag
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -33,6 +34,7 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     ``search(queries, reference, k', **options)`` is the exact top-k' search (the caller's,
     :func:`~workbench.search.topk_correlation`).  The exact top-k' list is ordered by r (ties to
     the lower index), so the first image of each label in it is that label's best match.  The
+    first k' is :func:`first_k`'s (larger where each label holds many images).  The
     queries that do not see k labels in it are searched again, alone, with k' four times larger,
     until every query sees k labels or every non-constant image is in its list (neighbouring
     slices of one volume are alike, so a query's top k' often holds one or two subjects: searching
@@ -42,6 +44,26 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     plain search.
     """
     return topk_with_distinct(search, queries, reference, None, k, distinct, **options)[1]
+
+
+#: the first search of a distinct-label search asks for at least k x (median images per label) /
+#: RUN_DIVISOR matches (:func:`first_k`)
+RUN_DIVISOR = 4
+
+
+def first_k(labels: np.ndarray, k: int, least: int) -> int:
+    """The k' of a distinct search's first top-k' list: max(2k, k + 16), or, where each label holds
+    many images (slices of a volume), k x the median images per label / RUN_DIVISOR.
+
+    Neighbouring slices of one volume are alike, so a query's best matches come in runs from one
+    subject, and a run grows with the slices per subject; every query short of k labels is searched
+    again (at BraTS scale a pass of brute force is hours).  On brain phantoms (104 slices a
+    subject, k = 5) the 5th subject came at a median position of 51 and a 90th percentile of 112:
+    the first k' of 21 left 94 % of the queries short (then 84, and 336 for 27 %), 130 leaves 8 %
+    (BENCHMARKS.md, issue 16 item 24).  One image per label (chest X-rays) keeps 2k or k + 16."""
+    n = len(labels)
+    runs = int(k * np.median(list(Counter(labels.tolist()).values())) // RUN_DIVISOR)
+    return int(min(n, max(2 * k, k + 16, least, runs)))
 
 
 def topk_with_distinct(search, queries, reference, k_plain: int | None, k, distinct,
@@ -73,7 +95,7 @@ def topk_with_distinct(search, queries, reference, k_plain: int | None, k, disti
                     raise
                 limit[0] = kk = err.available
 
-    first, kk = searched(None, min(n, max(2 * k, k + 16, least)))
+    first, kk = searched(None, first_k(labels, k, least))
     values = np.full((len(first.values), k), -np.inf)
     indices = np.full((len(first.values), k), -1, dtype=np.int64)
     todo, res, widened = np.arange(len(first.values)), first, 0
