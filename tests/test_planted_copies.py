@@ -19,6 +19,7 @@ from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
 from workbench.memorization.analysis import EMBEDDING, PIXEL, run_analysis
 from workbench.runs.release import release_gate
+from workbench.search.subjects import first_k
 
 KINDS = ("exact", "noisy", "scaled", "shifted", "rotated")
 PER_KIND = 8
@@ -234,15 +235,17 @@ def test_the_analysis_builds_one_index_per_reference_and_searches_the_top_k_once
 
     monkeypatch.setattr(dispatch, "topk_correlation", spy)
     brute = run_analysis(synthetic, train, calib, **options)
-    # synthetic -> train: the top k and the subjects' best matches from one search (k' = max(2k, k + 16)), then
-    # the queries whose list held fewer than 3 subjects alone, with k' four times larger; per channel k = 1
+    # synthetic -> train: the top k and the subjects' best matches from one search (k' from the slices per
+    # subject, subjects.first_k), then the queries whose list held fewer than 3 subjects alone, with k' four
+    # times larger; per channel k = 1
     k_subjects = min(3, train.manifest["subject"].nunique())
-    first = max(2 * k_subjects, k_subjects + 16, 3)
+    first = first_k(train.manifest["subject"].to_numpy(), k_subjects, 3)
+    assert first > max(2 * k_subjects, k_subjects + 16)  # slices of volumes: runs of one subject
     assert [s for s in searched if s[2] == len(train) and s[3] > 1][0] == ("brute", len(synthetic), len(train), first)
     mine = [s for s in searched if s[1:3] == (len(synthetic), len(train))]
     assert not [s for s in mine if 1 < s[3] < first]  # no search for the top k alone
     again = [s for s in searched if s[2] == len(train) and s[3] > first]
-    assert again and all(s[1] < len(synthetic) for s in again)  # only the queries short of subjects
+    assert all(s[1] < len(synthetic) for s in again)  # only the queries short of subjects
     searched.clear()
 
     built = []

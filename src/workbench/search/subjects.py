@@ -59,7 +59,7 @@ def first_k(labels: np.ndarray, k: int, least: int) -> int:
     subject, and a run grows with the slices per subject; every query short of k labels is searched
     again (at BraTS scale a pass of brute force is hours).  On brain phantoms (104 slices a
     subject, k = 5) the 5th subject came at a median position of 51 and a 90th percentile of 112:
-    the first k' of 21 left 94 % of the queries short (then 84, and 336 for 27 %), 130 leaves 8 %
+    the first k' of 21 left 94 % of the queries short (then 84, and 336 for 27 %), 129 left 5 %
     (BENCHMARKS.md, issue 16 item 24).  One image per label (chest X-rays) keeps 2k or k + 16."""
     n = len(labels)
     runs = int(k * np.median(list(Counter(labels.tolist()).values())) // RUN_DIVISOR)
