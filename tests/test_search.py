@@ -374,6 +374,14 @@ def test_distinct_labels_with_constant_reference_images(method):
         topk_correlation(q, ref, k=7, distinct=labels, method=method)
 
 
+def recorded_brute_force(calls: list):
+    """A brute-force search for topk_with_distinct that records (queries, k) of each call."""
+    def search(queries, reference, k):
+        calls.append((len(queries), k))
+        return topk_correlation(queries, reference, k=k, method="brute")
+    return search
+
+
 def test_distinct_labels_search_again_only_the_queries_short_of_labels():
     """Labels whose images are near-copies of each other (slices of one volume): a query near one
     label sees only that label in its first top-k' list and is searched again, alone, with a wider
@@ -388,11 +396,7 @@ def test_distinct_labels_search_again_only_the_queries_short_of_labels():
     labels = np.concatenate([np.repeat([0, 1], 30), np.arange(2, 62)])
     q = np.concatenate([base + 0.01 * rng.random((2, 1, 8, 8)), rng.random((4, 1, 8, 8))]).astype(np.float32)
     calls = []
-
-    def search(queries, reference, k):
-        calls.append((len(queries), k))
-        return topk_correlation(queries, reference, k=k, method="brute")
-
+    search = recorded_brute_force(calls)
     plain, res = topk_with_distinct(search, q, ref, 4, 3, labels)
     ev, ei = reference_topk(q, ref, len(ref))
     want_v, want_i = best_of_each_label(ev, ei, labels, 3)
@@ -423,11 +427,7 @@ def test_distinct_labels_of_many_images_each_are_first_searched_for_their_runs()
     assert first_k(np.arange(240), 3, 3) == 19 and first_k(np.arange(240), 10, 10) == 26
     assert first_k(labels[:20], 3, 3) == 19  # one label of 20: no run beyond 2k, k + 16
     calls = []
-
-    def search(queries, reference, k):
-        calls.append((len(queries), k))
-        return topk_correlation(queries, reference, k=k, method="brute")
-
+    search = recorded_brute_force(calls)
     plain, res = topk_with_distinct(search, q, ref, 2, 3, labels)
     ev, ei = reference_topk(q, ref, len(ref))
     np.testing.assert_array_equal(res.indices, best_of_each_label(ev, ei, labels, 3)[1])
