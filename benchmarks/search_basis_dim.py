@@ -84,7 +84,7 @@ def main(argv=None) -> None:
                    "stages": res.stats["seconds"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            del index
+            index = None  # freed before the next build
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": bench.machine_info(), "runs": rows}, indent=1))
 
