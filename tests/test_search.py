@@ -435,6 +435,47 @@ def test_distinct_labels_of_many_images_each_are_first_searched_for_their_runs()
     assert calls[0] == (len(q), 30)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
+    """Streamed brute force told the labels (``by_label``) rescores the pairs that may be the plain
+    top k or a label's best among the k best labels, not the whole top-k' list, and still gives the
+    float64 ranking's answer: exact duplicates inside a label (ties to the lower index), a constant
+    query, queries between subjects."""
+    from workbench.search.subjects import first_k, topk_with_distinct
+
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:8, 0:8] / 8
+    vols = []
+    for _ in range(8):  # 8 subjects x 30 slices changing smoothly along z
+        f = rng.uniform(1, 3, size=3)
+        vols += [np.sin(f[0] * xx * 3 + z / 30 * f[1]) * np.cos(f[2] * yy * 3 - z / 30) for z in range(30)]
+    ref = (np.asarray(vols)[:, None] + 0.01 * rng.random((240, 1, 8, 8))).astype(np.float32)
+    ref[31] = ref[30]  # an exact duplicate inside subject 1: the lower index is its best
+    labels = np.repeat(np.arange(8), 30)
+    q = np.concatenate([ref[::13] + 0.02 * rng.random((len(ref[::13]), 1, 8, 8)),  # near slices of one subject
+                        (ref[[5, 40]] + ref[[65, 100]]) / 2,  # between two subjects
+                        ref[30:31], np.full((1, 1, 8, 8), 0.5)]).astype(np.float32)  # a duplicate; a constant
+    ev, ei = reference_topk(q, ref, len(ref))
+    want_v, want_i = best_of_each_label(ev, ei, labels, 3)
+    with pytest.warns(UserWarning, match="constant"):
+        plain, res = topk_with_distinct(topk_correlation, q, ref, 2, 3, labels, labelled=True, method="brute",
+                                        precision=precision)
+    live = np.arange(len(q)) != len(q) - 1
+    for row in np.flatnonzero(live):
+        assert res.indices[row].tolist() == want_i[row], row
+        np.testing.assert_allclose(res.values[row], want_v[row], atol=1e-12)
+    np.testing.assert_array_equal(plain.indices[live], ei[live, :2])
+    assert (res.indices[-1] == -1).all() and (plain.indices[-1] == -1).all()
+    assert res.indices[-2, 0] == 30  # the duplicate's lower index
+    # far fewer pairs rescored than the top-k' list holds, and the same answer without the labels
+    assert res.rescored < 0.5 * live.sum() * first_k(labels, 3, 3)
+    with pytest.warns(UserWarning, match="constant"):
+        _, unlabelled = topk_with_distinct(topk_correlation, q, ref, 2, 3, labels, method="brute",
+                                           precision=precision)
+    np.testing.assert_array_equal(unlabelled.indices, res.indices)
+    assert unlabelled.rescored > res.rescored
+
+
 @pytest.mark.parametrize("dim", [300, 4096 + 777])
 def test_bf16_per_pair_bound_holds_for_every_pair_with_any_offset(dim):
     """The screened value lies within its stated bound of the float64 product, for all pairs."""

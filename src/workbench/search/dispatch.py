@@ -21,7 +21,7 @@ from .subjects import topk_distinct, topk_with_distinct
 
 def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", method: str = "auto", channels=None,
                      mask=None, distinct=None, precision: str = "auto", block_size: int | None = None,
-                     progress: bool = False, client=None, **dask_options) -> SearchResult:
+                     progress: bool = False, client=None, by_label=None, **dask_options) -> SearchResult:
     """For each query image, the ``k`` reference images with the highest Pearson r (exact).
 
     Parameters
@@ -48,6 +48,9 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     block_size : reference images per block (default: about 128 MB of float32).
     client : a ``dask.distributed.Client``: shard the reference store across its workers
         (see :mod:`workbench.search.distributed`).
+    by_label : used by the distinct search (:mod:`workbench.search.subjects`): ``(codes, k_labels,
+        k_plain)``; streamed brute force then rescores only what the top ``k_plain`` and each of the
+        ``k_labels`` best labels' best match need, and returns both; the other methods ignore it.
 
     Returns
     -------
@@ -58,9 +61,9 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     # stores are paired by channel name: queries are read in the reference's channel order
     queries = align_channels(queries, reference, what="queries")
     if distinct is not None:
-        return topk_distinct(topk_correlation, queries, reference, k, distinct, device=device, method=method,
-                             channels=channels, mask=mask, precision=precision, block_size=block_size,
-                             progress=progress, client=client, **dask_options)
+        return topk_distinct(topk_correlation, queries, reference, k, distinct, labelled=True, device=device,
+                             method=method, channels=channels, mask=mask, precision=precision,
+                             block_size=block_size, progress=progress, client=client, **dask_options)
     if method not in METHODS:
         raise WorkbenchError(f"method must be 'auto', 'brute' or 'pruned', got {method!r}")
     if client is not None:
@@ -83,7 +86,7 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
         return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
                            block_size=block_size, progress=progress)
     return topk_streaming(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
-                          block_size=block_size, progress=progress)
+                          block_size=block_size, progress=progress, by_label=by_label)
 
 
 class ReferenceSearch:
@@ -115,10 +118,10 @@ class ReferenceSearch:
         labels, from the same search: ``(plain, by_label)``."""
         if distinct is None:
             return self._search(queries, self.reference, k)
-        return topk_with_distinct(self._search, queries, self.reference, k, k_distinct or k, distinct)
+        return topk_with_distinct(self._search, queries, self.reference, k, k_distinct or k, distinct, labelled=True)
 
-    def _search(self, queries, reference, k: int) -> SearchResult:
+    def _search(self, queries, reference, k: int, by_label=None) -> SearchResult:
         if self.index is not None:
             return self.index.topk(queries, k, progress=self.progress)
         return topk_correlation(queries, reference, k=k, channels=self.channels, device=self.device,
-                                progress=self.progress)
+                                progress=self.progress, by_label=by_label)

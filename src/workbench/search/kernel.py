@@ -49,7 +49,7 @@ SHARE_MIN_DIM = 32768
 
 def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference, select, *, k: int,
                        n_reference: int, dtype, dev, progress: bool, ref_lift: float = 0.0,
-                       stacklevel: int = 3, stats=None, known=None) -> SearchResult:
+                       stacklevel: int = 3, stats=None, known=None, by_label=None) -> SearchResult:
     """Screen normalised reference blocks, then rescore exactly.
 
     ``blocks`` yields ``(cols, vectors, constant, pair_mask, norms)``: the reference positions of
@@ -65,7 +65,10 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     brute force) and per query a lower bound on its k-th best r (float64, -inf where none): the
     screen's running k-th best starts at the floor, and the rescore takes their values.  Raises
     :class:`~workbench.errors.TooFewReferenceImages` when fewer than ``k`` reference images are
-    non-constant.
+    non-constant.  ``by_label``: ``(codes, k_labels, k_plain)``, a label number per reference
+    position: the screen keeps the top-k candidates as ever, but only the pairs that may be the
+    plain top ``k_plain`` or a label's best among the ``k_labels`` best labels are rescored
+    (:func:`label_keep`); the result holds the top ``k_plain`` and ``by_label`` (:func:`label_best`).
     """
     eps = screen_error_bound(select.dim, dtype)
     per_pair = dtype == torch.bfloat16
@@ -84,7 +87,7 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     q_lo = q_lo.to(dev)
     # screen: running k-th best lower bound per query, and the candidate pairs with their upper bound
     run_top = torch.full((nq, 0), -math.inf, device=dev)
-    cand_q, cand_r, cand_s = [], [], []
+    cand_q, cand_r, cand_s, cand_lo = [], [], [], []
     const_r = []
     screened = 0
     dead = torch.from_numpy(const_q).to(dev) if const_q.any() else None
@@ -138,6 +141,8 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             cand_q.append(qi.cpu())
             cand_r.append(torch.from_numpy(cols)[ri.cpu()])
             cand_s.append(upper[qi, ri].cpu())
+            if by_label is not None:
+                cand_lo.append(lower[qi, ri].cpu())
             bar.update(len(c))
         bar.close()
     const_r = np.concatenate(const_r) if const_r else np.zeros(0, dtype=np.int64)
@@ -157,10 +162,21 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
     keep = si >= final_level[qi]
     qi, ri = qi[keep].numpy(), ri[keep].numpy()
+    if by_label is not None:
+        codes, k_labels, k_out = by_label
+        wanted = label_keep(qi, ri, torch.cat(cand_lo)[keep].double().numpy(), si[keep].double().numpy(), codes,
+                            k_labels, k_out, nq)
+        qi, ri = qi[wanted], ri[wanted]
+    else:
+        k_out = k
     exact, have = known_values(qi, ri, *(known[:3] if known is not None else (qi[:0], ri[:0], np.zeros(0))),
                                n_reference)
     exact[~have] = exact_pairs(q64, reference, select, qi[~have], ri[~have], stats)
-    values, indices = top_of(qi, ri, exact, k, nq)
+    values, indices = top_of(qi, ri, exact, k_out, nq)
+    labelled = None
+    if by_label is not None:
+        labelled = label_best(qi, ri, exact, codes, k_labels, nq, final_level.double().numpy())
+        labelled[0][const_q], labelled[1][const_q] = -np.inf, -1  # no r: as the plain answer marks them
     rescored = int((~have).sum())
     t_rescore = time.perf_counter() - t_rescore
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel + 1)
@@ -168,7 +184,8 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             "seconds": {"screen_s": round(t_screen, 4), "rescore_s": round(t_rescore, 4)},
             "error_bound": eps, "bound": "per pair" if per_pair else "uniform",
             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
-    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=rescored, stats=info)
+    return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=rescored, stats=info,
+                        by_label=labelled)
 
 
 def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
@@ -234,6 +251,52 @@ def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):
         values[q, :len(pick)] = exact[pick]
         indices[q, :len(pick)] = ri[pick]
     return values, indices
+
+
+def kth_largest(values: np.ndarray, qi: np.ndarray, nq: int, k: int) -> np.ndarray:
+    """Per query the k-th largest of ``values`` over its pairs (-inf with fewer than k)."""
+    out = np.full(nq, -np.inf)
+    order = np.lexsort((-values, qi))
+    qs = qi[order]
+    first = np.searchsorted(qs, np.arange(nq))
+    has = np.searchsorted(qs, np.arange(nq), side="right") - first >= k
+    out[has] = values[order[first[has] + k - 1]]
+    return out
+
+
+def label_keep(qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, upper: np.ndarray, codes: np.ndarray,
+               k_labels: int, k_plain: int, nq: int) -> np.ndarray:
+    """Which candidate pairs a search for the plain top ``k_plain`` and for the best image of each
+    of the ``k_labels`` best labels (``codes``: a label number per reference position) must
+    rescore, from their screened intervals [lower, upper].
+
+    A label's best r is at least L_label, the largest lower end among its pairs, and the k-th best
+    label's at least the k-th largest L_label, so a pair can be its label's best and among the k best
+    labels only where its upper end reaches both; the plain top k needs the pairs whose upper end
+    reaches the k-th largest lower end.  The others are never rescored: on slices of volumes most of
+    a top-k' list's pairs are a few subjects' neighbouring slices (BENCHMARKS.md, issue 16 item 24)."""
+    key = qi.astype(np.int64) * (int(codes.max()) + 1) + codes[ri]
+    keys, inv = np.unique(key, return_inverse=True)
+    best_low = np.full(len(keys), -np.inf)
+    np.maximum.at(best_low, inv, lower)
+    level = kth_largest(best_low, keys // (int(codes.max()) + 1), nq, k_labels)
+    keep = upper >= np.maximum(level[qi], best_low[inv])
+    return keep | (upper >= kth_largest(lower, qi, nq, k_plain)[qi])
+
+
+def label_best(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, codes: np.ndarray, k_labels: int, nq: int,
+               level: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, indices, complete)``: per query the best pair of each of its ``k_labels`` best
+    labels among the rescored pairs (r descending, ties to the lower index, as the first image of
+    each label in the exact ordered list), and whether that is the answer: every pair left out of
+    the screen's candidates has r below the query's ``level``, so where the k-th label's best
+    reaches it no other label can."""
+    lab = codes[ri]
+    order = np.lexsort((ri, -exact, lab, qi))  # query, label, r descending, lower index
+    q_s, l_s = qi[order], lab[order]
+    best = order[np.r_[True, (q_s[1:] != q_s[:-1]) | (l_s[1:] != l_s[:-1])]] if len(order) else order
+    values, indices = top_of(qi[best], ri[best], exact[best], k_labels, nq)
+    return values, indices, (indices[:, -1] >= 0) & (values[:, -1] >= level)
 
 
 def mask_pairs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

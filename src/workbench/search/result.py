@@ -24,6 +24,10 @@ class SearchResult:
     pairs: int = 0
     rescored: int = 0
     stats: dict = field(default_factory=dict)
+    #: a search asked for the best match of each label as well (``by_label``, :mod:`.subjects`):
+    #: ``(values, indices, complete)``, per query the best of each of its k best labels and whether
+    #: that is the exact answer; None otherwise
+    by_label: tuple | None = None
 
     def __iter__(self):
         return iter((self.values, self.indices))

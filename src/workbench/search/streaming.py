@@ -25,12 +25,13 @@ from .sources import BLOCK_BYTES, Selector, as_source, channel_index, iter_block
 
 def topk_streaming(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
                    precision: str = "auto", block_size: int | None = None, progress: bool = False,
-                   stacklevel: int = 4) -> SearchResult:
+                   stacklevel: int = 4, by_label=None) -> SearchResult:
     """Exact top-k Pearson r of each query, streaming the reference (``method="brute"`` of
     :func:`~workbench.search.topk_correlation`, which documents the parameters).
 
     ``stacklevel``: where warnings about constant images point, counted from the kernel
     (4: the caller of this function's caller, the user's call of ``topk_correlation``).
+    ``by_label``: the distinct search's labels (:func:`~workbench.search.kernel.screen_and_rescore`).
     """
     queries = as_source(align_channels(queries, reference, what="queries"), "queries")
     reference = as_source(reference, "reference")
@@ -51,7 +52,7 @@ def topk_streaming(queries, reference, k: int = 1, *, device: str = "auto", chan
 
     return screen_and_rescore(q64, const_q, streamed_blocks(reference, select, block_size, dtype, dev), reference,
                               select, k=k, n_reference=rshape[0], dtype=dtype, dev=dev, progress=progress,
-                              ref_lift=NORMALISE_F32, stacklevel=stacklevel)
+                              ref_lift=NORMALISE_F32, stacklevel=stacklevel, by_label=by_label)
 
 
 def streamed_blocks(reference, select, block_size: int, dtype, dev):

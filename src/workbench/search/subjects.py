@@ -28,7 +28,7 @@ def reference_labels(reference, distinct) -> np.ndarray:
     return np.asarray(distinct)
 
 
-def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchResult:
+def topk_distinct(search, queries, reference, k, distinct, labelled: bool = False, **options) -> SearchResult:
     """Best match per label for the k best labels: an exact top-k' search, widened until enough.
 
     ``search(queries, reference, k', **options)`` is the exact top-k' search (the caller's,
@@ -42,8 +42,13 @@ def topk_distinct(search, queries, reference, k, distinct, **options) -> SearchR
     are never matched: a search for more than the non-constant images is asked again for as many
     as there are; fewer than k labels among them is an error, as fewer than k images is for the
     plain search.
+
+    ``labelled``: ``search`` takes ``by_label=`` (``topk_correlation``'s): where its method can, it
+    rescores only the pairs that may be a label's best among the k best labels, not the whole
+    top-k' list, and says per query whether that is the answer (a query whose k-th label's best
+    reaches the list's k'-th best is done; otherwise it is searched again, as a short one).
     """
-    return topk_with_distinct(search, queries, reference, None, k, distinct, **options)[1]
+    return topk_with_distinct(search, queries, reference, None, k, distinct, labelled, **options)[1]
 
 
 #: the first search of a distinct-label search asks for at least k x (median images per label) /
@@ -66,7 +71,7 @@ def first_k(labels: np.ndarray, k: int, least: int) -> int:
     return int(min(n, max(2 * k, k + 16, least, runs)))
 
 
-def topk_with_distinct(search, queries, reference, k_plain: int | None, k, distinct,
+def topk_with_distinct(search, queries, reference, k_plain: int | None, k, distinct, labelled: bool = False,
                        **options) -> tuple[SearchResult | None, SearchResult]:
     """``(plain, by_label)``: the exact top-``k_plain`` (None: not wanted) and :func:`topk_distinct`'s
     answer, from one search.  The first top-k' list of the distinct search is the exact top-k'
@@ -83,6 +88,10 @@ def topk_with_distinct(search, queries, reference, k_plain: int | None, k, disti
     queries = as_source(queries, "queries")
     least = max(k, k_plain or 0)  # the plain answer's columns are the first search's
     limit = [n]  # until a search says how many images are non-constant
+    if labelled:  # a label number per image, for the search's own rescore (topk_distinct)
+        number = {}
+        codes = np.array([number.setdefault(v, len(number)) for v in labels.tolist()], dtype=np.int64)
+        options = {**options, "by_label": (codes, k, max(1, k_plain or 0))}
 
     def searched(rows, kk: int):
         """The exact top-kk of the queries at ``rows`` (None: all), and the kk it ran with."""
@@ -103,6 +112,13 @@ def topk_with_distinct(search, queries, reference, k_plain: int | None, k, disti
         short = []
         for row, q in enumerate(todo):
             if res.constant_queries[row]:
+                continue
+            if res.by_label is not None:  # the search's own answer (topk_distinct's labelled)
+                got_v, got_i, done = res.by_label
+                if done[row]:
+                    values[q], indices[q] = got_v[row], got_i[row]
+                else:
+                    short.append((q, int((got_i[row] >= 0).sum())))
                 continue
             seen, j = set(), 0
             for v, i in zip(res.values[row], res.indices[row]):
@@ -129,7 +145,7 @@ def topk_with_distinct(search, queries, reference, k_plain: int | None, k, disti
     stats = {**first.stats, "searched_k": kk, "widened_queries": widened}
     if k_plain is not None:
         plain = replace(first, values=first.values[:, :k_plain].copy(), indices=first.indices[:, :k_plain].copy(),
-                        stats=dict(stats))
-    by_label = replace(first, values=values, indices=indices,
+                        stats=dict(stats), by_label=None)
+    by_label = replace(first, values=values, indices=indices, by_label=None,
                        stats={**stats, "distinct": distinct if isinstance(distinct, str) else "labels"})
     return plain, by_label
