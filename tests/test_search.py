@@ -407,6 +407,19 @@ def test_distinct_labels_search_again_only_the_queries_short_of_labels():
     assert res.stats["widened_queries"] == sum(n for n, _ in calls[1:])
 
 
+def volume_slices(rng, subjects: int, depth: int):
+    """Slices of 8 x 8 volumes changing smoothly along z, and each one's subject: neighbouring
+    slices of one subject are each other's best matches, as in brain MRI."""
+    yy, xx = np.mgrid[0:8, 0:8] / 8
+    vols = []
+    for _ in range(subjects):
+        f = rng.uniform(1, 3, size=3)
+        vols += [np.sin(f[0] * xx * 3 + z / depth * f[1]) * np.cos(f[2] * yy * 3 - z / depth) for z in range(depth)]
+    n = subjects * depth
+    ref = (np.asarray(vols)[:, None] + 0.01 * rng.random((n, 1, 8, 8))).astype(np.float32)
+    return ref, np.repeat(np.arange(subjects), depth)
+
+
 def test_distinct_labels_of_many_images_each_are_first_searched_for_their_runs():
     """Slices of volumes: a query's best matches come in runs of neighbouring slices of one
     subject, so the first top-k' list asks for k x the median images per label / RUN_DIVISOR
@@ -415,13 +428,7 @@ def test_distinct_labels_of_many_images_each_are_first_searched_for_their_runs()
     from workbench.search.subjects import RUN_DIVISOR, first_k, topk_with_distinct
 
     rng = np.random.default_rng(5)
-    yy, xx = np.mgrid[0:8, 0:8] / 8
-    vols = []
-    for _ in range(6):  # 6 subjects x 40 slices changing smoothly along z
-        f = rng.uniform(1, 3, size=3)
-        vols += [np.sin(f[0] * xx * 3 + z / 40 * f[1]) * np.cos(f[2] * yy * 3 - z / 40) for z in range(40)]
-    ref = (np.asarray(vols)[:, None] + 0.01 * rng.random((240, 1, 8, 8))).astype(np.float32)
-    labels = np.repeat(np.arange(6), 40)
+    ref, labels = volume_slices(rng, 6, 40)
     q = (ref[::17] + 0.02 * rng.random((len(ref[::17]), 1, 8, 8))).astype(np.float32)
     assert first_k(labels, 3, 3) == 3 * 40 // RUN_DIVISOR == 30
     assert first_k(np.arange(240), 3, 3) == 19 and first_k(np.arange(240), 10, 10) == 26
@@ -444,14 +451,8 @@ def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
     from workbench.search.subjects import first_k, topk_with_distinct
 
     rng = np.random.default_rng(11)
-    yy, xx = np.mgrid[0:8, 0:8] / 8
-    vols = []
-    for _ in range(8):  # 8 subjects x 30 slices changing smoothly along z
-        f = rng.uniform(1, 3, size=3)
-        vols += [np.sin(f[0] * xx * 3 + z / 30 * f[1]) * np.cos(f[2] * yy * 3 - z / 30) for z in range(30)]
-    ref = (np.asarray(vols)[:, None] + 0.01 * rng.random((240, 1, 8, 8))).astype(np.float32)
+    ref, labels = volume_slices(rng, 8, 30)
     ref[31] = ref[30]  # an exact duplicate inside subject 1: the lower index is its best
-    labels = np.repeat(np.arange(8), 30)
     q = np.concatenate([ref[::13] + 0.02 * rng.random((len(ref[::13]), 1, 8, 8)),  # near slices of one subject
                         (ref[[5, 40]] + ref[[65, 100]]) / 2,  # between two subjects
                         ref[30:31], np.full((1, 1, 8, 8), 0.5)]).astype(np.float32)  # a duplicate; a constant
