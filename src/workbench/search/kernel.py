@@ -275,11 +275,11 @@ def label_keep(qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, upper: np.ndar
     labels only where its upper end reaches both; the plain top k needs the pairs whose upper end
     reaches the k-th largest lower end.  The others are never rescored: on slices of volumes most of
     a top-k' list's pairs are a few subjects' neighbouring slices (BENCHMARKS.md, issue 16 item 24)."""
-    key = qi.astype(np.int64) * (int(codes.max()) + 1) + codes[ri]
-    keys, inv = np.unique(key, return_inverse=True)
+    n_codes = int(codes.max()) + 1
+    keys, inv = np.unique(qi.astype(np.int64) * n_codes + codes[ri], return_inverse=True)
     best_low = np.full(len(keys), -np.inf)
     np.maximum.at(best_low, inv, lower)
-    level = kth_largest(best_low, keys // (int(codes.max()) + 1), nq, k_labels)
+    level = kth_largest(best_low, keys // n_codes, nq, k_labels)
     keep = upper >= np.maximum(level[qi], best_low[inv])
     return keep | (upper >= kth_largest(lower, qi, nq, k_plain)[qi])
 

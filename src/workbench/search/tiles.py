@@ -48,7 +48,7 @@ from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
-from .kernel import exact_pairs, mask_pairs, top_of
+from .kernel import exact_pairs, kth_largest, mask_pairs, top_of
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
@@ -610,18 +610,9 @@ def unique_pairs(qi: torch.Tensor, ri: torch.Tensor, si: torch.Tensor | None, n:
 
 
 def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.Tensor:
-    """Per query, the k-th largest of ``values`` over its pairs (-inf with fewer than k pairs)."""
-    out = torch.full((nq,), -math.inf, dtype=torch.float64)
-    if len(values) == 0:
-        return out
-    order = np.lexsort((-values.numpy(), qi.numpy()))
-    qs = qi.numpy()[order]
-    first = np.searchsorted(qs, np.arange(nq))
-    last = np.searchsorted(qs, np.arange(nq), side="right")
-    has = (last - first) >= k
-    pick = order[first[has] + k - 1]
-    out[torch.from_numpy(np.flatnonzero(has))] = values[torch.from_numpy(pick)]
-    return out
+    """Per query, the k-th largest of ``values`` over its pairs (-inf with fewer than k pairs):
+    :func:`~workbench.search.kernel.kth_largest` on tensors."""
+    return torch.from_numpy(kth_largest(values.numpy(), qi.numpy(), nq, k))
 
 
 @ieee_float32()
