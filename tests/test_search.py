@@ -442,14 +442,10 @@ def test_distinct_labels_of_many_images_each_are_first_searched_for_their_runs()
     assert calls[0] == (len(q), 30)
 
 
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
-def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
-    """Streamed brute force told the labels (``by_label``) rescores the pairs that may be the plain
-    top k or a label's best among the k best labels, not the whole top-k' list, and still gives the
-    float64 ranking's answer: exact duplicates inside a label (ties to the lower index), a constant
-    query, queries between subjects."""
-    from workbench.search.subjects import first_k, topk_with_distinct
-
+def labelled_case():
+    """Slices of 8 subjects' volumes and queries for a distinct search: near slices of one subject,
+    between two subjects, an exact duplicate inside a subject (ties to the lower index), a constant
+    query; with the full float64 ranking's best of each of the 3 best labels."""
     rng = np.random.default_rng(11)
     ref, labels = volume_slices(rng, 8, 30)
     ref[31] = ref[30]  # an exact duplicate inside subject 1: the lower index is its best
@@ -457,10 +453,21 @@ def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
                         (ref[[5, 40]] + ref[[65, 100]]) / 2,  # between two subjects
                         ref[30:31], np.full((1, 1, 8, 8), 0.5)]).astype(np.float32)  # a duplicate; a constant
     ev, ei = reference_topk(q, ref, len(ref))
+    return q, ref, labels, ev, ei
+
+
+def check_labelled(search, q, ref, labels, ev, ei):
+    """``search`` (topk_with_distinct's, taking ``by_label``) rescores the pairs that may be the
+    plain top 2 or a label's best among the 3 best labels, not the whole top-k' list, and gives the
+    float64 ranking's answer, the same as without the labels."""
+    from workbench.search.subjects import first_k, topk_with_distinct
+
     want_v, want_i = best_of_each_label(ev, ei, labels, 3)
-    with pytest.warns(UserWarning, match="constant"):
-        plain, res = topk_with_distinct(topk_correlation, q, ref, 2, 3, labels, labelled=True, method="brute",
-                                        precision=precision)
+    answers = []
+    for labelled in (True, False):
+        with pytest.warns(UserWarning, match="constant"):
+            answers.append(topk_with_distinct(search, q, ref, 2, 3, labels, labelled=labelled))
+    (plain, res), (_, unlabelled) = answers
     live = np.arange(len(q)) != len(q) - 1
     for row in np.flatnonzero(live):
         assert res.indices[row].tolist() == want_i[row], row
@@ -468,13 +475,59 @@ def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
     np.testing.assert_array_equal(plain.indices[live], ei[live, :2])
     assert (res.indices[-1] == -1).all() and (plain.indices[-1] == -1).all()
     assert res.indices[-2, 0] == 30  # the duplicate's lower index
-    # far fewer pairs rescored than the top-k' list holds, and the same answer without the labels
-    assert res.rescored < 0.5 * live.sum() * first_k(labels, 3, 3)
-    with pytest.warns(UserWarning, match="constant"):
-        _, unlabelled = topk_with_distinct(topk_correlation, q, ref, 2, 3, labels, method="brute",
-                                           precision=precision)
     np.testing.assert_array_equal(unlabelled.indices, res.indices)
-    assert unlabelled.rescored > res.rescored
+    return res, unlabelled, live.sum() * first_k(labels, 3, 3)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
+    """Streamed brute force told the labels (``by_label``): far fewer pairs rescored than the
+    top-k' list holds, and the float64 ranking's answer."""
+    q, ref, labels, ev, ei = labelled_case()
+
+    def search(queries, reference, k, by_label=None):
+        return topk_correlation(queries, reference, k=k, method="brute", precision=precision, by_label=by_label)
+
+    res, unlabelled, listed = check_labelled(search, q, ref, labels, ev, ei)
+    assert res.rescored < 0.5 * listed and unlabelled.rescored > res.rescored
+
+
+@pytest.mark.parametrize("method", ["pruned", "brute", "auto", "auto, then brute"])
+@pytest.mark.parametrize("rows", ["float32", "bf16", "raw rows on disk", "row copy"])
+def test_every_index_search_rescores_only_what_each_labels_best_needs(method, rows, tmp_path, monkeypatch):
+    """A CorrelationIndex's searches told the labels (pruned tiles with float32 seeds, brute force,
+    auto, and auto going on by brute force from the float32 seeds' floor; rows in memory in float32
+    or bf16, on disk raw or as a float16 row copy): the float64 ranking's answer, with fewer pairs
+    rescored than without the labels.  A small basis leaves tiles beyond the seeds."""
+    from workbench.search import CorrelationIndex, tiles
+
+    if method == "auto, then brute":  # every plan judged too large after its seeds
+        monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 0.0)
+
+    q, ref, labels, ev, ei = labelled_case()
+    if rows in ("float32", "bf16"):
+        index = CorrelationIndex(ref, precision=rows, basis_dim=4, keep_vectors=True)
+    else:
+        with StoreWriter(tmp_path / "s", channels=["a"], height=8, width=8) as w:
+            w.append(ref, [{"subject": f"s{v}", "split": "train"} for v in labels])
+        index = CorrelationIndex(SliceStore.open(tmp_path / "s"), basis_dim=4, keep_vectors=False,
+                                 row_copy=tmp_path / "rows.npy" if rows == "row copy" else None)
+        assert index.from_disk
+    seen = []
+
+    def search(queries, reference, k, by_label=None):
+        res = index.topk(queries, k, method=method.split(",")[0], by_label=by_label)
+        seen.append((res.stats["method"], res.by_label is not None))
+        return res
+
+    res, unlabelled, _ = check_labelled(search, q, ref, labels, ev, ei)
+    if method in ("pruned", "brute"):
+        assert {m for m, _ in seen} == {method}
+    elif method == "auto, then brute":
+        assert {m for m, _ in seen} == {"brute"} and "brute: the tiles would evaluate" in res.stats["auto"]
+    assert any(labelled for _, labelled in seen) and not all(labelled for _, labelled in seen)
+    if method != "auto":  # auto's choice is timed: the two searches may take different methods
+        assert unlabelled.rescored > res.rescored
 
 
 @pytest.mark.parametrize("dim", [300, 4096 + 777])

@@ -49,8 +49,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     client : a ``dask.distributed.Client``: shard the reference store across its workers
         (see :mod:`workbench.search.distributed`).
     by_label : used by the distinct search (:mod:`workbench.search.subjects`): ``(codes, k_labels,
-        k_plain)``; streamed brute force then rescores only what the top ``k_plain`` and each of the
-        ``k_labels`` best labels' best match need, and returns both; the other methods ignore it.
+        k_plain)``; brute force and the pruned search then rescore only what the top ``k_plain`` and each
+        of the ``k_labels`` best labels' best match need, and return both; Dask ignores it.
 
     Returns
     -------
@@ -81,10 +81,11 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
         queries, reference = as_source(queries, "queries"), as_source(reference, "reference")
         if index_pays(len(queries), len(reference)):
             return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask,
-                               precision=precision, block_size=block_size, progress=progress, method="auto")
+                               precision=precision, block_size=block_size, progress=progress, method="auto",
+                               by_label=by_label)
     if method == "pruned":
         return topk_pruned(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
-                           block_size=block_size, progress=progress)
+                           block_size=block_size, progress=progress, by_label=by_label)
     return topk_streaming(queries, reference, k, device=device, channels=channels, mask=mask, precision=precision,
                           block_size=block_size, progress=progress, by_label=by_label)
 
@@ -122,6 +123,6 @@ class ReferenceSearch:
 
     def _search(self, queries, reference, k: int, by_label=None) -> SearchResult:
         if self.index is not None:
-            return self.index.topk(queries, k, progress=self.progress)
+            return self.index.topk(queries, k, progress=self.progress, by_label=by_label)
         return topk_correlation(queries, reference, k=k, channels=self.channels, device=self.device,
                                 progress=self.progress, by_label=by_label)

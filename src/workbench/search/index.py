@@ -333,7 +333,8 @@ class CorrelationIndex:
 
     # -- searching -------------------------------------------------------------------------------
     def topk(self, queries, k: int = 1, *, method: str = "auto", channels=None, mask=None,
-             block_size: int | None = None, tile: int | None = None, progress: bool = False) -> SearchResult:
+             block_size: int | None = None, tile: int | None = None, progress: bool = False,
+             by_label=None) -> SearchResult:
         """Exact top-k Pearson r of each query against the indexed reference.
 
         ``method="pruned"`` bounds every pair from the codes and evaluates the survivors as dense
@@ -346,6 +347,8 @@ class CorrelationIndex:
         fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
         tile of the pruned search (default :func:`tiles.tile_rows`: 64-512 by the image's size).
+        ``by_label``: a distinct search's (:func:`~workbench.search.topk_correlation`): every method
+        then rescores only what the top ``k_plain`` and each best label's best need.
         """
         if method not in METHODS:
             raise WorkbenchError(f"method must be one of {METHODS}, got {method!r}")
@@ -364,7 +367,7 @@ class CorrelationIndex:
         auto = self._auto_figures(len(q64), k) if method == "auto" else None
         if method != "brute":
             result = tiles.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
-                                        tile=tile, progress=progress, auto=auto)
+                                        tile=tile, progress=progress, auto=auto, by_label=by_label)
             if auto is not None and "tile_rate" in auto:  # remembered for this index's next auto search of this shape
                 self._tile_rates[(len(q64), k)] = auto["tile_rate"]
             if result is not None:
@@ -378,7 +381,9 @@ class CorrelationIndex:
                     result.stats["auto_figures"] = clean_figures(auto)
                 return result
         known = auto.pop("known", None) if auto is not None else None  # the seeds, exact: brute force takes them
-        result = self._brute(q64, const_q, k, block_size, progress, known)
+        result = self._brute(q64, const_q, k, block_size, progress, known, by_label)
+        if known is not None:  # the seeds were evaluated in float64 by this search too
+            result.rescored += len(known[0])
         if auto is not None:
             if "tiles_at_rate_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; at the rate an earlier "
@@ -501,7 +506,7 @@ class CorrelationIndex:
                 raise WorkbenchError("this index was built with another mask than the one asked for: build an index "
                                      "with that mask")
 
-    def _brute(self, q64, const_q, k, block_size, progress, known=None) -> SearchResult:
+    def _brute(self, q64, const_q, k, block_size, progress, known=None, by_label=None) -> SearchResult:
         """Brute force; ``known``: exact pairs and a floor per query to start from (method="auto"'s
         seeds, :func:`~workbench.search.kernel.screen_and_rescore`)."""
         if self.vectors is None:  # nothing kept in memory: stream the reference, as topk_streaming does
@@ -509,7 +514,7 @@ class CorrelationIndex:
             blocks = streamed_blocks(self.reference, self.select, size, torch.float32, self.device)
             result = screen_and_rescore(q64, const_q, blocks, self.reference, self.select, k=k,
                                         n_reference=len(self), dtype=torch.float32, dev=self.device, progress=progress,
-                                        ref_lift=NORMALISE_F32, stats=self.stats, known=known)
+                                        ref_lift=NORMALISE_F32, stats=self.stats, known=known, by_label=by_label)
             result.stats.update(method="brute", full_fraction=1.0)
             return result
         block_size = block_size or max(1, BLOCK_BYTES // (4 * self.select.dim))
@@ -526,7 +531,7 @@ class CorrelationIndex:
 
         result = screen_and_rescore(q64, const_q, blocks(), self.reference, self.select, k=k, n_reference=len(self),
                                     dtype=self.dtype, dev=self.device, progress=progress, stats=self.stats,
-                                    known=known)
+                                    known=known, by_label=by_label)
         result.stats["method"] = "brute"
         result.stats["full_fraction"] = 1.0
         return result
@@ -746,8 +751,8 @@ class RawReader:
 
 def topk_pruned(queries, reference, k: int = 1, *, device: str = "auto", channels=None, mask=None,
                 precision: str = "auto", block_size: int | None = None, progress: bool = False,
-                method: str = "pruned") -> SearchResult:
+                method: str = "pruned", by_label=None) -> SearchResult:
     """One search of a fresh index (``method="pruned"`` of :func:`~workbench.search.topk_correlation`,
     and ``"auto"`` where :func:`index_pays`).  For repeated searches build the index once yourself."""
     index = CorrelationIndex(reference, channels=channels, mask=mask, precision=precision, device=device)
-    return index.topk(queries, k, method=method, block_size=block_size, progress=progress)
+    return index.topk(queries, k, method=method, block_size=block_size, progress=progress, by_label=by_label)

@@ -253,14 +253,38 @@ def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):
     return values, indices
 
 
+#: entries of one (queries x pairs) block of :func:`kth_largest`
+KTH_BLOCK = 1 << 22
+
+
 def kth_largest(values: np.ndarray, qi: np.ndarray, nq: int, k: int) -> np.ndarray:
-    """Per query the k-th largest of ``values`` over its pairs (-inf with fewer than k)."""
+    """Per query the k-th largest of ``values`` over its pairs (-inf with fewer than k).
+
+    The pairs are grouped by query (already, where ``qi`` is sorted, as a pruned search's are), and
+    the queries with as many pairs go together: their pairs as the rows of a block padded with
+    -inf, each row partitioned at its k-th largest in one call (a lexsort of 3 million pairs took
+    1.0 s, this 0.1-0.3 s: BENCHMARKS.md, issue 16 item 25)."""
     out = np.full(nq, -np.inf)
-    order = np.lexsort((-values, qi))
-    qs = qi[order]
-    first = np.searchsorted(qs, np.arange(nq))
-    has = np.searchsorted(qs, np.arange(nq), side="right") - first >= k
-    out[has] = values[order[first[has] + k - 1]]
+    qi = np.asarray(qi, dtype=np.int64)
+    if len(qi) and np.any(qi[1:] < qi[:-1]):
+        order = torch.sort(torch.from_numpy(qi), stable=True).indices.numpy()
+        values = values[order]
+    counts = np.bincount(qi, minlength=nq)
+    starts = np.cumsum(counts) - counts
+    has = np.flatnonzero(counts >= k)
+    has = has[np.argsort(counts[has], kind="stable")]
+    a = 0
+    while a < len(has):  # a block of queries whose counts are within 2x of the block's first
+        low = counts[has[a]]
+        b = a + int(np.searchsorted(counts[has[a:]], 2 * low, side="right"))
+        b = max(a + 1, min(b, a + KTH_BLOCK // max(1, int(counts[has[b - 1]]))))
+        rows = has[a:b]
+        width = int(counts[rows[-1]])
+        at = starts[rows][:, None] + np.arange(width)[None, :]
+        block = np.where(np.arange(width)[None, :] < counts[rows][:, None],
+                         values[np.minimum(at, len(values) - 1)], -np.inf)
+        out[rows] = np.partition(block, width - k, axis=1)[:, width - k]
+        a = b
     return out
 
 

@@ -48,7 +48,7 @@ from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
-from .kernel import exact_pairs, kth_largest, mask_pairs, top_of
+from .kernel import exact_pairs, kth_largest, label_best, label_keep, mask_pairs, top_of
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
@@ -101,6 +101,8 @@ SPARSE_PAIR_COST = 3
 #: seeds per query beyond k: its k + SEED_EXTRA references of highest projected r are evaluated
 #: first, and the k-th best of them sets the query's threshold tau
 SEED_EXTRA = 1
+#: seed pairs evaluated in float64 to time the float64 kernel where the seeds are float32 (``by_label``)
+RATE_PAIRS = 512
 #: reference rows per bound block
 BOUND_ROWS = 16384
 #: ``method="auto"`` times every AUTO_SAMPLE_STRIDE-th tile of the plan (about 5 %), or more often
@@ -617,7 +619,8 @@ def kth_lower(values: torch.Tensor, qi: torch.Tensor, nq: int, k: int) -> torch.
 
 @ieee_float32()
 def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select, *, k: int, dev, tile: int | None = None,
-                 progress: bool = False, stacklevel: int = 4, auto: dict | None = None) -> SearchResult | None:
+                 progress: bool = False, stacklevel: int = 4, auto: dict | None = None,
+                 by_label=None) -> SearchResult | None:
     """Exact top-k by the four steps of the module docstring.
 
     ``ref`` carries the index's parts: ``basis``, ``delta``, ``codes``, ``rho``, ``slack``,
@@ -637,6 +640,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     index: where the tiles at that rate would take AUTO_SKIP_MARGIN times the brute screen, this
     returns None without a sample.  The dict receives what was measured and predicted (a sample's
     ``tile_rate`` included).
+
+    ``by_label``: ``(codes, k_labels, k_plain)`` (a distinct search's, as
+    :func:`~workbench.search.kernel.screen_and_rescore` takes it): the tiles search the top k as
+    ever, but the rescore keeps only the pairs that may be the top ``k_plain`` or a label's best
+    among the ``k_labels`` best labels (:func:`~workbench.search.kernel.label_keep`); the result
+    holds the top ``k_plain`` and ``by_label`` (:func:`~workbench.search.kernel.label_best`).
     """
     nq, n = len(q64), len(ref.codes)
     in_memory = not getattr(ref, "from_disk", False)
@@ -790,6 +799,20 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         qi, lr = tile.pair_index(dev)
         return qi, torch.from_numpy(tile.rows).to(dev)[lr]
 
+    def float_seeds_tau(sq: torch.Tensor, sr: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """The seeds ``(sq, sr)`` of queries a:b evaluated as float32 tiles (kept as evaluated pairs,
+        those that may reach a k-th place), and per query the k-th largest of their lower ends."""
+        n0 = len(got_q)
+        run(pair_plan(sq.numpy(), sr.numpy(), tile, in_memory, sparse_here, place), None, "seeding tiles")
+        gq, gr, gs = (torch.cat(x[n0:]) if len(x) > n0 else x[0] for x in (got_q, got_r, got_s))
+        e = pair_eps(gr)
+        t = kth_lower(gs - e, gq - a, b - a, k)
+        near = gs >= t[gq - a] - e  # as keep_pairs keeps the tiles' pairs against tau
+        for x, y in ((got_q, gq), (got_r, gr), (got_s, gs)):
+            del x[n0:]
+            x.append(y[near])
+        return t
+
     # 2. seeds: each query's m references of highest projected r, evaluated exactly, in float64 by
     # the rescore's own kernel: every seed is a real pair, so the k-th best of a query's m distinct
     # seeds is a lower bound on its true k-th best (tau), and the seeds are most of the final
@@ -802,27 +825,40 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # Bounds, seeds and survivors go a group of queries at a time, whose Q_g x N bounds are held from
     # the seeds to the survivors (at most HOLD_BOUNDS_BYTES): at (b) all 1,000 queries' bounds are 320 MB
     # of a peak near the 3 GB target, and computing them a second time for the survivors cost 0.3 s
+    # A distinct search (``by_label``) rescores only a few of a query's top k' (k' of 129 on brain
+    # phantoms, about 10 of them rescored): its seeds are float32 products like the tiles', and tau
+    # the k-th largest of their lower ends, still a lower bound on the true k-th best (exact seeds
+    # took 8.5 s of 14.6 s at 6,000 x 6,216, k' = 129; BENCHMARKS.md, issue 16 item 25)
+    float_seeds = by_label is not None
     per_group = max(1, HOLD_BOUNDS_BYTES // (4 * n))
     surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
     seed_q, seed_r, seed_s, taus = [], [], [], []
+    seen_q, seen_r = [], []  # every seed, exact or float32
     lap("codes_s")  # with the codes, the queries' layout for the tiles (qc) and their sums
     for a in range(0, nq, per_group):
         g = slice(a, min(a + per_group, nq))
         ub, seeds, _ = seeds_and_bounds((*(x[g] for x in first[:3]), *first[3:]), ref.constant, const_q[g], dev, m)
         lap("bounds_s")
         q_live = torch.nonzero(live[g], as_tuple=True)[0].cpu()
-        seed_q.append(q_live.repeat_interleave(m) + a)
-        seed_r.append(seeds[q_live.to(dev)].reshape(-1).cpu())
-        seed_s.append(torch.from_numpy(exact_pairs(q64, reference, select, seed_q[-1].numpy(), seed_r[-1].numpy(),
-                                                   getattr(ref, "stats", None))))
-        taus.append(kth_lower(seed_s[-1], seed_q[-1] - a, g.stop - a, k))  # -inf for constant queries
+        seen_q.append(q_live.repeat_interleave(m) + a)
+        seen_r.append(seeds[q_live.to(dev)].reshape(-1).cpu())
+        if float_seeds:
+            taus.append(float_seeds_tau(seen_q[-1], seen_r[-1], a, g.stop))
+        else:
+            seed_q.append(seen_q[-1])
+            seed_r.append(seen_r[-1])
+            seed_s.append(torch.from_numpy(exact_pairs(q64, reference, select, seed_q[-1].numpy(),
+                                                       seed_r[-1].numpy(), getattr(ref, "stats", None))))
+            taus.append(kth_lower(seed_s[-1], seed_q[-1] - a, g.stop - a, k))  # -inf for constant queries
         lap("seeds_s")
         torch.ge(ub, taus[-1].float().to(dev)[:, None], out=surv[g, :n])
         del ub
         lap("survivors_s")
-    seed_q, seed_r, seed_s, tau = torch.cat(seed_q), torch.cat(seed_r), torch.cat(seed_s), torch.cat(taus)
+    seed_q, seed_r, seed_s = (torch.cat(x) if x else torch.zeros(0, dtype=dt)
+                              for x, dt in ((seed_q, torch.long), (seed_r, torch.long), (seed_s, torch.float64)))
+    seen_q, seen_r, tau = torch.cat(seen_q), torch.cat(seen_r), torch.cat(taus)
     tau_dev = tau.to(dev)
-    seed_rows = len(np.unique(seed_r.numpy()))
+    seed_rows = len(np.unique(seen_r.numpy()))
     cascade = (cq, rho_q, slack_q) if level1 else None
 
     def pairs_so_far():
@@ -840,7 +876,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
 
     # 3. the survivors planned as tiles
     surv[~live] = False
-    surv[seed_q.to(dev), seed_r.to(dev)] = False
+    surv[seen_q.to(dev), seen_r.to(dev)] = False
     plan = tile_plan(surv, tau_dev, ref, cascade, tile, sparse_here, place)
     del surv
     work = plan_pairs(plan)
@@ -893,7 +929,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         auto["brute_rescore_pairs"] = int((((si + e_b >= level - e_b) & ~exact) * scale).sum())
         # both paths rescore what their bounds leave: brute force pays for the pairs beyond the tiles'
         pruned_rest = auto["tiles_s"] - spent
-        auto["exact_pair_s"] = clock["seeds_s"] / max(1, len(seed_q))
+        if float_seeds:  # the float64 kernel's rate timed on a few seeds
+            t2, few = time.perf_counter(), slice(0, min(len(seen_q), RATE_PAIRS))
+            exact_pairs(q64, reference, select, seen_q[few].numpy(), seen_r[few].numpy(), getattr(ref, "stats", None))
+            auto["exact_pair_s"] = (time.perf_counter() - t2) / max(1, few.stop)
+        else:
+            auto["exact_pair_s"] = clock["seeds_s"] / max(1, len(seed_q))
         brute = auto["brute_s"] + max(0, auto["brute_rescore_pairs"] - auto["rescore_pairs"]) * auto["exact_pair_s"]
         auto.update(pruned_rest_s=pruned_rest, brute_total_s=brute, weigh_s=time.perf_counter() - t1)
         if pruned_rest > brute:  # the seeds and the sample are spent either way
@@ -905,10 +946,22 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     qi, ri, si, ei, exact = pairs_so_far()
     level = kth_lower(si - ei, qi, nq, k)
     keep = (si + ei) >= level[qi]
+    k_out, labelled = k, None
+    if by_label is not None:  # only what the plain top k_plain and each best label's best need
+        codes, k_labels, k_out = by_label
+        at = torch.nonzero(keep).squeeze(1)
+        wanted = label_keep(qi[at].numpy(), ri[at].numpy(), (si - ei)[at].numpy(), (si + ei)[at].numpy(), codes,
+                            k_labels, k_out, nq)
+        keep[at[torch.from_numpy(~wanted)]] = False
     todo = keep & ~exact
     si[todo] = torch.from_numpy(exact_pairs(q64, reference, select, qi[todo].numpy(), ri[todo].numpy(),
                                             getattr(ref, "stats", None)))
-    values, indices = top_of(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), k, nq)
+    values, indices = top_of(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), k_out, nq)
+    if by_label is not None:
+        # every pair left out has r below its query's level: unevaluated and dropped ones below tau
+        labelled = label_best(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), codes, k_labels, nq,
+                              level.numpy())
+        labelled[0][const_q], labelled[1][const_q] = -np.inf, -1  # no r: as the plain answer marks them
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel)
     lap("rescore_s")
     clock.pop("start"), clock.pop("last")
@@ -921,8 +974,8 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated + len(seed_q), "full_fraction": (evaluated + len(seed_q)) / max(n_pairs, 1),
              "tiles_evaluated": n_planned, "tiles_sampled": sum(t.pairs is not None for t in plan),
-             "level1": level1, "candidates_per_query": rescored / max(nq, 1), "seed_pairs": len(seed_q),
+             "level1": level1, "candidates_per_query": rescored / max(nq, 1), "seed_pairs": len(seen_q),
+             "seeds": "float32" if float_seeds else "exact",
              "rows_read": rows_read + seed_rows, "seconds": {key: round(v, 4) for key, v in clock.items()}}
     return SearchResult(values, indices, const_q, np.flatnonzero(ref.constant), pairs=n_pairs, rescored=rescored,
-                        stats=stats)
-
+                        stats=stats, by_label=labelled)
