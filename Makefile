@@ -60,3 +60,4 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/analysis_searches.py --synthetic 6000 --json runs/bench-analysis-6000.json
 	$(PY) benchmarks/search_auto_small.py --json runs/bench-auto-small.json
 	$(PY) benchmarks/search_basis_dim.py --json runs/bench-basis-dim.json
+	$(PY) benchmarks/search_distinct.py --json runs/bench-distinct.json

@@ -160,3 +160,29 @@ def test_worker_path_and_a_different_store_at_that_path(client, data, tmp_path):
         w.append(store.to_array()[:50], [{"subject": "a"}] * 50)
     with pytest.raises(WorkbenchError, match="same store mounted"):
         topk_correlation_dask(queries, store, k=2, client=client, worker_path=tmp_path / "other")
+
+
+@pytest.mark.parametrize("method", ["brute", "pruned"])
+@pytest.mark.parametrize("shards", [3, 12])
+def test_distinct_search_merges_the_shards_labels(client, method, shards, tmp_path):
+    """A distinct search over Dask told the labels: each shard rescores what its own top k' needs
+    and answers its k best labels' bests; merged, they are the float64 ranking's answer (12 shards
+    of 20 slices hold one or two subjects each, fewer than k = 3: such a shard, searched whole,
+    is done with what it holds), with fewer pairs rescored than without the labels."""
+    from test_search import check_labelled, labelled_case
+
+    q, ref, labels, ev, ei = labelled_case()
+    with StoreWriter(tmp_path / "s", channels=["a"], height=8, width=8) as w:
+        w.append(ref, [{"subject": f"s{v}", "split": "train"} for v in labels])
+    store = SliceStore.open(tmp_path / "s")
+    seen = []
+
+    def search(queries, reference, k, by_label=None):
+        res = topk_correlation(queries, reference, k=k, client=client, shards=shards, method=method,
+                               by_label=by_label)
+        seen.append(res.by_label is not None)
+        assert res.stats["shards"] == shards
+        return res
+
+    res, unlabelled, _ = check_labelled(search, q, store, labels, ev, ei)
+    assert any(seen) and not all(seen) and unlabelled.rescored > res.rescored

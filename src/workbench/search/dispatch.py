@@ -49,8 +49,8 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
     client : a ``dask.distributed.Client``: shard the reference store across its workers
         (see :mod:`workbench.search.distributed`).
     by_label : used by the distinct search (:mod:`workbench.search.subjects`): ``(codes, k_labels,
-        k_plain)``; brute force and the pruned search then rescore only what the top ``k_plain`` and each
-        of the ``k_labels`` best labels' best match need, and return both; Dask ignores it.
+        k_plain)``; every method then rescores only what the top ``k_plain`` and each of the ``k_labels``
+        best labels' best match need, and returns both.
 
     Returns
     -------
@@ -73,7 +73,7 @@ def topk_correlation(queries, reference, k: int = 1, *, device: str = "auto", me
 
         return topk_correlation_dask(queries, reference, k, client=client, device=device, method=method, channels=channels,
                                      mask=mask, precision=precision, block_size=block_size, progress=progress,
-                                     **dask_options)
+                                     by_label=by_label, **dask_options)
     if dask_options:
         raise TypeError(f"unexpected options {sorted(dask_options)}")
     if method == "auto":  # an index pays for itself only with many queries (index.AUTO_MIN_QUERIES)

@@ -6,7 +6,9 @@ shard and runs the single-process search on it (streaming brute force, or a prun
 index built there: the ``method`` of :func:`~workbench.search.topk_correlation`); the
 queries travel once to every worker, the images of the reference never travel at all.  Every
 shard returns its exact float64 top-k, so the merged top-k (value descending, ties by lower
-index) is identical to the single-process search over the whole reference.
+index) is identical to the single-process search over the whole reference.  A distinct-subject
+search (``distinct=``) asks each shard for its k best subjects' best matches too, rescoring only
+what those need, and merges them (:func:`_merge`).
 
 Running on a real cluster
 -------------------------
@@ -64,6 +66,7 @@ from ..progress import tqdm
 from ..data.store import SliceStore, align_channels
 from ..errors import TooFewReferenceImages, WorkbenchError
 from .index import METHODS, topk_pruned
+from .kernel import label_best
 from .result import SearchResult, mark_constant_queries
 from .streaming import topk_streaming
 
@@ -144,13 +147,19 @@ def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, la
         with warnings.catch_warnings():  # constant-image warnings are merged and issued once by the client
             warnings.simplefilter("ignore")
             try:
-                return _search_in_process(queries, shard, kk, **options)
+                res = _search_in_process(queries, shard, kk, **options)
             except TooFewReferenceImages as err:
                 # fewer than kk non-constant images in this shard is fine (the other shards hold the
                 # rest; the client checks the total): search for as many as there are
                 if err.available == 0:
                     return None
-                return _search_in_process(queries, shard, err.available, **options)
+                kk = err.available
+                res = _search_in_process(queries, shard, kk, **options)
+        if res.by_label is not None and kk >= len(shard) - len(res.constant_reference):
+            # every image of the shard was in its list: every label it holds is among its answer's,
+            # so a query is done here even with fewer than k labels (_merge)
+            res.by_label = (*res.by_label[:2], np.ones(len(res.by_label[2]), dtype=bool))
+        return res
     except Exception as err:
         where = f"{path}: {label} failed on worker {host}"
         if isinstance(err, WorkbenchError):
@@ -164,7 +173,7 @@ def _search_shard(path: str, rows, queries: np.ndarray, k: int, expect: dict, la
 
 def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int | None = None,
                           progress: bool = False, worker_path=None, torch_threads: int | None = None,
-                          **options) -> SearchResult:
+                          by_label=None, **options) -> SearchResult:
     """:func:`~workbench.search.topk_correlation` with the reference sharded over a Dask cluster.
 
     Parameters
@@ -182,6 +191,11 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
     torch_threads : call ``torch.set_num_threads`` in each task (default: leave it alone).
     **options : passed on to the search of each shard: ``device``, ``method``, ``channels``,
         ``mask``, ``precision``, ``block_size`` (as in ``topk_correlation``).
+    by_label : the distinct search's ``(codes, k_labels, k_plain)``
+        (:func:`~workbench.search.topk_correlation`): each shard rescores only what its top
+        ``k_plain`` and its k best labels' bests need, and the shards' answers are merged (a label
+        whose best lies in a shard that did not list it is behind k labels there, so behind k labels
+        overall); the result holds the top ``k_plain`` and ``by_label``.
 
     Returns
     -------
@@ -239,8 +253,11 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
     futures = {}
     for i, (a, b) in enumerate(bounds):
         label = f"shard {i + 1}/{shards} (view positions {a}..{b - 1}, {b - a} images)"
+        shard_options = dict(options)
+        if by_label is not None:  # the shard's positions a..b-1 are its rows 0..b-a-1
+            shard_options["by_label"] = (np.asarray(by_label[0])[a:b], *by_label[1:])
         fut = client.submit(_search_shard, path, _pack_rows(reference.rows[a:b]), q_future, k, expect, label,
-                            torch_threads, dict(options), pure=False)
+                            torch_threads, shard_options, pure=False)
         futures[fut] = (i, label)
 
     parts: list = [None] * shards  # SearchResult per shard, None for a shard of constant images
@@ -260,13 +277,16 @@ def topk_correlation_dask(queries, reference, k: int = 1, *, client, shards: int
         for fut in futures:
             fut.cancel()
         q_future.release()
-    return _merge(parts, bounds, k, len(q), n)
+    return _merge(parts, bounds, k, len(q), n, by_label)
 
 
-def _merge(parts: list, bounds: list[tuple[int, int]], k: int, nq: int, n: int) -> SearchResult:
+def _merge(parts: list, bounds: list[tuple[int, int]], k: int, nq: int, n: int, by_label=None) -> SearchResult:
     """Concatenate the shards' local top-k (indices offset to view positions) and keep the best k.
 
-    ``parts[i]`` is shard i's SearchResult, or None when all its images are constant.
+    ``parts[i]`` is shard i's SearchResult, or None when all its images are constant.  With
+    ``by_label`` the shards returned their top ``k_plain`` and their k best labels' bests: those are
+    merged too (:func:`~workbench.search.kernel.label_best` over every shard's labels' bests), and
+    a query is done where every shard was and k labels were found.
     """
     done = [(p, a) for p, (a, _) in zip(parts, bounds) if p is not None]
     const_r = np.concatenate([np.asarray(p.constant_reference, dtype=np.int64) + a for p, a in done]
@@ -283,13 +303,24 @@ def _merge(parts: list, bounds: list[tuple[int, int]], k: int, nq: int, n: int) 
     const_q = np.asarray(done[0][0].constant_queries, dtype=bool)  # the same in every shard
     # value descending, ties by the lower index: the order of the single-process search
     keys = np.where(indices >= 0, indices, np.iinfo(np.int64).max)
-    order = np.lexsort((keys, -values), axis=1)[:, :k]
+    order = np.lexsort((keys, -values), axis=1)[:, :k if by_label is None else by_label[2]]
     values = np.take_along_axis(values, order, 1)
     indices = np.take_along_axis(indices, order, 1)
     mark_constant_queries(values, indices, const_q)
     out = {"values": values, "indices": indices, "constant_queries": const_q, "constant_reference": const_r}
+    if by_label is not None:
+        if any(p.by_label is None for p, _ in done):
+            raise AssertionError("a shard's search ignored by_label")
+        lv = np.concatenate([p.by_label[0] for p, _ in done], axis=1)
+        li = np.concatenate([np.where(p.by_label[1] >= 0, p.by_label[1] + a, -1) for p, a in done], axis=1)
+        qi = np.repeat(np.arange(nq), li.shape[1]).reshape(li.shape)
+        found = li >= 0
+        bv, bi, enough = label_best(qi[found], li[found], lv[found], np.asarray(by_label[0]), by_label[1], nq,
+                                    np.full(nq, -np.inf))
+        bv[const_q], bi[const_q] = -np.inf, -1
+        out["by_label"] = (bv, bi, enough & np.logical_and.reduce([p.by_label[2] for p, _ in done]))
     for f in dataclasses.fields(SearchResult):  # counters (pairs, rescored...) add up over the shards
-        if f.name in out:
+        if f.name in out or f.name == "by_label":
             continue
         got = [getattr(p, f.name) for p, _ in done]
         if all(isinstance(g, (int, np.integer)) for g in got):
