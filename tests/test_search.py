@@ -479,17 +479,52 @@ def check_labelled(search, q, ref, labels, ev, ei):
     return res, unlabelled, live.sum() * first_k(labels, 3, 3)
 
 
+@pytest.mark.parametrize("block_size", [None, 16])
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
-def test_brute_force_rescores_only_what_each_labels_best_needs(precision):
-    """Streamed brute force told the labels (``by_label``): far fewer pairs rescored than the
-    top-k' list holds, and the float64 ranking's answer."""
+def test_brute_force_rescores_only_what_each_labels_best_needs(precision, block_size):
+    """Streamed brute force told the labels (``by_label``): fewer pairs rescored than the top-k'
+    lists hold, no query searched again, and the float64 ranking's answer; also where the first
+    blocks hold fewer labels than asked for (16 slices of 30-slice subjects), whose level is the
+    k'-th pair's until 3 labels are seen."""
     q, ref, labels, ev, ei = labelled_case()
 
     def search(queries, reference, k, by_label=None):
-        return topk_correlation(queries, reference, k=k, method="brute", precision=precision, by_label=by_label)
+        return topk_correlation(queries, reference, k=k, method="brute", precision=precision, by_label=by_label,
+                                block_size=block_size)
 
-    res, unlabelled, listed = check_labelled(search, q, ref, labels, ev, ei)
-    assert res.rescored < 0.5 * listed and unlabelled.rescored > res.rescored
+    res, unlabelled, _ = check_labelled(search, q, ref, labels, ev, ei)
+    assert unlabelled.rescored > res.rescored and unlabelled.stats["widened_queries"] > 0
+    if block_size is None:  # one pass: the level is the 3rd best label's best, wherever it comes
+        assert res.stats["widened_queries"] == 0
+
+
+def test_the_labelled_level_never_falls_below_an_earlier_blocks():
+    """Blocks of 16 rows: the first three hold only subjects A and B, fewer than k = 3 labels, so
+    their level is the k' = 22nd best pair's, all A's, and B's only image like the query (row 40)
+    is left out there.  Subjects D and E hold exact copies of it: after the later blocks the labels'
+    level is that image's r, so a level that fell back to it would find D and E complete and answer
+    them for B (ties go to the lower index).  Kept at the earlier level, the query is searched again
+    and the answer is the float64 ranking's: A, B, D."""
+    from workbench.search.subjects import first_k, topk_with_distinct
+
+    rng = np.random.default_rng(7)
+    vols, _ = volume_slices(rng, 7, 40)
+    a = vols[:40]
+    x = (0.5 * a[39] + 0.5 * a[31]).astype(np.float32)
+    c, d, e, f = (rng.random((30, 1, 8, 8)).astype(np.float32) for _ in range(4))
+    d[5], e[7] = x, x
+    ref = np.concatenate([a, x[None], vols[41:48], c, d, e, f]).astype(np.float32)
+    labels = np.repeat(np.arange(6), [40, 8, 30, 30, 30, 30])
+    q = (a[20:21] + 0.01 * rng.random((1, 1, 8, 8))).astype(np.float32)
+    ev, ei = reference_topk(q, ref, len(ref))
+    assert first_k(labels, 3, 3) == 22 and np.sort(ev[0, ei[0] < 48])[::-1][21] > ev[0, list(ei[0]).index(40)]
+
+    def search(queries, reference, k, by_label=None):
+        return topk_correlation(queries, reference, k=k, method="brute", precision="float32", by_label=by_label,
+                                block_size=16)
+
+    _, res = topk_with_distinct(search, q, ref, 1, 3, labels, labelled=True)
+    assert res.indices.tolist() == best_of_each_label(ev, ei, labels, 3)[1] == [[20, 40, 48 + 30 + 5]]
 
 
 @pytest.mark.parametrize("method", ["pruned", "brute", "auto", "auto, then brute"])

@@ -87,6 +87,14 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     q_lo = q_lo.to(dev)
     # screen: running k-th best lower bound per query, and the candidate pairs with their upper bound
     run_top = torch.full((nq, 0), -math.inf, device=dev)
+    label_max = None
+    if by_label is not None and by_label[1] <= int(by_label[0].max()) + 1 \
+            and nq * (int(by_label[0].max()) + 1) <= LABEL_LEVEL_ENTRIES:
+        # told the labels: a pair below both the k_labels-th best label's best lower end and the
+        # plain top k_plain's is neither a best label's best nor in the plain top (labelled_level)
+        label_codes = torch.from_numpy(np.asarray(by_label[0], dtype=np.int64)).to(dev)
+        label_max = torch.full((nq, int(by_label[0].max()) + 1), -math.inf, device=dev)
+        label_run = torch.full((nq,), -math.inf, device=dev)
     cand_q, cand_r, cand_s, cand_lo = [], [], [], []
     const_r = []
     screened = 0
@@ -135,6 +143,12 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             run_top = torch.topk(torch.cat([run_top, torch.topk(lower, kb, dim=1).values], dim=1),
                                  min(k, run_top.shape[1] + kb), dim=1).values
             level = run_top[:, -1] if run_top.shape[1] == k else torch.full((nq,), -math.inf, device=dev)
+            if label_max is not None:
+                label_max.scatter_reduce_(1, label_codes[torch.from_numpy(cols).to(dev)].expand(nq, -1), lower, "amax")
+                # never lowered: a pair left out under an earlier block's level (the k'-th pair's, before
+                # k labels were seen) stays below every later one, as label_best's completeness needs
+                label_run = torch.maximum(label_run, labelled_level(level, run_top, label_max, by_label))
+                level = label_run
             if floor is not None:
                 level = torch.maximum(level, floor)
             qi, ri = mask_pairs((upper >= level[:, None]) & (upper > -math.inf))
@@ -157,6 +171,8 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     t_rescore = time.perf_counter()
     # keep the candidates that can still reach the final k-th place, and rescore them exactly
     final_level = run_top[:, -1].cpu() if run_top.shape[1] == k else torch.full((nq,), -math.inf)
+    if label_max is not None:
+        final_level = label_run.cpu()
     if floor is not None:
         final_level = torch.maximum(final_level, floor.cpu())
     qi, ri, si = torch.cat(cand_q), torch.cat(cand_r), torch.cat(cand_s)
@@ -186,6 +202,21 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
             "pixels": select.dim, "screened_pairs": screened, "candidates_per_query": len(qi) / max(nq, 1)}
     return SearchResult(values, indices, const_q, const_r, pairs=nq * n_reference, rescored=rescored, stats=info,
                         by_label=labelled)
+
+
+def labelled_level(level: torch.Tensor, run_top: torch.Tensor, label_max: torch.Tensor, by_label) -> torch.Tensor:
+    """A screen's level told the labels: the smaller of the k_labels-th best label's best lower end
+    (``label_max``: each label's best lower end so far, per query) and the k_plain-th best pair's
+    (``run_top``, descending), where k labels were seen; else ``level`` (the k'-th best pair's).
+
+    Every best label's best and every plain top pair is at or above it, so the answer is complete in
+    one pass whatever k' was asked for: a query whose 5th subject comes past its k'-th pair (4 % on
+    the brain phantoms at k' = 129) is no longer searched again; the candidates are those above its
+    5th subject's best, not its k' best pairs (BENCHMARKS.md, issue 16 item 25)."""
+    k_labels, k_plain = by_label[1], by_label[2]
+    by_labels = torch.topk(label_max, k_labels, dim=1).values[:, -1]
+    plain = run_top[:, k_plain - 1] if run_top.shape[1] >= k_plain else torch.full_like(level, -math.inf)
+    return torch.where(torch.isfinite(by_labels), torch.minimum(by_labels, plain), level)
 
 
 def screen(q_lo: torch.Tensor, r_lo: torch.Tensor, qn=None, rn=None, eps: float = 0.0, offsets=None):
@@ -253,6 +284,9 @@ def top_of(qi: np.ndarray, ri: np.ndarray, exact: np.ndarray, k: int, nq: int):
     return values, indices
 
 
+#: at most this many (query, label) entries of a screen's running best lower end per label
+#: (:func:`screen_and_rescore` told the labels; more labels, as one image each, keep the k' list)
+LABEL_LEVEL_ENTRIES = 1 << 25
 #: entries of one (queries x pairs) block of :func:`kth_largest`
 KTH_BLOCK = 1 << 22
 
@@ -288,6 +322,26 @@ def kth_largest(values: np.ndarray, qi: np.ndarray, nq: int, k: int) -> np.ndarr
     return out
 
 
+def label_level(qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, codes: np.ndarray, k_labels: int,
+                nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(level, best_low, at)``: per query the k_labels-th largest of its labels' best lower ends
+    (-inf with fewer labels), each (query, label)'s best lower end, and each pair's entry in it."""
+    n_codes = int(codes.max()) + 1
+    keys, at = np.unique(qi.astype(np.int64) * n_codes + codes[ri], return_inverse=True)
+    best_low = np.full(len(keys), -np.inf)
+    np.maximum.at(best_low, at, lower)
+    return kth_largest(best_low, keys // n_codes, nq, k_labels), best_low, at
+
+
+def labelled_floor(floor: np.ndarray, qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, by_label, nq: int):
+    """A pruned search's threshold told the labels (:func:`labelled_level` on pairs): per query the
+    smaller of the k_labels-th best label's best lower end and the k_plain-th best pair's lower end,
+    where the pairs hold k labels; else ``floor``."""
+    codes, k_labels, k_plain = by_label
+    by_labels = label_level(qi, ri, lower, codes, k_labels, nq)[0]
+    return np.where(np.isfinite(by_labels), np.minimum(by_labels, kth_largest(lower, qi, nq, k_plain)), floor)
+
+
 def label_keep(qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, upper: np.ndarray, codes: np.ndarray,
                k_labels: int, k_plain: int, nq: int) -> np.ndarray:
     """Which candidate pairs a search for the plain top ``k_plain`` and for the best image of each
@@ -299,12 +353,8 @@ def label_keep(qi: np.ndarray, ri: np.ndarray, lower: np.ndarray, upper: np.ndar
     labels only where its upper end reaches both; the plain top k needs the pairs whose upper end
     reaches the k-th largest lower end.  The others are never rescored: on slices of volumes most of
     a top-k' list's pairs are a few subjects' neighbouring slices (BENCHMARKS.md, issue 16 item 24)."""
-    n_codes = int(codes.max()) + 1
-    keys, inv = np.unique(qi.astype(np.int64) * n_codes + codes[ri], return_inverse=True)
-    best_low = np.full(len(keys), -np.inf)
-    np.maximum.at(best_low, inv, lower)
-    level = kth_largest(best_low, keys // n_codes, nq, k_labels)
-    keep = upper >= np.maximum(level[qi], best_low[inv])
+    level, best_low, at = label_level(qi, ri, lower, codes, k_labels, nq)
+    keep = upper >= np.maximum(level[qi], best_low[at])
     return keep | (upper >= kth_largest(lower, qi, nq, k_plain)[qi])
 
 

@@ -48,7 +48,7 @@ from ..errors import TooFewReferenceImages
 from ..progress import tqdm
 from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
-from .kernel import exact_pairs, kth_largest, label_best, label_keep, mask_pairs, top_of
+from .kernel import exact_pairs, kth_largest, label_best, label_keep, labelled_floor, mask_pairs, top_of
 from .result import SearchResult, mark_constant_queries
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
@@ -807,6 +807,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
         gq, gr, gs = (torch.cat(x[n0:]) if len(x) > n0 else x[0] for x in (got_q, got_r, got_s))
         e = pair_eps(gr)
         t = kth_lower(gs - e, gq - a, b - a, k)
+        # below the k-th best label's best and the plain top's, where the seeds hold k labels
+        t = torch.from_numpy(labelled_floor(t.numpy(), (gq - a).numpy(), gr.numpy(), (gs - e).numpy(), by_label,
+                                            b - a))
         near = gs >= t[gq - a] - e  # as keep_pairs keeps the tiles' pairs against tau
         for x, y in ((got_q, gq), (got_r, gr), (got_s, gs)):
             del x[n0:]
@@ -945,6 +948,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # 4. rescore the pairs whose interval reaches the k-th best lower end (the seeds are exact)
     qi, ri, si, ei, exact = pairs_so_far()
     level = kth_lower(si - ei, qi, nq, k)
+    if by_label is not None:  # every pair below the labels' level is below tau too (float_seeds_tau)
+        level = torch.from_numpy(labelled_floor(level.numpy(), qi.numpy(), ri.numpy(), (si - ei).numpy(), by_label,
+                                                nq))
     keep = (si + ei) >= level[qi]
     k_out, labelled = k, None
     if by_label is not None:  # only what the plain top k_plain and each best label's best need
@@ -958,9 +964,9 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
                                             getattr(ref, "stats", None)))
     values, indices = top_of(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), k_out, nq)
     if by_label is not None:
-        # every pair left out has r below its query's level: unevaluated and dropped ones below tau
+        # every pair left out has r below its query's level or tau (unevaluated and dropped ones)
         labelled = label_best(qi[keep].numpy(), ri[keep].numpy(), si[keep].numpy(), codes, k_labels, nq,
-                              level.numpy())
+                              torch.maximum(level, tau).numpy())
         labelled[0][const_q], labelled[1][const_q] = -np.inf, -1  # no r: as the plain answer marks them
     mark_constant_queries(values, indices, const_q, stacklevel=stacklevel)
     lap("rescore_s")
