@@ -445,19 +445,45 @@ def top_m(est: torch.Tensor, m: int, width: int = 64) -> tuple[torch.Tensor, tor
     return v, cols.gather(1, j)
 
 
-def seeds_and_bounds(first, constant, const_q, dev, m: int):
+def seeds_and_bounds(first, constant, const_q, dev, m: int, labels=None):
     """The Q x N bounds, per query the ``m`` references of highest projected r (the seeds) and
-    their projected r (Q x m, descending)."""
+    their projected r (Q x m, descending).  ``labels``: ``(codes, m_labels)``, a label number per
+    reference (a tensor on ``dev``) and how many labels' seeds: each query's seeds then also hold,
+    for its ``m_labels`` labels of highest projected r, the reference of highest projected r in
+    each (Q x (m + m_labels) seeds; the values stay Q x m)."""
     nq, n = len(first[0]), len(first[3])
     ub = torch.empty((nq, n), dtype=torch.float32, device=dev)
     best_v = torch.full((nq, 0), -math.inf, device=dev)
     best_i = torch.zeros((nq, 0), dtype=torch.long, device=dev)
+    if labels is not None:
+        n_labels = int(labels[0].max()) + 1
+        lab_v = torch.full((nq, n_labels), -math.inf, device=dev)
+        lab_i = torch.zeros((nq, n_labels), dtype=torch.long, device=dev)
     for a, b, est, bounds in bound_blocks(*first, constant, const_q, dev, out=ub):
         v, i = top_m(est, min(m, b - a))
         best_v, order = torch.topk(torch.cat([best_v, v], dim=1), min(m, best_v.shape[1] + v.shape[1]), dim=1)
         best_i = torch.gather(torch.cat([best_i, i + a], dim=1), 1, order)
+        if labels is not None:  # before bounds(), which overwrites est
+            v, i = best_of_labels(est, labels[0][a:b], n_labels)
+            better = v > lab_v
+            lab_v, lab_i = torch.where(better, v, lab_v), torch.where(better, i + a, lab_i)
         bounds()  # in ub's columns a:b
+    if labels is not None:
+        _, top = torch.topk(lab_v, min(labels[1], n_labels), dim=1)
+        best_i = torch.cat([best_i, lab_i.gather(1, top)], dim=1)
     return ub, best_i, best_v
+
+
+def best_of_labels(est: torch.Tensor, lab: torch.Tensor, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, columns)``, Q x n_labels: per query each label's highest ``est`` among the columns
+    (``lab``: each column's label) and a column that holds it (-inf and 0 for a label not there)."""
+    nq, width = est.shape
+    idx = lab[None, :].expand(nq, -1)
+    best = torch.full((nq, n_labels), -math.inf, device=est.device).scatter_reduce_(1, idx, est, "amax")
+    none = torch.iinfo(torch.long).max
+    cols = torch.where(est == best.gather(1, idx), torch.arange(width, device=est.device), none)
+    first = torch.full((nq, n_labels), none, device=est.device).scatter_reduce_(1, idx, cols, "amin")
+    return best, torch.where(first == none, 0, first)
 
 
 def tile_plan(surv: torch.Tensor, tau: torch.Tensor, ref, cascade, tile: int, sparse: bool = True,
@@ -833,6 +859,13 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     # the k-th largest of their lower ends, still a lower bound on the true k-th best (exact seeds
     # took 8.5 s of 14.6 s at 6,000 x 6,216, k' = 129; BENCHMARKS.md, issue 16 item 25)
     float_seeds = by_label is not None
+    label_seeds = None
+    if float_seeds and len(np.unique(by_label[0])) >= by_label[1]:
+        # each query's k_plain + 1 best projected and the best projected of its k_labels + 1 best
+        # labels: the labels' level then holds from the seeds on (labelled_floor); with fewer
+        # labels than asked for (a Dask shard's), the k + 1 best projected as ever
+        m = min(by_label[2] + SEED_EXTRA, n_valid)
+        label_seeds = (torch.from_numpy(np.asarray(by_label[0], dtype=np.int64)).to(dev), by_label[1] + SEED_EXTRA)
     per_group = max(1, HOLD_BOUNDS_BYTES // (4 * n))
     surv = torch.zeros((nq, n_tiles * tile), dtype=torch.bool, device=dev)  # padded to whole tiles
     seed_q, seed_r, seed_s, taus = [], [], [], []
@@ -840,10 +873,11 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     lap("codes_s")  # with the codes, the queries' layout for the tiles (qc) and their sums
     for a in range(0, nq, per_group):
         g = slice(a, min(a + per_group, nq))
-        ub, seeds, _ = seeds_and_bounds((*(x[g] for x in first[:3]), *first[3:]), ref.constant, const_q[g], dev, m)
+        ub, seeds, _ = seeds_and_bounds((*(x[g] for x in first[:3]), *first[3:]), ref.constant, const_q[g], dev, m,
+                                        label_seeds)
         lap("bounds_s")
         q_live = torch.nonzero(live[g], as_tuple=True)[0].cpu()
-        seen_q.append(q_live.repeat_interleave(m) + a)
+        seen_q.append(q_live.repeat_interleave(seeds.shape[1]) + a)
         seen_r.append(seeds[q_live.to(dev)].reshape(-1).cpu())
         if float_seeds:
             taus.append(float_seeds_tau(seen_q[-1], seen_r[-1], a, g.stop))
