@@ -43,10 +43,11 @@ def topk_distinct(search, queries, reference, k, distinct, labelled: bool = Fals
     as there are; fewer than k labels among them is an error, as fewer than k images is for the
     plain search.
 
-    ``labelled``: ``search`` takes ``by_label=`` (``topk_correlation``'s): where its method can, it
-    rescores only the pairs that may be a label's best among the k best labels, not the whole
-    top-k' list, and says per query whether that is the answer (a query whose k-th label's best
-    reaches the list's k'-th best is done; otherwise it is searched again, as a short one).
+    ``labelled``: ``search`` takes ``by_label=`` (``topk_correlation``'s): every method then screens
+    at the k-th best label's best (not the k'-th pair's), rescores only the pairs that may be a
+    label's best among the k best labels or in the plain top, and says per query whether that is
+    the answer: with k labels in the reference every query is done in one pass (a query searched
+    again is one whose screen had to fall back on the k'-th pair, a Dask shard of fewer labels say).
     """
     return topk_with_distinct(search, queries, reference, None, k, distinct, labelled, **options)[1]
 
