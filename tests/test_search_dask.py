@@ -184,5 +184,5 @@ def test_distinct_search_merges_the_shards_labels(client, method, shards, tmp_pa
         assert res.stats["shards"] == shards
         return res
 
-    res, unlabelled, _ = check_labelled(search, q, store, labels, ev, ei)
+    res, unlabelled = check_labelled(search, q, store, labels, ev, ei)
     assert any(seen) and not all(seen) and unlabelled.rescored > res.rescored
