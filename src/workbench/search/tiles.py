@@ -668,10 +668,12 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     ``tile_rate`` included).
 
     ``by_label``: ``(codes, k_labels, k_plain)`` (a distinct search's, as
-    :func:`~workbench.search.kernel.screen_and_rescore` takes it): the tiles search the top k as
-    ever, but the rescore keeps only the pairs that may be the top ``k_plain`` or a label's best
-    among the ``k_labels`` best labels (:func:`~workbench.search.kernel.label_keep`); the result
-    holds the top ``k_plain`` and ``by_label`` (:func:`~workbench.search.kernel.label_best`).
+    :func:`~workbench.search.kernel.screen_and_rescore` takes it): the seeds are float32 tiles of
+    each query's best projected references and of its best labels' (:func:`seeds_and_bounds`), tau
+    and the final level the labels' (:func:`~workbench.search.kernel.labelled_floor`), and the
+    rescore keeps only the pairs that may be the top ``k_plain`` or a label's best among the
+    ``k_labels`` best labels (:func:`~workbench.search.kernel.label_keep`); the result holds the top
+    ``k_plain`` and ``by_label`` (:func:`~workbench.search.kernel.label_best`).
     """
     nq, n = len(q64), len(ref.codes)
     in_memory = not getattr(ref, "from_disk", False)
