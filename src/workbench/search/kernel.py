@@ -66,9 +66,10 @@ def screen_and_rescore(q64: torch.Tensor, const_q: np.ndarray, blocks, reference
     screen's running k-th best starts at the floor, and the rescore takes their values.  Raises
     :class:`~workbench.errors.TooFewReferenceImages` when fewer than ``k`` reference images are
     non-constant.  ``by_label``: ``(codes, k_labels, k_plain)``, a label number per reference
-    position: the screen keeps the top-k candidates as ever, but only the pairs that may be the
-    plain top ``k_plain`` or a label's best among the ``k_labels`` best labels are rescored
-    (:func:`label_keep`); the result holds the top ``k_plain`` and ``by_label`` (:func:`label_best`).
+    position: the screen's level is the labels' once k_labels labels are seen (:func:`labelled_level`;
+    the k-th pair's before), and only the pairs that may be the plain top ``k_plain`` or a label's
+    best among the ``k_labels`` best labels are rescored (:func:`label_keep`); the result holds the
+    top ``k_plain`` and ``by_label`` (:func:`label_best`).
     """
     eps = screen_error_bound(select.dim, dtype)
     per_pair = dtype == torch.bfloat16
