@@ -51,14 +51,7 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def drop_page_cache() -> bool:
-    """Empty the page cache where this process may (root): the rows then come from the disk."""
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-        return True
-    except OSError:
-        return False
+from search_scale import drop_page_cache  # noqa: E402  (beside this script)
 
 
 def fixed_parts(index, queries: np.ndarray, repeats: int) -> tuple[dict, torch.Tensor, np.ndarray]:

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/search_scale.py --images 8192 --queries 256   # a small rehearsal
     .venv/bin/python benchmarks/search_scale.py --json runs/bench-scale.json
     .venv/bin/python benchmarks/search_scale.py --row-copy   # the index with a float16 row copy (+10.5 GB on disk)
+    .venv/bin/python benchmarks/search_scale.py --row-copy --row-copy-format int8   # an int8 copy (+5.3 GB)
 
 The store (``runs/bench-cache/scale-<N>``, git-ignored, built once): N images of 4 x 128 x 128
 float32 (256 KiB each; N = 80,000 by default: 21.0 GB, more than the machine's page cache can
@@ -20,7 +21,9 @@ What runs, in a fresh child process so that its peak resident memory (VmHWM) is 
 1. ``CorrelationIndex(store, keep_vectors=False)``: basis, codes and bounds in memory; full rows
    stay on disk.  Timed (prepare).
 2. ``index.topk(queries, k, method="pruned")`` and ``method="auto"``: timed, with the fraction of
-   the full-size work evaluated, rows read, and the seconds of each stage.
+   the full-size work evaluated, rows read, and the seconds of each stage.  The page cache is
+   dropped before each search where the process may (root): the rows come from the disk, as they
+   would from a BraTS-size store, whatever part of the store or copy this machine's memory holds.
 3. Ground truth: a float64 torch brute force streamed over the store (cached by store id).
 4. Baselines on a slice of the references (the first ``--slice`` images, in memory): torch
    float32 brute force and FAISS IndexFlatIP, extrapolated to all N (their time to read the
@@ -130,6 +133,16 @@ def baselines(store, queries: np.ndarray, n_slice: int, k: int) -> dict:
     return out
 
 
+def drop_page_cache() -> bool:
+    """Empty the page cache where this process may (root): the rows then come from the disk."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
 def child(args) -> None:
     import torch
 
@@ -144,8 +157,10 @@ def child(args) -> None:
     work = np.load(args.query_file)
     queries = work["queries"]
     out = {"rss_start_gib": vm_hwm_gib()}
-    saved = Path(args.store + f".index-d{args.basis_dim or 'default'}" + ("-rowcopy" if args.row_copy else ""))
-    copy_path = Path(args.store + f".rows16-d{args.basis_dim or 'default'}.npy")
+    int8 = args.row_copy_format == "int8"
+    saved = Path(args.store + f".index-d{args.basis_dim or 'default'}"
+                 + (("-rowcopy" + ("-int8" if int8 else "")) if args.row_copy else ""))
+    copy_path = Path(args.store + f".rows{8 if int8 else 16}-d{args.basis_dim or 'default'}.npy")
     t0 = time.perf_counter()
     if args.reuse_index and (saved / "index.json").is_file():
         index = CorrelationIndex.open(saved)
@@ -155,7 +170,7 @@ def child(args) -> None:
         if args.row_copy:
             copy_path.unlink(missing_ok=True)  # rebuilt with the index
         index = CorrelationIndex(store, keep_vectors=False, basis_dim=args.basis_dim,
-                                 row_copy=copy_path if args.row_copy else None)
+                                 row_copy=copy_path if args.row_copy else None, row_copy_format=args.row_copy_format)
         out["prepare_s"] = time.perf_counter() - t0
         index.save(saved, overwrite=True)  # for --reuse-index
         (saved / "prepare.json").write_text(json.dumps({"prepare_s": out["prepare_s"]}))
@@ -164,6 +179,7 @@ def child(args) -> None:
     runs = {}
     for k in args.k:
         for method in ("pruned", "auto"):
+            out["page_cache_dropped"] = drop_page_cache()
             t0 = time.perf_counter()
             res = index.topk(queries, k=k, method=method)
             sec = time.perf_counter() - t0
@@ -189,6 +205,8 @@ def main() -> None:
     ap.add_argument("--row-copy", action="store_true",
                     help="build the index with a float16 copy of the unit rows beside the store (row_copy=), "
                          "which the seeds and tiles read in place of the store")
+    ap.add_argument("--row-copy-format", choices=("float16", "int8"), default="float16",
+                    help="the row copy's values (with --row-copy): float16, or int8 in blocks with a scale each")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -230,7 +248,7 @@ def main() -> None:
            "--k", *map(str, args.k)]
     cmd += ["--basis-dim", str(args.basis_dim)] if args.basis_dim else []
     cmd += ["--reuse-index"] if args.reuse_index else []
-    cmd += ["--row-copy"] if args.row_copy else []
+    cmd += ["--row-copy", "--row-copy-format", args.row_copy_format] if args.row_copy else []
     subprocess.run(cmd, check=True)
     res = json.loads(out_file.read_text())
 
@@ -239,7 +257,8 @@ def main() -> None:
     scale = n / min(args.slice, n)
     report = {"store": str(path), "images": n, "store_gb": gb, "queries": nq, "query_mix": work["counts"],
               "pixels": dim, "truth_s": truth_s, "prepare_s": res["prepare_s"], "index": res["index"],
-              "row_copy": bool(args.row_copy),
+              "row_copy": bool(args.row_copy), "row_copy_format": args.row_copy_format if args.row_copy else None,
+              "page_cache_dropped": res.get("page_cache_dropped"),
               "rss_peak_gib": res["rss_peak_gib"], "rss_after_prepare_gib": res["rss_after_prepare_gib"],
               # each baseline: its search of the slice scaled to all references, plus normalising the queries once
               "torch_float32_s": base["torch_float32_s"] * scale + base["query_prep_s"],

@@ -10,7 +10,7 @@ change to the search, for as long as there is time:
 
 Each case draws a reference (smooth slices, random, nearly equal, clusters, exact duplicates,
 integers, a large offset; constant images and queries at times), queries, k, channels, a mask,
-and an index (float32, bf16, rows on disk, a float16 row copy, block means; saved and reopened
+and an index (float32, bf16, rows on disk, a float16 or int8 row copy, block means; saved and reopened
 at times) or options of ``topk_correlation``, and checks that every method returns the float64
 top-k values, indices whose float64 r are those values, and no index twice.  A failure prints
 its seed: ``--seed N --cases 1`` reruns it.
@@ -112,18 +112,19 @@ def one_index(seed, tmp):
     rng = np.random.default_rng(seed)
     kind, q, ref = make(rng)
     N = len(ref); C, H, W = ref.shape[1:]
-    variant = rng.choice(["f32", "bf16", "disk", "rowcopy", "blocks"])
+    variant = rng.choice(["f32", "bf16", "disk", "rowcopy", "int8copy", "blocks"])
     kw = dict(basis_dim=int(rng.choice([2, 4, 8, 16, 32, 64] + ([256, 300, 512] if WIDE else []))))
     chosen, sel = draw_selection(rng, C, H, W, 0.2)
     kw.update(chosen)
     if variant == "bf16": kw["precision"] = "bf16"
     if variant == "blocks": kw["basis"] = "blocks"; kw.pop("basis_dim"); kw["block"] = int(rng.choice([1, 2, 4]))
     src = ref
-    if variant in ("disk", "rowcopy"):
+    if variant in ("disk", "rowcopy", "int8copy"):
         src = write_store(Path(tmp) / f"s{seed}", ref); kw["keep_vectors"] = False
-        if variant == "rowcopy": kw["row_copy"] = Path(tmp) / f"rows{seed}.npy"
+        if variant != "disk": kw["row_copy"] = Path(tmp) / f"rows{seed}.npy"
+        if variant == "int8copy": kw["row_copy_format"] = "int8"
     index = CorrelationIndex(src, **kw)
-    if rng.random() < 0.3 and variant in ("disk", "rowcopy"):
+    if rng.random() < 0.3 and variant in ("disk", "rowcopy", "int8copy"):
         p = Path(tmp) / f"ix{seed}"; index.save(p); index = CorrelationIndex.open(p)
     n_live = int((~unit(ref, sel)[1]).sum())
     k = int(rng.integers(1, max(2, min(n_live, 12)) + 1)); k = min(k, n_live)

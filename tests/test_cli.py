@@ -82,17 +82,18 @@ def test_search_command_says_what_auto_chose(phantom_store, tmp_path, capsys, mo
     assert "probe timed now" in printed or "probe as measured 20" in printed  # where brute force's figures came from
 
 
-def test_index_command_and_search_with_it_give_the_searchs_table(phantom_store, tmp_path, capsys):
-    """`workbench index` prepares the train split once (here with a float16 row copy); `workbench
-    search --index` then gives the same matches as searching the store itself."""
+@pytest.mark.parametrize("fmt", ["float16", "int8"])
+def test_index_command_and_search_with_it_give_the_searchs_table(phantom_store, tmp_path, capsys, fmt):
+    """`workbench index` prepares the train split once (here with a float16 or int8 row copy);
+    `workbench search --index` then gives the same matches as searching the store itself."""
     direct = tmp_path / "direct.parquet"
     assert main(["search", "--queries", str(phantom_store.path), "--reference", str(phantom_store.path),
                  "--split", "train", "--k", "3", "--out", str(direct)]) == 0
     index = tmp_path / "train.index"
     assert main(["index", "--reference", str(phantom_store.path), "--split", "train", "--basis-dim", "16",
-                 "--row-copy", str(tmp_path / "rows16.npy"), "--out", str(index)]) == 0
+                 "--row-copy", str(tmp_path / "rows.npy"), "--row-copy-format", fmt, "--out", str(index)]) == 0
     out = capsys.readouterr().out
-    assert "float16 row copy" in out and f"workbench search --index {index}" in out
+    assert f"{fmt} row copy" in out and f"workbench search --index {index}" in out
     via = tmp_path / "via.parquet"
     assert main(["search", "--queries", str(phantom_store.path), "--index", str(index), "--k", "3",
                  "--method", "pruned", "--out", str(via)]) == 0

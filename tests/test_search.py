@@ -528,11 +528,11 @@ def test_the_labelled_level_never_falls_below_an_earlier_blocks():
 
 
 @pytest.mark.parametrize("method", ["pruned", "brute", "auto", "auto, then brute"])
-@pytest.mark.parametrize("rows", ["float32", "bf16", "raw rows on disk", "row copy"])
+@pytest.mark.parametrize("rows", ["float32", "bf16", "raw rows on disk", "row copy", "int8 row copy"])
 def test_every_index_search_rescores_only_what_each_labels_best_needs(method, rows, tmp_path, monkeypatch):
     """A CorrelationIndex's searches told the labels (pruned tiles with float32 seeds, brute force,
     auto, and auto going on by brute force from the float32 seeds' floor; rows in memory in float32
-    or bf16, on disk raw or as a float16 row copy): the float64 ranking's answer, with fewer pairs
+    or bf16, on disk raw or as a float16 or int8 row copy): the float64 ranking's answer, with fewer pairs
     rescored than without the labels.  A small basis leaves tiles beyond the seeds."""
     from workbench.search import CorrelationIndex, tiles
 
@@ -546,7 +546,8 @@ def test_every_index_search_rescores_only_what_each_labels_best_needs(method, ro
         with StoreWriter(tmp_path / "s", channels=["a"], height=8, width=8) as w:
             w.append(ref, [{"subject": f"s{v}", "split": "train"} for v in labels])
         index = CorrelationIndex(SliceStore.open(tmp_path / "s"), basis_dim=4, keep_vectors=False,
-                                 row_copy=tmp_path / "rows.npy" if rows == "row copy" else None)
+                                 row_copy=tmp_path / "rows.npy" if "copy" in rows else None,
+                                 row_copy_format="int8" if rows.startswith("int8") else "float16")
         assert index.from_disk
     seen = []
 

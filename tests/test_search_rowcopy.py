@@ -1,5 +1,6 @@
-"""The float16 row copy on disk (issue 16): the pruned search's seeds and tiles read half the bytes,
-the answer stays float64 brute force's, and a copy that does not match its store is refused."""
+"""The float16 and int8 row copies on disk (issue 16): the pruned search's seeds and tiles read half
+(a quarter of) the bytes, the answer stays float64 brute force's, and a copy that does not match its
+store is refused."""
 import json
 
 import numpy as np
@@ -92,18 +93,27 @@ def test_the_tiles_read_the_row_copy_ahead_not_the_store(brainlike, tmp_path, mo
     assert got["store"] >= 1  # the float64 seeds and rescore read the store itself
 
 
-def test_a_saved_index_reopens_its_row_copy_and_refuses_an_edited_one(brainlike, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("fmt", rowcopy.FORMATS)
+def test_a_saved_index_reopens_its_row_copy_and_refuses_an_edited_one(brainlike, tmp_path, fmt):  # noqa: F811
     q, ref = brainlike
     store = write_store(tmp_path / "s", ref)
-    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy",
+                             row_copy_format=fmt)
     first = index.topk(q, k=3, method="pruned", tile=8)
     index.save(tmp_path / "i")
     assert json.loads((tmp_path / "i" / "index.json").read_text())["row_copy"] == str((tmp_path / "rows.npy").resolve())
     again = CorrelationIndex.open(tmp_path / "i")
-    assert again.row_copy is not None
+    assert again.row_copy is not None and again.row_copy.fmt == fmt
     res = again.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(res.indices, first.indices)
     np.testing.assert_array_equal(res.values, first.values)
+    # the index's record of the copy's format and the file disagree: refused, both named
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    other = next(f for f in rowcopy.FORMATS if f != fmt)
+    (tmp_path / "i" / "index.json").write_text(json.dumps({**meta, "row_copy_format": other}))
+    with pytest.raises(WorkbenchError, match=f"rows.npy: a row copy of .*needs a {other} copy"):
+        CorrelationIndex.open(tmp_path / "i")
+    (tmp_path / "i" / "index.json").write_text(json.dumps(meta))
     # an edited row of the copy (one the check recomputes): refused, the file named
     edited = np.load(tmp_path / "rows.npy", mmap_mode="r+")
     at = again.row_copy.rows[again.check[0]]
@@ -253,10 +263,12 @@ def test_a_row_copy_is_never_left_half_written_nor_written_over(brainlike, tmp_p
         CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
 
 
-def test_the_row_copy_reads_its_rows_with_and_without_o_direct(brainlike, tmp_path, clusters):  # noqa: F811
+@pytest.mark.parametrize("fmt", rowcopy.FORMATS)
+def test_the_row_copy_reads_its_rows_with_and_without_o_direct(brainlike, tmp_path, clusters, fmt):  # noqa: F811
     _, ref = brainlike
     store = write_store(tmp_path / "s", ref)
-    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy")
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy",
+                             row_copy_format=fmt)
     copy = index.row_copy
     full = np.load(tmp_path / "rows.npy")[copy.rows]  # in index order
     pos = np.array([0, 1, 2, 7, 30, 31, len(ref) - 1])
@@ -274,8 +286,9 @@ def test_the_row_copy_reads_its_rows_with_and_without_o_direct(brainlike, tmp_pa
         copy.read([len(ref)])
 
 
+@pytest.mark.parametrize("fmt", rowcopy.FORMATS)
 @pytest.mark.parametrize("group", [3, 16])
-def test_float16_rows_are_widened_a_few_slices_at_a_time_within_the_bound(group, monkeypatch):
+def test_copied_rows_are_widened_a_few_slices_at_a_time_within_the_bound(group, fmt, monkeypatch):
     """The sampled product of float16 rows widens them WIDEN_SLICES slices at a time (groups of 3:
     3 + 3 + ... + 2 slices, and a short last slice): every pair within the float32 tiles' bound of
     its float64 value, and equal to the product of the rows widened whole up to the summation order."""
@@ -286,14 +299,19 @@ def test_float16_rows_are_widened_a_few_slices_at_a_time_within_the_bound(group,
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     r16 = torch.from_numpy(rng.standard_normal((9, dim)).astype(np.float16))
     r16 = (r16.double() / r16.double().norm(dim=1, keepdim=True)).half()
+    if fmt == "int8":  # the rows as an int8 copy's, and their float32 values (exact in float64 below)
+        raw, wide = rowcopy.encode(r16.float(), "int8")
+        r16 = rowcopy.Int8Rows(raw, dim)
+    else:
+        wide = r16.float()
     qi = torch.tensor([0, 0, 1, 3, 3, 3, 5])
     lr = torch.tensor([2, 8, 0, 1, 2, 7, 4])
     qc = tiles.chunked(torch.from_numpy(q))
     buffer = [None]
     got = tiles.pair_product(qc, qi, lr, r16, buffer)
     assert buffer[0] is not None and buffer[0].numel() == 9 * min(group, 20) * tiles.TIER_CHUNK  # a few slices
-    whole = tiles.pair_product(qc, qi, lr, r16.float())
-    exact = (torch.from_numpy(q)[qi].float().double() * r16.double()[lr]).sum(dim=1)
+    whole = tiles.pair_product(qc, qi, lr, wide)
+    exact = (torch.from_numpy(q)[qi].float().double() * wide.double()[lr]).sum(dim=1)
     bound = tiles.tier_error_bound(dim)
     assert ((got.double() - exact).abs() <= bound).all()
     np.testing.assert_allclose(got.numpy(), whole.numpy(), atol=1e-6)
@@ -305,3 +323,79 @@ def test_float16_rows_are_widened_a_few_slices_at_a_time_within_the_bound(group,
     shuffle = torch.tensor([6, 2, 0, 5, 1, 4, 3])
     np.testing.assert_allclose(tiles.pair_product(qc, qi[shuffle], lr[shuffle], r16, buffer).numpy(),
                                got[shuffle].numpy(), atol=1e-6)
+
+
+def test_an_int8_row_copy_gives_the_exact_answer_and_its_bound_holds_on_every_pair(spiky, tmp_path, clusters):
+    """An int8 copy (blocks of INT8_BLOCK pixels, a float32 scale each): a quarter of the store's
+    bytes; every pair's float32 tile value from it within the row's measured bound, adversarial
+    queries (rows' own int8 rounding errors) close to it, and every answer float64 brute force's."""
+    q, ref = spiky
+    store = write_store(tmp_path / "s", ref)
+    index = CorrelationIndex(store, keep_vectors=False, basis_dim=32, row_copy=tmp_path / "rows.npy",
+                             row_copy_format="int8")
+    assert "int8 row copy" in repr(index)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy", "s"]  # no temporary left
+    dim = ref[0].size
+    blocks = -(-dim // rowcopy.INT8_BLOCK)
+    raw = np.load(tmp_path / "rows.npy")
+    assert raw.dtype == np.uint8 and raw.shape == (len(ref), blocks * (rowcopy.INT8_BLOCK + 4))
+    assert raw.shape[1] < dim * 2 * 0.51  # about half a float16 copy
+    # the stored values, decoded here from the bytes by the format's definition: q * s, block by block
+    scales = raw[:, :4 * blocks].copy().view(np.float32)
+    ints = raw[:, 4 * blocks:].copy().view(np.int8).reshape(len(ref), blocks, rowcopy.INT8_BLOCK)
+    assert np.abs(ints).max() == 127
+    decoded = (ints.astype(np.float32) * scales[:, :, None]).reshape(len(ref), -1)[:, :dim]
+    pos = index.row_copy.rows  # index position -> copy row
+    np.testing.assert_array_equal(index.row_copy.unit_rows(np.arange(len(ref))).numpy(), decoded[pos])
+    x32 = unit64(ref).float().numpy()
+    live = np.flatnonzero(~index.constant)
+    rel = np.linalg.norm(decoded[pos] - x32, axis=1)[live]
+    assert 1e-4 < np.median(rel) < 1e-2  # int8: about 8 bits a block
+    # adversarial queries: a few rows' own int8 rounding errors
+    pick = [0, 40, 100]
+    err_q = (x32[pick].astype(np.float64) - decoded[pos[pick]]).reshape(len(pick), *ref.shape[1:])
+    q = np.concatenate([q, err_q.astype(np.float32)])
+    _, _, r = truth(q, ref[live], 1)
+    qc = tiles.chunked(unit64(q))
+    s = tiles.tile_product(qc, torch.arange(len(q)), torch.from_numpy(decoded[pos[live]]))
+    s = s.reshape(len(q), len(live)).double().numpy()
+    err = index.row_error.numpy()[live]
+    assert (np.abs(s - r) <= err[None, :]).all()
+    at = np.searchsorted(live, pick)
+    assert (np.abs(s - r)[np.arange(-len(pick), 0), at] > 0.5 * err[at]).all()  # close to the bound
+    for method in ("pruned", "auto"):
+        for k in (1, 4):
+            res = index.topk(q, k=k, method=method, tile=8)
+            ev, ei, _ = truth(q, ref[live], k)
+            np.testing.assert_array_equal(res.indices, live[ei])
+            np.testing.assert_allclose(res.values, ev, atol=1e-12)
+            if res.stats["method"] == "pruned":
+                assert res.stats["precision"] == "int8 row copy, float32 products"
+
+
+def test_int8_blocks_of_tiny_or_zero_values_are_stored_as_zeros_within_the_bound():
+    """A block whose largest |value| / 127 is below INT8_TINY (or zero) keeps scale 0: no product
+    of the widening is subnormal, and the measured lo holds the block's values."""
+    b = rowcopy.INT8_BLOCK
+    dim = 3 * b + 37  # a short last block, padded
+    x = np.random.default_rng(2).standard_normal((3, dim)).astype(np.float32)
+    x[0, :b] = 1e-35  # tiny
+    x[1, b:2 * b] = 0.0
+    x[2, 3 * b:] = -5e-31  # tiny, in the padded last block
+    x32 = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+    raw, wide = rowcopy.encode(x32, "int8")
+    scales = raw[:, :16].view(torch.float32)
+    assert scales[0, 0] == 0 and scales[1, 1] == 0 and scales[2, 3] == 0 and (scales[0, 1:] > 0).all()
+    assert (wide[0, :b] == 0).all() and (wide[2, 3 * b:] == 0).all()
+    nonzero = wide[wide != 0].abs()
+    assert float(nonzero.min()) >= rowcopy.INT8_TINY  # no subnormal value
+    assert (wide - x32).abs().max() <= scales.max() / 2 * (1 + 1e-6)  # rounding to the nearest step
+    rows = rowcopy.Int8Rows(raw, dim)
+    np.testing.assert_array_equal(rows.float().numpy(), wide.numpy())
+    # any columns, into a buffer or not, row selections and the last short block alike
+    for start, stop in ((0, b), (b, 3 * b), (2 * b, dim), (3 * b, dim), (5, 300)):
+        np.testing.assert_array_equal(rows.widen(start, stop).numpy(), wide[:, start:stop].numpy())
+        out = torch.empty((3, stop - start))
+        assert rows.widen(start, stop, out) is out
+        np.testing.assert_array_equal(out.numpy(), wide[:, start:stop].numpy())
+    np.testing.assert_array_equal(rowcopy.widen(rows[[2, 0]], b, dim).numpy(), wide[[2, 0], b:].numpy())

@@ -184,8 +184,11 @@ def _add_index(sub):
     ix.add_argument("--basis-dim", type=int, default=None,
                     help="principal directions of the reference kept for the bounds (default: by its size)")
     ix.add_argument("--row-copy", default=None, metavar="PATH.npy",
-                    help="also write a float16 copy of the unit rows there (half the store's size on disk): searches "
+                    help="also write a copy of the unit rows there (float16: half the store's size on disk): searches "
                          "then read it from disk in place of the store (the exact rescore still reads the store)")
+    ix.add_argument("--row-copy-format", choices=("float16", "int8"), default="float16",
+                    help="the row copy's values: float16 (default), or int8 in blocks of 256 pixels with a scale "
+                         "each (a quarter of the store's size; its wider bound sends more pairs to the rescore)")
     ix.add_argument("--out", required=True, help="index folder to write")
     _overwrite(ix, "index")
 
@@ -444,7 +447,8 @@ def _index(args) -> None:
     reference = _split_view(SliceStore.open(args.reference), args.split)
     t0 = time.time()
     index = CorrelationIndex(reference, channels=_channels(args.channels, "--channels"), basis_dim=args.basis_dim,
-                             keep_vectors=False if args.row_copy else "auto", row_copy=args.row_copy, progress=True)
+                             keep_vectors=False if args.row_copy else "auto", row_copy=args.row_copy,
+                             row_copy_format=args.row_copy_format, progress=True)
     index.save(out, overwrite=args.overwrite)
     print(f"indexed {len(reference)} images in {time.time() - t0:.1f} s: {index!r}; wrote {out} "
           f"(search it with `workbench search --index {out}`)")
@@ -636,7 +640,7 @@ def run(args) -> None:
         if len(result.failed):
             raise WorkbenchError(f"{len(result.failed)} run(s) failed (the others completed): "
                                  + "; ".join(f"{r.id}: {str(r.error).splitlines()[0]}" for r in result.failed.itertuples())
-                                 + f". Fix the cause and rerun the same command: complete runs are skipped")
+                                 + ". Fix the cause and rerun the same command: complete runs are skipped")
     elif args.command == "collect":
         from .runs.collect import collect
 

@@ -128,11 +128,13 @@ class CorrelationIndex:
         over the copy), and let the pruned search's seeds and tiles read it instead of the store
         (half the bytes from disk; the float64 rescore still reads the store).
         For an index whose rows stay on disk (``keep_vectors`` False).  :mod:`.rowcopy`.
+    row_copy_format : ``"float16"`` (default) or ``"int8"`` (a quarter of the store's size, in
+        blocks of 256 pixels with a scale each; its wider bound sends more pairs to the rescore).
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",
                  basis: str = "pca", basis_dim: int | None = None, block: int = 4, keep_vectors="auto", seed: int = 0,
-                 progress: bool = False, row_copy=None, _prepared=None):
+                 progress: bool = False, row_copy=None, row_copy_format: str = "float16", _prepared=None):
         self.reference = as_source(reference, "reference")
         shape = tuple(self.reference.shape)
         if shape[0] == 0:
@@ -160,7 +162,7 @@ class CorrelationIndex:
         if row_copy is not None and keep_vectors:
             raise WorkbenchError("row_copy serves an index whose rows stay on disk: it needs keep_vectors=False "
                                  "(or 'auto')")
-        writer = RowCopyWriter(row_copy, shape[0], self.select.dim) if row_copy is not None else None
+        writer = RowCopyWriter(row_copy, shape[0], self.select.dim, row_copy_format) if row_copy is not None else None
         with writer if writer is not None else contextlib.nullcontext():  # a failed build leaves no copy
             self.basis = self._fit(basis, basis_dim)
             self.delta = projection.basis_delta(self.basis)
@@ -204,7 +206,7 @@ class CorrelationIndex:
                 place = cluster_place(codes, tiles.tile_rows(self.select.dim), self.seed)
                 self.copy_norms = torch.from_numpy(writer.finish(place))
         if writer is not None:
-            self.row_copy = RowCopy(row_copy, shape[0], self.select.dim, place)
+            self.row_copy = RowCopy(row_copy, shape[0], self.select.dim, place, row_copy_format)
         self.vectors = (vectors[0] if len(vectors) == 1 and self.dtype == torch.float32 else torch.cat(vectors)) \
             if vectors else None
         self.norms = torch.cat(norms) if norms else None
@@ -284,7 +286,7 @@ class CorrelationIndex:
 
     def raw_reader(self, depth: int) -> "RawReader":
         """:meth:`raw_rows` for a stream of tiles (``RawReader.stream``), or, where the index has a
-        ``row_copy``, the float16 copy's unit rows (as stored: the products widen them): from a
+        ``row_copy``, the copy's unit rows (as stored: the products widen them): from a
         store (or the copy) the next tiles' rows are read ahead from disk
         by :class:`~workbench.data.readahead.AheadReader` while a tile is multiplied (at (b), rows
         on disk: the tiles 16.5-17.5 s through the page cache against 5.5 s; BENCHMARKS.md, issue
@@ -298,7 +300,7 @@ class CorrelationIndex:
     @property
     def row_error(self) -> torch.Tensor | None:
         """Per row (float64), the bound on a tile's error where the tiles read the bf16 copy of the
-        unit vectors, or the float16 copy on disk (``row_copy``, :mod:`.rowcopy`, whose stored
+        unit vectors, or the float16 or int8 copy on disk (``row_copy``, :mod:`.rowcopy`, whose stored
         (hi, lo) bound it the same way); None where they read float32 rows (one bound for all
         pairs, ``tiles.tier_error_bound``).
 
@@ -306,7 +308,7 @@ class CorrelationIndex:
         float32), in float32 slices: |x.y - fl(x32.y_h)| <= |x.y_l| + |(x - x32).y_h| + the
         accumulation error <= ||y_l|| + ||y_h|| tier_error_bound(D), every term of the float32
         bound being linear in the row's norm (y_l = y - y_h: the stored split norms)."""
-        if self.vectors is None and self.row_copy is not None:  # the float16 copy on disk (.rowcopy)
+        if self.vectors is None and self.row_copy is not None:  # the copy on disk (.rowcopy)
             norms = self.copy_norms
         elif self.vectors is None or self.dtype != torch.bfloat16:
             return None
@@ -327,7 +329,7 @@ class CorrelationIndex:
 
     def __repr__(self) -> str:
         prec = "bf16" if self.dtype == torch.bfloat16 else "float32"
-        copy = f", float16 row copy {self.row_copy.path}" if self.row_copy is not None else ""
+        copy = f", {self.row_copy.fmt} row copy {self.row_copy.path}" if self.row_copy is not None else ""
         return (f"CorrelationIndex({len(self)} images, {self.select.dim} pixels each, {prec}, "
                 f"{self.basis_name} basis of {self.basis.shape[1]}{copy})")
 
@@ -575,6 +577,7 @@ class CorrelationIndex:
                 "basis": self.basis_name, "basis_dim": int(self.basis.shape[1]), "block": self.block,
                 "delta": self.delta, "seed": self.seed, "vectors": self.vectors is not None, "level1": self.level1,
                 "row_copy": str(self.row_copy.path.resolve()) if self.row_copy is not None else None,
+                "row_copy_format": self.row_copy.fmt if self.row_copy is not None else None,
                 "row_copy_from_index": (os.path.relpath(self.row_copy.path.resolve(), final)
                                         if self.row_copy is not None else None),
             }
@@ -640,7 +643,9 @@ class CorrelationIndex:
                                      f"match the index ({n}, 2)")
             if place is not None:
                 check_place(place, n, path / "copy_place.npy")
-            parts["row_copy"] = RowCopy(locate(path, meta, "row_copy", "float16 row copy"), n, meta["pixels"], place)
+            fmt = meta.get("row_copy_format") or "float16"  # (an index saved before int8 copies: float16)
+            parts["row_copy"] = RowCopy(locate(path, meta, "row_copy", f"{fmt} row copy"), n, meta["pixels"], place,
+                                        fmt)
         index = cls(reference, channels=meta["channels"], mask=mask, precision=meta["precision"], device=device,
                     basis=meta["basis"], block=meta["block"], seed=meta["seed"], _prepared=parts)
         index._verify(path)
@@ -659,7 +664,7 @@ class CorrelationIndex:
         if self.row_copy is not None:
             # each copied row is within its stored lo of the exact unit row; x here is within
             # NORMALISE_F32 of it too
-            copied = torch.from_numpy(self.row_copy.read(rows)).double()
+            copied = self.row_copy.unit_rows(rows).double()
             gap = (copied - x.double()).norm(dim=1)
             bad = rows[(gap > self.copy_norms[torch.from_numpy(rows), 1] + 2 * NORMALISE_F32 + 1e-6).numpy()]
             if len(bad):
@@ -734,7 +739,7 @@ class RawReader:
             got = self._reader.stream(batches, ahead)
         for rows in got:
             if self._copy:
-                yield torch.from_numpy(rows)
+                yield self._index.row_copy.as_rows(rows)
             else:
                 yield torch.from_numpy(np.ascontiguousarray(self._index.select(rows), dtype=np.float32))
 

@@ -50,6 +50,7 @@ from . import projection
 from .bounds import NORMALISE_F32, ieee_float32
 from .kernel import exact_pairs, kth_largest, label_best, label_keep, labelled_floor, mask_pairs, top_of
 from .result import SearchResult, mark_constant_queries
+from .rowcopy import widen
 
 #: reference rows per tile: the fewest (:func:`tile_rows`)
 TILE = 64
@@ -288,8 +289,8 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
     pattern over the slices made the kernel copy a strided side: 1.2-2.1 against 0.85 ms a tile at
     (b); a view of some queries, 60 ms: BENCHMARKS.md, issue 16 item 14).
 
-    Rows of a float16 row copy (``r32`` float16) are widened to float32 (exactly) WIDEN_SLICES
-    slices at a time into ``buffer`` (a one-item list holding the tensor, reused and grown), each
+    Rows of a row copy (``r32`` float16, or :class:`~.rowcopy.Int8Rows`) are widened to float32
+    (:func:`~.rowcopy.widen`) WIDEN_SLICES slices at a time into ``buffer`` (a one-item list holding the tensor, reused and grown), each
     group's partial products added to the rest: the same float32 slices, summed in another order."""
     chunks, nq, width = qc.shape
     m, dim = r32.shape
@@ -308,13 +309,13 @@ def pair_product(qc: torch.Tensor, qi: torch.Tensor, lr: torch.Tensor, r32: torc
         for a in range(0, full, WIDEN_SLICES):
             g = min(WIDEN_SLICES, full - a)
             wide = buffer[0][:m * g * TIER_CHUNK].view(m, g * TIER_CHUNK)
-            wide.copy_(r32[:, a * TIER_CHUNK:(a + g) * TIER_CHUNK])  # float16 to float32, exact
+            widen(r32, a * TIER_CHUNK, (a + g) * TIER_CHUNK, wide)  # float16 exactly, int8 by its scales
             if g not in patterns:
                 patterns[g] = SlicePattern(qi, True, nq, lr, False, m, g)
             out += patterns[g](qc[a:a + g].reshape(g * nq, TIER_CHUNK), wide.view(m * g, TIER_CHUNK))
     if full < chunks:  # the last, short slice: one dot product per pair
         rest = dim - full * TIER_CHUNK
-        out += (qc[full, qi, :rest] * r32[lr, full * TIER_CHUNK:].float()).sum(dim=1)
+        out += (qc[full, qi, :rest] * widen(r32[lr], full * TIER_CHUNK, dim)).sum(dim=1)
     return out
 
 
@@ -1011,7 +1012,7 @@ def tiled_search(q64: torch.Tensor, const_q: np.ndarray, ref, reference, select,
     rescored = len(seed_q) + int(todo.sum())
     stats = {"method": "pruned", "basis": ref.basis_name, "basis_dim": int(ref.basis.shape[1]), "tile": tile,
              "precision": "float32" if row_eps is None else "raw rows, float32 products" if raw
-             else "float16 row copy, float32 products" if copied else "bf16 rows, float32 products", "device": str(dev),
+             else f"{ref.row_copy.fmt} row copy, float32 products" if copied else "bf16 rows, float32 products", "device": str(dev),
              "error_bound": eps if row_eps is None else float(row_eps.max()),
              "bound": "uniform" if row_eps is None else "per row", "pixels": select.dim,
              "screened_pairs": evaluated + len(seed_q), "full_fraction": (evaluated + len(seed_q)) / max(n_pairs, 1),
