@@ -129,7 +129,8 @@ class CorrelationIndex:
         (half the bytes from disk; the float64 rescore still reads the store).
         For an index whose rows stay on disk (``keep_vectors`` False).  :mod:`.rowcopy`.
     row_copy_format : ``"float16"`` (default) or ``"int8"`` (a quarter of the store's size, in
-        blocks of 256 pixels with a scale each; its wider bound sends more pairs to the rescore).
+        blocks of 256 pixels with a scale each; its wider bound sends more pairs to the rescore: as fast
+        at workload (b) on a 2-core CPU, BENCHMARKS.md issue 16 item 26).
     """
 
     def __init__(self, reference, *, channels=None, mask=None, precision: str = "auto", device: str = "auto",

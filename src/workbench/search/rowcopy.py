@@ -25,9 +25,13 @@ tiles use, so the bound is as rigorous as the float16 copy's, only wider: ||x32 
 0.4 % of the row (against 0.02 % in float16), and more pairs reach the float64 rescore, which
 reads the store.  Measured at workload (b) with the true k-th best (BENCHMARKS.md, issue 16 item
 26): of the 23,139 rows the projection bound leaves at k = 5, 4,919 pass the int8 tier (3,535 the
-float16 one).  A block's scale is kept only in float32's normal range (``INT8_TINY``): else the
-block is stored as zeros, its values all in ``lo``, so that no product is subnormal (a CPU that
-flushes subnormals to zero would widen it otherwise than the writer did).
+float16 one), and a search took as long as with the float16 copy: its tiles read half the bytes
+and, no longer waiting on the disk, wait on their products, while the rescore reads more rows from
+the store.  So float16 stays the default, and int8 is the choice where disk space or a slow disk
+counts (at the BraTS scale 33 GB against 65 GB).  A block's scale is kept only in float32's
+normal range (``INT8_TINY``): else the block is stored as zeros, its values all in ``lo``, so that
+no product is subnormal (a CPU that flushes subnormals to zero would widen it otherwise than the
+writer did).
 
 The file is a ``.npy`` of (N, D) float16, or of (N, B x (INT8_BLOCK + 4)) uint8 bytes for an int8
 copy of B blocks a row (the B scales, then the B x INT8_BLOCK values, the last block padded with
