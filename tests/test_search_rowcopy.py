@@ -34,6 +34,19 @@ def spiky(brainlike):  # noqa: F811
     return q, ref
 
 
+def assert_exact_through_the_copy(index, q, ref, live, fmt):
+    """Pruned and auto searches, k = 1 and 4: float64 brute force's answer over the live rows, the
+    pruned tiles reading the ``fmt`` copy."""
+    for method in ("pruned", "auto"):
+        for k in (1, 4):
+            res = index.topk(q, k=k, method=method, tile=8)
+            ev, ei, _ = truth(q, ref[live], k)
+            np.testing.assert_array_equal(res.indices, live[ei])
+            np.testing.assert_allclose(res.values, ev, atol=1e-12)
+            if res.stats["method"] == "pruned":
+                assert res.stats["precision"] == f"{fmt} row copy, float32 products"
+
+
 def test_the_row_copy_gives_the_exact_answer_and_its_bound_holds_on_every_pair(spiky, tmp_path, clusters):
     q, ref = spiky
     store = write_store(tmp_path / "s", ref)
@@ -60,14 +73,7 @@ def test_the_row_copy_gives_the_exact_answer_and_its_bound_holds_on_every_pair(s
     worst = np.abs(s - r)[[-4, -2, -1], at]
     assert (worst > 0.5 * err[at]).all()  # those pairs come close to it
     assert err.max() < 1e-3 and np.median(err) < 4e-4  # float16: 11 bits
-    for method in ("pruned", "auto"):
-        for k in (1, 4):
-            res = index.topk(q, k=k, method=method, tile=8)
-            ev, ei, _ = truth(q, ref[live], k)
-            np.testing.assert_array_equal(res.indices, live[ei])
-            np.testing.assert_allclose(res.values, ev, atol=1e-12)
-            if res.stats["method"] == "pruned":
-                assert res.stats["precision"] == "float16 row copy, float32 products"
+    assert_exact_through_the_copy(index, q, ref, live, "float16")
 
 
 def test_the_tiles_read_the_row_copy_ahead_not_the_store(brainlike, tmp_path, monkeypatch):  # noqa: F811
@@ -363,14 +369,7 @@ def test_an_int8_row_copy_gives_the_exact_answer_and_its_bound_holds_on_every_pa
     assert (np.abs(s - r) <= err[None, :]).all()
     at = np.searchsorted(live, pick)
     assert (np.abs(s - r)[np.arange(-len(pick), 0), at] > 0.5 * err[at]).all()  # close to the bound
-    for method in ("pruned", "auto"):
-        for k in (1, 4):
-            res = index.topk(q, k=k, method=method, tile=8)
-            ev, ei, _ = truth(q, ref[live], k)
-            np.testing.assert_array_equal(res.indices, live[ei])
-            np.testing.assert_allclose(res.values, ev, atol=1e-12)
-            if res.stats["method"] == "pruned":
-                assert res.stats["precision"] == "int8 row copy, float32 products"
+    assert_exact_through_the_copy(index, q, ref, live, "int8")
 
 
 def test_int8_blocks_of_tiny_or_zero_values_are_stored_as_zeros_within_the_bound():
