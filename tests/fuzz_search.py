@@ -205,11 +205,16 @@ def main(argv=None) -> None:
         from dask.distributed import Client, LocalCluster
         client = Client(LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None))
     t_end, seed, n, fails = time.time() + args.seconds, args.seed, 0, 0
+    variants = {}  # an index's variants, counted (the run says which were drawn)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             while time.time() < t_end and (args.cases is None or n < args.cases):
                 try:
-                    one_api(seed, tmp, client) if args.api else one_index(seed, tmp)
+                    if args.api:
+                        one_api(seed, tmp, client)
+                    else:
+                        variant = str(one_index(seed, tmp)[1])
+                        variants[variant] = variants.get(variant, 0) + 1
                 except Exception as e:  # noqa: BLE001  every failure is reported with its seed
                     fails += 1
                     print("FAIL seed", seed, repr(e)[:1500], flush=True)
@@ -219,7 +224,7 @@ def main(argv=None) -> None:
     finally:
         if client is not None:
             client.close()
-    print("done:", n, "cases,", fails, "failures")
+    print("done:", n, "cases,", fails, "failures" + (f" (index variants passed: {variants})" if variants else ""))
     raise SystemExit(1 if fails else 0)
 
 
