@@ -193,6 +193,8 @@ def child(args) -> None:
 
 
 def main() -> None:
+    from workbench.search.rowcopy import FORMATS as ROW_COPY_FORMATS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=80_000)
     ap.add_argument("--queries", type=int, default=1000)
@@ -205,7 +207,7 @@ def main() -> None:
     ap.add_argument("--row-copy", action="store_true",
                     help="build the index with a float16 copy of the unit rows beside the store (row_copy=), "
                          "which the seeds and tiles read in place of the store")
-    ap.add_argument("--row-copy-format", choices=("float16", "int8"), default="float16",
+    ap.add_argument("--row-copy-format", choices=ROW_COPY_FORMATS, default="float16",
                     help="the row copy's values (with --row-copy): float16, or int8 in blocks with a scale each")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)

@@ -82,6 +82,13 @@ def test_search_command_says_what_auto_chose(phantom_store, tmp_path, capsys, mo
     assert "probe timed now" in printed or "probe as measured 20" in printed  # where brute force's figures came from
 
 
+def test_the_index_commands_row_copy_formats_are_the_searchs():
+    from workbench import cli
+    from workbench.search import rowcopy
+
+    assert cli.ROW_COPY_FORMATS == rowcopy.FORMATS
+
+
 @pytest.mark.parametrize("fmt", ["float16", "int8"])
 def test_index_command_and_search_with_it_give_the_searchs_table(phantom_store, tmp_path, capsys, fmt):
     """`workbench index` prepares the train split once (here with a float16 or int8 row copy);

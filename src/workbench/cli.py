@@ -31,6 +31,10 @@ import time
 from . import __version__
 from .errors import INTERFACE, WorkbenchError
 
+#: ``workbench.search.rowcopy.FORMATS`` (not imported here: the CLI starts without torch; a test
+#: holds them equal)
+ROW_COPY_FORMATS = ("float16", "int8")
+
 
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples' line breaks and shows each option's default where it has one."""
@@ -186,7 +190,7 @@ def _add_index(sub):
     ix.add_argument("--row-copy", default=None, metavar="PATH.npy",
                     help="also write a copy of the unit rows there (float16: half the store's size on disk): searches "
                          "then read it from disk in place of the store (the exact rescore still reads the store)")
-    ix.add_argument("--row-copy-format", choices=("float16", "int8"), default="float16",
+    ix.add_argument("--row-copy-format", choices=ROW_COPY_FORMATS, default="float16",
                     help="the row copy's values: float16 (default), or int8 in blocks of 256 pixels with a scale "
                          "each (a quarter of the store's size; its wider bound sends more pairs to the rescore)")
     ix.add_argument("--out", required=True, help="index folder to write")

@@ -72,6 +72,11 @@ INT8_BLOCK = 256
 #: an int8 block whose largest |value| / 127 is below this is stored as zeros (module docstring)
 INT8_TINY = 2.0 ** -100
 
+#: codes the copy's clusters are found on (the first principal directions), and rows moved at a
+#: time when the copy is put in cluster order
+CLUSTER_CODES = 64
+REORDER_ROWS = 256
+
 
 def row_layout(fmt: str, dim: int) -> tuple[np.dtype, int]:
     """The numpy dtype and width of a copy's stored row of ``dim`` pixels in format ``fmt``."""
@@ -153,10 +158,7 @@ def widen(rows, start: int, stop: int, out: torch.Tensor | None = None) -> torch
         return rows.widen(start, stop, out)
     part = rows[:, start:stop]
     return part.float() if out is None else out.copy_(part)
-#: codes the copy's clusters are found on (the first principal directions), and rows moved at a
-#: time when the copy is put in cluster order
-CLUSTER_CODES = 64
-REORDER_ROWS = 256
+
 
 
 def cluster_place(codes: torch.Tensor, rows_per_cluster: int, seed: int = 0) -> np.ndarray:
