@@ -534,10 +534,10 @@ def test_every_index_search_rescores_only_what_each_labels_best_needs(method, ro
     auto, and auto going on by brute force from the float32 seeds' floor; rows in memory in float32
     or bf16, on disk raw or as a float16 or int8 row copy): the float64 ranking's answer, with fewer pairs
     rescored than without the labels.  A small basis leaves tiles beyond the seeds."""
-    from workbench.search import CorrelationIndex, tiles
+    from workbench.search import CorrelationIndex, pruned
 
     if method == "auto, then brute":  # every plan judged too large after its seeds
-        monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 0.0)
+        monkeypatch.setattr(pruned, "AUTO_MAX_FRACTION", 0.0)
 
     q, ref, labels, ev, ei = labelled_case()
     if rows in ("float32", "bf16"):

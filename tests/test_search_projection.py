@@ -15,7 +15,7 @@ from workbench.data.store import SliceStore, StoreWriter
 from workbench.errors import WorkbenchError
 from workbench.search import CorrelationIndex, topk_correlation
 from workbench.search import index as index_module
-from workbench.search import kernel, projection, tiles
+from workbench.search import kernel, projection, pruned, tiles
 from workbench.search.index import RawReader
 from workbench.search.normalise import normalise
 
@@ -248,15 +248,15 @@ def test_every_method_equals_float64_brute_force(brainlike, basis, k, precision,
             index._probe = {"pair_s": 1.0, "row_s": 0.0}
         if method == "auto-brute":  # the tiles made dear: brute force goes on from the exact seeds
             index._probe = {"pair_s": 0.0, "row_s": 0.0}
-            monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
+            monkeypatch.setattr(pruned, "predict_tiles", lambda *a: 1e6)
         res = index.topk(q, k=k, method=method.split("-")[0], tile=8)  # k = 40 is larger than a tile
         np.testing.assert_array_equal(res.indices, ei)
         np.testing.assert_allclose(res.values, ev, atol=1e-12)
-        if method == "auto-brute" or (method == "auto-pruned" and res.stats["auto_figures"]["fraction"] <= tiles.AUTO_MAX_FRACTION):
+        if method == "auto-brute" or (method == "auto-pruned" and res.stats["auto_figures"]["fraction"] <= pruned.AUTO_MAX_FRACTION):
             assert res.stats["method"] == method.split("-")[1]  # (above half the pairs auto goes brute unsampled)
-    pruned = index.topk(q, k=k, method="pruned", tile=8)
+    plain = index.topk(q, k=k, method="pruned", tile=8)
     if k < 40:  # the fitted basis prunes most pairs of these smooth slices
-        assert pruned.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
+        assert plain.stats["full_fraction"] < (0.35 if basis == "pca" else 0.8)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bf16", "out-of-core"])
@@ -299,7 +299,7 @@ def spy_exact(monkeypatch) -> list:
     def spy(q64, reference, select, qi, ri, stats=None):
         calls.append(list(zip(qi.tolist(), ri.tolist())))
         return exact(q64, reference, select, qi, ri, stats)
-    monkeypatch.setattr(tiles, "exact_pairs", spy)
+    monkeypatch.setattr(pruned, "exact_pairs", spy)
     monkeypatch.setattr(kernel, "exact_pairs", spy)
     return calls
 
@@ -313,8 +313,8 @@ def test_the_seeds_are_exact_and_never_rescored_again(brainlike, monkeypatch, k)
     calls = spy_exact(monkeypatch)
     res = index.topk(q, k=k, method="pruned", tile=8)
     seeds = calls[0]
-    assert len(seeds) == len(q) * (k + tiles.SEED_EXTRA) == res.stats["seed_pairs"]
-    assert [len(set(r for qq, r in seeds if qq == j)) for j in range(len(q))] == [k + tiles.SEED_EXTRA] * len(q)
+    assert len(seeds) == len(q) * (k + pruned.SEED_EXTRA) == res.stats["seed_pairs"]
+    assert [len(set(r for qq, r in seeds if qq == j)) for j in range(len(q))] == [k + pruned.SEED_EXTRA] * len(q)
     every = [p for c in calls for p in c]
     assert len(every) == len(set(every)) == res.rescored and len(calls) == 2 and calls[1]
     ev, ei, _ = truth(q, ref, k)
@@ -413,7 +413,7 @@ def test_auto_samples_within_the_tiles_of_a_plan_of_few_tiles(brainlike, monkeyp
         assert part.work() + other.work() == whole.work() and np.array_equal(part.rows, whole.rows)
     assert tiles.split_sample(plan)[0] == plan[:1]  # whole tiles where the rows are read from disk
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 1.0, "row_s": 0.0})  # brute: dear
-    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 1.0)  # sampled, however loose a basis of 4
+    monkeypatch.setattr(pruned, "AUTO_MAX_FRACTION", 1.0)  # sampled, however loose a basis of 4
     res = index.topk(q, k=2, tile=64)  # 192 references: three tiles
     figures = res.stats["auto_figures"]
     assert res.stats["method"] == "pruned" and figures["sample_tiles"] >= 3
@@ -436,15 +436,15 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     assert figures["rescore_pairs"] <= figures["brute_rescore_pairs"]  # the float32 screen's bound is wider
     assert figures["fraction"] == pytest.approx(res.stats["full_fraction"])
     assert figures["exact_pair_s"] > 0  # measured on the seeds
-    pruned = index.topk(q, k=2, tile=4, method="pruned")
-    assert res.stats["tiles_evaluated"] > 0 and pruned.stats["tiles_evaluated"] > 0  # the sampled ones counted
+    plain = index.topk(q, k=2, tile=4, method="pruned")
+    assert res.stats["tiles_evaluated"] > 0 and plain.stats["tiles_evaluated"] > 0  # the sampled ones counted
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_allclose(res.values, ev, atol=1e-12)
     assert index._tile_rates == {(len(q), 2): figures["tile_rate"]} and figures["tile_rate"] > 0  # remembered
     # a free brute screen and dear tiles: brute after the timed sample, taking the seeds' exact
     # values (no pair evaluated exactly twice) and their k-th best as its floor
     monkeypatch.setattr(CorrelationIndex, "probe", lambda self: {"pair_s": 0.0, "row_s": 0.0})
-    monkeypatch.setattr(tiles, "predict_tiles", lambda *a: 1e6)
+    monkeypatch.setattr(pruned, "predict_tiles", lambda *a: 1e6)
     index._tile_rates.clear()  # no earlier search to go by: a sample
     calls = spy_exact(monkeypatch)
     res = index.topk(q, k=2, tile=4)
@@ -468,11 +468,11 @@ def test_auto_says_what_it_chose(brainlike, monkeypatch):
     np.testing.assert_array_equal(res.indices, ei)
     np.testing.assert_array_equal(res.values, alone.values)
     # another number of queries or another k: no rate to go by, a sample again
-    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 1.0)
+    monkeypatch.setattr(pruned, "AUTO_MAX_FRACTION", 1.0)
     assert "timed sample of them" in index.topk(q[:-1], k=2, tile=4).stats["auto"]
     assert "timed sample of them" in index.topk(q, k=3, tile=4).stats["auto"]
     # tiles that would evaluate more than AUTO_MAX_FRACTION of the pairs: brute without a sample
-    monkeypatch.setattr(tiles, "AUTO_MAX_FRACTION", 0.0)
+    monkeypatch.setattr(pruned, "AUTO_MAX_FRACTION", 0.0)
     res = index.topk(q, k=2, tile=4)
     assert res.stats["method"] == "brute" and "more than 0%" in res.stats["auto"]
     np.testing.assert_array_equal(res.indices, ei)
@@ -850,7 +850,7 @@ def test_queries_in_groups_give_the_same_search(brainlike, monkeypatch, level1, 
     index = CorrelationIndex(ref, basis_dim=32)
     with pytest.warns(UserWarning, match="constant"):
         held = index.topk(q, k=3, method="pruned", tile=8)
-    monkeypatch.setattr(tiles, "HOLD_BOUNDS_BYTES", 4 * len(ref) * per_group)
+    monkeypatch.setattr(pruned, "HOLD_BOUNDS_BYTES", 4 * len(ref) * per_group)
     with pytest.warns(UserWarning, match="constant"):
         again = index.topk(q, k=3, method="pruned", tile=8)
     np.testing.assert_array_equal(again.indices, held.indices)

@@ -42,7 +42,7 @@ from ..data.atomic import atomic_dir
 from ..data.store import SliceStore, align_channels
 from ..device import cached_figures, machine_key, resolve_device
 from ..errors import WorkbenchError
-from . import projection, tiles
+from . import projection, pruned, tiles
 from .bounds import NORMALISE_F32, screen_error_bound, split_norms
 from .kernel import row_stats, screen_and_rescore
 from .layout import pad_slices, padded_width, unpad_slices
@@ -66,7 +66,7 @@ BRUTE_PROBE_REFS = 1024
 #: where the brute probe's figures are kept per machine (``$XDG_CACHE_HOME/workbench/``)
 PROBE_CACHE = "search-probe.json"
 #: a cascade: with a basis of at least 2 x LEVEL1 directions, every pair is bounded from its first
-#: LEVEL1 codes and only the survivors from all of them (tiles.py)
+#: LEVEL1 codes and only the survivors from all of them (pruned.py)
 LEVEL1 = 256
 #: images whose codes are recomputed on opening a saved index (an edited store is caught)
 CHECK_ROWS = 8
@@ -345,7 +345,7 @@ class CorrelationIndex:
         ``"auto"`` computes the bounds and the exact seeds, times a sample of the tiles, and goes on by
         tiles where the rest would take less time than brute force takes by the index's probe of
         its brute screen on this machine (:meth:`brute_seconds`), else by brute force, which takes
-        the seeds' exact values (:func:`tiles.tiled_search`).  All are exact.  ``stats["method"]``
+        the seeds' exact values (:func:`pruned.tiled_search`).  All are exact.  ``stats["method"]``
         says which ran (``stats["auto"]`` why, with the figures) and ``stats["full_fraction"]`` the
         fraction of pairs evaluated at full size.  ``channels`` /
         ``mask``, if given, must be those the index was built with.  ``tile``: reference rows per
@@ -369,7 +369,7 @@ class CorrelationIndex:
         q64, const_q = prepare_queries(queries, self.select)
         auto = self._auto_figures(len(q64), k) if method == "auto" else None
         if method != "brute":
-            result = tiles.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
+            result = pruned.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
                                         tile=tile, progress=progress, auto=auto, by_label=by_label)
             if auto is not None and "tile_rate" in auto:  # remembered for this index's next auto search of this shape
                 self._tile_rates[(len(q64), k)] = auto["tile_rate"]
@@ -391,7 +391,7 @@ class CorrelationIndex:
             if "tiles_at_rate_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; at the rate an earlier "
                        f"search of this index measured they would take {auto['tiles_at_rate_s']:.3g} s, more "
-                       f"than {tiles.AUTO_SKIP_MARGIN:g}x brute force's screen {auto['brute_s']:.3g} s (no sample taken)")
+                       f"than {pruned.AUTO_SKIP_MARGIN:g}x brute force's screen {auto['brute_s']:.3g} s (no sample taken)")
             elif "pruned_rest_s" in auto:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs; the rest predicted "
                        f"{auto['pruned_rest_s']:.3g} s from a timed sample of them, brute force "
@@ -399,7 +399,7 @@ class CorrelationIndex:
                        f"seeds' rate)")
             else:
                 why = (f"the tiles would evaluate {auto['fraction']:.1%} of the pairs "
-                       f"(more than {tiles.AUTO_MAX_FRACTION:.0%})")
+                       f"(more than {pruned.AUTO_MAX_FRACTION:.0%})")
             result.stats["auto"] = f"brute: {why}"
             result.stats["auto_figures"] = clean_figures(auto)
             note_probe(result, auto)
@@ -441,7 +441,7 @@ class CorrelationIndex:
         return f"{machine_key(self.device)}|{source}|D={self.select.dim}|{nq}x{b}"
 
     def _auto_figures(self, n_queries: int, k: int) -> dict:
-        """The figures ``method="auto"`` weighs the tiles against (:func:`tiles.tiled_search`), with
+        """The figures ``method="auto"`` weighs the tiles against (:func:`pruned.tiled_search`), with
         ``probe_s`` where this call ran the index's one-off probe (at (b) 0.6-0.9 s, read from disk:
         a search's stages did not show it; BENCHMARKS.md, issue 16 item 21)."""
         fresh, t0 = getattr(self, "_probe", None) is None, time.perf_counter()
