@@ -249,6 +249,7 @@ class PrunedSearch:
         return exact_pairs(self.q64, self.reference, self.select, qi.numpy(), ri.numpy(), self.stats_rows)
 
     def search(self) -> SearchResult | None:
+        """The four steps in order: the result, or None where ``method="auto"`` hands over to brute force."""
         self.codes_and_layout()
         self.seeds_and_survivors()
         plan = self.plan()
