@@ -370,7 +370,7 @@ class CorrelationIndex:
         auto = self._auto_figures(len(q64), k) if method == "auto" else None
         if method != "brute":
             result = pruned.tiled_search(q64, const_q, self, self.reference, self.select, k=k, dev=self.device,
-                                        tile=tile, progress=progress, auto=auto, by_label=by_label)
+                                         tile=tile, progress=progress, auto=auto, by_label=by_label)
             if auto is not None and "tile_rate" in auto:  # remembered for this index's next auto search of this shape
                 self._tile_rates[(len(q64), k)] = auto["tile_rate"]
             if result is not None:

@@ -160,7 +160,6 @@ def widen(rows, start: int, stop: int, out: torch.Tensor | None = None) -> torch
     return part.float() if out is None else out.copy_(part)
 
 
-
 def cluster_place(codes: torch.Tensor, rows_per_cluster: int, seed: int = 0) -> np.ndarray:
     """Each row's place in the copy (a permutation of ``range(len(codes))``): rows grouped by their
     k-means cluster (scikit-learn, seeded) on the first CLUSTER_CODES ``codes``, clusters of about
