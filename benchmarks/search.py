@@ -67,7 +67,6 @@ import workbench.search as wsearch
 from workbench.data.phantom import write_brain_phantom
 from workbench.data.prepare import prepare_brats_store
 from workbench.data.store import SliceStore
-from workbench.errors import WorkbenchError
 
 CHANNELS = ["t1", "t1ce", "t2", "flair"]
 CACHE = Path("runs/bench-cache")
@@ -94,12 +93,56 @@ def mem_gib() -> float | None:
     return None
 
 
+#: OpenBLAS kernels by the instructions they need (the names OpenBLAS's ``OPENBLAS_CORETYPE`` takes).
+OPENBLAS_CORES = (("SkylakeX", {"avx512f", "avx512bw", "avx512dq", "avx512vl"}), ("Haswell", {"avx2", "fma"}))
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def faiss_module():
+    """faiss, imported with its bundled OpenBLAS told which kernel this CPU can run.
+
+    faiss-cpu 1.15.1's wheel bundles OpenBLAS 0.3.15, which predates the AMX Xeons of BENCHMARKS.md:
+    it cannot name them and falls back to its generic "Prescott" (SSE3) kernel, so FAISS flat ran
+    there at 26-47 GFLOP/s against torch float32's 194 (SkylakeX kernel: 179). A baseline slowed by
+    its packaging would flatter our speed-ups, so before faiss is imported (OpenBLAS reads
+    ``OPENBLAS_CORETYPE`` when it loads) this names the kernel it would pick if it knew the CPU,
+    from the instructions the CPU has; a value already set is kept. ``faiss_blas_core`` says which
+    kernel it then runs.
+    """
+    if "OPENBLAS_CORETYPE" not in os.environ and "faiss" not in sys.modules:
+        flags = cpu_flags()
+        core = next((name for name, needs in OPENBLAS_CORES if needs <= flags), None)
+        if core:
+            os.environ["OPENBLAS_CORETYPE"] = core
     try:
         import faiss  # noqa: PLC0415
         return faiss
     except ImportError:
         return None
+
+
+def faiss_blas_core() -> str | None:
+    """The kernel faiss's bundled OpenBLAS runs (e.g. "SkylakeX"), or None where that cannot be told."""
+    faiss = faiss_module()
+    if faiss is None:
+        return None
+    import ctypes  # noqa: PLC0415
+    libs = sorted((Path(faiss.__file__).parent.parent / "faiss_cpu.libs").glob("libopenblas*"))
+    try:
+        get = ctypes.CDLL(str(libs[0])).openblas_get_corename
+    except (IndexError, OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode()
 
 
 def machine_info() -> dict:
@@ -109,6 +152,7 @@ def machine_info() -> dict:
         "amx_bf16": "amx_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
         "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__, "scipy": scipy.__version__, "faiss": getattr(faiss, "__version__", None),
+        "faiss_blas_core": faiss_blas_core(),
         "workbench": getattr(workbench, "__version__", None), "gpu": torch.cuda.is_available(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
@@ -354,7 +398,8 @@ class Bench:
 
         (values, indices), sec = self.search_timed(search)
         out = self.finish(f"FAISS IndexFlatIP {faiss.__version__}", prep, sec, values, indices,
-                          notes="not exact: float32 inner products of z-normalised vectors")
+                          notes="not exact: float32 inner products of z-normalised vectors; OpenBLAS "
+                                f"kernel {faiss_blas_core()}")
         index.reset()
         return out
 
@@ -584,7 +629,8 @@ def main(argv=None) -> None:
     print(f"# Search benchmark ({' '.join(['benchmarks/search.py', *(argv if argv is not None else sys.argv[1:])])})\n")
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, AMX bf16: {machine['amx_bf16']}; "
           f"Python {machine['python']}, torch {machine['torch']} ({machine['torch_threads']} threads), numpy {machine['numpy']}, "
-          f"scipy {machine['scipy']}, faiss {machine['faiss'] or 'not installed'}; {machine['date']}; "
+          f"scipy {machine['scipy']}, faiss {machine['faiss'] or 'not installed'} (OpenBLAS kernel "
+          f"{machine['faiss_blas_core']}); {machine['date']}; "
           f"load average at start {load0[0]:.2f}")
     sizes_n = [args.peak_n // 2, args.peak_n]
     peaks = {"n": sizes_n, "repeats": [10, 5]}
