@@ -149,7 +149,7 @@ def machine_info() -> dict:
     faiss = faiss_module()
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(mem_gib() or 0, 1),
-        "amx_bf16": "amx_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
+        "amx_bf16": "amx_bf16" in cpu_flags() if Path("/proc/cpuinfo").exists() else None,
         "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__, "scipy": scipy.__version__, "faiss": getattr(faiss, "__version__", None),
         "faiss_blas_core": faiss_blas_core(),
